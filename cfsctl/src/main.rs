@@ -1,0 +1,95 @@
+//! cfsctl: the command line of the cfsd composefs repository daemon.
+//!
+//! It parses arguments, opens the files it hands over, makes varlink
+//! calls and renders their replies. The repository itself is only ever
+//! touched by the daemon.
+
+mod connect;
+mod render;
+mod repository;
+
+use std::process::ExitCode;
+
+use cfsd_varlink::Address;
+use clap::{Parser, Subcommand};
+
+/// Manage a composefs repository through the cfsd daemon.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The daemon's socket, e.g. unix:/run/cfsd/cfsd.sock. Defaults to
+    /// $CFSD_ADDRESS, then the system socket.
+    #[arg(long, global = true, env = "CFSD_ADDRESS")]
+    address: Option<Address>,
+
+    /// Use the repository at PATH through a private daemon that lives as
+    /// long as this command, instead of a running one.
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "address")]
+    repo: Option<std::path::PathBuf>,
+
+    /// Print the daemon's replies as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the repository.
+    Init {
+        /// sha256 or sha512.
+        #[arg(long, default_value = "sha512")]
+        algorithm: String,
+    },
+    /// Describe the repository.
+    Info,
+    /// Check the repository's consistency.
+    Fsck {
+        /// Check references only, without reading object contents.
+        #[arg(long)]
+        metadata_only: bool,
+    },
+    /// Remove content that nothing refers to.
+    Gc {
+        /// Only report what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cfsctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cfsctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut daemon = connect::Daemon::connect(cli.address.as_ref(), cli.repo.as_deref()).await?;
+    let client = daemon.client();
+    let out = render::Output { json: cli.json };
+    let code = match cli.command {
+        Command::Init { algorithm } => repository::init(client, out, algorithm).await?,
+        Command::Info => repository::info(client, out).await?,
+        Command::Fsck { metadata_only } => repository::fsck(client, out, metadata_only).await?,
+        Command::Gc { dry_run } => repository::gc(client, out, dry_run).await?,
+    };
+    daemon.close().await?;
+    Ok(code)
+}

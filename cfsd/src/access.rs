@@ -1,0 +1,51 @@
+//! Who may call what: peer credentials decide per call.
+
+use rustix::process::{Gid, Uid, geteuid};
+use zlink::connection::Credentials;
+
+/// What a connected peer may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The peer's uid, for error messages and logs.
+    pub uid: u32,
+    /// Whether the peer may call mutating methods.
+    pub privileged: bool,
+}
+
+impl Peer {
+    /// Judge a peer by its socket credentials. Root, the daemon's own user
+    /// (a private daemon's owner, who could do anything the daemon does
+    /// anyway), and members of the admin group through their primary or
+    /// supplementary groups are privileged.
+    pub fn from_credentials(creds: &Credentials, admin_group: Option<Gid>) -> Self {
+        let uid = creds.unix_user_id();
+        let in_group = admin_group.is_some_and(|gid| {
+            creds.unix_primary_group_id() == gid
+                || creds.unix_supplementary_group_ids().contains(&gid)
+        });
+        Peer {
+            uid: uid.as_raw(),
+            privileged: uid == Uid::ROOT || uid == geteuid() || in_group,
+        }
+    }
+}
+
+/// Resolve `--allow-group`: a group name from the group database, or a
+/// numeric gid.
+pub fn lookup_group(name: &str) -> anyhow::Result<Gid> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(Gid::from_raw(gid));
+    }
+    let groups = std::fs::read_to_string("/etc/group")?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let group = fields.next()?;
+            let gid = fields.nth(1)?.parse::<u32>().ok()?;
+            (group == name).then_some(gid)
+        })
+        .next()
+        .map(Gid::from_raw)
+        .ok_or_else(|| anyhow::anyhow!("--allow-group: no group named {name:?} in /etc/group"))
+}

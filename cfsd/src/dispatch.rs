@@ -1,0 +1,142 @@
+//! Routing a call to its interface, and turning its parameters into
+//! typed values or an InvalidParameter error that names the culprit.
+
+use std::os::fd::OwnedFd;
+
+use cfsd_varlink::{
+    idl::{REPOSITORY_INTERFACE, SERVICE_INTERFACE},
+    service::ServiceError,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::{access::Peer, methods, server::Daemon};
+
+/// A call as read off the wire, before its method is known.
+#[derive(Debug, Deserialize)]
+pub struct Incoming {
+    /// The fully qualified method name.
+    pub method: String,
+    /// The parameters; absent and `null` mean the same as `{}`.
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+/// What to send back for a call.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A reply's parameters and the fds that go with them.
+    Reply(Value, Vec<OwnedFd>),
+    /// An error reply, `{"error": ..., "parameters": ...}`.
+    Error(Value),
+}
+
+impl Outcome {
+    /// A reply carrying `params` and no fds.
+    pub fn reply(params: &impl Serialize) -> Self {
+        match serde_json::to_value(params) {
+            Ok(value) => Outcome::Reply(value, Vec::new()),
+            Err(e) => Outcome::Error(error_value(&ServiceError::InvalidParameter {
+                parameter: format!("reply: {e}"),
+            })),
+        }
+    }
+
+    /// An error reply of any interface's error enum.
+    pub fn error(error: &impl Serialize) -> Self {
+        Outcome::Error(error_value(error))
+    }
+}
+
+impl<T: Serialize, E: Serialize> From<Result<T, E>> for Outcome {
+    fn from(result: Result<T, E>) -> Self {
+        match result {
+            Ok(reply) => Outcome::reply(&reply),
+            Err(error) => Outcome::error(&error),
+        }
+    }
+}
+
+/// The error enums serialise as whole error messages.
+fn error_value(error: &impl Serialize) -> Value {
+    serde_json::to_value(error).unwrap_or_else(|e| {
+        serde_json::json!({"error": "org.varlink.service.InvalidParameter", "parameters": {"parameter": e.to_string()}})
+    })
+}
+
+/// Route a call to the interface that owns it.
+pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<OwnedFd>) -> Outcome {
+    let Some((interface, method)) = call.method.rsplit_once('.') else {
+        return Outcome::error(&ServiceError::MethodNotFound {
+            method: call.method.clone(),
+        });
+    };
+    let params = call.parameters.clone();
+    match interface {
+        SERVICE_INTERFACE => methods::service::handle(method, params),
+        REPOSITORY_INTERFACE => methods::repository::handle(daemon, peer, method, params).await,
+        _ => {
+            drop(fds);
+            Outcome::error(&ServiceError::InterfaceNotFound {
+                interface: interface.to_owned(),
+            })
+        }
+    }
+}
+
+/// The method was not found in its (known) interface.
+pub fn method_not_found(interface: &str, method: &str) -> Outcome {
+    Outcome::error(&ServiceError::MethodNotFound {
+        method: format!("{interface}.{method}"),
+    })
+}
+
+/// Parse a call's parameters into `P`. Absent or `null` parameters are
+/// read as `{}`, so that methods whose parameters are all optional can be
+/// called without any.
+pub fn params<P: DeserializeOwned>(parameters: Option<Value>) -> Result<P, ServiceError> {
+    let value = match parameters {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => {
+            return Err(ServiceError::InvalidParameter {
+                parameter: "parameters".to_owned(),
+            });
+        }
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| ServiceError::InvalidParameter {
+        parameter: culprit(&e),
+    })
+}
+
+/// The name of the parameter a deserialisation error is about.
+fn culprit(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    if path != "." {
+        return path;
+    }
+    // Missing and unknown fields are reported against the enclosing
+    // object; their names are in the message, between backticks.
+    let message = e.inner().to_string();
+    message
+        .split('`')
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or(message)
+}
+
+/// The InvalidParameter error for a message that is not a call at all.
+pub fn malformed(e: &serde_json::Error) -> Value {
+    let parameter = if e.is_data() {
+        // Valid JSON of the wrong shape: most often no "method".
+        format!("method: {e}")
+    } else {
+        format!("message: not JSON ({e})")
+    };
+    error_value(&ServiceError::InvalidParameter { parameter })
+}
+
+/// Parameters of a method that takes none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}

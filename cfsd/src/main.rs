@@ -1,0 +1,122 @@
+//! cfsd: serves one composefs repository over varlink.
+//!
+//! It listens on a socket it creates (`--address`), on sockets handed over
+//! by systemd socket activation, or serves the one client already
+//! connected on fd 3 (the private daemon that `cfsctl --repo` spawns).
+
+mod access;
+mod connection;
+mod dispatch;
+mod listen;
+mod methods;
+mod server;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use cfsd_repo::{Error as RepoError, Repository, VerityPolicy};
+use cfsd_varlink::Address;
+use clap::Parser;
+
+/// Serve a composefs repository over varlink.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The repository directory. It need not exist yet: Init creates it.
+    #[arg(long, env = "CFSD_REPO", default_value = "/sysroot/composefs")]
+    repo: PathBuf,
+
+    /// Create and listen on this socket (unix:/path) instead of using a
+    /// socket from systemd or fd 3. It is made 0660 and removed on exit.
+    #[arg(long)]
+    address: Option<Address>,
+
+    /// Members of this group may call mutating methods, as root may.
+    #[arg(long, value_name = "GROUP")]
+    allow_group: Option<String>,
+
+    /// Exit after this many seconds without any client.
+    #[arg(long, value_name = "SECS")]
+    idle_exit: Option<u64>,
+
+    /// Refuse a repository that does not enforce fs-verity.
+    #[arg(long)]
+    require_verity: bool,
+
+    /// The most clients served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 64)]
+    max_connections: usize,
+
+    /// Close a client connection that sends no call for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    client_timeout: u64,
+
+    /// Log level filter (error, warn, info, debug, trace).
+    #[arg(long, env = "CFSD_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cfsd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let policy = if args.require_verity {
+        VerityPolicy::Required
+    } else {
+        VerityPolicy::BestEffort
+    };
+    check_repository(&args, policy)?;
+    let admin_group = args
+        .allow_group
+        .as_deref()
+        .map(access::lookup_group)
+        .transpose()?;
+    // Sockets are taken before any thread exists: binding sets the umask.
+    let socket = listen::acquire(args.address.as_ref(), admin_group)?;
+    let config = server::Config {
+        repo: args.repo,
+        policy,
+        admin_group,
+        idle_exit: args.idle_exit.map(Duration::from_secs),
+        max_connections: args.max_connections.max(1),
+        client_timeout: Duration::from_secs(args.client_timeout),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(server::run(config, socket))
+}
+
+/// Refuse to start on a repository the policy forbids, and say plainly
+/// when it runs without fs-verity.
+fn check_repository(args: &Args, policy: VerityPolicy) -> anyhow::Result<()> {
+    match Repository::open(&args.repo, policy) {
+        Ok(repo) => {
+            if let cfsd_repo::VerityStatus::Insecure(reason) = repo.verity() {
+                tracing::warn!(
+                    "repository {} is INSECURE: fs-verity is not enforced ({reason})",
+                    args.repo.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e @ RepoError::VerityRequired { .. }) => Err(anyhow::anyhow!(
+            "{e}; refusing to serve it (--require-verity)"
+        )),
+        // Init creates a missing repository; other problems are reported
+        // to each caller as typed errors.
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,4 @@
+//! The methods of each interface cfsd serves.
+
+pub mod repository;
+pub mod service;

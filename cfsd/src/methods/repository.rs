@@ -1,0 +1,209 @@
+//! `io.cfsd.Repository`: describe, create, check and collect.
+
+use std::sync::Arc;
+
+use cfsd_repo::{self as repo, HashAlgorithm, Repository};
+use cfsd_varlink::{
+    idl::REPOSITORY_INTERFACE,
+    repository::{
+        FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, Problem,
+        RepositoryError, RepositoryInfo, Usage, Verity,
+    },
+    service::ServiceError,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    access::Peer,
+    dispatch::{self, NoParams, Outcome},
+    server::Daemon,
+};
+
+/// Handle `method` of `io.cfsd.Repository`.
+pub async fn handle(daemon: &Daemon, peer: &Peer, method: &str, params: Option<Value>) -> Outcome {
+    match method {
+        "Info" => run(params, |_: NoParams| info(daemon)).await,
+        "Init" => match allow(peer, "Init") {
+            Ok(()) => run(params, |p: InitParams| init(daemon, p)).await,
+            Err(e) => Outcome::error(&e),
+        },
+        "Fsck" => run(params, |p: FsckParams| fsck(daemon, p)).await,
+        "Gc" => {
+            run(params, |p: GcParams| async move {
+                let dry_run = p.dry_run.unwrap_or(false);
+                if !dry_run {
+                    allow(peer, "Gc")?;
+                }
+                gc(daemon, dry_run).await
+            })
+            .await
+        }
+        _ => dispatch::method_not_found(REPOSITORY_INTERFACE, method),
+    }
+}
+
+/// Parse the parameters, then run the method; invalid parameters are an
+/// `org.varlink.service` error, anything after that the interface's own.
+async fn run<P, R, F, Fut>(params: Option<Value>, method: F) -> Outcome
+where
+    P: serde::de::DeserializeOwned,
+    R: Serialize,
+    F: FnOnce(P) -> Fut,
+    Fut: Future<Output = Result<R, RepositoryError>>,
+{
+    match dispatch::params::<P>(params) {
+        Ok(p) => method(p).await.into(),
+        Err(e @ ServiceError::InvalidParameter { .. }) => Outcome::error(&e),
+        Err(e) => Outcome::error(&e),
+    }
+}
+
+/// Refuse a mutating method to an unprivileged peer.
+fn allow(peer: &Peer, method: &str) -> Result<(), RepositoryError> {
+    if peer.privileged {
+        return Ok(());
+    }
+    tracing::info!(uid = peer.uid, "refused {REPOSITORY_INTERFACE}.{method}");
+    Err(RepositoryError::PermissionDenied {
+        method: format!("{REPOSITORY_INTERFACE}.{method}"),
+        uid: peer.uid,
+    })
+}
+
+async fn info(daemon: &Daemon) -> Result<InfoReply, RepositoryError> {
+    let repo = open(daemon)?;
+    let info = blocking(move || repo.info()).await?;
+    Ok(InfoReply {
+        info: wire_info(info),
+    })
+}
+
+async fn init(daemon: &Daemon, params: InitParams) -> Result<InitReply, RepositoryError> {
+    let algorithm = match params.algorithm.as_deref() {
+        Some(name) => name.parse::<HashAlgorithm>().map_err(wire_error)?,
+        None => HashAlgorithm::default(),
+    };
+    // The directory is shared by every connection: Init runs on a
+    // blocking thread but holds the directory's lock for its duration.
+    let dir = &daemon.dir;
+    let (repo, created) =
+        tokio::task::block_in_place(|| dir.init(algorithm)).map_err(wire_error)?;
+    let info = blocking(move || repo.info()).await?;
+    Ok(InitReply {
+        info: wire_info(info),
+        created,
+    })
+}
+
+async fn fsck(daemon: &Daemon, params: FsckParams) -> Result<FsckReply, RepositoryError> {
+    let repo = open(daemon)?;
+    let metadata_only = params.metadata_only.unwrap_or(false);
+    let report = repo.fsck(metadata_only).await.map_err(wire_error)?;
+    Ok(FsckReply {
+        ok: report.is_ok(),
+        objects_checked: report.objects_checked,
+        objects_corrupted: report.objects_corrupted,
+        streams_checked: report.streams_checked,
+        streams_corrupted: report.streams_corrupted,
+        images_checked: report.images_checked,
+        images_corrupted: report.images_corrupted,
+        broken_links: report.broken_links,
+        missing_objects: report.missing_objects,
+        problems: report
+            .problems
+            .into_iter()
+            .map(|p| Problem {
+                kind: p.kind,
+                detail: p.detail,
+            })
+            .collect(),
+    })
+}
+
+async fn gc(daemon: &Daemon, dry_run: bool) -> Result<GcReply, RepositoryError> {
+    let repo = open(daemon)?;
+    let report = blocking(move || repo.gc(dry_run)).await?;
+    Ok(GcReply {
+        dry_run: report.dry_run,
+        objects_removed: report.objects_removed,
+        bytes_freed: report.bytes_freed,
+        images_pruned: report.images_pruned,
+        streams_pruned: report.streams_pruned,
+    })
+}
+
+fn open(daemon: &Daemon) -> Result<Arc<Repository>, RepositoryError> {
+    tokio::task::block_in_place(|| daemon.dir.repository()).map_err(wire_error)
+}
+
+/// Run disk work on a blocking thread, so that other clients' calls are
+/// answered meanwhile.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> repo::Result<T> + Send + 'static,
+) -> Result<T, RepositoryError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(wire_error),
+        Err(e) => Err(RepositoryError::StorageFailed {
+            operation: "repository task".to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn wire_info(info: repo::RepositoryInfo) -> RepositoryInfo {
+    let usage = |u: repo::Usage| Usage {
+        count: u.count,
+        bytes: u.bytes,
+    };
+    RepositoryInfo {
+        path: info.path.display().to_string(),
+        algorithm: info.algorithm.to_string(),
+        verity: match info.verity {
+            repo::VerityStatus::Enforced => Verity {
+                enforced: true,
+                reason: None,
+            },
+            repo::VerityStatus::Insecure(reason) => Verity {
+                enforced: false,
+                reason: Some(reason),
+            },
+        },
+        objects: usage(info.objects),
+        streams: usage(info.streams),
+        images: usage(info.images),
+    }
+}
+
+fn wire_error(e: repo::Error) -> RepositoryError {
+    let path = |p: std::path::PathBuf| p.display().to_string();
+    match e {
+        repo::Error::NotInitialized { path: p } => {
+            RepositoryError::NotInitialized { path: path(p) }
+        }
+        repo::Error::AlgorithmMismatch {
+            path: p,
+            existing,
+            requested,
+        } => RepositoryError::AlgorithmMismatch {
+            path: path(p),
+            existing,
+            requested,
+        },
+        repo::Error::UnsupportedAlgorithm { algorithm, .. } => {
+            RepositoryError::UnsupportedAlgorithm { algorithm }
+        }
+        repo::Error::VerityRequired { path: p, reason } => RepositoryError::VerityRequired {
+            path: path(p),
+            reason,
+        },
+        repo::Error::Unreadable { path: p, reason } => RepositoryError::Unreadable {
+            path: path(p),
+            reason,
+        },
+        repo::Error::Storage { operation, reason } => RepositoryError::StorageFailed {
+            operation: operation.to_owned(),
+            reason,
+        },
+    }
+}

@@ -1,0 +1,151 @@
+//! The accept loop: one task per client, idle exit and orderly shutdown.
+
+use std::{os::unix::net::UnixListener as StdListener, path::PathBuf, sync::Arc, time::Duration};
+
+use cfsd_repo::{RepositoryDir, VerityPolicy};
+use rustix::process::Gid;
+use tokio::{
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+    sync::{Semaphore, watch},
+    task::JoinSet,
+};
+
+use crate::{connection, listen::Socket};
+
+/// How long in-flight calls may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How the daemon was asked to run.
+#[derive(Debug)]
+pub struct Config {
+    /// The repository directory.
+    pub repo: PathBuf,
+    /// What is demanded of fs-verity.
+    pub policy: VerityPolicy,
+    /// Whose members may change the repository.
+    pub admin_group: Option<Gid>,
+    /// Exit after this long without clients.
+    pub idle_exit: Option<Duration>,
+    /// The most clients served at once.
+    pub max_connections: usize,
+    /// How long a client may stay silent between calls.
+    pub client_timeout: Duration,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The repository served.
+    pub dir: RepositoryDir,
+    /// Whose members may change the repository.
+    pub admin_group: Option<Gid>,
+    /// How long a client may stay silent between calls.
+    pub client_timeout: Duration,
+    /// Turns true when the daemon is shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Serve `socket` until shutdown, idle exit, or (for a connected socket)
+/// the client hanging up.
+pub async fn run(config: Config, socket: Socket) -> anyhow::Result<()> {
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(stop_on_signal(stop));
+    let daemon = Arc::new(Daemon {
+        dir: RepositoryDir::new(config.repo.clone(), config.policy),
+        admin_group: config.admin_group,
+        client_timeout: config.client_timeout,
+        shutdown,
+    });
+    match socket {
+        Socket::Connected(stream) => {
+            stream.set_nonblocking(true)?;
+            connection::serve(daemon, UnixStream::from_std(stream)?).await;
+            Ok(())
+        }
+        Socket::Listening {
+            listener,
+            owned_path,
+        } => {
+            let result = accept_loop(daemon, listener, &config).await;
+            if let Some(path) = owned_path {
+                let _ = std::fs::remove_file(path);
+            }
+            result
+        }
+    }
+}
+
+async fn accept_loop(
+    daemon: Arc<Daemon>,
+    listener: StdListener,
+    config: &Config,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut shutdown = daemon.shutdown.clone();
+    let mut clients = JoinSet::new();
+    loop {
+        let idle = config.idle_exit.filter(|_| clients.is_empty());
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
+                tracing::info!("no clients for {:?}, exiting", idle.unwrap_or_default());
+                break;
+            }
+            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            slot = slots.clone().acquire_owned() => {
+                // Waiting for a free slot before accepting leaves further
+                // clients queued in the kernel's backlog.
+                let slot = slot?;
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let daemon = daemon.clone();
+                            clients.spawn(async move {
+                                connection::serve(daemon, stream).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(e) => tracing::warn!("accept failed: {e}"),
+                    },
+                }
+            }
+        }
+    }
+    drop(listener);
+    finish(clients).await;
+    Ok(())
+}
+
+/// Let in-flight calls finish, within the grace period.
+async fn finish(mut clients: JoinSet<()>) {
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while clients.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "cancelling {} calls still running after {SHUTDOWN_GRACE:?}",
+            clients.len()
+        );
+        clients.shutdown().await;
+    }
+}
+
+async fn stop_on_signal(stop: watch::Sender<bool>) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop.send(true);
+}

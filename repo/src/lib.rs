@@ -1,0 +1,27 @@
+//! The composefs repository that cfsd serves.
+//!
+//! This crate holds every domain rule and knows nothing of varlink,
+//! sockets or the command line: the daemon maps its calls onto this API,
+//! and the same API can be used directly from Rust.
+//!
+//! The on-disk format is composefs-rs's own, so upstream `cfsctl` of the
+//! same version can read what is written here and the other way round.
+
+mod algorithm;
+mod error;
+mod fsck;
+mod gc;
+mod repository;
+mod usage;
+pub mod verity;
+
+pub use algorithm::HashAlgorithm;
+pub use error::Error;
+pub use fsck::{FsckProblem, FsckReport};
+pub use gc::GcReport;
+pub use repository::{Repository, RepositoryDir, RepositoryInfo};
+pub use usage::Usage;
+pub use verity::{VerityPolicy, VerityStatus};
+
+/// The result of a repository operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

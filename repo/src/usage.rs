@@ -1,0 +1,64 @@
+//! How much the repository holds.
+
+use std::{fs, io, path::Path};
+
+/// How many entries of one kind there are, and the bytes of their objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Number of entries.
+    pub count: u64,
+    /// Bytes of the objects behind them.
+    pub bytes: u64,
+}
+
+impl Usage {
+    fn add(&mut self, bytes: u64) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// The files of the object store, `objects/XX/REST`.
+pub(crate) fn objects(repo: &Path) -> io::Result<Usage> {
+    let mut usage = Usage::default();
+    for shard in read_dir_if_present(&repo.join("objects"))? {
+        let shard = shard?;
+        if !shard.file_type()?.is_dir() {
+            continue;
+        }
+        for object in fs::read_dir(shard.path())? {
+            let meta = object?.metadata()?;
+            if meta.is_file() {
+                usage.add(meta.len());
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// The named entries of `streams/` or `images/`: each is a link to an
+/// object, and counts that object's size. The `refs/` tree only names
+/// these entries again and is not counted twice.
+pub(crate) fn entries(dir: &Path) -> io::Result<Usage> {
+    let mut usage = Usage::default();
+    for entry in read_dir_if_present(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
+        // A dangling link still counts as an entry; fsck reports it.
+        let bytes = fs::metadata(entry.path()).map(|m| m.len()).unwrap_or(0);
+        usage.add(bytes);
+    }
+    Ok(usage)
+}
+
+fn read_dir_if_present(
+    dir: &Path,
+) -> io::Result<Box<dyn Iterator<Item = io::Result<fs::DirEntry>>>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(Box::new(entries)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Box::new(std::iter::empty())),
+        Err(e) => Err(e),
+    }
+}

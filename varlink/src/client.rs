@@ -1,0 +1,232 @@
+//! A typed client for one connection to cfsd.
+
+use std::os::fd::OwnedFd;
+
+use serde::{Serialize, de::DeserializeOwned};
+use zlink::{Call, Connection, tokio::unix::Stream};
+
+use crate::{
+    address::Address,
+    repository::{
+        FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, RepositoryError,
+    },
+    service::{DescriptionParams, DescriptionReply, ServiceError, ServiceInfo},
+};
+
+/// Why a call did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<E> {
+    /// The interface's own error: the call was understood and refused.
+    #[error(transparent)]
+    Interface(E),
+    /// An `org.varlink.service` error: the call itself was not acceptable.
+    #[error(transparent)]
+    Service(ServiceError),
+    /// An error name this client does not know, e.g. from a newer daemon.
+    #[error("cfsd replied with an error this client does not know: {0}")]
+    Unknown(String),
+    /// The connection failed or the daemon sent something unreadable.
+    #[error("talking to cfsd failed: {0}")]
+    Transport(String),
+}
+
+/// The result of a call on interface errors `E`.
+pub type CallResult<T, E> = Result<T, CallError<E>>;
+
+/// A call's method name and parameters, as the wire wants them.
+#[derive(Debug, Serialize)]
+struct Outgoing<'a, P> {
+    method: &'a str,
+    parameters: P,
+}
+
+/// One connection to a cfsd daemon.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection<Stream>,
+}
+
+impl Client {
+    /// Connect to the daemon at `address`.
+    pub async fn connect(address: &Address) -> std::io::Result<Self> {
+        let Address::Unix(path) = address;
+        let stream = tokio::net::UnixStream::connect(path).await?;
+        Self::from_stream(stream)
+    }
+
+    /// Use an already connected socket, e.g. one end of a socketpair
+    /// whose other end a private daemon serves.
+    pub fn from_stream(stream: tokio::net::UnixStream) -> std::io::Result<Self> {
+        let stream = Stream::try_from(stream).map_err(std::io::Error::other)?;
+        Ok(Self {
+            conn: Connection::new(stream),
+        })
+    }
+
+    /// Call `method` (fully qualified) with `parameters` and file
+    /// descriptors, and wait for its single reply.
+    pub async fn call<P, R, E>(
+        &mut self,
+        method: &str,
+        parameters: &P,
+        fds: Vec<OwnedFd>,
+    ) -> CallResult<(R, Vec<OwnedFd>), E>
+    where
+        P: Serialize + std::fmt::Debug,
+        R: DeserializeOwned + std::fmt::Debug,
+        E: DeserializeOwned + std::fmt::Debug,
+    {
+        let call = Call::new(Outgoing { method, parameters });
+        self.conn.send_call(&call, fds).await.map_err(transport)?;
+        self.receive().await.map(|(reply, _, fds)| (reply, fds))
+    }
+
+    /// Call `method` with `more` set and return the stream of its replies.
+    pub async fn call_more<P, E>(
+        &mut self,
+        method: &str,
+        parameters: &P,
+        fds: Vec<OwnedFd>,
+    ) -> CallResult<Replies<'_>, E>
+    where
+        P: Serialize + std::fmt::Debug,
+        E: DeserializeOwned + std::fmt::Debug,
+    {
+        let call = Call::new(Outgoing { method, parameters }).set_more(true);
+        self.conn.send_call(&call, fds).await.map_err(transport)?;
+        Ok(Replies {
+            client: self,
+            done: false,
+        })
+    }
+
+    /// Receive one reply: its parameters, whether more follow, and its fds.
+    async fn receive<R, E>(&mut self) -> CallResult<(R, bool, Vec<OwnedFd>), E>
+    where
+        R: DeserializeOwned + std::fmt::Debug,
+        E: DeserializeOwned + std::fmt::Debug,
+    {
+        let received = self.conn.receive_reply::<serde_json::Value, E>().await;
+        let (result, fds) = match received {
+            Ok(ok) => ok,
+            Err(zlink::Error::VarlinkService(e)) => {
+                return Err(service_error(e.inner()));
+            }
+            Err(zlink::Error::UnknownErrorReply(name)) => return Err(CallError::Unknown(name)),
+            Err(e) => return Err(transport(e)),
+        };
+        let reply = result.map_err(CallError::Interface)?;
+        let continues = reply.continues().unwrap_or(false);
+        // A reply without parameters is the same as one with empty parameters.
+        let params = reply
+            .into_parameters()
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        let params = serde_json::from_value(params)
+            .map_err(|e| CallError::Transport(format!("unexpected reply: {e}")))?;
+        Ok((params, continues, fds))
+    }
+
+    /// `org.varlink.service.GetInfo`.
+    pub async fn service_info(&mut self) -> CallResult<ServiceInfo, ServiceError> {
+        let (info, _) = self
+            .call("org.varlink.service.GetInfo", &Empty {}, vec![])
+            .await?;
+        Ok(info)
+    }
+
+    /// `org.varlink.service.GetInterfaceDescription`.
+    pub async fn interface_description(
+        &mut self,
+        interface: &str,
+    ) -> CallResult<String, ServiceError> {
+        let params = DescriptionParams {
+            interface: interface.to_owned(),
+        };
+        let (reply, _): (DescriptionReply, _) = self
+            .call(
+                "org.varlink.service.GetInterfaceDescription",
+                &params,
+                vec![],
+            )
+            .await?;
+        Ok(reply.description)
+    }
+
+    /// `io.cfsd.Repository.Info`.
+    pub async fn info(&mut self) -> CallResult<InfoReply, RepositoryError> {
+        self.repository("Info", &Empty {}).await
+    }
+
+    /// `io.cfsd.Repository.Init`.
+    pub async fn init(&mut self, params: &InitParams) -> CallResult<InitReply, RepositoryError> {
+        self.repository("Init", params).await
+    }
+
+    /// `io.cfsd.Repository.Fsck`.
+    pub async fn fsck(&mut self, params: &FsckParams) -> CallResult<FsckReply, RepositoryError> {
+        self.repository("Fsck", params).await
+    }
+
+    /// `io.cfsd.Repository.Gc`.
+    pub async fn gc(&mut self, params: &GcParams) -> CallResult<GcReply, RepositoryError> {
+        self.repository("Gc", params).await
+    }
+
+    async fn repository<P, R>(&mut self, method: &str, params: &P) -> CallResult<R, RepositoryError>
+    where
+        P: Serialize + std::fmt::Debug,
+        R: DeserializeOwned + std::fmt::Debug,
+    {
+        let method = format!("{}.{method}", crate::idl::REPOSITORY_INTERFACE);
+        let (reply, _) = self.call(&method, params, vec![]).await?;
+        Ok(reply)
+    }
+}
+
+/// The replies of a call made with `more`, read one at a time.
+#[derive(Debug)]
+pub struct Replies<'c> {
+    client: &'c mut Client,
+    done: bool,
+}
+
+impl Replies<'_> {
+    /// The next reply and the fds that came with it, or `None` after the
+    /// last one.
+    pub async fn next<R, E>(&mut self) -> Option<CallResult<(R, Vec<OwnedFd>), E>>
+    where
+        R: DeserializeOwned + std::fmt::Debug,
+        E: DeserializeOwned + std::fmt::Debug,
+    {
+        if self.done {
+            return None;
+        }
+        let received = self.client.receive::<R, E>().await;
+        Some(match received {
+            Ok((reply, continues, fds)) => {
+                self.done = !continues;
+                Ok((reply, fds))
+            }
+            Err(e) => {
+                self.done = true;
+                Err(e)
+            }
+        })
+    }
+}
+
+/// Parameters of a method that takes none.
+#[derive(Debug, Serialize)]
+struct Empty {}
+
+fn transport<E>(e: zlink::Error) -> CallError<E> {
+    CallError::Transport(e.to_string())
+}
+
+fn service_error<E>(e: &zlink::varlink_service::Error<'_>) -> CallError<E> {
+    // zlink's own type lacks Display of the parameters; ours carries them.
+    match serde_json::to_value(e).and_then(serde_json::from_value) {
+        Ok(known) => CallError::Service(known),
+        Err(_) => CallError::Unknown(format!("{e:?}")),
+    }
+}

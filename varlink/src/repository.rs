@@ -1,0 +1,208 @@
+//! `io.cfsd.Repository`: describing, creating, checking and collecting
+//! the repository.
+
+use serde::{Deserialize, Serialize};
+
+/// How far the repository's content is protected by fs-verity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verity {
+    /// Every object must carry fs-verity and reads are checked by the kernel.
+    pub enforced: bool,
+    /// Why fs-verity is not enforced; `None` when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How many entries of one kind there are, and the bytes of their objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Number of entries.
+    pub count: u64,
+    /// Bytes of the objects behind them.
+    pub bytes: u64,
+}
+
+/// A description of the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryInfo {
+    /// The repository directory, as the daemon was told it.
+    pub path: String,
+    /// The fs-verity algorithm that names objects.
+    pub algorithm: String,
+    /// Whether fs-verity protects the content.
+    pub verity: Verity,
+    /// Content-addressed files.
+    pub objects: Usage,
+    /// Split streams.
+    pub streams: Usage,
+    /// EROFS images.
+    pub images: Usage,
+}
+
+/// The reply of `Info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InfoReply {
+    /// The description.
+    pub info: RepositoryInfo,
+}
+
+/// The parameters of `Init`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitParams {
+    /// `sha256`, `sha512` or a full `fsverity-<hash>-<lg-block>` name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+}
+
+/// The reply of `Init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitReply {
+    /// The repository as it now is.
+    pub info: RepositoryInfo,
+    /// False when the repository already existed with this algorithm.
+    pub created: bool,
+}
+
+/// The parameters of `Fsck`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FsckParams {
+    /// Check references only, without reading object contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_only: Option<bool>,
+}
+
+/// One inconsistency found by `Fsck`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A stable kebab-case name for the kind of problem.
+    pub kind: String,
+    /// What is wrong and where.
+    pub detail: String,
+}
+
+/// The reply of `Fsck`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FsckReply {
+    /// No problem was found.
+    pub ok: bool,
+    /// Objects whose contents were verified.
+    pub objects_checked: u64,
+    /// Objects whose contents do not match their name.
+    pub objects_corrupted: u64,
+    /// Streams checked.
+    pub streams_checked: u64,
+    /// Streams found damaged.
+    pub streams_corrupted: u64,
+    /// Images checked.
+    pub images_checked: u64,
+    /// Images found damaged.
+    pub images_corrupted: u64,
+    /// References that point nowhere.
+    pub broken_links: u64,
+    /// Objects referred to but absent.
+    pub missing_objects: u64,
+    /// Every problem, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+/// The parameters of `Gc`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GcParams {
+    /// Only report what would be removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+}
+
+/// The reply of `Gc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReply {
+    /// Whether this was only a report.
+    pub dry_run: bool,
+    /// Objects removed, or that would be.
+    pub objects_removed: u64,
+    /// Bytes of those objects.
+    pub bytes_freed: u64,
+    /// Dangling image references removed.
+    pub images_pruned: u64,
+    /// Dangling stream references removed.
+    pub streams_pruned: u64,
+}
+
+/// Every error of `io.cfsd.Repository`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "error", content = "parameters")]
+pub enum RepositoryError {
+    /// The directory holds no repository yet.
+    #[serde(rename = "io.cfsd.Repository.NotInitialized")]
+    #[error("no composefs repository at {path}: create it with `cfsctl init`")]
+    NotInitialized {
+        /// The repository directory.
+        path: String,
+    },
+    /// The repository exists with another algorithm.
+    #[serde(rename = "io.cfsd.Repository.AlgorithmMismatch")]
+    #[error(
+        "the repository at {path} already uses {existing}; it cannot be re-initialised with {requested}"
+    )]
+    AlgorithmMismatch {
+        /// The repository directory.
+        path: String,
+        /// The algorithm it has.
+        existing: String,
+        /// The algorithm asked for.
+        requested: String,
+    },
+    /// The algorithm is unknown.
+    #[serde(rename = "io.cfsd.Repository.UnsupportedAlgorithm")]
+    #[error("unsupported algorithm {algorithm:?}: use sha256 or sha512")]
+    UnsupportedAlgorithm {
+        /// The algorithm asked for.
+        algorithm: String,
+    },
+    /// fs-verity is required but unavailable.
+    #[serde(rename = "io.cfsd.Repository.VerityRequired")]
+    #[error("fs-verity is required but the repository at {path} cannot have it: {reason}")]
+    VerityRequired {
+        /// The repository directory.
+        path: String,
+        /// Why verity is unavailable.
+        reason: String,
+    },
+    /// The repository metadata cannot be used.
+    #[serde(rename = "io.cfsd.Repository.Unreadable")]
+    #[error("cannot open the repository at {path}: {reason}")]
+    Unreadable {
+        /// The repository directory.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The caller may not change the repository.
+    #[serde(rename = "io.cfsd.Repository.PermissionDenied")]
+    #[error(
+        "permission denied: {method} changes the repository and uid {uid} is neither root nor in the daemon's admin group"
+    )]
+    PermissionDenied {
+        /// The method refused.
+        method: String,
+        /// The caller's uid.
+        uid: u32,
+    },
+    /// Disk access failed.
+    #[serde(rename = "io.cfsd.Repository.StorageFailed")]
+    #[error("{operation} failed: {reason}")]
+    StorageFailed {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// The methods of `io.cfsd.Repository`, by their unqualified names.
+pub const METHODS: &[&str] = &["Info", "Init", "Fsck", "Gc"];
