@@ -47,5 +47,5 @@ pub fn lookup_group(name: &str) -> anyhow::Result<Gid> {
         })
         .next()
         .map(Gid::from_raw)
-        .ok_or_else(|| anyhow::anyhow!("--allow-group: no group named {name:?} in /etc/group"))
+        .ok_or_else(|| anyhow::anyhow!("no group named {name:?} in /etc/group"))
 }

@@ -42,9 +42,9 @@ pub enum Socket {
 
 /// Take the socket to serve on: `--address` if given, else the one systemd
 /// passed, else a socket already on fd 3.
-pub fn acquire(address: Option<&Address>, admin_group: Option<Gid>) -> anyhow::Result<Socket> {
+pub fn acquire(address: Option<&Address>, socket_group: Option<Gid>) -> anyhow::Result<Socket> {
     if let Some(Address::Unix(path)) = address {
-        return bind(path, admin_group);
+        return bind(path, socket_group);
     }
     let activated = activation_fds()?;
     if activated == 0 && !fd3_is_socket() {
@@ -59,8 +59,8 @@ pub fn acquire(address: Option<&Address>, admin_group: Option<Gid>) -> anyhow::R
     adopt_fd3()
 }
 
-/// Bind `path` as a 0660 socket, group-owned by the admin group if any.
-fn bind(path: &Path, admin_group: Option<Gid>) -> anyhow::Result<Socket> {
+/// Bind `path` as a 0660 socket, owned by `socket_group` if given.
+fn bind(path: &Path, socket_group: Option<Gid>) -> anyhow::Result<Socket> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -72,7 +72,7 @@ fn bind(path: &Path, admin_group: Option<Gid>) -> anyhow::Result<Socket> {
     umask(previous);
     let listener = bound.with_context(|| format!("binding {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
-    if let Some(gid) = admin_group {
+    if let Some(gid) = socket_group {
         rustix::fs::chown(path, None, Some(gid))
             .with_context(|| format!("giving {} to gid {}", path.display(), gid.as_raw()))?;
     }

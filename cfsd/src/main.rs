@@ -34,6 +34,11 @@ struct Args {
     #[arg(long, value_name = "GROUP")]
     allow_group: Option<String>,
 
+    /// Give the socket that --address creates to this group, so that its
+    /// members may connect and call read-only methods.
+    #[arg(long, value_name = "GROUP", requires = "address")]
+    socket_group: Option<String>,
+
     /// Exit after this many seconds without any client.
     #[arg(long, value_name = "SECS")]
     idle_exit: Option<u64>,
@@ -83,8 +88,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         .as_deref()
         .map(access::lookup_group)
         .transpose()?;
+    let socket_group = args
+        .socket_group
+        .as_deref()
+        .map(access::lookup_group)
+        .transpose()?;
     // Sockets are taken before any thread exists: binding sets the umask.
-    let socket = listen::acquire(args.address.as_ref(), admin_group)?;
+    let socket = listen::acquire(args.address.as_ref(), socket_group)?;
     let config = server::Config {
         repo: args.repo,
         policy,

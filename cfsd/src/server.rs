@@ -86,7 +86,18 @@ async fn accept_loop(
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut shutdown = daemon.shutdown.clone();
     let mut clients = JoinSet::new();
-    loop {
+    'serve: loop {
+        // Wait for a free slot before accepting, so that further clients
+        // queue in the kernel's backlog; finished clients free slots.
+        let slot = loop {
+            tokio::select! {
+                _ = shutdown.changed() => break 'serve,
+                Some(_) = clients.join_next(), if !clients.is_empty() => {}
+                slot = slots.clone().acquire_owned() => break slot?,
+            }
+        };
+        // The idle clock runs only while no client is connected, and
+        // restarts whenever the last one leaves.
         let idle = config.idle_exit.filter(|_| clients.is_empty());
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -95,24 +106,16 @@ async fn accept_loop(
                 break;
             }
             Some(_) = clients.join_next(), if !clients.is_empty() => {}
-            slot = slots.clone().acquire_owned() => {
-                // Waiting for a free slot before accepting leaves further
-                // clients queued in the kernel's backlog.
-                let slot = slot?;
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
-                            let daemon = daemon.clone();
-                            clients.spawn(async move {
-                                connection::serve(daemon, stream).await;
-                                drop(slot);
-                            });
-                        }
-                        Err(e) => tracing::warn!("accept failed: {e}"),
-                    },
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let daemon = daemon.clone();
+                    clients.spawn(async move {
+                        connection::serve(daemon, stream).await;
+                        drop(slot);
+                    });
                 }
-            }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            },
         }
     }
     drop(listener);

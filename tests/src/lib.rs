@@ -1,1 +1,239 @@
-//! Shared helpers for the integration tests.
+//! Helpers for the integration tests: start real `cfsd` processes, run the
+//! real `cfsctl`, and speak raw varlink to check the wire itself.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use cfsd_varlink::{Address, Client};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A binary of this workspace, built next to the test executables.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo nextest run --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// A running `cfsd` serving a fresh repository directory on its own
+/// socket. It is killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Daemon {
+    /// Start cfsd on a socket in a new temporary directory, with `args`
+    /// added to its command line. The repository is not initialised.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("cfsd-test")
+            .tempdir()
+            .unwrap();
+        let mut daemon = Daemon { child: None, dir };
+        let child = Command::new(bin("cfsd"))
+            .arg("--repo")
+            .arg(daemon.repo())
+            .arg("--address")
+            .arg(daemon.address())
+            .args(args)
+            .env("CFSD_LOG", "debug")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawning cfsd");
+        daemon.child = Some(child);
+        daemon.wait_for_socket();
+        daemon
+    }
+
+    /// Start cfsd and initialise its repository through `cfsctl init`.
+    pub fn start_initialised(args: &[&str]) -> Self {
+        let daemon = Self::start(args);
+        let out = daemon.cfsctl(&["init"]);
+        assert!(out.status.success(), "init failed: {}", stderr(&out));
+        daemon
+    }
+
+    /// The scratch directory holding the socket and the repository.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The repository directory.
+    pub fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("cfsd.sock")
+    }
+
+    /// The socket as a varlink address.
+    pub fn address(&self) -> String {
+        format!("unix:{}", self.socket().display())
+    }
+
+    /// A typed client connected to this daemon.
+    pub async fn client(&self) -> Client {
+        Client::connect(&Address::Unix(self.socket()))
+            .await
+            .expect("connecting")
+    }
+
+    /// A raw varlink connection to this daemon.
+    pub fn raw(&self) -> RawConnection {
+        RawConnection::connect(&self.socket())
+    }
+
+    /// Run `cfsctl --address <this daemon> ARGS`.
+    pub fn cfsctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("cfsctl"))
+            .arg("--address")
+            .arg(self.address())
+            .args(args)
+            .output()
+            .expect("running cfsctl")
+    }
+
+    /// The daemon process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Send `signal` and wait for the daemon to exit, at most `timeout`.
+    pub fn stop_with(&mut self, signal: rustix::process::Signal, timeout: Duration) -> ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).expect("signalling cfsd");
+        self.wait(timeout).expect("cfsd did not exit in time")
+    }
+
+    /// Wait at most `timeout` for the daemon to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn wait_for_socket(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("cfsd exited before listening: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cfsd did not create {}", self.socket().display());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Run cfsctl with `args` and nothing else.
+pub fn cfsctl(args: &[&str]) -> Output {
+    Command::new(bin("cfsctl"))
+        .args(args)
+        .output()
+        .expect("running cfsctl")
+}
+
+/// A command's standard output as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A varlink connection that sends and reads raw messages, for checking
+/// what the daemon does with exactly these bytes.
+#[derive(Debug)]
+pub struct RawConnection {
+    reader: BufReader<UnixStream>,
+}
+
+impl RawConnection {
+    /// Connect to the socket at `path`.
+    pub fn connect(path: &Path) -> Self {
+        Self::from_stream(UnixStream::connect(path).expect("connecting"))
+    }
+
+    /// Use an already connected socket.
+    pub fn from_stream(stream: UnixStream) -> Self {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        RawConnection {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    /// Send `bytes` followed by the NUL that ends a message.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let stream = self.reader.get_mut();
+        stream.write_all(bytes).unwrap();
+        stream.write_all(b"\0").unwrap();
+    }
+
+    /// Read one message; `None` when the daemon closed the connection.
+    pub fn receive(&mut self) -> Option<Value> {
+        let mut message = Vec::new();
+        let n = self.reader.read_until(0, &mut message).ok()?;
+        if n == 0 || message.last() != Some(&0) {
+            return None;
+        }
+        message.pop();
+        Some(serde_json::from_slice(&message).expect("the daemon sent invalid JSON"))
+    }
+
+    /// Whether a reply has arrived that was not read yet, without waiting.
+    pub fn has_reply_waiting(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        let mut byte = [0u8; 1];
+        matches!(rustix::net::recv(self.reader.get_ref(), &mut byte, flags), Ok((_, n)) if n > 0)
+    }
+
+    /// Send `call` and read its one reply.
+    pub fn call(&mut self, call: Value) -> Value {
+        self.send_bytes(call.to_string().as_bytes());
+        self.receive()
+            .expect("connection closed instead of a reply")
+    }
+}

@@ -26,3 +26,257 @@ pub fn description(interface: &str) -> Option<&'static str> {
         .find(|(name, _)| *name == interface)
         .map(|(_, text)| *text)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The golden-IDL test: the checked-in descriptions parse, and the
+    //! Rust wire types carry exactly the names they declare.
+
+    use std::collections::BTreeSet;
+
+    use serde::Serialize;
+    use serde_json::Value;
+    use zlink::idl::Interface;
+
+    use super::*;
+    use crate::{repository::*, service::*};
+
+    fn parse(text: &'static str) -> Interface<'static> {
+        Interface::try_from(text).expect("the checked-in IDL parses")
+    }
+
+    fn keys(value: &impl Serialize) -> BTreeSet<String> {
+        match serde_json::to_value(value).unwrap() {
+            Value::Object(map) => map.keys().cloned().collect(),
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    fn method_fields(idl: &Interface<'_>, method: &str, output: bool) -> BTreeSet<String> {
+        let m = idl
+            .methods()
+            .find(|m| *m.name() == *method)
+            .unwrap_or_else(|| panic!("{method} not in the IDL"));
+        let fields: Vec<_> = if output {
+            m.outputs().collect()
+        } else {
+            m.inputs().collect()
+        };
+        fields.iter().map(|f| f.name().to_string()).collect()
+    }
+
+    fn type_fields(idl: &Interface<'_>, name: &str) -> BTreeSet<String> {
+        let ty = idl
+            .custom_types()
+            .find(|t| *t.name() == *name)
+            .and_then(|t| t.as_object())
+            .unwrap_or_else(|| panic!("type {name} not in the IDL"));
+        ty.fields().map(|f| f.name().to_string()).collect()
+    }
+
+    /// Each error once, with every optional field set. The match makes
+    /// adding a variant without adding it here a compile error.
+    fn every_repository_error() -> Vec<RepositoryError> {
+        let s = || "x".to_owned();
+        let all = vec![
+            RepositoryError::NotInitialized { path: s() },
+            RepositoryError::AlgorithmMismatch {
+                path: s(),
+                existing: s(),
+                requested: s(),
+            },
+            RepositoryError::UnsupportedAlgorithm { algorithm: s() },
+            RepositoryError::VerityRequired {
+                path: s(),
+                reason: s(),
+            },
+            RepositoryError::Unreadable {
+                path: s(),
+                reason: s(),
+            },
+            RepositoryError::PermissionDenied {
+                method: s(),
+                uid: 1,
+            },
+            RepositoryError::StorageFailed {
+                operation: s(),
+                reason: s(),
+            },
+        ];
+        for e in &all {
+            match e {
+                RepositoryError::NotInitialized { .. }
+                | RepositoryError::AlgorithmMismatch { .. }
+                | RepositoryError::UnsupportedAlgorithm { .. }
+                | RepositoryError::VerityRequired { .. }
+                | RepositoryError::Unreadable { .. }
+                | RepositoryError::PermissionDenied { .. }
+                | RepositoryError::StorageFailed { .. } => {}
+            }
+        }
+        all
+    }
+
+    fn every_service_error() -> Vec<ServiceError> {
+        let s = || "x".to_owned();
+        let all = vec![
+            ServiceError::InterfaceNotFound { interface: s() },
+            ServiceError::MethodNotFound { method: s() },
+            ServiceError::MethodNotImplemented { method: s() },
+            ServiceError::InvalidParameter { parameter: s() },
+            ServiceError::PermissionDenied {},
+            ServiceError::ExpectedMore {},
+        ];
+        for e in &all {
+            match e {
+                ServiceError::InterfaceNotFound { .. }
+                | ServiceError::MethodNotFound { .. }
+                | ServiceError::MethodNotImplemented { .. }
+                | ServiceError::InvalidParameter { .. }
+                | ServiceError::PermissionDenied {}
+                | ServiceError::ExpectedMore {} => {}
+            }
+        }
+        all
+    }
+
+    /// The errors' wire names and parameter names equal the IDL's.
+    fn assert_errors(idl: &Interface<'_>, errors: &[impl Serialize]) {
+        let interface = idl.name().to_string();
+        let mut declared: BTreeSet<String> = idl.errors().map(|e| e.name().to_string()).collect();
+        for error in errors {
+            let wire = serde_json::to_value(error).unwrap();
+            let name = wire["error"].as_str().unwrap();
+            let short = name
+                .strip_prefix(&format!("{interface}."))
+                .unwrap_or_else(|| panic!("{name} is not in {interface}"));
+            assert!(declared.remove(short), "{name} is not declared in the IDL");
+            let params = wire
+                .get("parameters")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
+            let idl_error = idl
+                .errors()
+                .find(|e| *e.name() == *short)
+                .unwrap();
+            let declared_fields: BTreeSet<String> =
+                idl_error.fields().map(|f| f.name().to_string()).collect();
+            assert_eq!(keys(&params), declared_fields, "parameters of {name}");
+        }
+        assert!(
+            declared.is_empty(),
+            "declared but not in the Rust enum: {declared:?}"
+        );
+    }
+
+    #[test]
+    fn repository_interface_matches_wire_types() {
+        let idl = parse(REPOSITORY);
+        assert_eq!(idl.name().to_string(), REPOSITORY_INTERFACE);
+        let declared: BTreeSet<_> = idl.methods().map(|m| m.name().to_string()).collect();
+        let served: BTreeSet<_> = crate::repository::METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(declared, served);
+
+        let info = RepositoryInfo {
+            path: "/r".into(),
+            algorithm: "fsverity-sha512-12".into(),
+            verity: Verity {
+                enforced: false,
+                reason: Some("no verity".into()),
+            },
+            objects: Usage::default(),
+            streams: Usage::default(),
+            images: Usage::default(),
+        };
+        assert_eq!(keys(&info), type_fields(&idl, "RepositoryInfo"));
+        assert_eq!(keys(&info.verity), type_fields(&idl, "Verity"));
+        assert_eq!(keys(&Usage::default()), type_fields(&idl, "Usage"));
+        let problem = Problem {
+            kind: "k".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(keys(&problem), type_fields(&idl, "Problem"));
+
+        assert_eq!(
+            keys(&InfoReply { info: info.clone() }),
+            method_fields(&idl, "Info", true)
+        );
+        assert!(method_fields(&idl, "Info", false).is_empty());
+        let init = InitParams {
+            algorithm: Some("sha512".into()),
+        };
+        assert_eq!(keys(&init), method_fields(&idl, "Init", false));
+        let init_reply = InitReply {
+            info,
+            created: true,
+        };
+        assert_eq!(keys(&init_reply), method_fields(&idl, "Init", true));
+        let fsck = FsckParams {
+            metadata_only: Some(true),
+        };
+        assert_eq!(keys(&fsck), method_fields(&idl, "Fsck", false));
+        assert_eq!(
+            keys(&FsckReply::default()),
+            method_fields(&idl, "Fsck", true)
+        );
+        let gc = GcParams {
+            dry_run: Some(true),
+        };
+        assert_eq!(keys(&gc), method_fields(&idl, "Gc", false));
+        assert_eq!(keys(&GcReply::default()), method_fields(&idl, "Gc", true));
+
+        assert_errors(&idl, &every_repository_error());
+    }
+
+    #[test]
+    fn service_interface_matches_wire_types() {
+        let idl = parse(SERVICE);
+        assert_eq!(idl.name().to_string(), SERVICE_INTERFACE);
+        let declared: BTreeSet<_> = idl.methods().map(|m| m.name().to_string()).collect();
+        let served: BTreeSet<_> = crate::service::METHODS
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(declared, served);
+        let info = ServiceInfo {
+            vendor: String::new(),
+            product: String::new(),
+            version: String::new(),
+            url: String::new(),
+            interfaces: vec![],
+        };
+        assert_eq!(keys(&info), method_fields(&idl, "GetInfo", true));
+        let params = DescriptionParams {
+            interface: String::new(),
+        };
+        assert_eq!(
+            keys(&params),
+            method_fields(&idl, "GetInterfaceDescription", false)
+        );
+        let reply = DescriptionReply {
+            description: String::new(),
+        };
+        assert_eq!(
+            keys(&reply),
+            method_fields(&idl, "GetInterfaceDescription", true)
+        );
+        assert_errors(&idl, &every_service_error());
+    }
+
+    #[test]
+    fn descriptions_are_the_checked_in_files() {
+        for (name, text) in INTERFACES {
+            let path = format!(
+                "{}/../interfaces/{name}.varlink",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let on_disk = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(*text, on_disk, "{path}");
+            assert_eq!(description(name), Some(*text));
+        }
+        assert_eq!(description("org.example.Nope"), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! Peer credentials decide per call: read-only methods for every peer
+//! that may connect, mutating ones for root and the admin group only. The
+//! clients here really run as another uid, through `setpriv`.
+
+use std::{os::unix::fs::PermissionsExt, process::Command};
+
+use cfsd_tests::{Daemon, bin, stderr, stdout};
+use serde_json::Value;
+
+/// The unprivileged user and group the clients run as.
+const NOBODY: u32 = 65534;
+
+/// A group nobody is given on top, for `--allow-group`.
+const ADMINS: u32 = 4242;
+
+/// Start a daemon whose socket the group `nogroup` may connect to.
+fn daemon_for_nobody(extra: &[&str]) -> Daemon {
+    let mut args = vec!["--socket-group", "65534"];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start(&args);
+    // Let nobody reach the socket inside the test's private directory.
+    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    daemon
+}
+
+/// `setpriv` running `program` as nobody, with `groups` as its
+/// supplementary groups.
+fn as_nobody(groups: &[u32], program: &str) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"));
+    if groups.is_empty() {
+        command.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        command.arg(format!("--groups={}", list.join(",")));
+    }
+    command.arg(program);
+    command
+}
+
+fn cfsctl_as_nobody(daemon: &Daemon, groups: &[u32], args: &[&str]) -> std::process::Output {
+    // The build tree may sit where nobody cannot reach (under /root, say):
+    // run a copy from the test's own directory.
+    let cfsctl = daemon.dir().join("cfsctl");
+    if !cfsctl.exists() {
+        std::fs::copy(bin("cfsctl"), &cfsctl).unwrap();
+    }
+    as_nobody(groups, cfsctl.to_str().unwrap())
+        .arg("--address")
+        .arg(daemon.address())
+        .args(args)
+        .output()
+        .expect("running setpriv")
+}
+
+/// Make raw calls as nobody over ONE connection and return every reply.
+fn raw_calls_as_nobody(daemon: &Daemon, calls: &[Value]) -> Vec<Value> {
+    let script = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+buf = b""
+for call in sys.argv[2:]:
+    s.sendall(call.encode() + b"\0")
+    while b"\0" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("the daemon closed the connection")
+        buf += chunk
+    reply, buf = buf.split(b"\0", 1)
+    print(reply.decode(), flush=True)
+"#;
+    // The system interpreter: a per-user one (pyenv under /root) is out
+    // of nobody's reach, and only the standard library is needed.
+    let out = as_nobody(&[], "/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(daemon.socket())
+        .args(calls.iter().map(Value::to_string))
+        .output()
+        .expect("running python3 under setpriv");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_unprivileged_peer_may_read_but_not_change() {
+    let daemon = daemon_for_nobody(&[]);
+    assert!(daemon.cfsctl(&["init"]).status.success());
+
+    for read_only in [&["info"][..], &["fsck"], &["gc", "--dry-run"]] {
+        let out = cfsctl_as_nobody(&daemon, &[], read_only);
+        assert!(
+            out.status.success(),
+            "{read_only:?} as nobody: {}",
+            stderr(&out)
+        );
+    }
+    for mutating in [&["init"][..], &["gc"]] {
+        let out = cfsctl_as_nobody(&daemon, &[], mutating);
+        assert_eq!(out.status.code(), Some(1), "{mutating:?} as nobody");
+        let err = stderr(&out);
+        assert!(err.contains("permission denied"), "{err}");
+        assert!(err.contains("uid 65534"), "{err}");
+    }
+}
+
+#[test]
+fn a_refused_call_gets_a_typed_error_and_the_connection_stays_usable() {
+    let daemon = daemon_for_nobody(&[]);
+    let replies = raw_calls_as_nobody(
+        &daemon,
+        &[
+            serde_json::json!({"method": "io.cfsd.Repository.Init"}),
+            serde_json::json!({"method": "io.cfsd.Repository.Gc", "parameters": {"dryRun": false}}),
+            serde_json::json!({"method": "io.cfsd.Repository.Info"}),
+        ],
+    );
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    for (reply, method) in replies.iter().zip(["Init", "Gc"]) {
+        assert_eq!(
+            reply["error"], "io.cfsd.Repository.PermissionDenied",
+            "{reply}"
+        );
+        assert_eq!(
+            reply["parameters"]["method"],
+            format!("io.cfsd.Repository.{method}")
+        );
+        assert_eq!(reply["parameters"]["uid"], NOBODY);
+    }
+    // Nothing was created by the refused Init: the repository is still
+    // missing, which the third call on the same connection reports.
+    assert_eq!(replies[2]["error"], "io.cfsd.Repository.NotInitialized");
+    assert!(!daemon.repo().join("meta.json").exists());
+}
+
+#[test]
+fn members_of_the_allowed_group_may_change_the_repository() {
+    let admins = ADMINS.to_string();
+    let daemon = daemon_for_nobody(&["--allow-group", &admins]);
+    let refused = cfsctl_as_nobody(&daemon, &[], &["init"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+
+    let out = cfsctl_as_nobody(&daemon, &[ADMINS], &["--json", "init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["created"], true);
+    let out = cfsctl_as_nobody(&daemon, &[ADMINS], &["gc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_peer_outside_the_socket_group_cannot_connect_at_all() {
+    let daemon = Daemon::start(&[]);
+    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let out = cfsctl_as_nobody(&daemon, &[], &["info"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+}
