@@ -5,6 +5,8 @@
 //! touched by the daemon.
 
 mod connect;
+mod oci;
+mod progress;
 mod render;
 mod repository;
 
@@ -57,6 +59,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Pull, list, name, remove and mount OCI images.
+    Oci {
+        #[command(subcommand)]
+        command: oci::OciCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info => repository::info(client, out).await?,
         Command::Fsck { metadata_only } => repository::fsck(client, out, metadata_only).await?,
         Command::Gc { dry_run } => repository::gc(client, out, dry_run).await?,
+        Command::Oci { command } => oci::run(client, out, command).await?,
     };
     daemon.close().await?;
     Ok(code)

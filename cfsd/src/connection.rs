@@ -1,13 +1,14 @@
 //! One client: read calls, check them, answer them in order.
 
-use std::sync::Arc;
+use std::{os::fd::OwnedFd, sync::Arc, time::Duration};
 
-use tokio::net::UnixStream;
+use serde_json::Value;
+use tokio::{net::UnixStream, sync::mpsc};
 use zlink::{Connection, Reply, tokio::unix::Stream};
 
 use crate::{
     access::Peer,
-    dispatch::{self, Incoming, Outcome},
+    dispatch::{self, Incoming, Outcome, Streamed},
     server::Daemon,
 };
 
@@ -62,18 +63,100 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
                 break;
             }
         };
-        let oneway = call.oneway();
+        let (oneway, more) = (call.oneway(), call.more());
         let outcome = dispatch::handle(&daemon, &peer, call.method(), fds).await;
         if oneway {
+            finish_unanswered(outcome).await;
             continue;
         }
-        let sent = match outcome {
-            Outcome::Reply(params, fds) => conn.send_reply(&Reply::new(Some(params)), fds).await,
-            Outcome::Error(error) => conn.send_error(&error, vec![]).await,
+        let mut replier = Replier {
+            conn: &mut conn,
+            timeout: daemon.client_timeout,
         };
-        if let Err(e) = sent {
+        if let Err(e) = replier.answer(outcome, more).await {
             tracing::debug!(uid = peer.uid, "cannot reply, closing: {e}");
             break;
         }
+    }
+}
+
+/// Sends a call's replies, giving up on a client that does not take one
+/// within the idle timeout: nothing else would ever stop the wait.
+struct Replier<'c> {
+    conn: &'c mut Connection<Stream>,
+    timeout: Duration,
+}
+
+impl Replier<'_> {
+    /// Send a call's outcome. Of a stream, replies that more follow go
+    /// only to a call made with `more`; the last one always goes.
+    async fn answer(&mut self, outcome: Outcome, more: bool) -> zlink::Result<()> {
+        match outcome {
+            Outcome::Stream(replies) => self.stream(replies, more).await,
+            single => self.single(single).await,
+        }
+    }
+
+    /// Forward a stream until its last reply. Returning early drops the
+    /// receiver, which cancels the work behind the stream.
+    async fn stream(
+        &mut self,
+        mut replies: mpsc::Receiver<Streamed>,
+        more: bool,
+    ) -> zlink::Result<()> {
+        while let Some(streamed) = replies.recv().await {
+            match streamed {
+                Streamed::More(params) if more => self.reply(params, Vec::new(), true).await?,
+                Streamed::More(_) => {}
+                Streamed::Last(outcome) => return self.single(outcome).await,
+            }
+        }
+        Err(std::io::Error::other("a call's work ended without a final reply").into())
+    }
+
+    async fn single(&mut self, outcome: Outcome) -> zlink::Result<()> {
+        match outcome {
+            Outcome::Reply(params, fds) => self.reply(params, fds, false).await,
+            Outcome::Error(error) => {
+                within(self.timeout, self.conn.send_error(&error, vec![])).await
+            }
+            Outcome::Stream(_) => {
+                Err(std::io::Error::other("a stream's last reply is another stream").into())
+            }
+        }
+    }
+
+    async fn reply(
+        &mut self,
+        params: Value,
+        fds: Vec<OwnedFd>,
+        continues: bool,
+    ) -> zlink::Result<()> {
+        let reply = Reply::new(Some(params)).set_continues(continues.then_some(true));
+        within(self.timeout, self.conn.send_reply(&reply, fds)).await
+    }
+}
+
+/// A send that fails when the client has not taken it within `timeout`.
+async fn within(
+    timeout: Duration,
+    send: impl Future<Output = zlink::Result<()>>,
+) -> zlink::Result<()> {
+    tokio::time::timeout(timeout, send)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no reply for {timeout:?}"),
+            )
+            .into())
+        })
+}
+
+/// A `oneway` call wants no reply, but its work still runs to the end:
+/// a stream is drained rather than dropped, which would cancel it.
+async fn finish_unanswered(outcome: Outcome) {
+    if let Outcome::Stream(mut replies) = outcome {
+        while replies.recv().await.is_some() {}
     }
 }

@@ -4,11 +4,12 @@
 use std::os::fd::OwnedFd;
 
 use cfsd_varlink::{
-    idl::{REPOSITORY_INTERFACE, SERVICE_INTERFACE},
+    idl::{OCI_INTERFACE, REPOSITORY_INTERFACE, SERVICE_INTERFACE},
     service::ServiceError,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::{access::Peer, methods, server::Daemon};
 
@@ -29,6 +30,19 @@ pub enum Outcome {
     Reply(Value, Vec<OwnedFd>),
     /// An error reply, `{"error": ..., "parameters": ...}`.
     Error(Value),
+    /// Replies produced while the call runs, ending with
+    /// [`Streamed::Last`]. Dropping the receiver cancels the call's work.
+    Stream(mpsc::Receiver<Streamed>),
+}
+
+/// One reply of a call that streams.
+#[derive(Debug)]
+pub enum Streamed {
+    /// A reply that more replies follow; sent only to a call made with
+    /// `more`.
+    More(Value),
+    /// The call's final reply or error.
+    Last(Outcome),
 }
 
 impl Outcome {
@@ -75,6 +89,7 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
     match interface {
         SERVICE_INTERFACE => methods::service::handle(method, params),
         REPOSITORY_INTERFACE => methods::repository::handle(daemon, peer, method, params).await,
+        OCI_INTERFACE => methods::oci::handle(daemon, peer, method, params, fds).await,
         _ => {
             drop(fds);
             Outcome::error(&ServiceError::InterfaceNotFound {

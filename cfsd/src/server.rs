@@ -7,7 +7,7 @@ use rustix::process::Gid;
 use tokio::{
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::{Semaphore, watch},
+    sync::{RwLock, Semaphore, watch},
     task::JoinSet,
 };
 
@@ -44,6 +44,11 @@ pub struct Daemon {
     pub client_timeout: Duration,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Keeps GC from running while content is being added or used:
+    /// imports, tagging and mounting hold it shared, a collecting Gc
+    /// exclusively. Objects an import has written but not yet referenced
+    /// look unreferenced to GC, so the two must never overlap.
+    pub gc_lock: Arc<RwLock<()>>,
 }
 
 /// Serve `socket` until shutdown, idle exit, or (for a connected socket)
@@ -56,6 +61,7 @@ pub async fn run(config: Config, socket: Socket) -> anyhow::Result<()> {
         admin_group: config.admin_group,
         client_timeout: config.client_timeout,
         shutdown,
+        gc_lock: Arc::new(RwLock::new(())),
     });
     match socket {
         Socket::Connected(stream) => {

@@ -45,6 +45,105 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// No image has this tag or manifest digest.
+    #[error("no image {image:?} in the repository")]
+    ImageNotFound {
+        /// The tag or digest asked for.
+        image: String,
+    },
+    /// A platform that is not `os/arch[/variant]`.
+    #[error("invalid platform {platform:?}: expected os/arch or os/arch/variant")]
+    InvalidPlatform {
+        /// The text given.
+        platform: String,
+    },
+    /// A tag that cannot name an image.
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag given.
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An `oci-archive:` that is compressed as a whole.
+    #[error(
+        "the archive is {compression}-compressed; oci-archive: needs the uncompressed tar \
+         (decompress it first, e.g. with `{compression} -d`)"
+    )]
+    CompressedArchive {
+        /// The compression found.
+        compression: String,
+    },
+    /// The source is not an OCI layout.
+    #[error("not an OCI image layout: {reason}")]
+    InvalidSource {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The source lacks a blob that its index or a manifest names.
+    #[error("the source has no blob {digest}")]
+    BlobMissing {
+        /// The blob's digest.
+        digest: String,
+    },
+    /// A JSON document of the source cannot be read.
+    #[error("invalid {what}: {reason}")]
+    InvalidJson {
+        /// Which document.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No manifest in the index matches the reference.
+    #[error("no manifest {reference:?} in the source (it has: {})", available.join(", "))]
+    ManifestNotFound {
+        /// The reference asked for.
+        reference: String,
+        /// What the index offers.
+        available: Vec<String>,
+    },
+    /// The image index has no manifest for the platform.
+    #[error("no image for platform {platform} (the index has: {})", available.join(", "))]
+    PlatformNotFound {
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the index offers.
+        available: Vec<String>,
+    },
+    /// A media type cfsd cannot handle.
+    #[error("unsupported media type {media_type:?} for {what}")]
+    UnsupportedMediaType {
+        /// What carried it.
+        what: String,
+        /// The media type.
+        media_type: String,
+    },
+    /// Content does not match the digest or size that names it.
+    #[error("{what}: expected {expected}, found {actual}")]
+    DigestMismatch {
+        /// Which content.
+        what: String,
+        /// The digest or size declared.
+        expected: String,
+        /// The digest or size found.
+        actual: String,
+    },
+    /// A layer's compressed or tar data is damaged.
+    #[error("layer {layer} is damaged: {reason}")]
+    InvalidLayer {
+        /// The layer's digest.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Mounting an image failed.
+    #[error("mounting {image} failed: {reason}")]
+    MountFailed {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
     /// Reading or writing the repository failed.
     #[error("{operation} failed: {reason}")]
     Storage {

@@ -11,6 +11,7 @@ mod algorithm;
 mod error;
 mod fsck;
 mod gc;
+pub mod oci;
 mod repository;
 mod usage;
 pub mod verity;

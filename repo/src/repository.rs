@@ -18,20 +18,21 @@ use crate::{
 
 /// The composefs store behind a repository, for either hash type.
 #[derive(Debug)]
-enum AnyStore {
-    Sha256(Store<Sha256HashValue>),
-    Sha512(Store<Sha512HashValue>),
+pub(crate) enum AnyStore {
+    Sha256(Arc<Store<Sha256HashValue>>),
+    Sha512(Arc<Store<Sha512HashValue>>),
 }
 
 /// Run `$body` with `$store` bound to the typed composefs repository.
 macro_rules! with_store {
     ($any:expr, $store:ident => $body:expr) => {
         match $any {
-            AnyStore::Sha256($store) => $body,
-            AnyStore::Sha512($store) => $body,
+            $crate::repository::AnyStore::Sha256($store) => $body,
+            $crate::repository::AnyStore::Sha512($store) => $body,
         }
     };
 }
+pub(crate) use with_store;
 
 /// A description of the repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +78,10 @@ impl Repository {
         };
         let store = match algorithm.0 {
             Algorithm::Sha256 { .. } => {
-                AnyStore::Sha256(Store::open_path(CWD, path).map_err(unreadable)?)
+                AnyStore::Sha256(Arc::new(Store::open_path(CWD, path).map_err(unreadable)?))
             }
             Algorithm::Sha512 { .. } => {
-                AnyStore::Sha512(Store::open_path(CWD, path).map_err(unreadable)?)
+                AnyStore::Sha512(Arc::new(Store::open_path(CWD, path).map_err(unreadable)?))
             }
         };
         let verity = if with_store!(&store, s => s.is_insecure()) {
@@ -153,6 +154,11 @@ impl Repository {
     /// The repository directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The typed composefs store.
+    pub(crate) fn store(&self) -> &AnyStore {
+        &self.store
     }
 
     /// Whether fs-verity protects the repository.

@@ -19,9 +19,13 @@ fn served_descriptions_are_the_checked_in_files() {
     let interfaces = info["parameters"]["interfaces"].as_array().unwrap();
     assert_eq!(
         interfaces,
-        &vec![json!("org.varlink.service"), json!("io.cfsd.Repository")]
+        &vec![
+            json!("org.varlink.service"),
+            json!("io.cfsd.Repository"),
+            json!("io.cfsd.Oci")
+        ]
     );
-    for name in ["org.varlink.service", "io.cfsd.Repository"] {
+    for name in ["org.varlink.service", "io.cfsd.Repository", "io.cfsd.Oci"] {
         let reply = conn.call(json!({
             "method": "org.varlink.service.GetInterfaceDescription",
             "parameters": {"interface": name}

@@ -7,6 +7,10 @@ use zlink::{Call, Connection, tokio::unix::Stream};
 
 use crate::{
     address::Address,
+    oci::{
+        ComputeIdReply, EmptyReply, ImageParams, InspectReply, ListImagesReply, OciError,
+        PullParams, RemoveReply, TagParams, UntagParams,
+    },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, RepositoryError,
     },
@@ -180,6 +184,94 @@ impl Client {
         let method = format!("{}.{method}", crate::idl::REPOSITORY_INTERFACE);
         let (reply, _) = self.call(&method, params, vec![]).await?;
         Ok(reply)
+    }
+}
+
+impl Client {
+    /// `io.cfsd.Oci.Pull` with `more`, reading the image from `source`
+    /// (a directory for `oci`, a regular file for `oci-archive`). Read the
+    /// replies as [`PullReply`](crate::oci::PullReply)s and [`OciError`]s:
+    /// progress first, the result last.
+    pub async fn pull(
+        &mut self,
+        params: &PullParams,
+        source: OwnedFd,
+    ) -> CallResult<Replies<'_>, OciError> {
+        let method = format!("{}.Pull", crate::idl::OCI_INTERFACE);
+        self.call_more(&method, params, vec![source]).await
+    }
+
+    /// `io.cfsd.Oci.ListImages`.
+    pub async fn list_images(&mut self) -> CallResult<ListImagesReply, OciError> {
+        self.oci("ListImages", &Empty {}).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.Inspect`.
+    pub async fn inspect(&mut self, image: &str) -> CallResult<InspectReply, OciError> {
+        self.oci("Inspect", &image_params(image))
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.Tag`.
+    pub async fn tag(&mut self, image: &str, tag: &str) -> CallResult<(), OciError> {
+        let params = TagParams {
+            image: image.to_owned(),
+            tag: tag.to_owned(),
+        };
+        let (EmptyReply {}, _) = self.oci("Tag", &params).await?;
+        Ok(())
+    }
+
+    /// `io.cfsd.Oci.Untag`.
+    pub async fn untag(&mut self, tag: &str) -> CallResult<(), OciError> {
+        let params = UntagParams {
+            tag: tag.to_owned(),
+        };
+        let (EmptyReply {}, _) = self.oci("Untag", &params).await?;
+        Ok(())
+    }
+
+    /// `io.cfsd.Oci.Remove`: the tags removed.
+    pub async fn remove(&mut self, image: &str) -> CallResult<RemoveReply, OciError> {
+        self.oci("Remove", &image_params(image))
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.ComputeId`.
+    pub async fn compute_id(&mut self, image: &str) -> CallResult<ComputeIdReply, OciError> {
+        self.oci("ComputeId", &image_params(image))
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.Mount`: the detached mount, to be attached with
+    /// `move_mount`.
+    pub async fn mount(&mut self, image: &str) -> CallResult<OwnedFd, OciError> {
+        let (EmptyReply {}, fds) = self.oci("Mount", &image_params(image)).await?;
+        fds.into_iter().next().ok_or_else(|| {
+            CallError::Transport("cfsd replied to Mount without the mount's fd".to_owned())
+        })
+    }
+
+    async fn oci<P, R>(
+        &mut self,
+        method: &str,
+        params: &P,
+    ) -> CallResult<(R, Vec<OwnedFd>), OciError>
+    where
+        P: Serialize + std::fmt::Debug,
+        R: DeserializeOwned + std::fmt::Debug,
+    {
+        let method = format!("{}.{method}", crate::idl::OCI_INTERFACE);
+        self.call(&method, params, vec![]).await
+    }
+}
+
+fn image_params(image: &str) -> ImageParams {
+    ImageParams {
+        image: image.to_owned(),
     }
 }
 

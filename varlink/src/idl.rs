@@ -3,11 +3,17 @@
 /// The name of the repository interface.
 pub const REPOSITORY_INTERFACE: &str = "io.cfsd.Repository";
 
+/// The name of the OCI image interface.
+pub const OCI_INTERFACE: &str = "io.cfsd.Oci";
+
 /// The name of the interface every varlink service provides.
 pub const SERVICE_INTERFACE: &str = "org.varlink.service";
 
 /// The description of `io.cfsd.Repository`.
 pub const REPOSITORY: &str = include_str!("../../interfaces/io.cfsd.Repository.varlink");
+
+/// The description of `io.cfsd.Oci`.
+pub const OCI: &str = include_str!("../../interfaces/io.cfsd.Oci.varlink");
 
 /// The description of `org.varlink.service`.
 pub const SERVICE: &str = include_str!("../../interfaces/org.varlink.service.varlink");
@@ -17,6 +23,7 @@ pub const SERVICE: &str = include_str!("../../interfaces/org.varlink.service.var
 pub const INTERFACES: &[(&str, &str)] = &[
     (SERVICE_INTERFACE, SERVICE),
     (REPOSITORY_INTERFACE, REPOSITORY),
+    (OCI_INTERFACE, OCI),
 ];
 
 /// The description of `interface`, if the daemon serves it.
@@ -39,7 +46,15 @@ mod tests {
     use zlink::idl::Interface;
 
     use super::*;
-    use crate::{repository::*, service::*};
+    use crate::{
+        oci::{
+            ComputeIdReply, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
+            ListImagesReply, OciError, PullParams, PullReply, PullResult, RemoveReply, TagParams,
+            UntagParams,
+        },
+        repository::*,
+        service::*,
+    };
 
     fn parse(text: &'static str) -> Interface<'static> {
         Interface::try_from(text).expect("the checked-in IDL parses")
@@ -117,6 +132,87 @@ mod tests {
         all
     }
 
+    fn every_oci_error() -> Vec<OciError> {
+        let s = || "x".to_owned();
+        let all = vec![
+            OciError::NotInitialized { path: s() },
+            OciError::PermissionDenied {
+                method: s(),
+                uid: 1,
+            },
+            OciError::MissingFd {
+                method: s(),
+                expected: s(),
+            },
+            OciError::UnknownTransport { transport: s() },
+            OciError::ImageNotFound { image: s() },
+            OciError::InvalidPlatform { platform: s() },
+            OciError::InvalidTag {
+                tag: s(),
+                reason: s(),
+            },
+            OciError::CompressedArchive { compression: s() },
+            OciError::InvalidSource { reason: s() },
+            OciError::BlobMissing { digest: s() },
+            OciError::InvalidJson {
+                what: s(),
+                reason: s(),
+            },
+            OciError::ManifestNotFound {
+                reference: s(),
+                available: vec![s()],
+            },
+            OciError::PlatformNotFound {
+                platform: s(),
+                available: vec![s()],
+            },
+            OciError::UnsupportedMediaType {
+                what: s(),
+                media_type: s(),
+            },
+            OciError::DigestMismatch {
+                what: s(),
+                expected: s(),
+                actual: s(),
+            },
+            OciError::InvalidLayer {
+                layer: s(),
+                reason: s(),
+            },
+            OciError::MountFailed {
+                image: s(),
+                reason: s(),
+            },
+            OciError::StorageFailed {
+                operation: s(),
+                reason: s(),
+            },
+        ];
+        for e in &all {
+            match e {
+                OciError::NotInitialized { .. }
+                | OciError::PermissionDenied { .. }
+                | OciError::MissingFd { .. }
+                | OciError::UnknownTransport { .. }
+                | OciError::ImageNotFound { .. }
+                | OciError::InvalidPlatform { .. }
+                | OciError::InvalidTag { .. }
+                | OciError::CompressedArchive { .. }
+                | OciError::InvalidSource { .. }
+                | OciError::BlobMissing { .. }
+                | OciError::InvalidJson { .. }
+                | OciError::ManifestNotFound { .. }
+                | OciError::PlatformNotFound { .. }
+                | OciError::UnsupportedMediaType { .. }
+                | OciError::DigestMismatch { .. }
+                | OciError::InvalidLayer { .. }
+                | OciError::MountFailed { .. }
+                | OciError::StorageFailed { .. } => {}
+            }
+        }
+        all
+    }
+
     fn every_service_error() -> Vec<ServiceError> {
         let s = || "x".to_owned();
         let all = vec![
@@ -155,10 +251,7 @@ mod tests {
                 .get("parameters")
                 .cloned()
                 .unwrap_or(Value::Object(Default::default()));
-            let idl_error = idl
-                .errors()
-                .find(|e| *e.name() == *short)
-                .unwrap();
+            let idl_error = idl.errors().find(|e| *e.name() == *short).unwrap();
             let declared_fields: BTreeSet<String> =
                 idl_error.fields().map(|f| f.name().to_string()).collect();
             assert_eq!(keys(&params), declared_fields, "parameters of {name}");
@@ -229,6 +322,89 @@ mod tests {
         assert_eq!(keys(&GcReply::default()), method_fields(&idl, "Gc", true));
 
         assert_errors(&idl, &every_repository_error());
+    }
+
+    #[test]
+    fn oci_interface_matches_wire_types() {
+        let idl = parse(OCI);
+        assert_eq!(idl.name().to_string(), OCI_INTERFACE);
+        let declared: BTreeSet<_> = idl.methods().map(|m| m.name().to_string()).collect();
+        let served: BTreeSet<_> = crate::oci::METHODS.iter().map(|m| m.to_string()).collect();
+        assert_eq!(declared, served);
+
+        let progress = LayerProgress {
+            layer: "sha256:ab".into(),
+            stage: "importing".into(),
+            done: 1,
+            total: 2,
+        };
+        assert_eq!(keys(&progress), type_fields(&idl, "LayerProgress"));
+        assert_eq!(
+            keys(&PullResult::default()),
+            type_fields(&idl, "PullResult")
+        );
+        let image = Image {
+            created: Some("2024-01-01T00:00:00Z".into()),
+            image_id: Some("ab".into()),
+            ..Image::default()
+        };
+        assert_eq!(keys(&image), type_fields(&idl, "Image"));
+
+        let pull = PullParams {
+            transport: "oci".into(),
+            reference: Some("latest".into()),
+            tag: Some("t".into()),
+            platform: Some("linux/amd64".into()),
+            jobs: Some(2),
+        };
+        assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
+        let pull_reply = PullReply {
+            progress: Some(progress),
+            result: Some(PullResult::default()),
+        };
+        assert_eq!(keys(&pull_reply), method_fields(&idl, "Pull", true));
+
+        assert!(method_fields(&idl, "ListImages", false).is_empty());
+        assert_eq!(
+            keys(&ListImagesReply::default()),
+            method_fields(&idl, "ListImages", true)
+        );
+
+        let image_params = keys(&ImageParams::default());
+        for method in ["Inspect", "Remove", "ComputeId", "Mount"] {
+            assert_eq!(image_params, method_fields(&idl, method, false), "{method}");
+        }
+        let inspect = InspectReply {
+            image_id: Some("ab".into()),
+            ..InspectReply::default()
+        };
+        assert_eq!(keys(&inspect), method_fields(&idl, "Inspect", true));
+        assert_eq!(
+            keys(&RemoveReply::default()),
+            method_fields(&idl, "Remove", true)
+        );
+        assert_eq!(
+            keys(&ComputeIdReply::default()),
+            method_fields(&idl, "ComputeId", true)
+        );
+
+        assert_eq!(
+            keys(&TagParams::default()),
+            method_fields(&idl, "Tag", false)
+        );
+        assert_eq!(
+            keys(&UntagParams::default()),
+            method_fields(&idl, "Untag", false)
+        );
+        for method in ["Tag", "Untag", "Mount"] {
+            assert_eq!(
+                keys(&EmptyReply::default()),
+                method_fields(&idl, method, true),
+                "{method}"
+            );
+        }
+
+        assert_errors(&idl, &every_oci_error());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod address;
 pub mod client;
 pub mod idl;
+pub mod oci;
 pub mod repository;
 pub mod service;
 

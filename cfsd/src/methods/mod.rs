@@ -1,4 +1,5 @@
 //! The methods of each interface cfsd serves.
 
+pub mod oci;
 pub mod repository;
 pub mod service;

@@ -122,6 +122,13 @@ async fn fsck(daemon: &Daemon, params: FsckParams) -> Result<FsckReply, Reposito
 }
 
 async fn gc(daemon: &Daemon, dry_run: bool) -> Result<GcReply, RepositoryError> {
+    // Collecting waits for imports, tags and mounts in flight (and keeps
+    // new ones waiting) so that it never removes what they are adding.
+    let _exclusive = if dry_run {
+        None
+    } else {
+        Some(daemon.gc_lock.write().await)
+    };
     let repo = open(daemon)?;
     let report = blocking(move || repo.gc(dry_run)).await?;
     Ok(GcReply {
@@ -204,6 +211,12 @@ fn wire_error(e: repo::Error) -> RepositoryError {
         repo::Error::Storage { operation, reason } => RepositoryError::StorageFailed {
             operation: operation.to_owned(),
             reason,
+        },
+        // Only OCI operations fail in other ways, and io.cfsd.Oci has
+        // their typed errors; should one reach here, its message is kept.
+        other => RepositoryError::StorageFailed {
+            operation: "repository operation".to_owned(),
+            reason: other.to_string(),
         },
     }
 }

@@ -1,0 +1,376 @@
+//! `oci pull`, `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`
+//! and `mount`.
+
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context, bail};
+use cfsd_varlink::{
+    Client,
+    oci::{
+        EmptyReply, Image, InspectReply, OciError, PullParams, PullReply, PullResult,
+        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY,
+    },
+};
+use clap::{Args, Subcommand};
+use rustix::{
+    fs::{CWD, Mode, OFlags},
+    mount::{MoveMountFlags, move_mount},
+};
+use serde_json::Value;
+
+use crate::{
+    progress::Progress,
+    render::{Output, bytes},
+};
+
+/// The OCI image commands.
+#[derive(Debug, Subcommand)]
+pub enum OciCommand {
+    /// Import an image from an OCI layout directory or archive.
+    Pull(PullArgs),
+    /// List the images, one line per tag.
+    Images,
+    /// Describe an image.
+    Inspect {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+    },
+    /// Give an image another tag.
+    Tag {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+        /// The new tag.
+        tag: String,
+    },
+    /// Remove a tag.
+    Untag {
+        /// The tag.
+        tag: String,
+    },
+    /// Remove every tag of an image; `cfsctl gc` then frees its content.
+    Rm {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+    },
+    /// Recompute an image's composefs image id.
+    ComputeId {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+    },
+    /// Mount an image read-only at a directory.
+    Mount {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+        /// Where to attach it.
+        dir: PathBuf,
+    },
+}
+
+/// The arguments of `oci pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// oci:DIR[:REF] or oci-archive:FILE[:REF]. REF picks the manifest by
+    /// its ref.name annotation or sha256: digest.
+    source: String,
+    /// The tag to give the image; defaults to SOURCE as given.
+    name: Option<String>,
+    /// The platform to pull from a multi-platform index, os/arch[/variant].
+    #[arg(long)]
+    platform: Option<String>,
+    /// The most layers imported at once (0: one per CPU).
+    #[arg(long, value_name = "N")]
+    jobs: Option<u64>,
+}
+
+/// Run an `oci` command.
+pub async fn run(
+    client: &mut Client,
+    out: Output,
+    command: OciCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        OciCommand::Pull(args) => pull(client, out, args).await,
+        OciCommand::Images => images(client, out).await,
+        OciCommand::Inspect { image } => inspect(client, out, &image).await,
+        OciCommand::Tag { image, tag } => {
+            client.tag(&image, &tag).await?;
+            out.show(&EmptyReply {}, |_| println!("Tagged {image} as {tag}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        OciCommand::Untag { tag } => {
+            client.untag(&tag).await?;
+            out.show(&EmptyReply {}, |_| println!("Untagged {tag}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        OciCommand::Rm { image } => {
+            let reply = client.remove(&image).await?;
+            out.show(&reply, |r| {
+                for tag in &r.untagged {
+                    println!("Untagged {tag}");
+                }
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        OciCommand::ComputeId { image } => {
+            let reply = client.compute_id(&image).await?;
+            out.show(&reply, |r| println!("{}", r.image_id))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        OciCommand::Mount { image, dir } => mount(client, out, &image, &dir).await,
+    }
+}
+
+/// Where `oci pull` reads from, as parsed from SOURCE.
+#[derive(Debug, PartialEq, Eq)]
+struct Source {
+    transport: &'static str,
+    path: PathBuf,
+    reference: Option<String>,
+}
+
+impl Source {
+    /// `oci:DIR[:REF]` or `oci-archive:FILE[:REF]`; the part after the
+    /// transport splits at its first ':', so a REF may itself hold colons
+    /// (`sha256:...`) but a path may not.
+    fn parse(source: &str) -> anyhow::Result<Self> {
+        let usage = "use oci:DIR[:REF] or oci-archive:FILE[:REF]";
+        let (transport, rest) = source
+            .split_once(':')
+            .with_context(|| format!("{source:?} names no transport: {usage}"))?;
+        let transport = match transport {
+            "oci" => TRANSPORT_DIRECTORY,
+            "oci-archive" => TRANSPORT_ARCHIVE,
+            other => bail!("unknown transport {other:?} in {source:?}: {usage}"),
+        };
+        let (path, reference) = match rest.split_once(':') {
+            Some((path, reference)) => (path, Some(reference)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            bail!("{source:?} names no path: {usage}");
+        }
+        Ok(Source {
+            transport,
+            path: PathBuf::from(path),
+            reference: reference.filter(|r| !r.is_empty()).map(str::to_owned),
+        })
+    }
+
+    /// Open the source with this user's own permissions; the daemon reads
+    /// only through the fd.
+    fn open(&self) -> anyhow::Result<OwnedFd> {
+        let mut flags = OFlags::RDONLY | OFlags::CLOEXEC;
+        if self.transport == TRANSPORT_DIRECTORY {
+            flags |= OFlags::DIRECTORY;
+        }
+        rustix::fs::open(&self.path, flags, Mode::empty())
+            .with_context(|| format!("cannot open {}", self.path.display()))
+    }
+}
+
+/// `cfsctl oci pull`.
+async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Result<ExitCode> {
+    let source = Source::parse(&args.source)?;
+    let fd = source.open()?;
+    let params = PullParams {
+        transport: source.transport.to_owned(),
+        reference: source.reference,
+        // Like composefs-rs's cfsctl: the image is named as it was pulled.
+        tag: Some(args.name.unwrap_or(args.source)),
+        platform: args.platform,
+        jobs: args.jobs,
+    };
+    let mut progress = Progress::new(out);
+    let result = follow(client, &params, fd, &mut progress).await;
+    progress.finish();
+    let result = result?;
+    if out.json {
+        let reply = PullReply {
+            progress: None,
+            result: Some(result),
+        };
+        println!("{}", serde_json::to_string(&reply)?);
+    } else {
+        print_pull(&result);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Make the call and show its progress until the result arrives.
+async fn follow(
+    client: &mut Client,
+    params: &PullParams,
+    fd: OwnedFd,
+    progress: &mut Progress,
+) -> anyhow::Result<PullResult> {
+    let mut replies = client.pull(params, fd).await?;
+    let mut result = None;
+    while let Some(reply) = replies.next::<PullReply, OciError>().await {
+        let (reply, _) = reply?;
+        if let Some(event) = &reply.progress {
+            progress.show(event)?;
+        }
+        result = reply.result.or(result);
+    }
+    result.context("cfsd ended the pull without a result")
+}
+
+fn print_pull(r: &PullResult) {
+    println!("Tag:       {}", r.tag);
+    println!("Manifest:  {}", r.manifest_digest);
+    println!("Config:    {}", r.config_digest);
+    println!("Image ID:  {}", r.image_id);
+    println!(
+        "Layers:    {}/{} already present",
+        r.layers_present, r.layers
+    );
+    println!(
+        "Objects:   {} new ({}), {} already present",
+        r.objects_new,
+        bytes(r.bytes_new),
+        r.objects_present
+    );
+    if r.already_present {
+        println!("The image was already in the repository; only its tag was set.");
+    }
+}
+
+/// `cfsctl oci images`.
+async fn images(client: &mut Client, out: Output) -> anyhow::Result<ExitCode> {
+    let reply = client.list_images().await?;
+    out.show(&reply, |r| print_table(&r.images))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(images: &[Image]) {
+    let header = ["NAME", "OS/ARCH", "LAYERS", "IMAGE ID", "MANIFEST"].map(str::to_owned);
+    let rows: Vec<[String; 5]> = images
+        .iter()
+        .map(|i| {
+            [
+                i.name.clone(),
+                format!("{}/{}", i.os, i.architecture),
+                i.layers.to_string(),
+                i.image_id
+                    .as_deref()
+                    .map_or("-".to_owned(), |id| id.chars().take(16).collect()),
+                i.manifest_digest.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        println!("{}", table_line(row, &widths));
+    }
+}
+
+/// Cells padded to their column's width, two spaces apart; the last is
+/// not padded, so lines carry no trailing blanks.
+fn table_line(row: &[String; 5], widths: &[usize; 5]) -> String {
+    let mut line = String::new();
+    for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+        if i + 1 == row.len() {
+            line.push_str(cell);
+        } else {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+    }
+    line
+}
+
+/// `cfsctl oci inspect`.
+async fn inspect(client: &mut Client, out: Output, image: &str) -> anyhow::Result<ExitCode> {
+    let reply = client.inspect(image).await?;
+    out.show(&reply, print_inspect)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_inspect(r: &InspectReply) {
+    let text = |doc: &Value, key: &str| doc[key].as_str().unwrap_or("?").to_owned();
+    println!("Manifest:  {}", r.manifest_digest);
+    println!("Config:    {}", r.config_digest);
+    println!(
+        "Image ID:  {}",
+        r.image_id.as_deref().unwrap_or("(no EROFS image built)")
+    );
+    println!("Tags:      {}", r.tags.join(", "));
+    println!(
+        "Platform:  {}/{}",
+        text(&r.config, "os"),
+        text(&r.config, "architecture")
+    );
+    if let Some(created) = r.config["created"].as_str() {
+        println!("Created:   {created}");
+    }
+    let layers = r.manifest["layers"].as_array().map_or(0, Vec::len);
+    println!("Layers:    {layers}");
+}
+
+/// `cfsctl oci mount`: the daemon mounts, this process attaches the
+/// mount in its own mount namespace.
+async fn mount(
+    client: &mut Client,
+    out: Output,
+    image: &str,
+    dir: &Path,
+) -> anyhow::Result<ExitCode> {
+    let mount = client.mount(image).await?;
+    move_mount(
+        mount.as_fd(),
+        "",
+        CWD,
+        dir,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .with_context(|| format!("cannot attach the mount of {image} at {}", dir.display()))?;
+    out.show(&EmptyReply {}, |_| {
+        println!("Mounted {image} at {}", dir.display())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_split_at_the_first_colon_after_the_transport() {
+        let s = Source::parse("oci-archive:/tmp/a.tar:sha256:abcd").unwrap();
+        assert_eq!(
+            s,
+            Source {
+                transport: TRANSPORT_ARCHIVE,
+                path: "/tmp/a.tar".into(),
+                reference: Some("sha256:abcd".into()),
+            }
+        );
+        let s = Source::parse("oci:layout").unwrap();
+        assert_eq!(s.transport, TRANSPORT_DIRECTORY);
+        assert_eq!(s.path, PathBuf::from("layout"));
+        assert_eq!(s.reference, None);
+        for bad in ["docker://x", "oci:", "layout", "oci-archive::ref"] {
+            assert!(Source::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn tables_have_no_trailing_blanks() {
+        let row = [
+            "a".to_owned(),
+            "bb".into(),
+            "c".into(),
+            "d".into(),
+            "e".into(),
+        ];
+        assert_eq!(table_line(&row, &[3, 3, 1, 1, 9]), "a    bb   c  d  e");
+    }
+}

@@ -1,0 +1,437 @@
+//! `io.cfsd.Oci`: pull, list, describe, name, remove and mount images.
+
+use std::{
+    fs::File,
+    os::fd::{AsFd, OwnedFd},
+    sync::{Arc, Mutex},
+};
+
+use cfsd_repo::{
+    self as repo, Repository,
+    oci::{ImageDetails, ImageSummary, Platform, PullOptions, PullReport, Source},
+};
+use cfsd_varlink::{
+    idl::OCI_INTERFACE,
+    oci::{
+        ComputeIdReply, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
+        ListImagesReply, OciError, PullParams, PullReply, PullResult, RemoveReply,
+        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TagParams, UntagParams,
+    },
+};
+use rustix::fs::{FileType, OFlags};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
+
+use crate::{
+    access::Peer,
+    dispatch::{self, NoParams, Outcome, Streamed},
+    server::Daemon,
+};
+
+/// Replies a pull may have queued for a client that reads slowly. Progress
+/// beyond this waits in [`Pending`], where it is merged, so a stalled
+/// client costs bounded memory and never slows the import.
+const STREAM_QUEUE: usize = 16;
+
+/// Handle `method` of `io.cfsd.Oci`. Only `Pull` takes fds; any passed
+/// with other calls are closed when this returns.
+pub async fn handle(
+    daemon: &Daemon,
+    peer: &Peer,
+    method: &str,
+    params: Option<Value>,
+    fds: Vec<OwnedFd>,
+) -> Outcome {
+    match method {
+        "Pull" => mutating(peer, method, params, |p| pull(daemon, p, fds)).await,
+        "ListImages" => run(params, |_: NoParams| list_images(daemon)).await,
+        "Inspect" => run(params, |p| inspect(daemon, p)).await,
+        "Tag" => mutating(peer, method, params, |p| tag(daemon, p)).await,
+        "Untag" => mutating(peer, method, params, |p| untag(daemon, p)).await,
+        "Remove" => mutating(peer, method, params, |p| remove(daemon, p)).await,
+        "ComputeId" => run(params, |p| compute_id(daemon, p)).await,
+        "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
+        _ => dispatch::method_not_found(OCI_INTERFACE, method),
+    }
+}
+
+/// Parse the parameters, then run the method; invalid parameters are an
+/// `org.varlink.service` error, anything after that the interface's own.
+async fn run<P, F, Fut>(params: Option<Value>, method: F) -> Outcome
+where
+    P: DeserializeOwned,
+    F: FnOnce(P) -> Fut,
+    Fut: Future<Output = Result<Outcome, OciError>>,
+{
+    match dispatch::params::<P>(params) {
+        Ok(p) => method(p).await.unwrap_or_else(|e| Outcome::error(&e)),
+        Err(e) => Outcome::error(&e),
+    }
+}
+
+/// [`run`] for a method that changes the repository: refused to an
+/// unprivileged peer before its parameters are even read.
+async fn mutating<P, F, Fut>(peer: &Peer, method: &str, params: Option<Value>, call: F) -> Outcome
+where
+    P: DeserializeOwned,
+    F: FnOnce(P) -> Fut,
+    Fut: Future<Output = Result<Outcome, OciError>>,
+{
+    if peer.privileged {
+        return run(params, call).await;
+    }
+    tracing::info!(uid = peer.uid, "refused {OCI_INTERFACE}.{method}");
+    Outcome::error(&OciError::PermissionDenied {
+        method: format!("{OCI_INTERFACE}.{method}"),
+        uid: peer.uid,
+    })
+}
+
+async fn pull(daemon: &Daemon, params: PullParams, fds: Vec<OwnedFd>) -> Result<Outcome, OciError> {
+    let source = source(&params.transport, fds)?;
+    let options = pull_options(params)?;
+    let repo = open(daemon)?;
+    // Held until the import has finished or been cancelled, inside the
+    // task that does it.
+    let shared = daemon.gc_lock.clone().read_owned().await;
+    let pending = Arc::new(Pending::default());
+    let progress = {
+        let pending = pending.clone();
+        move |p: repo::oci::LayerProgress| pending.push(p)
+    };
+    let work = tokio::spawn(async move {
+        let _shared = shared;
+        repo.pull(source, options, progress).await
+    });
+    let (replies, receiver) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(stream_pull(AbortOnDrop(work), pending, replies));
+    Ok(Outcome::Stream(receiver))
+}
+
+/// The source the client passed as the call's first fd, checked to be
+/// of the kind its transport reads: the daemon opens no path itself.
+fn source(transport: &str, fds: Vec<OwnedFd>) -> Result<Source, OciError> {
+    let (kind, expected) = match transport {
+        TRANSPORT_ARCHIVE => (
+            FileType::RegularFile,
+            "the oci-archive tar as a regular file opened for reading",
+        ),
+        TRANSPORT_DIRECTORY => (
+            FileType::Directory,
+            "the OCI layout as a directory opened for reading",
+        ),
+        other => {
+            return Err(OciError::UnknownTransport {
+                transport: other.to_owned(),
+            });
+        }
+    };
+    let fd = fds
+        .into_iter()
+        .next()
+        .filter(|fd| is_readable(fd, kind))
+        .ok_or_else(|| OciError::MissingFd {
+            method: format!("{OCI_INTERFACE}.Pull"),
+            expected: expected.to_owned(),
+        })?;
+    Ok(match kind {
+        FileType::RegularFile => Source::Archive(File::from(fd)),
+        _ => Source::Directory(fd),
+    })
+}
+
+/// Whether `fd` is of `kind` and open for reading. An `O_PATH` fd is
+/// refused: it would let the daemon read what the client could not.
+fn is_readable(fd: &OwnedFd, kind: FileType) -> bool {
+    let of_kind = rustix::fs::fstat(fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == kind);
+    let readable = rustix::fs::fcntl_getfl(fd.as_fd()).is_ok_and(|flags| {
+        !flags.contains(OFlags::PATH)
+            && matches!(flags & OFlags::RWMODE, OFlags::RDONLY | OFlags::RDWR)
+    });
+    of_kind && readable
+}
+
+fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
+    let platform = params
+        .platform
+        .as_deref()
+        .map(str::parse::<Platform>)
+        .transpose()
+        .map_err(wire_error)?;
+    // A client may not claim more threads than the machine has cores.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = usize::try_from(params.jobs.unwrap_or(0)).unwrap_or(usize::MAX);
+    Ok(PullOptions {
+        reference: params.reference,
+        tag: params.tag,
+        platform,
+        jobs: jobs.min(cores),
+    })
+}
+
+/// Progress not yet sent. Workers report from their threads and must not
+/// wait, so reports are merged here rather than queued: a layer's byte
+/// count replaces the unsent one of the same stage, and a new stage is
+/// kept in order, so stage changes are never lost.
+#[derive(Debug, Default)]
+struct Pending {
+    unsent: Mutex<Vec<LayerProgress>>,
+    changed: Notify,
+}
+
+impl Pending {
+    fn push(&self, p: repo::oci::LayerProgress) {
+        let p = LayerProgress {
+            layer: p.layer,
+            stage: p.stage.to_string(),
+            done: p.done,
+            total: p.total,
+        };
+        let mut unsent = self.unsent.lock().unwrap_or_else(|e| e.into_inner());
+        match unsent
+            .iter_mut()
+            .find(|q| q.layer == p.layer && q.stage == p.stage)
+        {
+            Some(same) => *same = p,
+            None => unsent.push(p),
+        }
+        drop(unsent);
+        self.changed.notify_one();
+    }
+
+    fn take(&self) -> Vec<LayerProgress> {
+        std::mem::take(&mut *self.unsent.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Cancels a task when dropped: work nobody waits for any more.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Forward a pull's progress to the connection, then its result. When the
+/// connection stops taking replies (the client hung up or the daemon is
+/// shutting down), return, which cancels the pull.
+async fn stream_pull(
+    mut work: AbortOnDrop<repo::Result<PullReport>>,
+    pending: Arc<Pending>,
+    replies: mpsc::Sender<Streamed>,
+) {
+    let finished = loop {
+        tokio::select! {
+            _ = replies.closed() => return,
+            _ = pending.changed.notified() => {
+                if send_progress(&pending, &replies).await.is_err() {
+                    return;
+                }
+            }
+            finished = &mut work.0 => break finished,
+        }
+    };
+    if send_progress(&pending, &replies).await.is_err() {
+        return;
+    }
+    let last = match finished {
+        Ok(Ok(report)) => Outcome::reply(&PullReply {
+            progress: None,
+            result: Some(wire_report(report)),
+        }),
+        Ok(Err(e)) => Outcome::error(&wire_error(e)),
+        Err(e) => Outcome::error(&OciError::StorageFailed {
+            operation: "pulling".to_owned(),
+            reason: e.to_string(),
+        }),
+    };
+    let _ = replies.send(Streamed::Last(last)).await;
+}
+
+async fn send_progress(
+    pending: &Pending,
+    replies: &mpsc::Sender<Streamed>,
+) -> Result<(), mpsc::error::SendError<Streamed>> {
+    for progress in pending.take() {
+        let reply = PullReply {
+            progress: Some(progress),
+            result: None,
+        };
+        let value = serde_json::to_value(&reply).unwrap_or_default();
+        replies.send(Streamed::More(value)).await?;
+    }
+    Ok(())
+}
+
+async fn list_images(daemon: &Daemon) -> Result<Outcome, OciError> {
+    let repo = open(daemon)?;
+    let images = blocking(move || repo.images()).await?;
+    Ok(Outcome::reply(&ListImagesReply {
+        images: images.into_iter().map(wire_image).collect(),
+    }))
+}
+
+async fn inspect(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon)?;
+    let details = blocking(move || repo.inspect(&params.image)).await?;
+    Ok(Outcome::reply(&wire_details(details)))
+}
+
+async fn tag(daemon: &Daemon, params: TagParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon)?;
+    let _shared = daemon.gc_lock.read().await;
+    blocking(move || repo.tag(&params.image, &params.tag)).await?;
+    Ok(Outcome::reply(&EmptyReply {}))
+}
+
+async fn untag(daemon: &Daemon, params: UntagParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon)?;
+    let _shared = daemon.gc_lock.read().await;
+    blocking(move || repo.untag(&params.tag)).await?;
+    Ok(Outcome::reply(&EmptyReply {}))
+}
+
+async fn remove(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon)?;
+    let _shared = daemon.gc_lock.read().await;
+    let untagged = blocking(move || repo.remove(&params.image)).await?;
+    Ok(Outcome::reply(&RemoveReply { untagged }))
+}
+
+async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon)?;
+    let image_id = blocking(move || repo.compute_id(&params.image)).await?;
+    Ok(Outcome::reply(&ComputeIdReply { image_id }))
+}
+
+async fn mount(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon)?;
+    let _shared = daemon.gc_lock.read().await;
+    let mount = blocking(move || repo.mount(&params.image)).await?;
+    // The reply is empty; the mount travels beside it.
+    Ok(Outcome::Reply(
+        Value::Object(Default::default()),
+        vec![mount],
+    ))
+}
+
+fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
+    tokio::task::block_in_place(|| daemon.dir.repository()).map_err(wire_error)
+}
+
+/// Run disk work on a blocking thread, so that other clients' calls are
+/// answered meanwhile.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> repo::Result<T> + Send + 'static,
+) -> Result<T, OciError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(wire_error),
+        Err(e) => Err(OciError::StorageFailed {
+            operation: "repository task".to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn wire_report(r: PullReport) -> PullResult {
+    PullResult {
+        manifest_digest: r.manifest_digest,
+        config_digest: r.config_digest,
+        image_id: r.image_id,
+        tag: r.tag,
+        layers: r.layers,
+        layers_present: r.layers_present,
+        objects_new: r.objects_new,
+        objects_present: r.objects_present,
+        bytes_new: r.bytes_new,
+        already_present: r.already_present,
+    }
+}
+
+fn wire_image(i: ImageSummary) -> Image {
+    Image {
+        name: i.name,
+        manifest_digest: i.manifest_digest,
+        config_digest: i.config_digest,
+        os: i.os,
+        architecture: i.architecture,
+        created: i.created,
+        layers: i.layers,
+        image_id: i.image_id,
+    }
+}
+
+fn wire_details(d: ImageDetails) -> InspectReply {
+    InspectReply {
+        manifest_digest: d.manifest_digest,
+        config_digest: d.config_digest,
+        image_id: d.image_id,
+        tags: d.tags,
+        manifest: d.manifest,
+        config: d.config,
+    }
+}
+
+/// Every repository error as the interface's typed error. The match is
+/// exhaustive so that a new repository error needs a decision here.
+fn wire_error(e: repo::Error) -> OciError {
+    use repo::Error as E;
+    match e {
+        E::NotInitialized { path } => OciError::NotInitialized {
+            path: path.display().to_string(),
+        },
+        // Opening a repository that exists but cannot be used: nothing an
+        // OCI caller can fix by changing its call, so reported as storage.
+        e @ (E::AlgorithmMismatch { .. }
+        | E::UnsupportedAlgorithm { .. }
+        | E::VerityRequired { .. }
+        | E::Unreadable { .. }) => OciError::StorageFailed {
+            operation: "opening the repository".to_owned(),
+            reason: e.to_string(),
+        },
+        E::ImageNotFound { image } => OciError::ImageNotFound { image },
+        E::InvalidPlatform { platform } => OciError::InvalidPlatform { platform },
+        E::InvalidTag { tag, reason } => OciError::InvalidTag { tag, reason },
+        E::CompressedArchive { compression } => OciError::CompressedArchive { compression },
+        E::InvalidSource { reason } => OciError::InvalidSource { reason },
+        E::BlobMissing { digest } => OciError::BlobMissing { digest },
+        E::InvalidJson { what, reason } => OciError::InvalidJson { what, reason },
+        E::ManifestNotFound {
+            reference,
+            available,
+        } => OciError::ManifestNotFound {
+            reference,
+            available,
+        },
+        E::PlatformNotFound {
+            platform,
+            available,
+        } => OciError::PlatformNotFound {
+            platform,
+            available,
+        },
+        E::UnsupportedMediaType { what, media_type } => {
+            OciError::UnsupportedMediaType { what, media_type }
+        }
+        E::DigestMismatch {
+            what,
+            expected,
+            actual,
+        } => OciError::DigestMismatch {
+            what,
+            expected,
+            actual,
+        },
+        E::InvalidLayer { layer, reason } => OciError::InvalidLayer { layer, reason },
+        E::MountFailed { image, reason } => OciError::MountFailed { image, reason },
+        E::Storage { operation, reason } => OciError::StorageFailed {
+            operation: operation.to_owned(),
+            reason,
+        },
+    }
+}

@@ -1,0 +1,22 @@
+//! OCI images: pulling them from `oci:` layouts and `oci-archive:` tars,
+//! and naming, describing, removing and mounting what was pulled.
+//!
+//! The on-disk result is exactly what composefs-rs's own OCI support
+//! writes (stream names, config refs, tags under `streams/refs/oci/`, the
+//! EROFS image), so upstream `cfsctl oci` reads it, and the image id equals
+//! upstream's `cfsctl oci compute-id`.
+
+mod archive;
+mod digest;
+mod images;
+mod layer;
+mod manifest;
+mod platform;
+mod pull;
+mod source;
+
+pub use archive::Archive;
+pub use images::{ImageDetails, ImageSummary};
+pub use platform::Platform;
+pub use pull::{LayerProgress, PullOptions, PullReport, Stage};
+pub use source::Source;

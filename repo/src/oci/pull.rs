@@ -1,0 +1,479 @@
+//! `oci pull`: bring an image from an OCI layout into the repository.
+//!
+//! Layers are imported concurrently, each verified against its blob
+//! digest and diff_id before its stream is named; then the config,
+//! manifest and EROFS image are written and the tag is set, last, by
+//! composefs-oci's own finalisation, so the result is what upstream
+//! composefs-rs would store.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::Arc,
+};
+
+use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
+use composefs_oci::{layer_content_id, oci_image::OciImage};
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use super::{
+    Platform, images,
+    layer::{self, Imported},
+    manifest::{self, LayerPlan, Resolved},
+    source::{Layout, Source},
+};
+use crate::{Error, Repository, repository::with_store};
+
+/// How to pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// The image in the layout: its `org.opencontainers.image.ref.name` or
+    /// manifest digest. May be left out when the index holds one image.
+    pub reference: Option<String>,
+    /// The tag to give the image; the manifest digest when `None`.
+    pub tag: Option<String>,
+    /// The platform to choose from an image index; the host's when `None`.
+    pub platform: Option<Platform>,
+    /// How many layers to import at once; the number of cores when 0.
+    pub jobs: usize,
+}
+
+/// Where one layer is in its pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for a free job.
+    Queued,
+    /// Being read, decompressed, verified and stored.
+    Importing,
+    /// Already in the repository: not read at all.
+    Present,
+    /// Imported and verified.
+    Done,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Queued => "queued",
+            Stage::Importing => "importing",
+            Stage::Present => "present",
+            Stage::Done => "done",
+        })
+    }
+}
+
+/// A progress report about one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerProgress {
+    /// The layer blob's digest.
+    pub layer: String,
+    /// What is happening to it.
+    pub stage: Stage,
+    /// Blob bytes read so far.
+    pub done: u64,
+    /// The blob's size.
+    pub total: u64,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullReport {
+    /// The image manifest's digest.
+    pub manifest_digest: String,
+    /// The image config's digest.
+    pub config_digest: String,
+    /// The composefs image id (hex fs-verity digest of the EROFS image).
+    pub image_id: String,
+    /// The tag set.
+    pub tag: String,
+    /// The image's layers.
+    pub layers: u64,
+    /// Layers that were already in the repository.
+    pub layers_present: u64,
+    /// Objects written by this pull.
+    pub objects_new: u64,
+    /// Objects the layers needed that were already stored.
+    pub objects_present: u64,
+    /// Bytes of the objects written.
+    pub bytes_new: u64,
+    /// The image was already there under this tag; nothing was done.
+    pub already_present: bool,
+}
+
+/// A progress sink shared by the layer tasks.
+pub(crate) type Progress = Arc<dyn Fn(LayerProgress) + Send + Sync>;
+
+impl Repository {
+    /// Pull the image that `options` choose from `source`, and tag it.
+    ///
+    /// Nothing is published unless every blob and layer verifies: layer
+    /// streams are named only after their digests check, and the tag is
+    /// set last.
+    pub async fn pull(
+        &self,
+        source: Source,
+        options: PullOptions,
+        progress: impl Fn(LayerProgress) + Send + Sync + 'static,
+    ) -> Result<PullReport, Error> {
+        let platform = options.platform.clone().unwrap_or_else(Platform::host);
+        let reference = options.reference.clone();
+        let (layout, resolved) = blocking(move || {
+            let layout = Layout::open(source)?;
+            let resolved = manifest::resolve(&layout, reference.as_deref(), &platform)?;
+            Ok((Arc::new(layout), resolved))
+        })
+        .await?;
+        let tag = options
+            .tag
+            .clone()
+            .unwrap_or_else(|| resolved.manifest_digest.to_string());
+        images::check_tag(&tag)?;
+        let jobs = match options.jobs {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let job = Pull {
+            layout,
+            resolved: Arc::new(resolved),
+            tag,
+            jobs,
+            progress: Arc::new(progress),
+        };
+        with_store!(self.store(), store => job.run(store.clone()).await)
+    }
+}
+
+/// One pull in progress.
+struct Pull {
+    layout: Arc<Layout>,
+    resolved: Arc<Resolved>,
+    tag: String,
+    jobs: usize,
+    progress: Progress,
+}
+
+impl Pull {
+    async fn run<H: FsVerityHashValue>(self, repo: Arc<Store<H>>) -> Result<PullReport, Error> {
+        if let Some(report) = self.already_present(&repo)? {
+            return Ok(report);
+        }
+        let (refs, totals) = self.import_layers(&repo).await?;
+        let resolved = self.resolved.clone();
+        let tag = self.tag.clone();
+        let finalising = repo.clone();
+        blocking(move || {
+            composefs_oci::layer_sync::finalize_oci_image(
+                &finalising,
+                &resolved.manifest,
+                &resolved.config,
+                &refs,
+                Some(&tag),
+                None,
+            )
+            .map_err(|e| Error::storage("writing the image", e))
+        })
+        .await?;
+        let image_id = self.image_id(&repo)?;
+        Ok(self.report(image_id, totals, false))
+    }
+
+    /// The report for an image already pulled under this tag, if it is.
+    fn already_present<H: FsVerityHashValue>(
+        &self,
+        repo: &Store<H>,
+    ) -> Result<Option<PullReport>, Error> {
+        let Ok(image) = OciImage::open_ref(repo, &self.tag) else {
+            return Ok(None);
+        };
+        let same = image.manifest_digest().to_string() == self.resolved.manifest_digest.to_string();
+        let Some(id) = image.image_ref(repo.erofs_version()).filter(|_| same) else {
+            return Ok(None);
+        };
+        for plan in &self.resolved.layers {
+            self.tell(plan, Stage::Present, plan.size);
+        }
+        let totals = Totals {
+            layers_present: self.resolved.layers.len() as u64,
+            ..Totals::default()
+        };
+        Ok(Some(self.report(id.to_hex(), totals, true)))
+    }
+
+    /// Import every layer not yet present, `jobs` at a time; return each
+    /// layer's diff_id and stream in config order.
+    async fn import_layers<H: FsVerityHashValue>(
+        &self,
+        repo: &Arc<Store<H>>,
+    ) -> Result<(Vec<(composefs_oci::OciDigest, H)>, Totals), Error> {
+        let mut totals = Totals::default();
+        let mut streams: HashMap<String, H> = HashMap::new();
+        let mut scheduled = HashSet::new();
+        let mut tasks = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(self.jobs));
+        for plan in &self.resolved.layers {
+            let diff_id = plan.diff_id.to_string();
+            // An image may hold the same layer twice; import it once.
+            if !scheduled.insert(diff_id.clone()) {
+                continue;
+            }
+            let existing = repo
+                .has_stream(&layer_content_id(&plan.diff_id.to_oci()))
+                .map_err(|e| Error::storage("looking up a layer", e))?;
+            if let Some(stream) = existing {
+                totals.layers_present += 1;
+                self.tell(plan, Stage::Present, plan.size);
+                streams.insert(diff_id, stream);
+                continue;
+            }
+            self.tell(plan, Stage::Queued, 0);
+            tasks.spawn(self.import_one(repo.clone(), plan.clone(), slots.clone()));
+        }
+        // The first failure ends the pull; dropping the set cancels the
+        // other layers.
+        while let Some(joined) = tasks.join_next().await {
+            let (diff_id, imported) = joined
+                .map_err(|e| Error::storage("importing a layer", std::io::Error::other(e)))??;
+            totals.add(&imported.stats);
+            streams.insert(diff_id, imported.stream);
+        }
+        let refs = self
+            .resolved
+            .layers
+            .iter()
+            .map(|plan| {
+                (
+                    plan.diff_id.to_oci(),
+                    streams[&plan.diff_id.to_string()].clone(),
+                )
+            })
+            .collect();
+        Ok((refs, totals))
+    }
+
+    fn import_one<H: FsVerityHashValue>(
+        &self,
+        repo: Arc<Store<H>>,
+        plan: LayerPlan,
+        slots: Arc<Semaphore>,
+    ) -> impl Future<Output = Result<(String, Imported<H>), Error>> + Send + 'static {
+        let layout = self.layout.clone();
+        let progress = self.progress.clone();
+        async move {
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::storage("waiting for a job", std::io::Error::other(e)))?;
+            let blob = plan.blob.to_string();
+            let total = plan.size;
+            let report = progress.clone();
+            report(LayerProgress {
+                layer: blob.clone(),
+                stage: Stage::Importing,
+                done: 0,
+                total,
+            });
+            let reading = blob.clone();
+            let tick: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |done| {
+                report(LayerProgress {
+                    layer: reading.clone(),
+                    stage: Stage::Importing,
+                    done,
+                    total,
+                })
+            });
+            let imported = layer::import(repo, layout, plan.clone(), tick).await?;
+            progress(LayerProgress {
+                layer: blob,
+                stage: Stage::Done,
+                done: total,
+                total,
+            });
+            Ok((plan.diff_id.to_string(), imported))
+        }
+    }
+
+    fn tell(&self, plan: &LayerPlan, stage: Stage, done: u64) {
+        (self.progress)(LayerProgress {
+            layer: plan.blob.to_string(),
+            stage,
+            done,
+            total: plan.size,
+        });
+    }
+
+    /// The id of the EROFS image the tag now names.
+    fn image_id<H: FsVerityHashValue>(&self, repo: &Store<H>) -> Result<String, Error> {
+        let image = OciImage::open_ref(repo, &self.tag)
+            .map_err(|e| Error::storage("reading back the pulled image", e))?;
+        image
+            .image_ref(repo.erofs_version())
+            .map(|id| id.to_hex())
+            .ok_or_else(|| Error::Storage {
+                operation: "building the image",
+                reason: format!("no EROFS image is linked to {}", self.tag),
+            })
+    }
+
+    fn report(&self, image_id: String, totals: Totals, already_present: bool) -> PullReport {
+        PullReport {
+            manifest_digest: self.resolved.manifest_digest.to_string(),
+            config_digest: self.resolved.config_digest.to_string(),
+            image_id,
+            tag: self.tag.clone(),
+            layers: self.resolved.layers.len() as u64,
+            layers_present: totals.layers_present,
+            objects_new: totals.objects_new,
+            objects_present: totals.objects_present,
+            bytes_new: totals.bytes_new,
+            already_present,
+        }
+    }
+}
+
+/// What the layer imports added up to.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    layers_present: u64,
+    objects_new: u64,
+    objects_present: u64,
+    bytes_new: u64,
+}
+
+impl Totals {
+    fn add(&mut self, stats: &composefs_oci::ImportStats) {
+        self.objects_new +=
+            stats.objects_copied + stats.objects_reflinked + stats.objects_hardlinked;
+        self.objects_present += stats.objects_already_present;
+        self.bytes_new += stats.bytes_copied + stats.bytes_reflinked + stats.bytes_hardlinked;
+    }
+}
+
+/// Run source reading and parsing off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::storage("a repository task", std::io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{HashAlgorithm, VerityPolicy, oci::digest::Digest};
+
+    /// A one-layer image as an uncompressed oci-archive, with its layer
+    /// blob's first data byte replaced by `flip` if given.
+    fn archive(flip: Option<u8>) -> std::fs::File {
+        let mut layer = tar::Builder::new(Vec::new());
+        for (path, data) in [("usr/", &b""[..]), ("usr/hello", &[b'h'; 100][..])] {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(data.len() as u64);
+            header.set_mode(if data.is_empty() { 0o755 } else { 0o644 });
+            header.set_entry_type(if data.is_empty() {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            header.set_mtime(1_700_000_000);
+            header.set_cksum();
+            layer.append_data(&mut header, path, data).unwrap();
+        }
+        let mut layer = layer.into_inner().unwrap();
+        let diff_id = Digest::of(&layer);
+        if let Some(byte) = flip {
+            layer[512] = byte;
+        }
+        let config = json!({
+            "architecture": Platform::host().architecture, "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
+        })
+        .to_string();
+        let layer_digest = Digest::of(&layer);
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": Digest::of(config.as_bytes()).to_string(), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer_digest.to_string(), "size": layer.len()}]
+        })
+        .to_string();
+        let index = json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest::of(manifest.as_bytes()).to_string(), "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]})
+        .to_string();
+        let mut outer = tar::Builder::new(Vec::new());
+        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let members: [(String, &[u8]); 5] = [
+            ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json".into(), index.as_bytes()),
+            (blob(&Digest::of(manifest.as_bytes())), manifest.as_bytes()),
+            (blob(&Digest::of(config.as_bytes())), config.as_bytes()),
+            (blob(&layer_digest), &layer),
+        ];
+        for (name, data) in members {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            outer.append_data(&mut header, name, data).unwrap();
+        }
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&outer.into_inner().unwrap()).unwrap();
+        file
+    }
+
+    fn options() -> PullOptions {
+        PullOptions {
+            reference: Some("v1".into()),
+            tag: Some("demo:v1".into()),
+            ..PullOptions::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pulls_once_and_then_finds_it_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, _) =
+            Repository::init(dir.path(), HashAlgorithm::SHA256, VerityPolicy::BestEffort).unwrap();
+        let first = repo
+            .pull(Source::Archive(archive(None)), options(), |_| {})
+            .await
+            .unwrap();
+        assert!(!first.already_present);
+        assert_eq!(first.layers, 1);
+        assert_eq!(first.objects_new, 1, "the 100-byte file is an object");
+        assert_eq!(repo.compute_id("demo:v1").unwrap(), first.image_id);
+        let again = repo
+            .pull(Source::Archive(archive(None)), options(), |_| {})
+            .await
+            .unwrap();
+        assert!(again.already_present);
+        assert_eq!(again.image_id, first.image_id);
+        assert_eq!(repo.images().unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_flipped_byte_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, _) =
+            Repository::init(dir.path(), HashAlgorithm::SHA256, VerityPolicy::BestEffort).unwrap();
+        let err = repo
+            .pull(Source::Archive(archive(Some(b'X'))), options(), |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::DigestMismatch { ref what, .. } if what.starts_with("diff_id")),
+            "{err}"
+        );
+        assert!(repo.images().unwrap().is_empty());
+        let streams = std::fs::read_dir(dir.path().join("streams")).map_or(0, |d| d.count());
+        assert_eq!(streams, 0, "a stream was named");
+    }
+}

@@ -1,0 +1,180 @@
+//! Where an image comes from: an `oci-archive:` tar or an `oci:` directory,
+//! each handed over as an open file descriptor by the client.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::{
+    archive::{Archive, Pread},
+    digest::Digest,
+};
+use crate::Error;
+
+/// The largest JSON document (index, manifest, config) read from a source.
+/// Real ones are kilobytes; this bounds what a hostile source can make the
+/// daemon hold in memory.
+const MAX_JSON: u64 = 16 << 20;
+
+/// An OCI image layout the client opened and passed as a file descriptor.
+#[derive(Debug)]
+pub enum Source {
+    /// An uncompressed `oci-archive:` tar.
+    Archive(File),
+    /// An `oci:` layout directory.
+    Directory(OwnedFd),
+}
+
+/// An opened source that blobs can be read from, from many threads.
+#[derive(Debug)]
+pub(crate) enum Layout {
+    Archive(Archive),
+    Directory(Arc<OwnedFd>),
+}
+
+impl Layout {
+    /// Open `source`; an archive is indexed here, once.
+    pub(crate) fn open(source: Source) -> Result<Self, Error> {
+        let layout = match source {
+            Source::Archive(file) => Layout::Archive(Archive::index(file)?),
+            Source::Directory(dir) => Layout::Directory(Arc::new(dir)),
+        };
+        layout.check_marker()?;
+        Ok(layout)
+    }
+
+    /// `oci-layout` must exist and name a version this reader knows.
+    fn check_marker(&self) -> Result<(), Error> {
+        let missing = || Error::InvalidSource {
+            reason: "there is no oci-layout file".to_owned(),
+        };
+        let reader = self.file("oci-layout")?.ok_or_else(missing)?;
+        let bytes = read_limited(reader, "oci-layout")?;
+        let marker: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| Error::InvalidJson {
+                what: "oci-layout".to_owned(),
+                reason: e.to_string(),
+            })?;
+        match marker.get("imageLayoutVersion").and_then(|v| v.as_str()) {
+            Some(v) if v.starts_with("1.") => Ok(()),
+            other => Err(Error::InvalidSource {
+                reason: format!("unsupported imageLayoutVersion {other:?}"),
+            }),
+        }
+    }
+
+    /// `index.json`, as raw bytes.
+    pub(crate) fn index(&self) -> Result<Vec<u8>, Error> {
+        let reader = self
+            .file("index.json")?
+            .ok_or_else(|| Error::InvalidSource {
+                reason: "there is no index.json".to_owned(),
+            })?;
+        read_limited(reader, "index.json")
+    }
+
+    /// A reader of the blob `digest`, and its length on disk.
+    pub(crate) fn blob(&self, digest: &Digest) -> Result<Pread, Error> {
+        let path = format!("blobs/sha256/{}", digest.hex());
+        self.file(&path)?.ok_or_else(|| Error::BlobMissing {
+            digest: digest.to_string(),
+        })
+    }
+
+    /// A small JSON blob, checked against its size and digest.
+    pub(crate) fn json_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, Error> {
+        if size > MAX_JSON {
+            return Err(Error::InvalidJson {
+                what: what.to_owned(),
+                reason: format!("{size} bytes is more than the {MAX_JSON} allowed"),
+            });
+        }
+        let blob = self.blob(digest)?;
+        check_size(blob.len(), size, what)?;
+        let bytes = read_limited(blob, what)?;
+        digest.verify(&Digest::of(&bytes), format!("digest of {what}"))?;
+        Ok(bytes)
+    }
+
+    /// The regular file at `path` in the layout, if there is one.
+    fn file(&self, path: &str) -> Result<Option<Pread>, Error> {
+        match self {
+            Layout::Archive(archive) => Ok(archive.open(path)),
+            Layout::Directory(dir) => open_beneath(dir, path),
+        }
+    }
+}
+
+/// The declared size of a blob must be its real size.
+pub(crate) fn check_size(actual: u64, declared: u64, what: &str) -> Result<(), Error> {
+    if actual == declared {
+        return Ok(());
+    }
+    Err(Error::DigestMismatch {
+        what: format!("size of {what}"),
+        expected: declared.to_string(),
+        actual: actual.to_string(),
+    })
+}
+
+/// Open `path` inside the layout directory, never leaving it: no `..`, no
+/// absolute symlinks, no magic links. Only regular files count.
+fn open_beneath(dir: &Arc<OwnedFd>, path: &str) -> Result<Option<Pread>, Error> {
+    let opened = rustix::fs::openat2(
+        dir.as_fd(),
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    );
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::XDEV) => {
+            return Err(Error::InvalidSource {
+                reason: format!("{path} leads outside the layout directory"),
+            });
+        }
+        Err(e) => {
+            return Err(Error::storage(
+                "opening a file of the layout",
+                std::io::Error::from(e),
+            ));
+        }
+    };
+    let stat = rustix::fs::fstat(&fd)
+        .map_err(|e| Error::storage("reading the layout", std::io::Error::from(e)))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Error::InvalidSource {
+            reason: format!("{path} is not a regular file"),
+        });
+    }
+    let file = Arc::new(File::from(fd));
+    Ok(Some(Pread::new(file, 0, stat.st_size as u64)))
+}
+
+/// Read a small document whole, refusing one larger than [`MAX_JSON`].
+fn read_limited(reader: Pread, what: &str) -> Result<Vec<u8>, Error> {
+    if reader.len() > MAX_JSON {
+        return Err(Error::InvalidJson {
+            what: what.to_owned(),
+            reason: format!("{} bytes is more than the {MAX_JSON} allowed", reader.len()),
+        });
+    }
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_JSON)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::storage("reading the source", e))?;
+    Ok(bytes)
+}

@@ -1,0 +1,404 @@
+//! `io.cfsd.Oci`: pulling OCI images into the repository, naming,
+//! describing, removing and mounting them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The transport of a directory holding an OCI image layout.
+pub const TRANSPORT_DIRECTORY: &str = "oci";
+
+/// The transport of an uncompressed tar holding an OCI image layout.
+pub const TRANSPORT_ARCHIVE: &str = "oci-archive";
+
+/// The parameters of `Pull`. The source travels as the call's first fd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullParams {
+    /// [`TRANSPORT_DIRECTORY`] or [`TRANSPORT_ARCHIVE`].
+    pub transport: String,
+    /// The manifest inside the source: a `ref.name` annotation or a
+    /// `sha256:` digest; `None` when the source holds a single manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The tag to set; defaults to the manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// `os/arch[/variant]`; defaults to the daemon's own platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// The most layers imported at once; `None` or 0 means one per CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u64>,
+}
+
+/// How far the import of one layer has come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerProgress {
+    /// The layer's blob digest.
+    pub layer: String,
+    /// `queued`, `importing`, `present` or `done`.
+    pub stage: String,
+    /// Bytes of the layer blob handled so far.
+    pub done: u64,
+    /// Bytes of the layer blob in all.
+    pub total: u64,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullResult {
+    /// The digest of the image manifest pulled.
+    pub manifest_digest: String,
+    /// The digest of its config.
+    pub config_digest: String,
+    /// The composefs image id, in hex.
+    pub image_id: String,
+    /// The tag set on the image.
+    pub tag: String,
+    /// Layers of the image.
+    pub layers: u64,
+    /// Layers the repository already held.
+    pub layers_present: u64,
+    /// Objects written by this pull.
+    pub objects_new: u64,
+    /// Objects the repository already held.
+    pub objects_present: u64,
+    /// Bytes of the objects written.
+    pub bytes_new: u64,
+    /// The repository already held the whole image.
+    pub already_present: bool,
+}
+
+/// One reply of `Pull`: progress while more follow, the result last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullReply {
+    /// A layer advanced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<LayerProgress>,
+    /// The pull finished; set on the last reply only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<PullResult>,
+}
+
+/// An image in the repository, under one of its tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    /// The tag.
+    pub name: String,
+    /// The digest of its manifest.
+    pub manifest_digest: String,
+    /// The digest of its config.
+    pub config_digest: String,
+    /// The config's operating system.
+    pub os: String,
+    /// The config's CPU architecture.
+    pub architecture: String,
+    /// The config's creation time, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// Layers of the image.
+    pub layers: u64,
+    /// The composefs image id in hex, when the image was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}
+
+/// The reply of `ListImages`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListImagesReply {
+    /// Every tagged image, one entry per tag.
+    pub images: Vec<Image>,
+}
+
+/// The parameters of the methods that take only an image: `Inspect`,
+/// `Remove`, `ComputeId` and `Mount`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageParams {
+    /// A tag, or `sha256:<hex>` of the image's manifest.
+    pub image: String,
+}
+
+/// The reply of `Inspect`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InspectReply {
+    /// The digest of the manifest.
+    pub manifest_digest: String,
+    /// The digest of the config.
+    pub config_digest: String,
+    /// The composefs image id in hex, when the image was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Every tag naming the image.
+    pub tags: Vec<String>,
+    /// The manifest document as stored.
+    pub manifest: Value,
+    /// The config document as stored.
+    pub config: Value,
+}
+
+/// The parameters of `Tag`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagParams {
+    /// The image to tag: a tag or a manifest digest.
+    pub image: String,
+    /// The new tag.
+    pub tag: String,
+}
+
+/// The parameters of `Untag`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UntagParams {
+    /// The tag to remove.
+    pub tag: String,
+}
+
+/// The reply of `Remove`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveReply {
+    /// The tags removed.
+    pub untagged: Vec<String>,
+}
+
+/// The reply of `ComputeId`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeIdReply {
+    /// The composefs image id in hex.
+    pub image_id: String,
+}
+
+/// The reply of methods that return nothing: `Tag`, `Untag`, and `Mount`
+/// (whose mount travels as the reply's fd).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmptyReply {}
+
+/// Every error of `io.cfsd.Oci`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "error", content = "parameters")]
+pub enum OciError {
+    /// The directory holds no repository yet.
+    #[serde(rename = "io.cfsd.Oci.NotInitialized")]
+    #[error("no composefs repository at {path}: create it with `cfsctl init`")]
+    NotInitialized {
+        /// The repository directory.
+        path: String,
+    },
+    /// The caller may not change the repository.
+    #[serde(rename = "io.cfsd.Oci.PermissionDenied")]
+    #[error(
+        "permission denied: {method} changes the repository and uid {uid} is neither root nor in the daemon's admin group"
+    )]
+    PermissionDenied {
+        /// The method refused.
+        method: String,
+        /// The caller's uid.
+        uid: u32,
+    },
+    /// The call lacks the fd it needs, or it is of the wrong kind.
+    #[serde(rename = "io.cfsd.Oci.MissingFd")]
+    #[error("{method} needs {expected} passed with the call")]
+    MissingFd {
+        /// The method called.
+        method: String,
+        /// What kind of fd it needs.
+        expected: String,
+    },
+    /// A transport other than `oci` or `oci-archive`.
+    #[serde(rename = "io.cfsd.Oci.UnknownTransport")]
+    #[error("unknown transport {transport:?}: use oci:DIR or oci-archive:FILE")]
+    UnknownTransport {
+        /// The transport given.
+        transport: String,
+    },
+    /// No image has this tag or manifest digest.
+    #[serde(rename = "io.cfsd.Oci.ImageNotFound")]
+    #[error("no image {image:?} in the repository (see `cfsctl oci images`)")]
+    ImageNotFound {
+        /// The tag or digest asked for.
+        image: String,
+    },
+    /// A platform that is not `os/arch[/variant]`.
+    #[serde(rename = "io.cfsd.Oci.InvalidPlatform")]
+    #[error("invalid platform {platform:?}: expected os/arch or os/arch/variant, e.g. linux/amd64")]
+    InvalidPlatform {
+        /// The text given.
+        platform: String,
+    },
+    /// A tag that cannot name an image.
+    #[serde(rename = "io.cfsd.Oci.InvalidTag")]
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag given.
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An `oci-archive` compressed as a whole.
+    #[serde(rename = "io.cfsd.Oci.CompressedArchive")]
+    #[error(
+        "the archive is {compression}-compressed; oci-archive: needs the uncompressed tar (decompress it first)"
+    )]
+    CompressedArchive {
+        /// The compression found.
+        compression: String,
+    },
+    /// The source is not an OCI image layout.
+    #[serde(rename = "io.cfsd.Oci.InvalidSource")]
+    #[error("not an OCI image layout: {reason}")]
+    InvalidSource {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The source lacks a blob that its index or a manifest names.
+    #[serde(rename = "io.cfsd.Oci.BlobMissing")]
+    #[error("the source has no blob {digest}, which its index or manifest names")]
+    BlobMissing {
+        /// The blob's digest.
+        digest: String,
+    },
+    /// A JSON document of the source is unreadable.
+    #[serde(rename = "io.cfsd.Oci.InvalidJson")]
+    #[error("invalid {what}: {reason}")]
+    InvalidJson {
+        /// Which document.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No manifest of the source matches the reference.
+    #[serde(rename = "io.cfsd.Oci.ManifestNotFound")]
+    #[error(
+        "no manifest {reference:?} in the source (it has: {})",
+        list(available)
+    )]
+    ManifestNotFound {
+        /// The reference asked for.
+        reference: String,
+        /// What the source offers.
+        available: Vec<String>,
+    },
+    /// The source's index has no image for the platform.
+    #[serde(rename = "io.cfsd.Oci.PlatformNotFound")]
+    #[error(
+        "no image for platform {platform} in the source (it has: {}); pick one with --platform",
+        list(available)
+    )]
+    PlatformNotFound {
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the index offers.
+        available: Vec<String>,
+    },
+    /// A media type cfsd cannot handle.
+    #[serde(rename = "io.cfsd.Oci.UnsupportedMediaType")]
+    #[error("unsupported media type {media_type:?} for {what}")]
+    UnsupportedMediaType {
+        /// What carried it.
+        what: String,
+        /// The media type.
+        #[serde(rename = "mediaType")]
+        media_type: String,
+    },
+    /// Content does not match the digest, size or diff_id that names it.
+    #[serde(rename = "io.cfsd.Oci.DigestMismatch")]
+    #[error("{what} is corrupt: expected {expected}, found {actual}")]
+    DigestMismatch {
+        /// Which content.
+        what: String,
+        /// What was declared.
+        expected: String,
+        /// What was found.
+        actual: String,
+    },
+    /// A layer's compressed data or tar stream is damaged.
+    #[serde(rename = "io.cfsd.Oci.InvalidLayer")]
+    #[error("layer {layer} is damaged: {reason}")]
+    InvalidLayer {
+        /// The layer's digest.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Mounting the image failed.
+    #[serde(rename = "io.cfsd.Oci.MountFailed")]
+    #[error("mounting {image} failed: {reason}")]
+    MountFailed {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the repository failed.
+    #[serde(rename = "io.cfsd.Oci.StorageFailed")]
+    #[error("{operation} failed: {reason}")]
+    StorageFailed {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// A list for an error message; an empty one says so rather than
+/// printing nothing between the parentheses.
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The methods of `io.cfsd.Oci`, by their unqualified names.
+pub const METHODS: &[&str] = &[
+    "Pull",
+    "ListImages",
+    "Inspect",
+    "Tag",
+    "Untag",
+    "Remove",
+    "ComputeId",
+    "Mount",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_replies_carry_only_what_is_set() {
+        let progress = PullReply {
+            progress: Some(LayerProgress {
+                layer: "sha256:ab".into(),
+                stage: "importing".into(),
+                done: 1,
+                total: 2,
+            }),
+            result: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&progress).unwrap(),
+            serde_json::json!({"progress": {"layer": "sha256:ab", "stage": "importing", "done": 1, "total": 2}})
+        );
+    }
+
+    #[test]
+    fn errors_read_as_advice() {
+        let e = OciError::PlatformNotFound {
+            platform: "linux/s390x".into(),
+            available: vec!["linux/amd64".into(), "linux/arm64".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no image for platform linux/s390x in the source (it has: linux/amd64, linux/arm64); pick one with --platform"
+        );
+        let wire = serde_json::to_value(&e).unwrap();
+        assert_eq!(wire["error"], "io.cfsd.Oci.PlatformNotFound");
+    }
+}
