@@ -1,6 +1,9 @@
 //! Helpers for the integration tests: start real `cfsd` processes, run the
 //! real `cfsctl`, and speak raw varlink to check the wire itself.
 
+pub mod oci;
+pub mod ocictl;
+
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,

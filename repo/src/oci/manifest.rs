@@ -284,6 +284,18 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
     )?;
     let config: ConfigDoc = parse(&config_raw, &format!("config {config_digest}"))?;
     let layers = plan_layers(&manifest.layers, &config.rootfs)?;
+    let (manifest_digest, raw) = if manifest.media_type.as_deref() == Some(DOCKER_MANIFEST)
+        || config_type != CONFIGS[0]
+    {
+        let converted = docker_to_oci(&raw, &layers)?;
+        tracing::info!(
+            "converted Docker manifest {manifest_digest} to OCI manifest {}",
+            Digest::of(&converted)
+        );
+        (Digest::of(&converted), converted)
+    } else {
+        (manifest_digest, raw)
+    };
     Ok(Resolved {
         manifest_digest,
         manifest: raw,
@@ -329,6 +341,31 @@ fn plan_layers(layers: &[Descriptor], rootfs: &RootFs) -> Result<Vec<LayerPlan>,
             })
         })
         .collect()
+}
+
+/// The OCI manifest equivalent to a Docker schema 2 one, as containers/image
+/// converts them: the media types become OCI's and nothing else changes,
+/// so the config, the layers and the composefs image id stay the same.
+/// composefs-rs treats a manifest whose config is not an OCI config as an
+/// artifact and builds no filesystem for it; converted, it is an image.
+fn docker_to_oci(raw: &[u8], layers: &[LayerPlan]) -> Result<Vec<u8>, Error> {
+    let mut doc: serde_json::Value = parse(raw, "the Docker manifest")?;
+    doc["mediaType"] = OCI_MANIFEST.into();
+    doc["config"]["mediaType"] = CONFIGS[0].into();
+    if let Some(entries) = doc["layers"].as_array_mut() {
+        for (entry, plan) in entries.iter_mut().zip(layers) {
+            entry["mediaType"] = match plan.compression {
+                Compression::None => "application/vnd.oci.image.layer.v1.tar",
+                Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+                Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            }
+            .into();
+        }
+    }
+    serde_json::to_vec(&doc).map_err(|e| Error::InvalidJson {
+        what: "the converted manifest".to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Error> {

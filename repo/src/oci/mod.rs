@@ -6,14 +6,14 @@
 //! EROFS image), so upstream `cfsctl oci` reads it, and the image id equals
 //! upstream's `cfsctl oci compute-id`.
 
-mod archive;
-mod digest;
+pub(crate) mod archive;
+pub(crate) mod digest;
 mod images;
 mod layer;
-mod manifest;
+pub(crate) mod manifest;
 mod platform;
 mod pull;
-mod source;
+pub(crate) mod source;
 
 pub use archive::Archive;
 pub use images::{ImageDetails, ImageSummary};

@@ -177,18 +177,26 @@ impl Pull {
         Ok(self.report(image_id, totals, false))
     }
 
-    /// The report for an image already pulled under this tag, if it is.
+    /// If the repository already holds this image, complete with its EROFS
+    /// image, set the tag and report that; nothing is read or written.
     fn already_present<H: FsVerityHashValue>(
         &self,
         repo: &Store<H>,
     ) -> Result<Option<PullReport>, Error> {
-        let Ok(image) = OciImage::open_ref(repo, &self.tag) else {
+        let digest = self.resolved.manifest_digest.to_oci();
+        let stored = composefs_oci::oci_image::has_manifest(repo, &digest)
+            .map_err(|e| Error::storage("looking up the manifest", e))?;
+        let Some(verity) = stored else {
             return Ok(None);
         };
-        let same = image.manifest_digest().to_string() == self.resolved.manifest_digest.to_string();
-        let Some(id) = image.image_ref(repo.erofs_version()).filter(|_| same) else {
+        let Ok(image) = OciImage::open(repo, &digest, Some(&verity)) else {
             return Ok(None);
         };
+        let Some(id) = image.image_ref(repo.erofs_version()) else {
+            return Ok(None);
+        };
+        composefs_oci::oci_image::tag_image(repo, &digest, &self.tag)
+            .map_err(|e| Error::storage("tagging", e))?;
         for plan in &self.resolved.layers {
             self.tell(plan, Stage::Present, plan.size);
         }

@@ -1,0 +1,1184 @@
+//! OCI image fixtures: real image layouts, written byte by byte.
+//!
+//! Layers are tar streams built header by header (GNU long names, PAX
+//! records, ustar prefixes, devices, FIFOs, hard links, whiteouts,
+//! `security.capability` xattrs), compressed per layer, described by a
+//! config with correct `rootfs.diff_ids` and a manifest, and listed in an
+//! `index.json`. A [`Layout`] is written as an `oci:` directory or an
+//! `oci-archive:` tar, and can be damaged on purpose for negative tests.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Value, json};
+
+/// The mtime of every entry unless set otherwise (seconds since 1970).
+pub const MTIME: u64 = 1_700_000_000;
+
+/// OCI media types.
+pub mod media {
+    /// An OCI image index.
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    /// An OCI image manifest.
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    /// An OCI image config.
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// An uncompressed OCI layer.
+    pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    /// A gzip-compressed OCI layer.
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    /// A zstd-compressed OCI layer.
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    /// A Docker schema2 manifest list.
+    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    /// A Docker schema2 manifest.
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    /// A Docker image config.
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    /// A gzip-compressed Docker layer.
+    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+}
+
+/// The annotation that names a manifest in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(openssl::sha::sha256(bytes)))
+}
+
+/// `n` bytes of deterministic noise that compresses badly, as real
+/// binaries do.
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// The `security.capability` value of a file with CAP_NET_RAW permitted
+/// and effective (`vfs_cap_data` revision 2), as ping has.
+pub fn cap_net_raw() -> Vec<u8> {
+    let mut cap = Vec::new();
+    cap.extend_from_slice(&0x0200_0001u32.to_le_bytes()); // revision 2 | effective
+    cap.extend_from_slice(&(1u32 << 13).to_le_bytes()); // permitted: CAP_NET_RAW
+    cap.extend_from_slice(&0u32.to_le_bytes()); // inheritable
+    cap.extend_from_slice(&0u32.to_le_bytes()); // permitted, high word
+    cap.extend_from_slice(&0u32.to_le_bytes()); // inheritable, high word
+    cap
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip.
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+/// How a path longer than the 100-byte name field is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NameStyle {
+    /// A GNU header; long names in `././@LongLink` entries (`L`, `K`).
+    #[default]
+    Gnu,
+    /// A ustar header; long names in a PAX `path`/`linkpath` record.
+    Pax,
+    /// A ustar header; long names split into the prefix and name fields.
+    UstarPrefix,
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file with this content.
+    File(Vec<u8>),
+    /// A symbolic link to this target.
+    Symlink(String),
+    /// A hard link to this earlier path of the same layer.
+    Hardlink(String),
+    /// A character device (major, minor).
+    CharDevice(u32, u32),
+    /// A block device (major, minor).
+    BlockDevice(u32, u32),
+    /// A named pipe.
+    Fifo,
+}
+
+/// One tar entry of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The path inside the layer, without a leading `/` or trailing `/`.
+    pub path: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits including setuid/setgid/sticky.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time in seconds.
+    pub mtime: u64,
+    /// Extended attributes, written as `SCHILY.xattr.*` PAX records.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    /// How long names are encoded.
+    pub name_style: NameStyle,
+}
+
+impl Entry {
+    fn new(path: &str, kind: Kind, mode: u32) -> Self {
+        Entry {
+            path: path.trim_matches('/').to_owned(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: MTIME,
+            xattrs: Vec::new(),
+            name_style: NameStyle::default(),
+        }
+    }
+
+    /// A directory, 0755.
+    pub fn dir(path: &str) -> Self {
+        Self::new(path, Kind::Dir, 0o755)
+    }
+
+    /// A regular file, 0644.
+    pub fn file(path: &str, data: impl Into<Vec<u8>>) -> Self {
+        Self::new(path, Kind::File(data.into()), 0o644)
+    }
+
+    /// A symbolic link, 0777.
+    pub fn symlink(path: &str, target: &str) -> Self {
+        Self::new(path, Kind::Symlink(target.to_owned()), 0o777)
+    }
+
+    /// A hard link to `target`, an earlier path of the same layer. Its
+    /// header's mode is that of the target, as tar writes it.
+    pub fn hardlink(path: &str, target: &str) -> Self {
+        Self::new(
+            path,
+            Kind::Hardlink(target.trim_matches('/').to_owned()),
+            0o644,
+        )
+    }
+
+    /// A character device, 0666.
+    pub fn char_device(path: &str, major: u32, minor: u32) -> Self {
+        Self::new(path, Kind::CharDevice(major, minor), 0o666)
+    }
+
+    /// A block device, 0660.
+    pub fn block_device(path: &str, major: u32, minor: u32) -> Self {
+        Self::new(path, Kind::BlockDevice(major, minor), 0o660)
+    }
+
+    /// A named pipe, 0644.
+    pub fn fifo(path: &str) -> Self {
+        Self::new(path, Kind::Fifo, 0o644)
+    }
+
+    /// The whiteout that deletes `path` of the layers below: an empty file
+    /// `.wh.<name>` next to it.
+    pub fn whiteout(path: &str) -> Self {
+        let path = path.trim_matches('/');
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((dir, name)) => (format!("{dir}/"), name),
+            None => (String::new(), path),
+        };
+        Self::file(&format!("{dir}.wh.{name}"), Vec::new())
+    }
+
+    /// The opaque marker that hides everything the layers below have in
+    /// `dir`: an empty file `.wh..wh..opq` in it.
+    pub fn opaque(dir: &str) -> Self {
+        Self::file(
+            &format!("{}/.wh..wh..opq", dir.trim_matches('/')),
+            Vec::new(),
+        )
+    }
+
+    /// With these permission bits.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Owned by `uid`:`gid`.
+    pub fn owner(mut self, uid: u64, gid: u64) -> Self {
+        self.uid = uid;
+        self.gid = gid;
+        self
+    }
+
+    /// With this mtime.
+    pub fn mtime(mut self, mtime: u64) -> Self {
+        self.mtime = mtime;
+        self
+    }
+
+    /// With the extended attribute `name` = `value`.
+    pub fn xattr(mut self, name: &str, value: &[u8]) -> Self {
+        self.xattrs.push((name.to_owned(), value.to_vec()));
+        self
+    }
+
+    /// With long names written in `style`.
+    pub fn name_style(mut self, style: NameStyle) -> Self {
+        self.name_style = style;
+        self
+    }
+
+    /// Whether this is a whiteout or an opaque marker.
+    pub fn is_whiteout(&self) -> bool {
+        let name = self.path.rsplit('/').next().unwrap_or(&self.path);
+        name.starts_with(".wh.")
+    }
+}
+
+/// One PAX extended-header record: `"<len> <key>=<value>\n"`, where `len`
+/// counts the whole record including its own digits.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = 1 + key.len() + 1 + value.len() + 1;
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    assert_eq!(record.len(), len);
+    record
+}
+
+/// Copy `bytes` into a NUL-padded header field, truncating to its size.
+fn set_field(field: &mut [u8], bytes: &[u8]) {
+    field.fill(0);
+    let n = bytes.len().min(field.len());
+    field[..n].copy_from_slice(&bytes[..n]);
+}
+
+/// An extension entry (`L`, `K` or `x`) carrying `data`.
+fn extension_header(kind: u8, name: &str, data: &[u8], gnu: bool) -> tar::Header {
+    let mut header = if gnu {
+        tar::Header::new_gnu()
+    } else {
+        tar::Header::new_ustar()
+    };
+    set_field(&mut header.as_old_mut().name, name.as_bytes());
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(data.len() as u64);
+    header.set_entry_type(tar::EntryType::new(kind));
+    header.set_cksum();
+    header
+}
+
+/// Append `entry` to `builder`, header by header.
+fn append_entry(builder: &mut tar::Builder<Vec<u8>>, entry: &Entry) {
+    let gnu = entry.name_style == NameStyle::Gnu;
+    let mut header = if gnu {
+        tar::Header::new_gnu()
+    } else {
+        tar::Header::new_ustar()
+    };
+    let mut name = entry.path.clone();
+    if entry.kind == Kind::Dir {
+        name.push('/');
+    }
+    let (entry_type, data, link): (_, &[u8], Option<&str>) = match &entry.kind {
+        Kind::Dir => (tar::EntryType::Directory, &[], None),
+        Kind::File(data) => (tar::EntryType::Regular, data, None),
+        Kind::Symlink(target) => (tar::EntryType::Symlink, &[], Some(target)),
+        Kind::Hardlink(target) => (tar::EntryType::Link, &[], Some(target)),
+        Kind::CharDevice(..) => (tar::EntryType::Char, &[], None),
+        Kind::BlockDevice(..) => (tar::EntryType::Block, &[], None),
+        Kind::Fifo => (tar::EntryType::Fifo, &[], None),
+    };
+    header.set_entry_type(entry_type);
+    header.set_mode(entry.mode);
+    header.set_uid(entry.uid);
+    header.set_gid(entry.gid);
+    header.set_mtime(entry.mtime);
+    header.set_size(data.len() as u64);
+    if let Kind::CharDevice(major, minor) | Kind::BlockDevice(major, minor) = entry.kind {
+        header.set_device_major(major).unwrap();
+        header.set_device_minor(minor).unwrap();
+    }
+
+    let mut pax = Vec::new();
+    for (key, value) in &entry.xattrs {
+        pax.extend(pax_record(&format!("SCHILY.xattr.{key}"), value));
+    }
+    let long_name = name.len() > 100;
+    let long_link = link.is_some_and(|l| l.len() > 100);
+    match entry.name_style {
+        NameStyle::Gnu => {
+            if long_name {
+                let mut data = name.as_bytes().to_vec();
+                data.push(0);
+                let ext = extension_header(b'L', "././@LongLink", &data, true);
+                builder.append(&ext, &data[..]).unwrap();
+            }
+            if long_link {
+                let mut data = link.unwrap().as_bytes().to_vec();
+                data.push(0);
+                let ext = extension_header(b'K', "././@LongLink", &data, true);
+                builder.append(&ext, &data[..]).unwrap();
+            }
+            set_field(&mut header.as_old_mut().name, name.as_bytes());
+        }
+        NameStyle::Pax => {
+            if long_name {
+                pax.extend(pax_record("path", name.as_bytes()));
+            }
+            if long_link {
+                pax.extend(pax_record("linkpath", link.unwrap().as_bytes()));
+            }
+            set_field(&mut header.as_old_mut().name, name.as_bytes());
+        }
+        NameStyle::UstarPrefix => {
+            assert!(!long_link, "ustar cannot hold a long link target");
+            let ustar = header.as_ustar_mut().unwrap();
+            if long_name {
+                // Split at a `/` so that the name fits in 100 bytes and the
+                // rest in the 155-byte prefix.
+                let split = name
+                    .char_indices()
+                    .filter(|&(i, c)| c == '/' && i <= 155 && name.len() - i - 1 <= 100)
+                    .map(|(i, _)| i)
+                    .next()
+                    .unwrap_or_else(|| panic!("{name} cannot be split for a ustar header"));
+                set_field(&mut ustar.prefix, &name.as_bytes()[..split]);
+                set_field(&mut ustar.name, &name.as_bytes()[split + 1..]);
+            } else {
+                set_field(&mut ustar.name, name.as_bytes());
+            }
+        }
+    }
+    if let Some(link) = link {
+        set_field(&mut header.as_old_mut().linkname, link.as_bytes());
+    }
+    if !pax.is_empty() {
+        let base = entry.path.rsplit('/').next().unwrap_or("x");
+        let pax_name: String = format!("PaxHeaders.0/{base}").chars().take(99).collect();
+        let ext = extension_header(b'x', &pax_name, &pax, false);
+        builder.append(&ext, &pax[..]).unwrap();
+    }
+    header.set_cksum();
+    builder.append(&header, data).unwrap();
+}
+
+/// One layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// Its entries in tar order.
+    pub entries: Vec<Entry>,
+    /// How its blob is compressed.
+    pub compression: Compression,
+    /// A media type to write instead of the one the compression implies.
+    pub media_type: Option<String>,
+}
+
+impl Layer {
+    /// A layer of `entries` compressed with `compression`.
+    pub fn new(compression: Compression, entries: Vec<Entry>) -> Self {
+        Layer {
+            entries,
+            compression,
+            media_type: None,
+        }
+    }
+
+    /// The uncompressed tar: what its diff_id names.
+    pub fn tar(&self) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for entry in &self.entries {
+            append_entry(&mut builder, entry);
+        }
+        builder.into_inner().unwrap()
+    }
+
+    /// The blob as stored: the tar, compressed.
+    pub fn blob(&self) -> Vec<u8> {
+        compress(&self.tar(), self.compression)
+    }
+}
+
+/// `data` compressed with `compression`.
+pub fn compress(data: &[u8], compression: Compression) -> Vec<u8> {
+    match compression {
+        Compression::None => data.to_vec(),
+        Compression::Gzip => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(data).unwrap();
+            gz.finish().unwrap()
+        }
+        Compression::Zstd => zstd::encode_all(data, 3).unwrap(),
+    }
+}
+
+/// An image: layers plus what its config says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Bottom layer first.
+    pub layers: Vec<Layer>,
+    /// `os` of the config and the platform.
+    pub os: String,
+    /// `architecture` of the config and the platform.
+    pub architecture: String,
+    /// `variant`, if any.
+    pub variant: Option<String>,
+    /// The config's `created`.
+    pub created: Option<String>,
+    /// Labels, also a way to make two configs differ.
+    pub labels: BTreeMap<String, String>,
+    /// Write Docker schema2 media types instead of OCI ones.
+    pub docker: bool,
+    /// Write a wrong diff_id for this layer into the config.
+    pub wrong_diff_id: Option<usize>,
+}
+
+/// The host's architecture as OCI names it.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+impl Image {
+    /// An image of `layers` for the host platform (linux/amd64 on x86_64).
+    pub fn new(layers: Vec<Layer>) -> Self {
+        Image {
+            layers,
+            os: "linux".to_owned(),
+            architecture: host_architecture().to_owned(),
+            variant: None,
+            created: Some("2024-01-02T03:04:05Z".to_owned()),
+            labels: BTreeMap::new(),
+            docker: false,
+            wrong_diff_id: None,
+        }
+    }
+
+    /// For `os/arch[/variant]`.
+    pub fn platform(mut self, platform: &str) -> Self {
+        let parts: Vec<&str> = platform.split('/').collect();
+        self.os = parts[0].to_owned();
+        self.architecture = parts[1].to_owned();
+        self.variant = parts.get(2).map(|v| (*v).to_owned());
+        self
+    }
+
+    /// With a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// With Docker schema2 media types (all layers must be gzip).
+    pub fn docker(mut self) -> Self {
+        self.docker = true;
+        self
+    }
+
+    /// `os/arch[/variant]`.
+    pub fn platform_string(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
+            None => format!("{}/{}", self.os, self.architecture),
+        }
+    }
+
+    fn platform_json(&self) -> Value {
+        let mut p = json!({"os": self.os, "architecture": self.architecture});
+        if let Some(v) = &self.variant {
+            p["variant"] = json!(v);
+        }
+        p
+    }
+}
+
+/// What was written for one image.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The manifest's digest.
+    pub manifest_digest: String,
+    /// The manifest bytes.
+    pub manifest: Vec<u8>,
+    /// The config's digest.
+    pub config_digest: String,
+    /// The config bytes.
+    pub config: Vec<u8>,
+    /// Each layer blob's digest, bottom first.
+    pub layer_digests: Vec<String>,
+    /// Each layer blob's size.
+    pub layer_sizes: Vec<u64>,
+    /// Each layer's true diff_id (sha256 of the uncompressed tar).
+    pub diff_ids: Vec<String>,
+    /// Each layer's uncompressed tar.
+    pub layer_tars: Vec<Vec<u8>>,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+}
+
+impl BuiltImage {
+    /// The manifest digest's hex part.
+    pub fn manifest_hex(&self) -> &str {
+        self.manifest_digest.trim_start_matches("sha256:")
+    }
+}
+
+/// An OCI image layout being assembled: blobs and `index.json` entries.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    blobs: BTreeMap<String, Vec<u8>>,
+    index: Vec<Value>,
+}
+
+impl Layout {
+    /// An empty layout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A layout holding just `image`, named `ref_name` if given.
+    pub fn single(image: &Image, ref_name: Option<&str>) -> (Self, BuiltImage) {
+        let mut layout = Self::new();
+        let built = layout.add_image(image, ref_name);
+        (layout, built)
+    }
+
+    /// Store `bytes` as a blob; returns its digest.
+    pub fn add_blob(&mut self, bytes: Vec<u8>) -> String {
+        let digest = sha256_digest(&bytes);
+        self.blobs.insert(digest.clone(), bytes);
+        digest
+    }
+
+    /// The blob named `digest`.
+    pub fn blob(&self, digest: &str) -> Option<&[u8]> {
+        self.blobs.get(digest).map(Vec::as_slice)
+    }
+
+    /// Write `image`'s layers, config and manifest as blobs (not listed
+    /// in `index.json`).
+    pub fn build_image(&mut self, image: &Image) -> BuiltImage {
+        let mut built = BuiltImage {
+            manifest_digest: String::new(),
+            manifest: Vec::new(),
+            config_digest: String::new(),
+            config: Vec::new(),
+            layer_digests: Vec::new(),
+            layer_sizes: Vec::new(),
+            diff_ids: Vec::new(),
+            layer_tars: Vec::new(),
+            platform: image.platform_string(),
+        };
+        let mut layer_descriptors = Vec::new();
+        for layer in &image.layers {
+            let tar = layer.tar();
+            let blob = compress(&tar, layer.compression);
+            let media_type = match (&layer.media_type, image.docker, layer.compression) {
+                (Some(m), _, _) => m.clone(),
+                (None, true, Compression::Gzip) => media::DOCKER_LAYER_GZIP.to_owned(),
+                (None, true, c) => panic!("Docker schema2 layers are gzip, not {c:?}"),
+                (None, false, Compression::None) => media::OCI_LAYER.to_owned(),
+                (None, false, Compression::Gzip) => media::OCI_LAYER_GZIP.to_owned(),
+                (None, false, Compression::Zstd) => media::OCI_LAYER_ZSTD.to_owned(),
+            };
+            built.diff_ids.push(sha256_digest(&tar));
+            built.layer_sizes.push(blob.len() as u64);
+            built.layer_tars.push(tar);
+            let digest = self.add_blob(blob);
+            layer_descriptors.push(json!({
+                "mediaType": media_type,
+                "digest": digest,
+                "size": built.layer_sizes.last().unwrap(),
+            }));
+            built.layer_digests.push(digest);
+        }
+        let mut diff_ids = built.diff_ids.clone();
+        if let Some(i) = image.wrong_diff_id {
+            diff_ids[i] = sha256_digest(b"not the layer");
+        }
+        let mut config = json!({
+            "architecture": image.architecture,
+            "os": image.os,
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": ["/bin/sh"],
+                "Labels": image.labels,
+            },
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "history": image.layers.iter().map(|_| json!({"created_by": "cfsd-tests"})).collect::<Vec<_>>(),
+        });
+        if let Some(v) = &image.variant {
+            config["variant"] = json!(v);
+        }
+        if let Some(created) = &image.created {
+            config["created"] = json!(created);
+        }
+        built.config = serde_json::to_vec(&config).unwrap();
+        built.config_digest = self.add_blob(built.config.clone());
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": if image.docker { media::DOCKER_MANIFEST } else { media::OCI_MANIFEST },
+            "config": {
+                "mediaType": if image.docker { media::DOCKER_CONFIG } else { media::OCI_CONFIG },
+                "digest": built.config_digest,
+                "size": built.config.len(),
+            },
+            "layers": layer_descriptors,
+        });
+        built.manifest = serde_json::to_vec_pretty(&manifest).unwrap();
+        built.manifest_digest = self.add_blob(built.manifest.clone());
+        built
+    }
+
+    /// Add `image` and list its manifest in `index.json`, named
+    /// `ref_name` if given.
+    pub fn add_image(&mut self, image: &Image, ref_name: Option<&str>) -> BuiltImage {
+        let built = self.build_image(image);
+        let media_type = if image.docker {
+            media::DOCKER_MANIFEST
+        } else {
+            media::OCI_MANIFEST
+        };
+        self.list(
+            media_type,
+            &built.manifest_digest,
+            built.manifest.len(),
+            ref_name,
+            None,
+        );
+        built
+    }
+
+    /// Add `images` behind one nested image index (a Docker manifest list
+    /// when `docker`), listed in `index.json` and named `ref_name` if
+    /// given. Returns the nested index's digest.
+    pub fn add_platforms(
+        &mut self,
+        images: &[Image],
+        ref_name: Option<&str>,
+        docker: bool,
+    ) -> (String, Vec<BuiltImage>) {
+        let mut built = Vec::new();
+        let mut manifests = Vec::new();
+        for image in images {
+            assert_eq!(image.docker, docker, "mixing Docker and OCI manifests");
+            let b = self.build_image(image);
+            manifests.push(json!({
+                "mediaType": if docker { media::DOCKER_MANIFEST } else { media::OCI_MANIFEST },
+                "digest": b.manifest_digest,
+                "size": b.manifest.len(),
+                "platform": image.platform_json(),
+            }));
+            built.push(b);
+        }
+        let media_type = if docker {
+            media::DOCKER_LIST
+        } else {
+            media::OCI_INDEX
+        };
+        let index = serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "manifests": manifests,
+        }))
+        .unwrap();
+        let size = index.len();
+        let digest = self.add_blob(index);
+        self.list(media_type, &digest, size, ref_name, None);
+        (digest, built)
+    }
+
+    /// Store `bytes` as a manifest blob of `media_type` and list it in
+    /// `index.json`: for manifests that are wrong on purpose.
+    pub fn add_raw_manifest(
+        &mut self,
+        bytes: &[u8],
+        media_type: &str,
+        ref_name: Option<&str>,
+    ) -> String {
+        let digest = self.add_blob(bytes.to_vec());
+        self.list(media_type, &digest, bytes.len(), ref_name, None);
+        digest
+    }
+
+    /// Add an `index.json` entry.
+    pub fn list(
+        &mut self,
+        media_type: &str,
+        digest: &str,
+        size: usize,
+        ref_name: Option<&str>,
+        platform: Option<Value>,
+    ) {
+        let mut descriptor = json!({"mediaType": media_type, "digest": digest, "size": size});
+        if let Some(name) = ref_name {
+            descriptor["annotations"] = json!({ REF_NAME: name });
+        }
+        if let Some(platform) = platform {
+            descriptor["platform"] = platform;
+        }
+        self.index.push(descriptor);
+    }
+
+    /// Flip one bit of the blob named `digest` in its middle: same size,
+    /// different digest.
+    pub fn corrupt_blob(&mut self, digest: &str) {
+        let blob = self.blobs.get_mut(digest).expect("no such blob");
+        let middle = blob.len() / 2;
+        blob[middle] ^= 0x01;
+    }
+
+    /// Remove the blob named `digest`.
+    pub fn drop_blob(&mut self, digest: &str) {
+        self.blobs.remove(digest).expect("no such blob");
+    }
+
+    /// The `index.json` bytes.
+    pub fn index_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_INDEX,
+            "manifests": self.index,
+        }))
+        .unwrap()
+    }
+
+    /// The files of the layout: path relative to its root, content.
+    pub fn files(&self) -> Vec<(String, Vec<u8>)> {
+        let mut files = vec![
+            (
+                "oci-layout".to_owned(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
+            ("index.json".to_owned(), self.index_json()),
+        ];
+        for (digest, bytes) in &self.blobs {
+            let hex = digest.strip_prefix("sha256:").unwrap();
+            files.push((format!("blobs/sha256/{hex}"), bytes.clone()));
+        }
+        files
+    }
+
+    /// Write the layout as an `oci:` directory at `dir`.
+    pub fn write_dir(&self, dir: &Path) {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        for (path, bytes) in self.files() {
+            std::fs::write(dir.join(path), bytes).unwrap();
+        }
+    }
+
+    /// The layout as an uncompressed `oci-archive:` tar, as skopeo writes
+    /// it: directories, then `oci-layout`, `index.json` and the blobs.
+    pub fn archive(&self) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for dir in ["blobs", "blobs/sha256"] {
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_mtime(MTIME);
+            header.set_size(0);
+            builder
+                .append_data(&mut header, format!("{dir}/"), &[][..])
+                .unwrap();
+        }
+        for (path, bytes) in self.files() {
+            let mut header = tar::Header::new_ustar();
+            header.set_mode(0o644);
+            header.set_mtime(MTIME);
+            header.set_size(bytes.len() as u64);
+            builder.append_data(&mut header, path, &bytes[..]).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    /// Write the layout as an uncompressed `oci-archive:` tar at `path`.
+    pub fn write_archive(&self, path: &Path) {
+        std::fs::write(path, self.archive()).unwrap();
+    }
+
+    /// Write the layout as a gzip-compressed tar at `path`, which
+    /// `oci-archive:` must refuse with a clear message.
+    pub fn write_gzip_archive(&self, path: &Path) {
+        std::fs::write(path, compress(&self.archive(), Compression::Gzip)).unwrap();
+    }
+}
+
+/// The host's image with every kind of tar entry composefs handles, over
+/// three layers (plain, gzip, zstd); the upper layers delete, hide and
+/// replace what the lower ones have.
+pub fn everything_image() -> Image {
+    Image::new(everything_layers())
+        .label("org.example.fixture", "everything")
+        .label("org.example.layers", "3")
+}
+
+/// A directory name of `n` bytes made of `c`.
+fn long(c: char, n: usize) -> String {
+    std::iter::repeat_n(c, n).collect()
+}
+
+/// The long paths of [`everything_image`], for assertions.
+pub fn long_paths() -> [String; 5] {
+    [
+        // > 100 bytes: a GNU long name.
+        format!("usr/share/{}/{}.txt", long('g', 60), long('n', 70)),
+        // > 255 bytes: only PAX can hold it.
+        format!(
+            "usr/share/{}/{}/{}/file",
+            long('p', 90),
+            long('q', 90),
+            long('r', 90)
+        ),
+        // 101..255 bytes with a short last part: the ustar prefix field.
+        format!("usr/share/{}/{}/short", long('u', 99), long('v', 40)),
+        // A symlink whose target is > 100 bytes, written with PAX.
+        "usr/share/pax-long-link".to_owned(),
+        // A hard link to the GNU long name: a GNU long link name.
+        "usr/share/gnu-long-hardlink".to_owned(),
+    ]
+}
+
+fn everything_layers() -> Vec<Layer> {
+    let [gnu_long, pax_long, ustar_long, pax_link, gnu_hardlink] = long_paths();
+    let gnu_dir_1 = format!("usr/share/{}", long('g', 60));
+    let pax_dir_1 = format!("usr/share/{}", long('p', 90));
+    let pax_dir_2 = format!("{pax_dir_1}/{}", long('q', 90));
+    let pax_dir_3 = format!("{pax_dir_2}/{}", long('r', 90));
+    let ustar_dir_1 = format!("usr/share/{}", long('u', 99));
+    let ustar_dir_2 = format!("{ustar_dir_1}/{}", long('v', 40));
+
+    let base = vec![
+        Entry::dir("usr"),
+        Entry::dir("usr/bin"),
+        Entry::dir("usr/lib"),
+        Entry::dir("usr/share"),
+        Entry::dir("etc"),
+        Entry::dir("dev"),
+        Entry::dir("run"),
+        Entry::dir("olddir"),
+        Entry::dir("opaque"),
+        Entry::dir("opaque/sub"),
+        Entry::dir("home").mode(0o755),
+        Entry::dir("home/user").owner(1000, 1000).mode(0o700),
+        Entry::dir("tmp").mode(0o1777),
+        // Regular files: empty, tiny, exactly the inline limit, just over
+        // it, a few MiB.
+        Entry::file("etc/empty", Vec::new()),
+        Entry::file("etc/hello", "hello from layer 0\n"),
+        Entry::file("etc/removed", "deleted by a whiteout in layer 1\n"),
+        Entry::file(
+            "etc/shared",
+            "replaced in layer 1; its hard link keeps this\n",
+        ),
+        Entry::hardlink("etc/shared-hardlink", "etc/shared"),
+        Entry::file("usr/lib/exactly64", vec![b'6'; 64]),
+        Entry::file("usr/lib/just-over-64", vec![b'7'; 65]),
+        Entry::file("usr/lib/big.bin", noise(1, 3 * 1024 * 1024 + 123)),
+        Entry::hardlink("usr/lib/big-hardlink", "usr/lib/big.bin"),
+        Entry::hardlink("usr/bin/big-hardlink-2", "usr/lib/big.bin"),
+        Entry::file("home/user/notes", "owned by user 1000\n")
+            .owner(1000, 100)
+            .mode(0o600),
+        Entry::file("usr/bin/ping", noise(2, 5000))
+            .mode(0o4755)
+            .xattr("security.capability", &cap_net_raw())
+            .xattr("user.comment", b"dropped: not on the allowlist"),
+        Entry::file("usr/bin/setgid-tool", noise(3, 300))
+            .mode(0o2755)
+            .owner(0, 5),
+        Entry::file("usr/bin/old-mtime", "mtime in 1999\n").mtime(915_148_800),
+        // Symbolic links: relative, absolute, dangling, to a directory.
+        Entry::symlink("usr/bin/sh", "ping"),
+        Entry::symlink("etc/big-link", "/usr/lib/big.bin"),
+        Entry::symlink("etc/dangling", "/nonexistent/target"),
+        Entry::symlink("lib", "usr/lib"),
+        // Devices and a FIFO.
+        Entry::char_device("dev/null-like", 1, 3),
+        Entry::block_device("dev/loop-like", 7, 0),
+        Entry::fifo("dev/fifo").mode(0o600),
+        // Long names in every encoding.
+        Entry::dir(&gnu_dir_1),
+        Entry::file(&gnu_long, noise(4, 200)),
+        Entry::dir(&pax_dir_1).name_style(NameStyle::Pax),
+        Entry::dir(&pax_dir_2).name_style(NameStyle::Pax),
+        Entry::dir(&pax_dir_3).name_style(NameStyle::Pax),
+        Entry::file(&pax_long, "a PAX path\n").name_style(NameStyle::Pax),
+        Entry::dir(&ustar_dir_1).name_style(NameStyle::UstarPrefix),
+        Entry::dir(&ustar_dir_2).name_style(NameStyle::UstarPrefix),
+        Entry::file(&ustar_long, "a ustar prefix\n").name_style(NameStyle::UstarPrefix),
+        Entry::symlink(&pax_link, &format!("/{pax_long}")).name_style(NameStyle::Pax),
+        Entry::hardlink(&gnu_hardlink, &gnu_long),
+        // What the upper layers delete or hide.
+        Entry::file("olddir/x", "in a directory deleted by layer 1\n"),
+        Entry::file("opaque/a", "hidden by the opaque marker\n"),
+        Entry::file("opaque/sub/b", noise(5, 100)),
+        // /run is emptied in composefs images of OCI content.
+        Entry::file("run/leftover", "dropped from /run\n"),
+    ];
+    let upper = vec![
+        Entry::whiteout("etc/removed"),
+        Entry::whiteout("olddir"),
+        Entry::dir("opaque").mode(0o750),
+        Entry::opaque("opaque"),
+        Entry::file("opaque/new", "the only entry left in /opaque\n"),
+        Entry::file("etc/hello", "hello from layer 1\n"),
+        Entry::file("etc/shared", "layer 1's own shared\n"),
+        // The most-derived layer decides a directory's metadata.
+        Entry::dir("usr/bin").mode(0o711).mtime(MTIME + 3600),
+        Entry::file("usr/lib/layer1.bin", noise(6, 100_000)),
+    ];
+    let top = vec![
+        Entry::dir("usr").mode(0o751).mtime(MTIME + 7200),
+        Entry::dir("srv").owner(33, 33),
+        Entry::file("srv/data", noise(7, 70))
+            .owner(33, 33)
+            .mode(0o640),
+        Entry::whiteout("usr/bin/setgid-tool"),
+        Entry::file("usr/lib/layer2.bin", noise(8, 2 * 1024 * 1024)),
+        Entry::hardlink("usr/lib/layer2-hardlink", "usr/lib/layer2.bin"),
+    ];
+    vec![
+        Layer::new(Compression::None, base),
+        Layer::new(Compression::Gzip, upper),
+        Layer::new(Compression::Zstd, top),
+    ]
+}
+
+/// A small single-layer image: `/usr` and one file with `content`.
+pub fn small_image(compression: Compression, content: &str) -> Image {
+    Image::new(vec![Layer::new(
+        compression,
+        vec![
+            Entry::dir("usr"),
+            Entry::dir("usr/share"),
+            Entry::file("usr/share/content", content),
+            Entry::file("usr/share/big", noise(content.len() as u64, 10_000)),
+        ],
+    )])
+}
+
+/// A scratch directory with a layout written in both forms.
+#[derive(Debug)]
+pub struct Written {
+    /// The scratch directory; removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Written {
+    /// Write `layout` as `DIR/layout` (an `oci:` directory) and
+    /// `DIR/image.tar` (an `oci-archive:`).
+    pub fn new(layout: &Layout) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("cfsd-oci")
+            .tempdir()
+            .unwrap();
+        layout.write_dir(&dir.path().join("layout"));
+        layout.write_archive(&dir.path().join("image.tar"));
+        Written { dir }
+    }
+
+    /// `oci:DIR/layout[:ref]`.
+    pub fn oci(&self, reference: Option<&str>) -> String {
+        with_ref(
+            &format!("oci:{}", self.dir.path().join("layout").display()),
+            reference,
+        )
+    }
+
+    /// `oci-archive:DIR/image.tar[:ref]`.
+    pub fn archive(&self, reference: Option<&str>) -> String {
+        with_ref(
+            &format!("oci-archive:{}", self.archive_path().display()),
+            reference,
+        )
+    }
+
+    /// The archive's path.
+    pub fn archive_path(&self) -> PathBuf {
+        self.dir.path().join("image.tar")
+    }
+}
+
+fn with_ref(source: &str, reference: Option<&str>) -> String {
+    match reference {
+        Some(r) => format!("{source}:{r}"),
+        None => source.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// Read a layer back with the `tar` crate: path, type, link, device,
+    /// xattrs, content.
+    fn read_back(tar: &[u8]) -> Vec<(String, tar::EntryType, Option<String>, Vec<u8>)> {
+        let mut archive = tar::Archive::new(tar);
+        let mut out = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let kind = entry.header().entry_type();
+            let link = entry.link_name().unwrap().map(|l| l.display().to_string());
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push((path, kind, link, data));
+        }
+        out
+    }
+
+    #[test]
+    fn layers_read_back_as_written() {
+        let image = everything_image();
+        let [gnu, pax, ustar, pax_link, gnu_link] = long_paths();
+        let mut seen = Vec::new();
+        for layer in &image.layers {
+            let tar = layer.tar();
+            let entries = read_back(&tar);
+            assert_eq!(entries.len(), layer.entries.len());
+            for ((path, kind, link, data), want) in entries.iter().zip(&layer.entries) {
+                assert_eq!(path.trim_end_matches('/'), want.path);
+                match &want.kind {
+                    Kind::Dir => assert_eq!(*kind, tar::EntryType::Directory),
+                    Kind::File(content) => assert_eq!(data, content, "{path}"),
+                    Kind::Symlink(target) | Kind::Hardlink(target) => {
+                        assert_eq!(link.as_deref(), Some(target.as_str()), "{path}")
+                    }
+                    _ => {}
+                }
+                seen.push(path.trim_end_matches('/').to_owned());
+            }
+            // Compression round-trips to the same tar.
+            let blob = layer.blob();
+            let back = match layer.compression {
+                Compression::None => blob.clone(),
+                Compression::Gzip => {
+                    let mut out = Vec::new();
+                    flate2::read::GzDecoder::new(&blob[..])
+                        .read_to_end(&mut out)
+                        .unwrap();
+                    out
+                }
+                Compression::Zstd => zstd::decode_all(&blob[..]).unwrap(),
+            };
+            assert_eq!(back, tar);
+        }
+        for path in [&gnu, &pax, &ustar, &pax_link, &gnu_link] {
+            assert!(seen.contains(path), "{path}");
+        }
+        // Each encoding is really the one named.
+        let base = image.layers[0].tar();
+        let has = |needle: &[u8]| base.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"././@LongLink"));
+        assert!(has(format!("path={pax}\n").as_bytes()));
+        assert!(has(format!("linkpath=/{pax}\n").as_bytes()));
+        assert!(has(b"SCHILY.xattr.security.capability="));
+        // The ustar file's directory part sits alone in the prefix field,
+        // NUL-terminated, and no PAX record names it.
+        let prefix = format!("usr/share/{}\0", long('u', 99));
+        assert!(has(prefix.as_bytes()) && !has(format!("path={ustar}").as_bytes()));
+    }
+
+    #[test]
+    fn devices_and_xattrs_are_in_the_headers() {
+        let layer = &everything_image().layers[0];
+        let tar = layer.tar();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let mut found = 0;
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            if path == "dev/loop-like" {
+                assert_eq!(entry.header().entry_type(), tar::EntryType::Block);
+                assert_eq!(entry.header().device_major().unwrap(), Some(7));
+                found += 1;
+            }
+            if path == "usr/bin/ping" {
+                let pax: Vec<(String, Vec<u8>)> = entry
+                    .pax_extensions()
+                    .unwrap()
+                    .unwrap()
+                    .map(|e| {
+                        let e = e.unwrap();
+                        (e.key().unwrap().to_owned(), e.value_bytes().to_vec())
+                    })
+                    .collect();
+                assert!(
+                    pax.contains(&("SCHILY.xattr.security.capability".to_owned(), cap_net_raw()))
+                );
+                assert_eq!(entry.header().mode().unwrap(), 0o4755);
+                found += 1;
+            }
+        }
+        assert_eq!(found, 2);
+    }
+
+    #[test]
+    fn the_layout_describes_its_blobs() {
+        let mut layout = Layout::new();
+        let built = layout.add_image(&everything_image(), Some("latest"));
+        let index: Value = serde_json::from_slice(&layout.index_json()).unwrap();
+        assert_eq!(
+            index["manifests"][0]["digest"],
+            built.manifest_digest.as_str()
+        );
+        assert_eq!(index["manifests"][0]["annotations"][REF_NAME], "latest");
+        let manifest: Value =
+            serde_json::from_slice(layout.blob(&built.manifest_digest).unwrap()).unwrap();
+        assert_eq!(manifest["config"]["digest"], built.config_digest.as_str());
+        for (i, layer) in manifest["layers"].as_array().unwrap().iter().enumerate() {
+            let blob = layout.blob(layer["digest"].as_str().unwrap()).unwrap();
+            assert_eq!(layer["size"], blob.len());
+            assert_eq!(sha256_digest(blob), built.layer_digests[i]);
+        }
+        let config: Value =
+            serde_json::from_slice(layout.blob(&built.config_digest).unwrap()).unwrap();
+        assert_eq!(config["rootfs"]["diff_ids"], json!(built.diff_ids));
+
+        // The archive holds the same files.
+        let archive = layout.archive();
+        let files: BTreeMap<String, Vec<u8>> = read_back(&archive)
+            .into_iter()
+            .filter(|(_, kind, _, _)| kind.is_file())
+            .map(|(path, _, _, data)| (path, data))
+            .collect();
+        assert_eq!(files, layout.files().into_iter().collect());
+
+        let before = layout.blob(&built.layer_digests[1]).unwrap().to_vec();
+        layout.corrupt_blob(&built.layer_digests[1]);
+        let after = layout.blob(&built.layer_digests[1]).unwrap();
+        assert_eq!(before.len(), after.len());
+        assert_ne!(sha256_digest(after), built.layer_digests[1]);
+    }
+}

@@ -1,0 +1,333 @@
+//! `cfsctl oci mount` shows exactly the files of the image: the layers
+//! extracted in order by GNU tar, with the whiteouts applied, compared file
+//! by file with the mounted composefs image.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::fs::{FileTypeExt, MetadataExt},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use cfsd_tests::{
+    oci::{Image, Layout, Written, cap_net_raw, everything_image, long_paths},
+    ocictl::{PrivateRepo, Target, pull},
+    stderr,
+};
+
+/// Unmounts its directory when dropped, also when a test fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// What is compared of one file.
+#[derive(Debug, PartialEq, Eq)]
+struct Meta {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    /// Regular files: the content; symlinks: the target.
+    data: Vec<u8>,
+    rdev: u64,
+    /// Regular files only: directory mtimes change as later layers are
+    /// extracted into them.
+    mtime: Option<i64>,
+}
+
+/// Every path under `root` (relative, not `root` itself) with its
+/// metadata, and the groups of regular files that share an inode.
+fn scan(root: &Path) -> (BTreeMap<String, Meta>, BTreeSet<BTreeSet<String>>) {
+    let mut files = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), BTreeSet<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            let ft = md.file_type();
+            let (kind, data) = if ft.is_dir() {
+                stack.push(path.clone());
+                ("dir", Vec::new())
+            } else if ft.is_file() {
+                inodes
+                    .entry((md.dev(), md.ino()))
+                    .or_default()
+                    .insert(rel.clone());
+                ("file", std::fs::read(&path).unwrap())
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                ("symlink", target.into_os_string().into_encoded_bytes())
+            } else if ft.is_char_device() {
+                ("char", Vec::new())
+            } else if ft.is_block_device() {
+                ("block", Vec::new())
+            } else if ft.is_fifo() {
+                ("fifo", Vec::new())
+            } else {
+                ("other", Vec::new())
+            };
+            let meta = Meta {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                data,
+                rdev: if kind == "char" || kind == "block" {
+                    md.rdev()
+                } else {
+                    0
+                },
+                mtime: (kind == "file").then(|| md.mtime()),
+            };
+            files.insert(rel, meta);
+        }
+    }
+    let links = inodes.into_values().filter(|g| g.len() > 1).collect();
+    (files, links)
+}
+
+/// The image's tree as GNU tar makes it: each layer's whiteouts applied to
+/// what is below, then the layer extracted without them; and `/run`
+/// emptied, as composefs does for OCI images.
+fn extract(image: &Image, tars: &[Vec<u8>], scratch: &Path) -> PathBuf {
+    let root = scratch.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (i, (layer, tar)) in image.layers.iter().zip(tars).enumerate() {
+        for entry in layer.entries.iter().filter(|e| e.is_whiteout()) {
+            let (dir, name) = entry.path.rsplit_once('/').unwrap_or(("", &entry.path));
+            let dir = root.join(dir);
+            if name == ".wh..wh..opq" {
+                for child in std::fs::read_dir(&dir).unwrap() {
+                    remove(&child.unwrap().path());
+                }
+            } else {
+                remove(&dir.join(name.strip_prefix(".wh.").unwrap()));
+            }
+        }
+        let file = scratch.join(format!("layer{i}.tar"));
+        std::fs::write(&file, tar).unwrap();
+        let out = Command::new("tar")
+            .args(["--extract", "--numeric-owner", "--same-owner"])
+            .args(["--same-permissions", "--exclude=.wh.*", "--file"])
+            .arg(&file)
+            .arg("--directory")
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar: {}", stderr(&out));
+    }
+    let run = root.join("run");
+    for child in std::fs::read_dir(&run).unwrap() {
+        remove(&child.unwrap().path());
+    }
+    root
+}
+
+fn remove(path: &Path) {
+    let md = std::fs::symlink_metadata(path).unwrap();
+    if md.is_dir() {
+        std::fs::remove_dir_all(path).unwrap();
+    } else {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+/// Mount `image` at `dir`, or say why the kernel will not and return None.
+fn mount(repo: &PrivateRepo, image: &str, dir: &Path) -> Option<Mounted> {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = repo.run(&["oci", "mount", image, dir.to_str().unwrap()]);
+    if !out.status.success() {
+        let err = stderr(&out);
+        if err.contains("Operation not permitted") || err.contains("Function not implemented") {
+            eprintln!("SKIPPED the mount comparison: the kernel refused the mount: {err}");
+            return None;
+        }
+        panic!("oci mount failed: {err}");
+    }
+    Some(Mounted(dir.to_owned()))
+}
+
+/// The expected tree of the everything image, checked for what it must
+/// show: the oracle itself is tested first.
+fn expected_tree(scratch: &Path) -> (BTreeMap<String, Meta>, BTreeSet<BTreeSet<String>>) {
+    let image = everything_image();
+    let tars: Vec<Vec<u8>> = image.layers.iter().map(|l| l.tar()).collect();
+    let root = extract(&image, &tars, scratch);
+    let (expected, links) = scan(&root);
+    // Whiteouts applied, an overwritten file's old hard link kept, long
+    // names present.
+    assert!(!expected.contains_key("etc/removed"));
+    assert!(!expected.contains_key("olddir"));
+    assert!(!expected.contains_key("opaque/a"));
+    assert!(!expected.contains_key("opaque/sub"));
+    assert!(!expected.contains_key("usr/bin/setgid-tool"));
+    assert!(!expected.contains_key("run/leftover"));
+    assert!(expected.contains_key("opaque/new"));
+    assert_eq!(
+        expected["etc/shared-hardlink"].data,
+        b"replaced in layer 1; its hard link keeps this\n"
+    );
+    assert_eq!(expected["etc/shared"].data, b"layer 1's own shared\n");
+    for path in long_paths() {
+        assert!(expected.contains_key(&path), "{path}");
+    }
+    assert!(
+        links.contains(&BTreeSet::from([
+            "usr/lib/big.bin".to_owned(),
+            "usr/lib/big-hardlink".to_owned(),
+            "usr/bin/big-hardlink-2".to_owned(),
+        ])),
+        "{links:?}"
+    );
+    (expected, links)
+}
+
+/// Compare the image mounted at `mountpoint` with `expected`, file by file.
+fn check_mounted(
+    mountpoint: &Path,
+    (expected, expected_links): &(BTreeMap<String, Meta>, BTreeSet<BTreeSet<String>>),
+) {
+    let (mounted, mounted_links) = scan(mountpoint);
+
+    let expected_paths: BTreeSet<_> = expected.keys().collect();
+    let mounted_paths: BTreeSet<_> = mounted.keys().collect();
+    assert_eq!(
+        mounted_paths
+            .difference(&expected_paths)
+            .collect::<Vec<_>>(),
+        Vec::<&&String>::new(),
+        "in the mount but not in the layers"
+    );
+    assert_eq!(
+        expected_paths
+            .difference(&mounted_paths)
+            .collect::<Vec<_>>(),
+        Vec::<&&String>::new(),
+        "in the layers but not in the mount"
+    );
+    for (path, want) in expected {
+        let got = &mounted[path];
+        // Compare piecewise so that a failure does not print megabytes.
+        assert_eq!(got.kind, want.kind, "{path}");
+        assert_eq!(
+            (got.mode, got.uid, got.gid, got.rdev, got.mtime),
+            (want.mode, want.uid, want.gid, want.rdev, want.mtime),
+            "{path}: (mode, uid, gid, rdev, mtime)"
+        );
+        assert!(
+            got.data == want.data,
+            "{path}: content differs ({} vs {} bytes)",
+            got.data.len(),
+            want.data.len()
+        );
+    }
+    assert_eq!(&mounted_links, expected_links, "hard-link groups");
+
+    // `/` takes `/usr`'s metadata.
+    let root = std::fs::metadata(mountpoint).unwrap();
+    let usr = std::fs::metadata(mountpoint.join("usr")).unwrap();
+    assert_eq!(
+        (root.mode(), root.uid(), root.gid()),
+        (usr.mode(), usr.uid(), usr.gid())
+    );
+    assert_eq!(usr.mode() & 0o7777, 0o751);
+
+    // security.capability is kept; other xattrs of OCI content are not.
+    let ping = mountpoint.join("usr/bin/ping");
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(&ping, "security.capability", &mut buf[..])
+        .expect("security.capability on /usr/bin/ping");
+    assert_eq!(&buf[..n], &cap_net_raw()[..]);
+    let err = rustix::fs::lgetxattr(&ping, "user.comment", &mut buf[..]).unwrap_err();
+    assert_eq!(err, rustix::io::Errno::NODATA);
+
+    // Read-only.
+    let err = std::fs::write(mountpoint.join("etc/new"), b"x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+}
+
+#[test]
+fn oci_mount_shows_the_layers_as_tar_extracts_them() {
+    let (layout, _) = Layout::single(&everything_image(), None);
+    let written = Written::new(&layout);
+    let repo = PrivateRepo::init("sha512");
+    pull(&repo, &[&written.archive(None), "everything"]);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let expected = expected_tree(scratch.path());
+    let mountpoint = scratch.path().join("mnt");
+    let Some(_mounted) = mount(&repo, "everything", &mountpoint) else {
+        return;
+    };
+    check_mounted(&mountpoint, &expected);
+}
+
+/// The oracle and the comparison are right: composefs-rs's own pull and
+/// mount of the same archive pass the same check.
+#[test]
+fn oci_mount_check_holds_for_composefs_rs_itself() {
+    use composefs::{
+        fsverity::{Algorithm, FsVerityHashValue, Sha256HashValue},
+        repository::{Repository, RepositoryConfig},
+    };
+
+    let (layout, _) = Layout::single(&everything_image(), None);
+    let written = Written::new(&layout);
+    let scratch = tempfile::tempdir().unwrap();
+    let expected = expected_tree(&scratch.path().join("tar"));
+
+    let config = RepositoryConfig::new(Algorithm::for_hash::<Sha256HashValue>()).set_insecure();
+    let (repo, _) = Repository::<Sha256HashValue>::init_path(
+        rustix::fs::CWD,
+        scratch.path().join("repo"),
+        config,
+    )
+    .unwrap();
+    let repo = std::sync::Arc::new(repo);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(composefs_oci::pull(
+            &repo,
+            &written.archive(None),
+            Some("everything"),
+            Default::default(),
+        ))
+        .unwrap();
+    let image = composefs_oci::OciImage::open_ref(&repo, "everything").unwrap();
+    let mountpoint = scratch.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let id = image.image_ref(repo.erofs_version()).unwrap().to_hex();
+    if let Err(e) = repo.mount_at(&id, &mountpoint, &Default::default()) {
+        let reason = format!("{e:#}");
+        if reason.contains("Operation not permitted") || reason.contains("not implemented") {
+            eprintln!("SKIPPED: the kernel refused the mount: {reason}");
+            return;
+        }
+        panic!("upstream mount failed: {reason}");
+    }
+    let _mounted = Mounted(mountpoint.clone());
+    check_mounted(&mountpoint, &expected);
+}
+
+#[test]
+fn oci_mount_of_an_unknown_image_fails_and_mounts_nothing() {
+    let repo = PrivateRepo::init("sha256");
+    let dir = tempfile::tempdir().unwrap();
+    let out = repo.run(&["oci", "mount", "nothing", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nothing"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Still the same filesystem as its parent: nothing is mounted there.
+    let parent = std::fs::metadata(dir.path().parent().unwrap()).unwrap();
+    let this = std::fs::metadata(dir.path()).unwrap();
+    assert_eq!(parent.dev(), this.dev());
+}
