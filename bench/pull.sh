@@ -59,8 +59,8 @@ ours() { # ours TRANSPORT_SOURCE
 }
 theirs() {
     local repo=$scratch/repo
-    "$upstream" --repo "$repo" --insecure init >/dev/null 2>&1 || "$upstream" --repo "$repo" init >/dev/null
-    "$upstream" --repo "$repo" --insecure oci pull "$1" bench
+    "$upstream" --repo "$repo" init --insecure >/dev/null
+    "$upstream" --repo "$repo" oci pull "$1" bench
 }
 export -f ours theirs
 export cfsctl upstream scratch

@@ -152,6 +152,29 @@ pub enum Error {
         /// Why it failed, with its causes.
         reason: String,
     },
+    /// A delta applies to an image the repository does not hold.
+    #[error(
+        "the delta applies to the image with config {config}, which is not in the repository \
+         (pull that image first, or pull the full target image)"
+    )]
+    DeltaSourceMissing {
+        /// The source image's config digest.
+        config: String,
+    },
+    /// An oci-delta artifact that breaks the delta format's rules.
+    #[error("invalid oci-delta artifact: {reason}")]
+    InvalidDelta {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer's tar-diff cannot be applied to the source image.
+    #[error("the tar-diff of layer {layer} cannot be applied: {reason}")]
+    TarDiff {
+        /// The target layer's digest.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {

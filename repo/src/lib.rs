@@ -8,6 +8,7 @@
 //! same version can read what is written here and the other way round.
 
 mod algorithm;
+mod delta;
 mod error;
 mod fsck;
 mod gc;

@@ -187,6 +187,12 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            OciError::DeltaSourceMissing { config: s() },
+            OciError::InvalidDelta { reason: s() },
+            OciError::TarDiffFailed {
+                layer: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -207,7 +213,10 @@ mod tests {
                 | OciError::DigestMismatch { .. }
                 | OciError::InvalidLayer { .. }
                 | OciError::MountFailed { .. }
-                | OciError::StorageFailed { .. } => {}
+                | OciError::StorageFailed { .. }
+                | OciError::DeltaSourceMissing { .. }
+                | OciError::InvalidDelta { .. }
+                | OciError::TarDiffFailed { .. } => {}
             }
         }
         all

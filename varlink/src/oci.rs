@@ -343,6 +343,31 @@ pub enum OciError {
         /// Why it failed.
         reason: String,
     },
+    /// A delta applies to an image the repository does not hold.
+    #[serde(rename = "io.cfsd.Oci.DeltaSourceMissing")]
+    #[error(
+        "the delta applies to the image with config {config}, which is not in the repository: pull that image first, or pull the full target image"
+    )]
+    DeltaSourceMissing {
+        /// The source image's config digest.
+        config: String,
+    },
+    /// An oci-delta artifact that breaks the delta format's rules.
+    #[serde(rename = "io.cfsd.Oci.InvalidDelta")]
+    #[error("invalid oci-delta artifact: {reason}")]
+    InvalidDelta {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer's tar-diff cannot be applied to the delta's source image.
+    #[serde(rename = "io.cfsd.Oci.TarDiffFailed")]
+    #[error("the tar-diff of layer {layer} cannot be applied: {reason}")]
+    TarDiffFailed {
+        /// The target layer's digest.
+        layer: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// A list for an error message; an empty one says so rather than

@@ -433,5 +433,8 @@ fn wire_error(e: repo::Error) -> OciError {
             operation: operation.to_owned(),
             reason,
         },
+        E::DeltaSourceMissing { config } => OciError::DeltaSourceMissing { config },
+        E::InvalidDelta { reason } => OciError::InvalidDelta { reason },
+        E::TarDiff { layer, reason } => OciError::TarDiffFailed { layer, reason },
     }
 }

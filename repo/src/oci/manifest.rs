@@ -132,6 +132,9 @@ pub(crate) struct Resolved {
     pub config: Vec<u8>,
     /// The layers, bottom first.
     pub layers: Vec<LayerPlan>,
+    /// oci-delta hook: set when the source is a delta artifact that
+    /// rebuilds this image; its layers then come from the delta.
+    pub delta: Option<crate::delta::Delta>,
 }
 
 /// Choose the image that `reference` (a ref name or manifest digest; any
@@ -255,6 +258,14 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
     let what = format!("manifest {manifest_digest}");
     let manifest: ManifestDoc = parse(&raw, &what)?;
     if let Some(kind) = &manifest.artifact_type {
+        // oci-delta hook: a delta artifact resolves to the image it
+        // rebuilds, with the delta attached (crate::delta).
+        if kind == crate::delta::ARTIFACT_TYPE {
+            let delta = crate::delta::Delta::parse(layout, &manifest_digest, &raw)?;
+            let mut target = image(layout, delta.target.clone(), delta.target_manifest.clone())?;
+            target.delta = Some(delta);
+            return Ok(target);
+        }
         return Err(Error::UnsupportedMediaType {
             what: format!("the artifactType of {what}"),
             media_type: kind.clone(),
@@ -284,24 +295,24 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
     )?;
     let config: ConfigDoc = parse(&config_raw, &format!("config {config_digest}"))?;
     let layers = plan_layers(&manifest.layers, &config.rootfs)?;
-    let (manifest_digest, raw) = if manifest.media_type.as_deref() == Some(DOCKER_MANIFEST)
-        || config_type != CONFIGS[0]
-    {
-        let converted = docker_to_oci(&raw, &layers)?;
-        tracing::info!(
-            "converted Docker manifest {manifest_digest} to OCI manifest {}",
-            Digest::of(&converted)
-        );
-        (Digest::of(&converted), converted)
-    } else {
-        (manifest_digest, raw)
-    };
+    let (manifest_digest, raw) =
+        if manifest.media_type.as_deref() == Some(DOCKER_MANIFEST) || config_type != CONFIGS[0] {
+            let converted = docker_to_oci(&raw, &layers)?;
+            tracing::info!(
+                "converted Docker manifest {manifest_digest} to OCI manifest {}",
+                Digest::of(&converted)
+            );
+            (Digest::of(&converted), converted)
+        } else {
+            (manifest_digest, raw)
+        };
     Ok(Resolved {
         manifest_digest,
         manifest: raw,
         config_digest,
         config: config_raw,
         layers,
+        delta: None,
     })
 }
 

@@ -157,7 +157,27 @@ impl Pull {
         if let Some(report) = self.already_present(&repo)? {
             return Ok(report);
         }
-        let (refs, totals) = self.import_layers(&repo).await?;
+        let (refs, totals) = match &self.resolved.delta {
+            // oci-delta hook: the layers come from the delta (crate::delta).
+            Some(delta) => {
+                let rebuilt = crate::delta::rebuild_layers(
+                    &repo,
+                    &self.layout,
+                    delta,
+                    &self.resolved.layers,
+                    self.jobs,
+                    self.progress.clone(),
+                )
+                .await?;
+                let mut totals = Totals {
+                    layers_present: rebuilt.present,
+                    ..Totals::default()
+                };
+                totals.add(&rebuilt.stats);
+                (rebuilt.refs, totals)
+            }
+            None => self.import_layers(&repo).await?,
+        };
         let resolved = self.resolved.clone();
         let tag = self.tag.clone();
         let finalising = repo.clone();

@@ -1,0 +1,255 @@
+//! Reading an oci-delta artifact manifest: the target image it carries,
+//! the image it was made against, and which blob rebuilds which layer.
+//!
+//! Names and rules are those of containers/oci-delta's README ("Delta file
+//! format"), as oci-delta 0.1.1 reads them.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::{
+    Error,
+    oci::{digest::Digest, source::Layout},
+};
+
+/// The `artifactType` of an oci-delta artifact manifest.
+pub(crate) const ARTIFACT_TYPE: &str = "application/vnd.io.github.containers.oci-delta.v1";
+/// The media type of a tar-diff blob.
+const TAR_DIFF: &str = "application/vnd.tar-diff";
+/// Says what a delta manifest layer holds.
+const CONTENT: &str = "io.github.containers.delta.content";
+/// The config digest of the image the delta was made against.
+const SOURCE_CONFIG: &str = "io.github.containers.delta.source-config";
+/// On an `image-layer`: the digest of the target manifest's layer it
+/// rebuilds.
+const TO: &str = "io.github.containers.delta.to";
+const MANIFESTS: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// How a delta blob becomes a layer tar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// Apply it as a tar-diff against the source image.
+    TarDiff,
+    /// It is the layer tar itself.
+    Plain,
+    /// It is the gzip-compressed layer.
+    Gzip,
+    /// It is the zstd-compressed layer.
+    Zstd,
+}
+
+impl Method {
+    /// The method a delta layer's media type calls for.
+    fn of(media_type: &str) -> Option<Self> {
+        Some(match media_type {
+            TAR_DIFF => Method::TarDiff,
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Method::Plain,
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Method::Gzip,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Method::Zstd,
+            _ => return None,
+        })
+    }
+}
+
+/// A target layer the delta carries.
+#[derive(Debug, Clone)]
+pub(crate) struct Rebuild {
+    /// The delta blob.
+    pub blob: Digest,
+    /// Its size.
+    pub size: u64,
+    /// How it becomes the layer tar.
+    pub method: Method,
+}
+
+/// A parsed and checked delta artifact.
+#[derive(Debug)]
+pub(crate) struct Delta {
+    /// The target image's manifest digest.
+    pub target: Digest,
+    /// The target image's manifest, byte for byte.
+    pub target_manifest: Vec<u8>,
+    /// The config digest of the image the delta applies to.
+    pub source_config: Digest,
+    /// The layers the delta carries, by target layer digest; the others
+    /// are reused by diff_id.
+    pub rebuilds: HashMap<Digest, Rebuild>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: Option<String>,
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestDoc {
+    media_type: Option<String>,
+    artifact_type: Option<String>,
+    config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+impl Delta {
+    /// Parse the delta artifact manifest `raw` (already verified against
+    /// `digest`), and check the target manifest and config it embeds
+    /// against their descriptors and each other.
+    pub(crate) fn parse(layout: &Layout, digest: &Digest, raw: &[u8]) -> Result<Self, Error> {
+        let what = format!("delta manifest {digest}");
+        let manifest: ManifestDoc = parse(raw, &what)?;
+        let source = manifest
+            .annotations
+            .get(SOURCE_CONFIG)
+            .ok_or_else(|| invalid(format!("{what} has no {SOURCE_CONFIG} annotation")))?;
+        let source_config = Digest::parse(source, SOURCE_CONFIG)?;
+        let embedded = Embedded::find(&manifest.layers)?;
+        let (target, target_manifest, target_doc) = embedded.target_manifest(layout)?;
+        embedded.check_config(&target_doc)?;
+        let rebuilds = rebuilds(&manifest.layers, &target_doc)?;
+        Ok(Delta {
+            target,
+            target_manifest,
+            source_config,
+            rebuilds,
+        })
+    }
+}
+
+/// The delta layers that embed the target manifest and config.
+struct Embedded<'m> {
+    manifest: &'m Descriptor,
+    config: &'m Descriptor,
+}
+
+impl<'m> Embedded<'m> {
+    fn find(layers: &'m [Descriptor]) -> Result<Self, Error> {
+        let one = |kind: &str| {
+            let mut found = layers.iter().filter(|l| content(l) == Some(kind));
+            match (found.next(), found.next()) {
+                (Some(d), None) => Ok(d),
+                (None, _) => Err(invalid(format!("it embeds no {kind}"))),
+                (Some(_), Some(_)) => Err(invalid(format!("it embeds more than one {kind}"))),
+            }
+        };
+        Ok(Embedded {
+            manifest: one("image-manifest")?,
+            config: one("image-config")?,
+        })
+    }
+
+    /// The target manifest: its digest, bytes and contents. It must be an
+    /// image manifest, not another artifact.
+    fn target_manifest(&self, layout: &Layout) -> Result<(Digest, Vec<u8>, ManifestDoc), Error> {
+        let digest = Digest::parse(&self.manifest.digest, "the embedded image manifest")?;
+        let what = format!("target manifest {digest}");
+        let raw = layout.json_blob(&digest, self.manifest.size, &what)?;
+        let doc: ManifestDoc = parse(&raw, &what)?;
+        if let Some(kind) = &doc.artifact_type {
+            return Err(invalid(format!(
+                "its target manifest is an artifact ({kind}), not an image"
+            )));
+        }
+        let own = doc
+            .media_type
+            .as_deref()
+            .or(self.manifest.media_type.as_deref());
+        if let Some(own) = own
+            && !MANIFESTS.contains(&own)
+        {
+            return Err(Error::UnsupportedMediaType {
+                what,
+                media_type: own.to_owned(),
+            });
+        }
+        Ok((digest, raw, doc))
+    }
+
+    /// The embedded config must be the one the target manifest names.
+    /// Its bytes are checked when the target image is resolved, against
+    /// the target manifest's descriptor, which this makes the same.
+    fn check_config(&self, target: &ManifestDoc) -> Result<(), Error> {
+        let named = Digest::parse(&target.config.digest, "the target manifest's config")?;
+        let embedded = Digest::parse(&self.config.digest, "the embedded image config")?;
+        named.verify(&embedded, "config of the delta's target manifest")?;
+        if self.config.size != target.config.size {
+            return Err(Error::DigestMismatch {
+                what: "size of the delta's embedded config".to_owned(),
+                expected: target.config.size.to_string(),
+                actual: self.config.size.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The `image-layer`s of the delta, by the target layer each rebuilds.
+fn rebuilds(
+    layers: &[Descriptor],
+    target: &ManifestDoc,
+) -> Result<HashMap<Digest, Rebuild>, Error> {
+    let target_layers = target
+        .layers
+        .iter()
+        .map(|l| Digest::parse(&l.digest, "a layer of the target manifest"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rebuilds = HashMap::new();
+    for layer in layers.iter().filter(|l| content(l) == Some("image-layer")) {
+        let blob = Digest::parse(&layer.digest, "a delta layer")?;
+        let to = layer
+            .annotations
+            .get(TO)
+            .ok_or_else(|| invalid(format!("delta layer {blob} has no {TO} annotation")))?;
+        let to = Digest::parse(to, TO)?;
+        if !target_layers.contains(&to) {
+            return Err(invalid(format!(
+                "delta layer {blob} rebuilds {to}, which is not a layer of the target image"
+            )));
+        }
+        let media_type = layer.media_type.as_deref().unwrap_or_default();
+        let method = Method::of(media_type).ok_or_else(|| Error::UnsupportedMediaType {
+            what: format!("delta layer {blob}"),
+            media_type: media_type.to_owned(),
+        })?;
+        let rebuild = Rebuild {
+            blob: blob.clone(),
+            size: layer.size,
+            method,
+        };
+        if rebuilds.insert(to.clone(), rebuild).is_some() {
+            return Err(invalid(format!("two delta layers rebuild {to}")));
+        }
+    }
+    Ok(rebuilds)
+}
+
+/// The `delta.content` of a delta layer; layers without one, or with a
+/// value this version does not know (signatures), are not ours to read.
+fn content(layer: &Descriptor) -> Option<&str> {
+    layer.annotations.get(CONTENT).map(String::as_str)
+}
+
+fn invalid(reason: String) -> Error {
+    Error::InvalidDelta { reason }
+}
+
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::InvalidJson {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
+}

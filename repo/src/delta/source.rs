@@ -1,0 +1,135 @@
+//! The files of the image a delta was made against, read from its EROFS
+//! image in the repository: small files inline, the rest as objects.
+
+use std::{ffi::OsStr, fs::File, os::unix::fs::FileExt, sync::Arc};
+
+use composefs::{
+    erofs::reader::erofs_to_filesystem,
+    fsverity::FsVerityHashValue,
+    repository::Repository as Store,
+    tree::{FileSystem, Inode, LeafContent, RegularFile},
+};
+
+use super::tardiff::{SourceFile, SourceFiles, TarDiffError};
+use crate::Error;
+
+/// An image of the repository, as a tree of files to take delta sources
+/// from.
+pub(crate) struct SourceImage<H: FsVerityHashValue> {
+    fs: FileSystem<H>,
+    repo: Arc<Store<H>>,
+}
+
+impl<H: FsVerityHashValue> SourceImage<H> {
+    /// Load the EROFS image `image` of `repo`.
+    pub(crate) fn load(repo: Arc<Store<H>>, image: &H) -> Result<Self, Error> {
+        let bytes = repo
+            .read_object(image)
+            .map_err(|e| Error::storage("reading the delta's source image", e))?;
+        let fs = erofs_to_filesystem::<H>(&bytes)
+            .map_err(|e| Error::storage("reading the delta's source image", e))?;
+        Ok(SourceImage { fs, repo })
+    }
+
+    /// The regular file at the normalised `path`, never following a
+    /// symlink: the tree holds symlinks as leaves, so a walk that only
+    /// descends into directories cannot.
+    fn find(&self, path: &str) -> Result<&RegularFile<H>, TarDiffError> {
+        let (parents, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let mut dir = &self.fs.root;
+        let mut walked = 0;
+        for part in parents.split('/').filter(|p| !p.is_empty()) {
+            walked += part.len() + 1;
+            dir = match dir.lookup(OsStr::new(part)) {
+                Some(Inode::Directory(d)) => d,
+                Some(Inode::Leaf(id, _)) => {
+                    return Err(match self.fs.leaf(*id).content {
+                        LeafContent::Symlink(_) => TarDiffError::SourceThroughSymlink {
+                            path: path.to_owned(),
+                            link: path[..walked - 1].to_owned(),
+                        },
+                        _ => missing(path),
+                    });
+                }
+                None => return Err(missing(path)),
+            };
+        }
+        match dir.lookup(OsStr::new(name)) {
+            Some(Inode::Leaf(id, _)) => match &self.fs.leaf(*id).content {
+                LeafContent::Regular(file) => Ok(file),
+                _ => Err(not_regular(path)),
+            },
+            Some(Inode::Directory(_)) => Err(not_regular(path)),
+            None => Err(missing(path)),
+        }
+    }
+}
+
+impl<H: FsVerityHashValue> SourceFiles for SourceImage<H> {
+    fn open(&self, path: &str) -> Result<Box<dyn SourceFile>, TarDiffError> {
+        match self.find(path)? {
+            RegularFile::Inline(data) => Ok(Box::new(Inline(data.clone()))),
+            RegularFile::External(id, size) | RegularFile::ExternalNoVerity(id, size) => {
+                let fd = self
+                    .repo
+                    .open_object(id)
+                    .map_err(|e| TarDiffError::SourceRead {
+                        path: path.to_owned(),
+                        reason: format!("{e:#}"),
+                    })?;
+                Ok(Box::new(Object {
+                    file: File::from(fd),
+                    size: *size,
+                }))
+            }
+            // Composefs writes no sparse files for OCI content; one here
+            // has no data to read.
+            RegularFile::Sparse(_) => Err(not_regular(path)),
+        }
+    }
+}
+
+fn missing(path: &str) -> TarDiffError {
+    TarDiffError::SourceMissing {
+        path: path.to_owned(),
+    }
+}
+
+fn not_regular(path: &str) -> TarDiffError {
+    TarDiffError::SourceNotRegular {
+        path: path.to_owned(),
+    }
+}
+
+/// A small file whose data the EROFS image holds.
+struct Inline(Box<[u8]>);
+
+impl SourceFile for Inline {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let start = usize::try_from(offset).map_or(self.0.len(), |o| o.min(self.0.len()));
+        let n = buf.len().min(self.0.len() - start);
+        buf[..n].copy_from_slice(&self.0[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// A file stored as an object of the repository. Its size is the one the
+/// image records; an object that is shorter shows as a short read.
+struct Object {
+    file: File,
+    size: u64,
+}
+
+impl SourceFile for Object {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+}
