@@ -8,10 +8,8 @@ use std::{
 };
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
-use composefs_oci::{ImportStats, LAYER_CONTENT_TYPE, OciDigest, layer_content_id};
-use openssl::sha::Sha256;
+use composefs_oci::{ImportStats, OciDigest, layer_content_id};
 use tokio::{sync::Semaphore, task::JoinSet};
-use tokio_util::io::SyncIoBridge;
 
 use super::{
     artifact::{Delta, Method, Rebuild},
@@ -23,18 +21,13 @@ use crate::{
     oci::{
         LayerProgress, Stage,
         archive::Pread,
-        digest::{Digest, Hashing},
+        digest::{Digest, Hashing, HashingWriter},
+        layer::{self, Reporting, pipe_error},
         manifest::LayerPlan,
+        pull::blocking,
         source::{Layout, check_size},
     },
 };
-
-/// How much rebuilt tar may be in flight between the rebuilding thread
-/// and the splitter.
-const PIPE_BYTES: usize = 1 << 20;
-
-/// How often, in delta blob bytes, progress is reported.
-const PROGRESS_STEP: u64 = 1 << 20;
 
 /// Where progress reports go.
 type Progress = Arc<dyn Fn(LayerProgress) + Send + Sync>;
@@ -222,33 +215,15 @@ impl<H: FsVerityHashValue> Job<H> {
         tell(&progress, &plan, Stage::Importing, 0, total);
         let reporting = (progress.clone(), plan.clone());
         let tick = move |done| tell(&reporting.0, &reporting.1, Stage::Importing, done, total);
-        let (reader, writer) = tokio::io::duplex(PIPE_BYTES);
-        let producer = tokio::task::spawn_blocking(move || {
-            let mut out = SyncIoBridge::new(writer);
-            self.produce(blob, &mut out, &tick)?;
-            out.shutdown().map_err(|e| pipe_error(&self.plan, e))
-        });
-        let splitter = composefs_oci::tar::split_async(reader, repo.clone(), LAYER_CONTENT_TYPE);
-        let (produced, split) = tokio::join!(producer, splitter);
-        let produced =
-            produced.map_err(|e| Error::storage("rebuilding a layer", io::Error::other(e)))?;
-        let (stream, stats) = match (produced, split) {
-            (Ok(()), Ok(done)) => done,
-            // A closed pipe means the splitter stopped first: its error is
-            // the cause.
-            (Err(Error::Storage { .. }) | Ok(()), Err(e)) => return Err(split_error(&plan, e)),
-            (Err(e), _) => return Err(e),
-        };
-        repo.register_stream(&stream, &layer_content_id(&plan.diff_id.to_oci()), None)
-            .await
-            .map_err(|e| Error::storage("naming a layer stream", e))?;
+        let imported = layer::store(repo, &plan, move |out| self.produce(blob, out, &tick)).await?;
+        let (stream, stats) = (imported.stream, imported.stats);
         tell(&progress, &plan, Stage::Done, total, total);
         Ok((plan.diff_id, stream, stats))
     }
 
     /// Write the layer tar into `out`, then check the delta blob's digest
     /// and the tar's diff_id.
-    fn produce(&self, blob: Pread, out: &mut impl Write, tick: &dyn Fn(u64)) -> Result<(), Error> {
+    fn produce(&self, blob: Pread, out: &mut dyn Write, tick: &dyn Fn(u64)) -> Result<(), Error> {
         let mut blob = Hashing::new(Reporting::new(blob, tick));
         let mut tar = HashingWriter::new(out);
         let made = match self.rebuild.method {
@@ -319,121 +294,5 @@ impl<H: FsVerityHashValue> Job<H> {
             out.write_all(&buf[..n])
                 .map_err(|e| pipe_error(&self.plan, e))?;
         }
-    }
-}
-
-fn pipe_error(plan: &LayerPlan, e: io::Error) -> Error {
-    Error::Storage {
-        operation: "streaming a layer into the repository",
-        reason: format!("layer {}: {e}", plan.blob),
-    }
-}
-
-/// The splitter's failure: the rebuilt tar is malformed, or writing
-/// failed.
-fn split_error(plan: &LayerPlan, e: anyhow::Error) -> Error {
-    let io_failure = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<io::Error>())
-        .any(|io| {
-            !matches!(
-                io.kind(),
-                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
-            )
-        });
-    if io_failure {
-        Error::storage("storing a layer", e)
-    } else {
-        Error::InvalidLayer {
-            layer: plan.blob.to_string(),
-            reason: format!("the tar rebuilt from the delta is malformed: {e:#}"),
-        }
-    }
-}
-
-/// Run blocking work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::storage("a repository task", io::Error::other(e)))?
-}
-
-/// A writer that hashes everything written through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    /// The digest of everything written.
-    fn finish(self) -> Digest {
-        let hex: String = self
-            .hasher
-            .finish()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Digest::parse(&format!("sha256:{hex}"), "a computed digest")
-            .expect("a sha256 is a well-formed digest")
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// A reader that reports how far it got, every [`PROGRESS_STEP`] bytes.
-struct Reporting<'p, R> {
-    inner: R,
-    done: u64,
-    reported: u64,
-    progress: &'p dyn Fn(u64),
-}
-
-impl<'p, R> Reporting<'p, R> {
-    fn new(inner: R, progress: &'p dyn Fn(u64)) -> Self {
-        Reporting {
-            inner,
-            done: 0,
-            reported: 0,
-            progress,
-        }
-    }
-
-    /// Report the final count.
-    fn finish(&mut self) {
-        if self.done != self.reported {
-            (self.progress)(self.done);
-            self.reported = self.done;
-        }
-    }
-}
-
-impl<R: Read> Read for Reporting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        if self.done - self.reported >= PROGRESS_STEP {
-            (self.progress)(self.done);
-            self.reported = self.done;
-        }
-        Ok(n)
     }
 }

@@ -1,6 +1,6 @@
 //! Content digests: parsing `sha256:<hex>` and checking content against it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use openssl::sha::Sha256;
 
@@ -112,6 +112,39 @@ impl<R: Read> Read for Hashing<R> {
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
         Ok(n)
+    }
+}
+
+/// A writer that hashes everything written through it.
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    /// Hash what is written to `inner`.
+    pub(crate) fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The digest of everything written.
+    pub(crate) fn finish(self) -> Digest {
+        Digest::from_hash(self.hasher.finish())
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

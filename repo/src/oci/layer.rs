@@ -44,22 +44,37 @@ pub(crate) async fn import<H: FsVerityHashValue>(
 ) -> Result<Imported<H>, Error> {
     let blob = layout.blob(&plan.blob)?;
     check_size(blob.len(), plan.size, &format!("layer {}", plan.blob))?;
-    let (reader, writer) = tokio::io::duplex(PIPE_BYTES);
     let unpacking = plan.clone();
+    store(repo, &plan, move |out| {
+        unpack(blob, &unpacking, out, &*progress)
+    })
+    .await
+}
+
+/// Stream the tar that `produce` writes, on a blocking thread, into
+/// composefs's tar splitter, and name the layer stream after `plan`'s
+/// diff_id once `produce` has verified it (by returning `Ok`).
+pub(crate) async fn store<H: FsVerityHashValue>(
+    repo: Arc<Store<H>>,
+    plan: &LayerPlan,
+    produce: impl FnOnce(&mut dyn Write) -> Result<(), Error> + Send + 'static,
+) -> Result<Imported<H>, Error> {
+    let (reader, writer) = tokio::io::duplex(PIPE_BYTES);
+    let piping = plan.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let mut out = SyncIoBridge::new(writer);
-        unpack(blob, &unpacking, &mut out, &*progress)?;
-        out.shutdown().map_err(|e| pipe_error(&unpacking, e))
+        produce(&mut out)?;
+        out.shutdown().map_err(|e| pipe_error(&piping, e))
     });
     let splitter = composefs_oci::tar::split_async(reader, repo.clone(), LAYER_CONTENT_TYPE);
     let (produced, split) = tokio::join!(producer, splitter);
     let produced =
-        produced.map_err(|e| Error::storage("decompressing a layer", io::Error::other(e)))?;
+        produced.map_err(|e| Error::storage("producing a layer", io::Error::other(e)))?;
     let (stream, stats) = match (produced, split) {
         (Ok(()), Ok(done)) => done,
         // A closed pipe means the splitter stopped first: its error is the
         // cause.
-        (Err(Error::Storage { .. }) | Ok(()), Err(e)) => return Err(split_error(&plan, e)),
+        (Err(Error::Storage { .. }) | Ok(()), Err(e)) => return Err(split_error(plan, e)),
         (Err(e), _) => return Err(e),
     };
     let name = layer_content_id(&plan.diff_id.to_oci());
@@ -74,7 +89,7 @@ pub(crate) async fn import<H: FsVerityHashValue>(
 fn unpack(
     blob: Pread,
     plan: &LayerPlan,
-    out: &mut impl Write,
+    out: &mut dyn Write,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), Error> {
     let damaged = |e: io::Error| Error::InvalidLayer {
@@ -107,7 +122,7 @@ fn unpack(
 /// write errors (the splitter stopped).
 fn copy(
     from: &mut impl Read,
-    to: &mut impl Write,
+    to: &mut dyn Write,
     plan: &LayerPlan,
     damaged: impl Fn(io::Error) -> Error,
 ) -> Result<(), Error> {
@@ -123,7 +138,8 @@ fn copy(
     }
 }
 
-fn pipe_error(plan: &LayerPlan, e: io::Error) -> Error {
+/// The pipe into the splitter broke: the splitter stopped reading.
+pub(crate) fn pipe_error(plan: &LayerPlan, e: io::Error) -> Error {
     Error::Storage {
         operation: "streaming a layer into the repository",
         reason: format!("layer {}: {e}", plan.blob),
@@ -152,15 +168,16 @@ fn split_error(plan: &LayerPlan, e: anyhow::Error) -> Error {
 }
 
 /// A reader that reports how far it got, every [`PROGRESS_STEP`] bytes.
-struct Reporting<'p, R> {
+pub(crate) struct Reporting<'p, R> {
     inner: R,
     done: u64,
     reported: u64,
-    progress: &'p (dyn Fn(u64) + Send + Sync),
+    progress: &'p dyn Fn(u64),
 }
 
 impl<'p, R> Reporting<'p, R> {
-    fn new(inner: R, progress: &'p (dyn Fn(u64) + Send + Sync)) -> Self {
+    /// Report reads from `inner` to `progress`.
+    pub(crate) fn new(inner: R, progress: &'p dyn Fn(u64)) -> Self {
         Reporting {
             inner,
             done: 0,
@@ -170,7 +187,7 @@ impl<'p, R> Reporting<'p, R> {
     }
 
     /// Report the final count.
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         if self.done != self.reported {
             (self.progress)(self.done);
             self.reported = self.done;

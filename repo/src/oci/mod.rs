@@ -9,10 +9,10 @@
 pub(crate) mod archive;
 pub(crate) mod digest;
 mod images;
-mod layer;
+pub(crate) mod layer;
 pub(crate) mod manifest;
 mod platform;
-mod pull;
+pub(crate) mod pull;
 pub(crate) mod source;
 
 pub use archive::Archive;
