@@ -65,8 +65,8 @@ fn bind(path: &Path, socket_group: Option<Gid>) -> anyhow::Result<Socket> {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     remove_stale(path)?;
-    // The umask keeps the socket from ever being wider than 0660; this
-    // runs before any other thread exists.
+    // The umask keeps the socket from ever being wider than 0660; cfsd
+    // creates no other file while it is changed.
     let previous = umask(Mode::from_raw_mode(0o117));
     let bound = UnixListener::bind(path);
     umask(previous);

@@ -93,8 +93,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         .as_deref()
         .map(access::lookup_group)
         .transpose()?;
-    // Sockets are taken before any thread exists: binding sets the umask.
-    let socket = listen::acquire(args.address.as_ref(), socket_group)?;
     let config = server::Config {
         repo: args.repo,
         policy,
@@ -103,10 +101,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         client_timeout: Duration::from_secs(args.client_timeout),
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(server::run(config, socket))
+        .build()?;
+    runtime.block_on(async move {
+        // Handlers first: once the socket exists a client may connect and
+        // signal us, and SIGTERM must then stop cfsd cleanly, not kill it.
+        let signals = server::Signals::install()?;
+        // Binding changes the process umask for a moment; the runtime's
+        // threads exist but create no files yet.
+        let socket = listen::acquire(args.address.as_ref(), socket_group)?;
+        server::run(config, socket, signals).await
+    })
 }
 
 /// Refuse to start on a repository the policy forbids, and say plainly

@@ -53,9 +53,9 @@ pub struct Daemon {
 
 /// Serve `socket` until shutdown, idle exit, or (for a connected socket)
 /// the client hanging up.
-pub async fn run(config: Config, socket: Socket) -> anyhow::Result<()> {
+pub async fn run(config: Config, socket: Socket, signals: Signals) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
-    tokio::spawn(stop_on_signal(stop));
+    tokio::spawn(signals.stop(stop));
     let daemon = Arc::new(Daemon {
         dir: RepositoryDir::new(config.repo.clone(), config.policy),
         admin_group: config.admin_group,
@@ -144,17 +144,28 @@ async fn finish(mut clients: JoinSet<()>) {
     }
 }
 
-async fn stop_on_signal(stop: watch::Sender<bool>) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+#[derive(Debug)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Catch SIGTERM and SIGINT from now on. Needs the runtime.
+    pub fn install() -> anyhow::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    let _ = stop.send(true);
+
+    /// Wait for either, then tell everyone to shut down.
+    async fn stop(mut self, stop: watch::Sender<bool>) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = stop.send(true);
+    }
 }
