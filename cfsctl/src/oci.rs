@@ -1,5 +1,5 @@
-//! `oci pull`, `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`
-//! and `mount`.
+//! `oci pull`, `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`,
+//! `mount` and `delta create`.
 
 use std::{
     os::fd::{AsFd, OwnedFd},
@@ -11,11 +11,11 @@ use anyhow::{Context, bail};
 use cfsd_varlink::{
     Client,
     oci::{
-        EmptyReply, Image, InspectReply, OciError, PullParams, PullReply, PullResult,
-        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY,
+        CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, Image, InspectReply,
+        OciError, PullParams, PullReply, PullResult, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY,
     },
 };
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use rustix::{
     fs::{CWD, Mode, OFlags},
     mount::{MoveMountFlags, move_mount},
@@ -68,6 +68,45 @@ pub enum OciCommand {
         /// Where to attach it.
         dir: PathBuf,
     },
+    /// Make oci-delta artifacts between images of the repository.
+    Delta {
+        #[command(subcommand)]
+        command: DeltaCommand,
+    },
+}
+
+/// The `oci delta` commands.
+#[derive(Debug, Subcommand)]
+pub enum DeltaCommand {
+    /// Write a delta that rebuilds TARGET wherever SOURCE is present.
+    Create(CreateArgs),
+}
+
+/// The arguments of `oci delta create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The image the delta applies to: a tag or sha256:<hex> manifest digest.
+    source: String,
+    /// The image the delta rebuilds: a tag or sha256:<hex> manifest digest.
+    target: String,
+    /// oci-archive:FILE[:REF]: the archive to write (created or replaced,
+    /// with your own permissions); REF names the delta in its index.
+    dest: String,
+    /// The most layers encoded at once (0: one per CPU).
+    #[arg(long, value_name = "N")]
+    jobs: Option<u64>,
+    /// How a changed file is encoded.
+    #[arg(long, value_enum, default_value_t = MethodArg::Zstd)]
+    method: MethodArg,
+}
+
+/// `--method` of `oci delta create`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MethodArg {
+    /// A zstd frame with the old file as its dictionary (tar-diff v2).
+    Zstd,
+    /// Copies from and bytewise differences to the old file (tar-diff v1).
+    Bsdiff,
 }
 
 /// The arguments of `oci pull`.
@@ -121,6 +160,9 @@ pub async fn run(
             Ok(ExitCode::SUCCESS)
         }
         OciCommand::Mount { image, dir } => mount(client, out, &image, &dir).await,
+        OciCommand::Delta {
+            command: DeltaCommand::Create(args),
+        } => create_delta(client, out, args).await,
     }
 }
 
@@ -236,6 +278,68 @@ fn print_pull(r: &PullResult) {
     );
     if r.already_present {
         println!("The image was already in the repository; only its tag was set.");
+    }
+}
+
+/// `cfsctl oci delta create`: this process creates the file with the
+/// caller's permissions; the daemon writes through the fd.
+async fn create_delta(
+    client: &mut Client,
+    out: Output,
+    args: CreateArgs,
+) -> anyhow::Result<ExitCode> {
+    let dest = Source::parse(&args.dest)?;
+    if dest.transport != TRANSPORT_ARCHIVE {
+        bail!(
+            "{:?}: a delta is written as oci-archive:FILE[:REF]",
+            args.dest
+        );
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&dest.path)
+        .with_context(|| format!("cannot create {}", dest.path.display()))?;
+    let params = CreateDeltaParams {
+        source: args.source,
+        target: args.target,
+        jobs: args.jobs,
+        method: Some(match args.method {
+            MethodArg::Zstd => DeltaMethod::Zstd,
+            MethodArg::Bsdiff => DeltaMethod::Bsdiff,
+        }),
+        reference: dest.reference.clone(),
+    };
+    let reply = match client.create_delta(&params, file.into()).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            // Half a delta is no use to anyone.
+            let _ = std::fs::remove_file(&dest.path);
+            return Err(e.into());
+        }
+    };
+    out.show(&reply, |r| print_delta(r, &dest.path))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_delta(r: &CreateDeltaReply, path: &Path) {
+    println!("Delta:     {}", r.manifest_digest);
+    println!("Source:    {}", r.source_digest);
+    println!("Target:    {}", r.target_digest);
+    println!("Written:   {} to {}", bytes(r.delta_bytes), path.display());
+    println!("Layers:    {}/{} changed", r.layers_changed, r.layers);
+    for layer in &r.changed {
+        let short: String = layer.layer.chars().take(19).collect();
+        println!(
+            "  {short}  {:<8}  {} -> {}  ({} copied, {} diffed, {} added)",
+            layer.method,
+            bytes(layer.tar_size),
+            bytes(layer.delta_size),
+            layer.files_copied,
+            layer.files_diffed,
+            layer.files_added
+        );
     }
 }
 

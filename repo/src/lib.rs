@@ -18,6 +18,7 @@ mod usage;
 pub mod verity;
 
 pub use algorithm::HashAlgorithm;
+pub use delta::create::{CreateOptions, DeltaMethod, DeltaReport, LayerDelta};
 pub use error::Error;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;

@@ -8,8 +8,8 @@ use zlink::{Call, Connection, tokio::unix::Stream};
 use crate::{
     address::Address,
     oci::{
-        ComputeIdReply, EmptyReply, ImageParams, InspectReply, ListImagesReply, OciError,
-        PullParams, RemoveReply, TagParams, UntagParams,
+        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ImageParams, InspectReply,
+        ListImagesReply, OciError, PullParams, RemoveReply, TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, RepositoryError,
@@ -253,6 +253,17 @@ impl Client {
         fds.into_iter().next().ok_or_else(|| {
             CallError::Transport("cfsd replied to Mount without the mount's fd".to_owned())
         })
+    }
+
+    /// `io.cfsd.Oci.CreateDelta`, writing the delta archive to `out`, a
+    /// regular file opened for writing.
+    pub async fn create_delta(
+        &mut self,
+        params: &CreateDeltaParams,
+        out: OwnedFd,
+    ) -> CallResult<CreateDeltaReply, OciError> {
+        let method = format!("{}.CreateDelta", crate::idl::OCI_INTERFACE);
+        self.call(&method, params, vec![out]).await.map(|(r, _)| r)
     }
 
     async fn oci<P, R>(

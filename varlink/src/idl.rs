@@ -48,9 +48,9 @@ mod tests {
     use super::*;
     use crate::{
         oci::{
-            ComputeIdReply, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
-            ListImagesReply, OciError, PullParams, PullReply, PullResult, RemoveReply, TagParams,
-            UntagParams,
+            ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
+            EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, OciError,
+            PullParams, PullReply, PullResult, RemoveReply, TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -412,6 +412,23 @@ mod tests {
                 "{method}"
             );
         }
+
+        assert_eq!(
+            keys(&DeltaLayer::default()),
+            type_fields(&idl, "DeltaLayer")
+        );
+        let create = CreateDeltaParams {
+            source: "a".into(),
+            target: "b".into(),
+            jobs: Some(2),
+            method: Some(DeltaMethod::Bsdiff),
+            reference: Some("latest".into()),
+        };
+        assert_eq!(keys(&create), method_fields(&idl, "CreateDelta", false));
+        assert_eq!(
+            keys(&CreateDeltaReply::default()),
+            method_fields(&idl, "CreateDelta", true)
+        );
 
         assert_errors(&idl, &every_oci_error());
     }

@@ -178,6 +178,79 @@ pub struct ComputeIdReply {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmptyReply {}
 
+/// How `CreateDelta` encodes a changed file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaMethod {
+    /// A zstd frame with the old file as its dictionary (tar-diff v2).
+    #[default]
+    Zstd,
+    /// Copies from and bytewise differences to the old file (tar-diff v1).
+    Bsdiff,
+}
+
+/// The parameters of `CreateDelta`. The output travels as the call's
+/// first fd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeltaParams {
+    /// The image the delta applies to: a tag or manifest digest.
+    pub source: String,
+    /// The image the delta rebuilds: a tag or manifest digest.
+    pub target: String,
+    /// The most layers encoded at once; `None` or 0 means one per CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u64>,
+    /// How changed files are encoded; zstd when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<DeltaMethod>,
+    /// The artifact's ref name in the archive's index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// What one changed layer of the target became in a delta.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaLayer {
+    /// The target layer's blob digest.
+    pub layer: String,
+    /// The target layer's diff_id.
+    pub diff_id: String,
+    /// `tar-diff`, or `zstd` for the whole layer recompressed.
+    pub method: String,
+    /// Bytes of the layer's tar.
+    pub tar_size: u64,
+    /// Bytes of its blob in the delta.
+    pub delta_size: u64,
+    /// Files copied whole from the source image.
+    pub files_copied: u64,
+    /// Files encoded as differences to a source file.
+    pub files_diffed: u64,
+    /// Files carried whole.
+    pub files_added: u64,
+}
+
+/// The reply of `CreateDelta`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateDeltaReply {
+    /// Bytes written.
+    pub delta_bytes: u64,
+    /// Layers of the target image.
+    pub layers: u64,
+    /// Layers the delta carries.
+    pub layers_changed: u64,
+    /// The digest of the delta artifact's manifest.
+    pub manifest_digest: String,
+    /// The digest of the source image's manifest.
+    pub source_digest: String,
+    /// The digest of the target image's manifest.
+    pub target_digest: String,
+    /// Each carried layer, in target order.
+    pub changed: Vec<DeltaLayer>,
+}
+
 /// Every error of `io.cfsd.Oci`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "error", content = "parameters")]
@@ -390,6 +463,7 @@ pub const METHODS: &[&str] = &[
     "Remove",
     "ComputeId",
     "Mount",
+    "CreateDelta",
 ];
 
 #[cfg(test)]
@@ -411,6 +485,21 @@ mod tests {
             serde_json::to_value(&progress).unwrap(),
             serde_json::json!({"progress": {"layer": "sha256:ab", "stage": "importing", "done": 1, "total": 2}})
         );
+    }
+
+    #[test]
+    fn delta_methods_are_lowercase_names() {
+        let params: CreateDeltaParams = serde_json::from_value(
+            serde_json::json!({"source": "a", "target": "b", "method": "bsdiff"}),
+        )
+        .unwrap();
+        assert_eq!(params.method, Some(DeltaMethod::Bsdiff));
+        assert_eq!(
+            serde_json::to_value(DeltaMethod::Zstd).unwrap(),
+            serde_json::json!("zstd")
+        );
+        let odd = serde_json::json!({"source": "a", "target": "b", "method": "xdelta"});
+        assert!(serde_json::from_value::<CreateDeltaParams>(odd).is_err());
     }
 
     #[test]

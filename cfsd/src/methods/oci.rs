@@ -7,15 +7,16 @@ use std::{
 };
 
 use cfsd_repo::{
-    self as repo, Repository,
+    self as repo, CreateOptions, DeltaReport, Repository,
     oci::{ImageDetails, ImageSummary, Platform, PullOptions, PullReport, Source},
 };
 use cfsd_varlink::{
     idl::OCI_INTERFACE,
     oci::{
-        ComputeIdReply, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
-        ListImagesReply, OciError, PullParams, PullReply, PullResult, RemoveReply,
-        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TagParams, UntagParams,
+        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod, EmptyReply,
+        Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, OciError, PullParams,
+        PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TagParams,
+        UntagParams,
     },
 };
 use rustix::fs::{FileType, OFlags};
@@ -37,8 +38,8 @@ use crate::{
 /// client costs bounded memory and never slows the import.
 const STREAM_QUEUE: usize = 16;
 
-/// Handle `method` of `io.cfsd.Oci`. Only `Pull` takes fds; any passed
-/// with other calls are closed when this returns.
+/// Handle `method` of `io.cfsd.Oci`. Only `Pull` and `CreateDelta` take
+/// fds; any passed with other calls are closed when this returns.
 pub async fn handle(
     daemon: &Daemon,
     peer: &Peer,
@@ -55,6 +56,8 @@ pub async fn handle(
         "Remove" => mutating(peer, method, params, |p| remove(daemon, p)).await,
         "ComputeId" => run(params, |p| compute_id(daemon, p)).await,
         "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
+        // Read-only: it writes only to the file the caller handed over.
+        "CreateDelta" => run(params, |p| create_delta(daemon, p, fds)).await,
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -153,6 +156,86 @@ fn is_readable(fd: &OwnedFd, kind: FileType) -> bool {
             && matches!(flags & OFlags::RWMODE, OFlags::RDONLY | OFlags::RDWR)
     });
     of_kind && readable
+}
+
+/// `CreateDelta`: the output is the call's first fd, which must be a
+/// regular file open for writing; the daemon opens nothing itself.
+async fn create_delta(
+    daemon: &Daemon,
+    params: CreateDeltaParams,
+    fds: Vec<OwnedFd>,
+) -> Result<Outcome, OciError> {
+    let out = fds
+        .into_iter()
+        .next()
+        .filter(is_writable_file)
+        .ok_or_else(|| OciError::MissingFd {
+            method: format!("{OCI_INTERFACE}.CreateDelta"),
+            expected: "the output as a regular file opened for writing".to_owned(),
+        })?;
+    let repo = open(daemon)?;
+    let options = CreateOptions {
+        jobs: capped_jobs(params.jobs),
+        method: match params.method.unwrap_or_default() {
+            DeltaMethod::Zstd => repo::DeltaMethod::Zstd,
+            DeltaMethod::Bsdiff => repo::DeltaMethod::Bsdiff,
+        },
+        reference: params.reference,
+    };
+    // GC must not remove the images' content while it is read.
+    let _shared = daemon.gc_lock.read().await;
+    let report = blocking(move || {
+        repo.create_delta(&params.source, &params.target, File::from(out), options)
+    })
+    .await?;
+    Ok(Outcome::reply(&wire_delta(report)))
+}
+
+/// Whether `fd` is a regular file open for writing (not `O_PATH`).
+fn is_writable_file(fd: &OwnedFd) -> bool {
+    let regular = rustix::fs::fstat(fd)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+    let writable = rustix::fs::fcntl_getfl(fd.as_fd()).is_ok_and(|flags| {
+        !flags.contains(OFlags::PATH)
+            && matches!(flags & OFlags::RWMODE, OFlags::WRONLY | OFlags::RDWR)
+    });
+    regular && writable
+}
+
+/// The jobs a client asked for, at most one per core; 0 means one per
+/// core.
+fn capped_jobs(jobs: Option<u64>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = usize::try_from(jobs.unwrap_or(0)).unwrap_or(usize::MAX);
+    match jobs {
+        0 => cores,
+        n => n.min(cores),
+    }
+}
+
+fn wire_delta(r: DeltaReport) -> CreateDeltaReply {
+    CreateDeltaReply {
+        delta_bytes: r.delta_bytes,
+        layers: r.layers,
+        layers_changed: r.changed.len() as u64,
+        manifest_digest: r.manifest_digest,
+        source_digest: r.source,
+        target_digest: r.target,
+        changed: r
+            .changed
+            .into_iter()
+            .map(|l| DeltaLayer {
+                layer: l.layer,
+                diff_id: l.diff_id,
+                method: l.method,
+                tar_size: l.tar_size,
+                delta_size: l.delta_size,
+                files_copied: l.files_copied,
+                files_diffed: l.files_diffed,
+                files_added: l.files_added,
+            })
+            .collect(),
+    }
 }
 
 fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
@@ -436,5 +519,39 @@ fn wire_error(e: repo::Error) -> OciError {
         E::DeltaSourceMissing { config } => OciError::DeltaSourceMissing { config },
         E::InvalidDelta { reason } => OciError::InvalidDelta { reason },
         E::TarDiff { layer, reason } => OciError::TarDiffFailed { layer, reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_delta_writes_only_to_regular_files_open_for_writing() {
+        let path = std::env::temp_dir().join(format!("cfsd-delta-fd-{}", std::process::id()));
+        let writable = File::create(&path).unwrap();
+        let readable = File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(is_writable_file(&OwnedFd::from(writable)));
+        assert!(!is_writable_file(&OwnedFd::from(readable)));
+        let dir = File::open(std::env::temp_dir()).unwrap();
+        assert!(!is_writable_file(&OwnedFd::from(dir)));
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        assert!(
+            !is_writable_file(&OwnedFd::from(null)),
+            "not a regular file"
+        );
+    }
+
+    #[test]
+    fn jobs_are_capped_at_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(capped_jobs(None), cores);
+        assert_eq!(capped_jobs(Some(0)), cores);
+        assert_eq!(capped_jobs(Some(1)), 1);
+        assert_eq!(capped_jobs(Some(u64::MAX)), cores);
     }
 }

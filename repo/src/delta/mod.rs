@@ -9,9 +9,12 @@
 //! blob, streamed straight into composefs's tar splitter. The rebuilt tar's
 //! diff_id is checked before its stream is named; the pull then finishes
 //! like any other, so the result equals a full pull of the target.
+//!
+//! [`create`] makes such deltas from two images the repository holds.
 
 mod apply;
 mod artifact;
+pub(crate) mod create;
 mod source;
 mod tardiff;
 

@@ -63,6 +63,27 @@ impl<H: FsVerityHashValue> SourceImage<H> {
             None => Err(missing(path)),
         }
     }
+
+    /// Call `visit` with the path (relative to the root) and content of
+    /// every regular file, each hardlink once per name.
+    pub(crate) fn for_each_file(&self, mut visit: impl FnMut(&str, &RegularFile<H>)) {
+        let mut pending = vec![(String::new(), &self.fs.root)];
+        while let Some((prefix, dir)) = pending.pop() {
+            for (name, inode) in dir.entries() {
+                // OPEN paths are UTF-8: other names cannot be delta sources.
+                let Some(name) = name.to_str() else { continue };
+                let path = format!("{prefix}{name}");
+                match inode {
+                    Inode::Directory(d) => pending.push((format!("{path}/"), d)),
+                    Inode::Leaf(id, _) => {
+                        if let LeafContent::Regular(file) = &self.fs.leaf(*id).content {
+                            visit(&path, file);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl<H: FsVerityHashValue> SourceFiles for SourceImage<H> {

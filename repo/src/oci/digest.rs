@@ -132,7 +132,12 @@ impl<W: Write> HashingWriter<W> {
 
     /// The digest of everything written.
     pub(crate) fn finish(self) -> Digest {
-        Digest::from_hash(self.hasher.finish())
+        self.into_parts().0
+    }
+
+    /// The digest of everything written, and the wrapped writer.
+    pub(crate) fn into_parts(self) -> (Digest, W) {
+        (Digest::from_hash(self.hasher.finish()), self.inner)
     }
 }
 

@@ -164,7 +164,10 @@ fn tags<H: FsVerityHashValue>(repo: &Store<H>) -> Result<Vec<(String, String)>, 
 
 /// Open the image a tag or `sha256:` manifest digest (with or without a
 /// leading `@`) names.
-fn open<H: FsVerityHashValue>(repo: &Store<H>, image: &str) -> Result<OciImage<H>, Error> {
+pub(crate) fn open<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    image: &str,
+) -> Result<OciImage<H>, Error> {
     let not_found = || Error::ImageNotFound {
         image: image.to_owned(),
     };

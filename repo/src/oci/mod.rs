@@ -8,7 +8,7 @@
 
 pub(crate) mod archive;
 pub(crate) mod digest;
-mod images;
+pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
 mod platform;

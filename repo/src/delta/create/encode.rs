@@ -1,0 +1,392 @@
+//! Encoding one layer tar as a tar-diff against the files of the source
+//! image: tar headers and new content as DATA, content the source has as
+//! OPEN + COPY, changed files as a zstd `--patch-from` frame (ZSTD_DICT)
+//! or as bsdiff-style COPY / ADD_DATA / DATA runs.
+//!
+//! The decoder in [`super::super::tardiff`] is the specification: what is
+//! written here is exactly what it (and oci-delta 0.1.1) reads.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{self, Seek, Write},
+    os::unix::fs::FileExt,
+};
+
+use composefs::{
+    fsverity::{FsVerityHashValue, compute_verity},
+    tree::RegularFile,
+};
+
+use super::{
+    DeltaMethod,
+    matcher::{self, Piece},
+};
+use crate::delta::{
+    source::SourceImage,
+    tardiff::{
+        HEADER_V1, HEADER_V2, MAX_ADD_DATA, MAX_DICT, MAX_DICT_WINDOW_LOG, MAX_PATH, OP_ADD_DATA,
+        OP_COPY, OP_DATA, OP_OPEN, OP_SEEK, OP_ZSTD_DICT, SourceFiles, normalise,
+    },
+};
+
+/// The zstd level of the op stream and of ZSTD_DICT frames.
+pub(crate) const LEVEL: i32 = 12;
+
+/// Files smaller than this are sent as DATA: an OPEN costs about as much
+/// as they do, and the op stream's compression handles them.
+const MIN_MATCH: u64 = 128;
+
+/// How much is copied at a time from the layer tar into a DATA op.
+const CHUNK: usize = 256 << 10;
+
+/// The source image's files, indexed to find a target file's best source.
+pub(crate) struct SourceIndex<H: FsVerityHashValue> {
+    /// A path holding each content, by object id.
+    by_id: HashMap<H, String>,
+    /// Every regular file's size, by path.
+    by_path: HashMap<String, u64>,
+    /// Paths, by file name.
+    by_name: HashMap<String, Vec<String>>,
+}
+
+impl<H: FsVerityHashValue> SourceIndex<H> {
+    /// Index the regular files of `image`.
+    pub(crate) fn new(image: &SourceImage<H>) -> Self {
+        let mut index = SourceIndex {
+            by_id: HashMap::new(),
+            by_path: HashMap::new(),
+            by_name: HashMap::new(),
+        };
+        image.for_each_file(|path, file| index.add(path, file));
+        index
+    }
+
+    fn add(&mut self, path: &str, file: &RegularFile<H>) {
+        if path.len() as u64 > MAX_PATH {
+            return;
+        }
+        let id = match file {
+            RegularFile::Inline(data) => compute_verity::<H>(data),
+            RegularFile::External(id, _) | RegularFile::ExternalNoVerity(id, _) => id.clone(),
+            // No data to copy from.
+            RegularFile::Sparse(_) => return,
+        };
+        // The shortest path, then the first in name order: deterministic.
+        self.by_id
+            .entry(id)
+            .and_modify(|p| {
+                if (path.len(), path) < (p.len(), p.as_str()) {
+                    *p = path.to_owned();
+                }
+            })
+            .or_insert_with(|| path.to_owned());
+        self.by_path.insert(path.to_owned(), file.file_size());
+        let name = path.rsplit('/').next().unwrap_or(path).to_owned();
+        self.by_name.entry(name).or_default().push(path.to_owned());
+    }
+
+    /// The source file to diff the target file `path` of `size` bytes
+    /// against: the same path, else the file of the same name closest in
+    /// size; and whether it is the same path.
+    fn similar(&self, path: &str, size: u64) -> Option<(&str, bool)> {
+        if let Some((found, _)) = self.by_path.get_key_value(path) {
+            return Some((found, true));
+        }
+        let name = path.rsplit('/').next().unwrap_or(path);
+        self.by_name
+            .get(name)?
+            .iter()
+            .min_by_key(|p| (self.by_path[p.as_str()].abs_diff(size), p.as_str()))
+            .map(|p| (p.as_str(), false))
+    }
+}
+
+/// How the files of one layer were encoded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Encoded {
+    /// Files copied whole from the source.
+    pub copied: u64,
+    /// Files diffed against a source file.
+    pub diffed: u64,
+    /// Files of at least [`MIN_MATCH`] bytes sent as data.
+    pub added: u64,
+}
+
+/// Write the tar-diff of the layer tar `tar` against `source` to `out`.
+pub(crate) fn encode<H: FsVerityHashValue>(
+    tar: &File,
+    source: &SourceImage<H>,
+    index: &SourceIndex<H>,
+    method: DeltaMethod,
+    out: impl Write,
+) -> io::Result<Encoded> {
+    let header = match method {
+        DeltaMethod::Zstd => HEADER_V2,
+        DeltaMethod::Bsdiff => HEADER_V1,
+    };
+    let mut out = out;
+    out.write_all(header)?;
+    // The tar crate reads from the file's position.
+    let mut rewind = tar;
+    rewind.seek(io::SeekFrom::Start(0))?;
+    let mut ops = zstd::stream::write::Encoder::new(out, LEVEL)?;
+    ops.include_checksum(true)?;
+    let mut encoder = Encoder {
+        tar,
+        source,
+        index,
+        method,
+        ops: Ops(&mut ops),
+        done: 0,
+        encoded: Encoded::default(),
+    };
+    encoder.files()?;
+    let end = tar.metadata()?.len();
+    encoder.data_until(end)?;
+    let encoded = encoder.encoded;
+    ops.finish()?.flush()?;
+    Ok(encoded)
+}
+
+/// The op stream being written.
+struct Ops<'w, W: Write>(&'w mut W);
+
+impl<W: Write> Ops<'_, W> {
+    /// An op and its size; its data, if any, follows.
+    fn op(&mut self, code: u8, size: u64) -> io::Result<()> {
+        let mut bytes = vec![code];
+        let mut value = size;
+        while value >= 0x80 {
+            bytes.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        bytes.push(value as u8);
+        self.0.write_all(&bytes)
+    }
+
+    fn with_data(&mut self, code: u8, data: &[u8]) -> io::Result<()> {
+        self.op(code, data.len() as u64)?;
+        self.0.write_all(data)
+    }
+}
+
+/// The state of encoding one layer.
+struct Encoder<'a, H: FsVerityHashValue, W: Write> {
+    tar: &'a File,
+    source: &'a SourceImage<H>,
+    index: &'a SourceIndex<H>,
+    method: DeltaMethod,
+    ops: Ops<'a, W>,
+    /// How far into the tar the ops reach.
+    done: u64,
+    encoded: Encoded,
+}
+
+impl<'a, H: FsVerityHashValue, W: Write> Encoder<'a, H, W> {
+    /// Encode every regular file with content; what lies between them
+    /// (headers, padding, other entries) becomes DATA.
+    fn files(&mut self) -> io::Result<()> {
+        let mut archive = tar::Archive::new(self.tar);
+        for entry in archive.entries_with_seek()? {
+            let entry = entry?;
+            let kind = entry.header().entry_type();
+            let size = entry.size();
+            if !(kind.is_file() || kind.is_contiguous()) || size < MIN_MATCH {
+                continue;
+            }
+            let Ok(path) = normalise(&entry.path_bytes()) else {
+                continue;
+            };
+            let start = entry.raw_file_position();
+            self.file(&path, start, size)?;
+        }
+        Ok(())
+    }
+
+    /// Encode the file `path` whose content is `tar[start..start + size]`.
+    fn file(&mut self, path: &str, start: u64, size: u64) -> io::Result<()> {
+        let data = read_at(self.tar, start, size)?;
+        let id = compute_verity::<H>(&data);
+        if let Some(found) = self.index.by_id.get(&id) {
+            self.data_until(start)?;
+            self.open(found)?;
+            self.ops.op(OP_COPY, size)?;
+            self.encoded.copied += 1;
+        } else if let Some(diff) = self.diff(path, &data)? {
+            self.data_until(start)?;
+            self.open(diff.source)?;
+            match diff.ops {
+                DiffOps::Frame(frame) => self.ops.with_data(OP_ZSTD_DICT, &frame)?,
+                DiffOps::Pieces(pieces) => self.bsdiff(&diff.old, &data, pieces)?,
+            }
+            self.encoded.diffed += 1;
+        } else {
+            // Left for the DATA that follows.
+            self.encoded.added += 1;
+            return Ok(());
+        }
+        self.done = start + size;
+        Ok(())
+    }
+
+    /// The target file `path` with content `new` encoded against its most
+    /// similar source file, if there is one and the diff pays: a file that
+    /// merely shares a name (`__init__.py`, `README`) may be unrelated.
+    fn diff(&self, path: &str, new: &[u8]) -> io::Result<Option<Diff<'a>>> {
+        let index: &'a SourceIndex<H> = self.index;
+        let Some((source, same_path)) = index.similar(path, new.len() as u64) else {
+            return Ok(None);
+        };
+        let Some(old) = self.read_source(source)?.filter(|o| self.usable(o)) else {
+            return Ok(None);
+        };
+        let ops = match self.method {
+            DeltaMethod::Zstd => DiffOps::Frame(patch_from(&old, new)?),
+            DeltaMethod::Bsdiff => DiffOps::Pieces(matcher::diff(&old, new)),
+        };
+        if !same_path && !pays(&ops, new)? {
+            return Ok(None);
+        }
+        Ok(Some(Diff { source, old, ops }))
+    }
+
+    /// Whether a source file can serve as the base of a diff: ZSTD_DICT
+    /// holds it in memory whole, up to the decoder's limit.
+    fn usable(&self, old: &[u8]) -> bool {
+        !old.is_empty() && old.len() as u64 <= MAX_DICT
+    }
+
+    /// A whole source file, or `None` if the image lacks it after all.
+    fn read_source(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        let Ok(file) = self.source.open(path) else {
+            return Ok(None);
+        };
+        let mut data = vec![0u8; file.size() as usize];
+        let mut at = 0;
+        while at < data.len() {
+            match file.read_at(&mut data[at..], at as u64)? {
+                0 => return Err(io::Error::other(format!("{path:?} ends early"))),
+                n => at += n,
+            }
+        }
+        Ok(Some(data))
+    }
+
+    fn open(&mut self, path: &str) -> io::Result<()> {
+        self.ops.with_data(OP_OPEN, path.as_bytes())
+    }
+
+    /// The changed file `new` as runs copied from, added to, or not in
+    /// `old`; the source position starts at 0 after OPEN.
+    fn bsdiff(&mut self, old: &[u8], new: &[u8], pieces: Vec<Piece>) -> io::Result<()> {
+        let mut pos = 0u64;
+        for piece in pieces {
+            match piece {
+                Piece::Copy { from, len } => {
+                    self.seek(&mut pos, from)?;
+                    self.ops.op(OP_COPY, len)?;
+                    pos += len;
+                }
+                Piece::Add { at, from, len } => {
+                    self.seek(&mut pos, from)?;
+                    let from = from as usize;
+                    let delta: Vec<u8> = new[at..at + len]
+                        .iter()
+                        .zip(&old[from..from + len])
+                        .map(|(n, o)| n.wrapping_sub(*o))
+                        .collect();
+                    for part in delta.chunks(MAX_ADD_DATA as usize) {
+                        self.ops.with_data(OP_ADD_DATA, part)?;
+                    }
+                    pos += len as u64;
+                }
+                Piece::Data { at, len } => self.ops.with_data(OP_DATA, &new[at..at + len])?,
+            }
+        }
+        Ok(())
+    }
+
+    fn seek(&mut self, pos: &mut u64, to: u64) -> io::Result<()> {
+        if *pos != to {
+            self.ops.op(OP_SEEK, to)?;
+            *pos = to;
+        }
+        Ok(())
+    }
+
+    /// Send the tar from where the ops reach up to `end` as DATA.
+    fn data_until(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.done {
+            return Ok(());
+        }
+        self.ops.op(OP_DATA, end - self.done)?;
+        let mut buf = vec![0u8; CHUNK];
+        while self.done < end {
+            let n = (end - self.done).min(CHUNK as u64) as usize;
+            self.tar.read_exact_at(&mut buf[..n], self.done)?;
+            self.ops.0.write_all(&buf[..n])?;
+            self.done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A changed file's encoding against a source file.
+struct Diff<'i> {
+    /// The source file's path.
+    source: &'i str,
+    /// Its content.
+    old: Vec<u8>,
+    ops: DiffOps,
+}
+
+/// What a changed file is sent as.
+enum DiffOps {
+    /// A ZSTD_DICT frame.
+    Frame(Vec<u8>),
+    /// COPY, ADD_DATA and DATA runs.
+    Pieces(Vec<Piece>),
+}
+
+/// Whether the diff is smaller than sending `new` as data: the frame
+/// smaller than `new` compressed alone, or an eighth of `new` copied.
+fn pays(ops: &DiffOps, new: &[u8]) -> io::Result<bool> {
+    Ok(match ops {
+        DiffOps::Frame(frame) => frame.len() < zstd::bulk::compress(new, LEVEL)?.len(),
+        DiffOps::Pieces(pieces) => {
+            let copied: u64 = pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Copy { len, .. } => *len,
+                    _ => 0,
+                })
+                .sum();
+            copied >= new.len() as u64 / 8
+        }
+    })
+}
+
+/// One zstd frame of `new` compressed with `old` as its raw-content prefix,
+/// with a window that reaches back over `old` as far as the decoder
+/// allows.
+pub(crate) fn patch_from(old: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
+    use zstd::stream::raw::CParameter;
+    let span = (old.len() + new.len()).max(1) as u64;
+    let window_log = (64 - (span - 1).leading_zeros()).clamp(10, MAX_DICT_WINDOW_LOG);
+    let mut encoder = zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), LEVEL, old)?;
+    encoder.set_parameter(CParameter::WindowLog(window_log))?;
+    // Long-distance matching finds the old file's runs beyond the
+    // regular match finder's reach, as `--patch-from` turns it on.
+    encoder.set_parameter(CParameter::EnableLongDistanceMatching(span > 1 << 24))?;
+    encoder.set_pledged_src_size(Some(new.len() as u64))?;
+    encoder.include_contentsize(true)?;
+    encoder.write_all(new)?;
+    encoder.finish()
+}
+
+fn read_at(file: &File, start: u64, size: u64) -> io::Result<Vec<u8>> {
+    let mut data = vec![0u8; size as usize];
+    file.read_exact_at(&mut data, start)?;
+    Ok(data)
+}

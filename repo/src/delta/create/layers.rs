@@ -1,0 +1,194 @@
+//! Encoding the changed layers, `jobs` at a time: each layer's tar is
+//! rebuilt from the repository and verified, then encoded as a tar-diff,
+//! or recompressed whole when that is smaller.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter, Seek, Write},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+};
+
+use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
+
+use super::{
+    DeltaMethod, LayerDelta,
+    encode::{self, SourceIndex},
+};
+use crate::{
+    Error,
+    delta::source::SourceImage,
+    oci::digest::{Digest, HashingWriter},
+};
+
+/// One target layer to carry.
+pub(super) struct Work {
+    /// The layer's blob digest.
+    pub blob: Digest,
+    /// The blob's size.
+    pub blob_size: u64,
+    /// The layer's diff_id.
+    pub diff_id: Digest,
+}
+
+/// A changed layer, encoded: its delta blob in a temporary file.
+pub(super) struct Carried {
+    /// What the layer became.
+    pub report: LayerDelta,
+    /// The delta blob's media type.
+    pub media_type: &'static str,
+    /// The delta blob.
+    pub blob: File,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// What the encoding threads share.
+pub(super) struct Shared<'a, H: FsVerityHashValue> {
+    /// The repository.
+    pub repo: &'a Store<H>,
+    /// The source image's files.
+    pub image: &'a SourceImage<H>,
+    /// Their index.
+    pub index: &'a SourceIndex<H>,
+    /// How changed files are encoded.
+    pub method: DeltaMethod,
+}
+
+impl<H: FsVerityHashValue> Shared<'_, H> {
+    /// Encode every layer of `work`, `jobs` at a time; the results in
+    /// `work`'s order. The first failure stops the others from starting.
+    pub(super) fn encode_all(&self, work: &[Work], jobs: usize) -> Result<Vec<Carried>, Error> {
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<Carried, Error>>>> =
+            Mutex::new((0..work.len()).map(|_| None).collect());
+        let failed = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..jobs.min(work.len()) {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= work.len() || failed.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let result = self.encode_one(&work[i]);
+                        failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
+                    }
+                });
+            }
+        });
+        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut carried = Vec::with_capacity(results.len());
+        for result in results {
+            // A layer never started because another failed: that one's
+            // error is reported.
+            match result {
+                Some(Ok(c)) => carried.push(c),
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        if carried.len() != work.len() {
+            return Err(Error::Storage {
+                operation: "encoding a layer",
+                reason: "a layer was not encoded".to_owned(),
+            });
+        }
+        Ok(carried)
+    }
+
+    /// Rebuild the layer's tar, check its diff_id, and encode it as a
+    /// tar-diff, or as the whole layer when that is smaller.
+    fn encode_one(&self, work: &Work) -> Result<Carried, Error> {
+        let storage = |e: io::Error| Error::storage("encoding a layer", e);
+        let tar = self.layer_tar(work)?;
+        let tar_size = tar.metadata().map_err(storage)?.len();
+        let mut diff = tempfile::tempfile().map_err(storage)?;
+        let encoded = encode::encode(
+            &tar,
+            self.image,
+            self.index,
+            self.method,
+            BufWriter::new(&mut diff),
+        )
+        .map_err(storage)?;
+        let diff_size = diff.metadata().map_err(storage)?.len();
+        let mut report = LayerDelta {
+            layer: work.blob.to_string(),
+            diff_id: work.diff_id.to_string(),
+            method: "tar-diff".to_owned(),
+            tar_size,
+            delta_size: diff_size,
+            files_copied: encoded.copied,
+            files_diffed: encoded.diffed,
+            files_added: encoded.added,
+        };
+        let mut chosen = (diff, "application/vnd.tar-diff");
+        // Only when the diff is no smaller than the original blob can the
+        // whole layer win; recompressing costs a pass over the tar.
+        if diff_size >= work.blob_size.min(tar_size)
+            && let Some(whole) = recompress(&tar, diff_size).map_err(storage)?
+        {
+            report = LayerDelta {
+                method: "zstd".to_owned(),
+                delta_size: whole.metadata().map_err(storage)?.len(),
+                files_copied: 0,
+                files_diffed: 0,
+                files_added: 0,
+                ..report
+            };
+            chosen = (whole, "application/vnd.oci.image.layer.v1.tar+zstd");
+        }
+        let (mut blob, media_type) = chosen;
+        let digest = hash_file(&mut blob).map_err(storage)?;
+        Ok(Carried {
+            report,
+            media_type,
+            blob,
+            digest,
+        })
+    }
+
+    /// The layer's tar, rebuilt from its split stream into a temporary
+    /// file, with its diff_id checked.
+    fn layer_tar(&self, work: &Work) -> Result<File, Error> {
+        let storage = |e: io::Error| Error::storage("rebuilding a layer tar", e);
+        let mut file = tempfile::tempfile().map_err(storage)?;
+        {
+            let mut out = HashingWriter::new(BufWriter::new(&mut file));
+            composefs_oci::oci_image::layer_tar(self.repo, &work.diff_id.to_oci(), &mut out)
+                .map_err(|e| Error::storage("rebuilding a layer tar", e))?;
+            let (digest, inner) = out.into_parts();
+            inner.into_inner().map_err(|e| storage(e.into_error()))?;
+            work.diff_id.verify(
+                &digest,
+                format!("diff_id of layer {} rebuilt from the repository", work.blob),
+            )?;
+        }
+        Ok(file)
+    }
+}
+
+/// The tar compressed with zstd, if that is smaller than `limit` bytes.
+pub(super) fn recompress(tar: &File, limit: u64) -> io::Result<Option<File>> {
+    let mut whole = tempfile::tempfile()?;
+    let mut reader = io::BufReader::new(tar);
+    io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
+    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(&mut whole), encode::LEVEL)?;
+    encoder.include_checksum(true)?;
+    io::copy(&mut reader, &mut encoder)?;
+    encoder.finish()?.flush()?;
+    let size = whole.metadata()?.len();
+    Ok((size < limit).then_some(whole))
+}
+
+/// The sha256 of a whole file.
+fn hash_file(file: &mut File) -> io::Result<Digest> {
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut hashing = HashingWriter::new(io::sink());
+    io::copy(file, &mut hashing)?;
+    Ok(hashing.finish())
+}
