@@ -95,12 +95,14 @@ impl Repository {
                 reason: reason.clone(),
             });
         }
-        Ok(Repository {
+        let repo = Repository {
             path: path.to_owned(),
             algorithm,
             verity,
             store,
-        })
+        };
+        repo.finish_interrupted_gc()?;
+        Ok(repo)
     }
 
     /// Create a repository at `path` with `algorithm`, or open the one
@@ -197,14 +199,46 @@ impl Repository {
     /// Remove the objects and dangling references that no image or stream
     /// needs; with `dry_run`, only report them. Blocks on disk work.
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        let result = with_store!(&self.store, s => if dry_run {
-            s.gc_dry_run(&[])
-        } else {
-            s.gc(&[])
-        })
-        .map_err(|e| Error::storage("collecting garbage", e))?;
-        Ok(GcReport::new(dry_run, &result))
+        if dry_run {
+            let result = with_store!(&self.store, s => s.gc_dry_run(&[]))
+                .map_err(|e| Error::storage("collecting garbage", e))?;
+            return Ok(GcReport::new(true, &result));
+        }
+        // composefs removes unreferenced objects before the stream and
+        // image names that point at them; a crash in between leaves names
+        // whose objects are gone, which a later pull would trust. The
+        // marker makes the next open finish the collection first.
+        let marker = self.path.join(GC_MARKER);
+        durable_create(&marker).map_err(|e| Error::storage("marking a collection", e))?;
+        let result = with_store!(&self.store, s => s.gc(&[]))
+            .map_err(|e| Error::storage("collecting garbage", e))?;
+        std::fs::remove_file(&marker).map_err(|e| Error::storage("ending a collection", e))?;
+        Ok(GcReport::new(false, &result))
     }
+
+    /// Finish a collection that a crash interrupted, if one did.
+    fn finish_interrupted_gc(&self) -> Result<()> {
+        if !self.path.join(GC_MARKER).exists() {
+            return Ok(());
+        }
+        tracing::warn!(
+            "a garbage collection of {} was interrupted; finishing it",
+            self.path.display()
+        );
+        self.gc(false).map(|_| ())
+    }
+}
+
+/// Present while a collection runs; see [`Repository::gc`].
+const GC_MARKER: &str = ".cfsd-gc-running";
+
+/// Create `path` and make it and its name durable.
+fn durable_create(path: &Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The algorithm recorded in the repository at `path`, or `None` when

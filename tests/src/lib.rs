@@ -40,6 +40,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Daemon {
     child: Option<Child>,
     dir: TempDir,
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -50,20 +51,48 @@ impl Daemon {
             .prefix("cfsd-test")
             .tempdir()
             .unwrap();
-        let mut daemon = Daemon { child: None, dir };
+        let mut daemon = Daemon {
+            child: None,
+            dir,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
         let child = Command::new(bin("cfsd"))
             .arg("--repo")
-            .arg(daemon.repo())
+            .arg(self.repo())
             .arg("--address")
-            .arg(daemon.address())
-            .args(args)
+            .arg(self.address())
+            .args(&self.args)
             .env("CFSD_LOG", "debug")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawning cfsd");
-        daemon.child = Some(child);
-        daemon.wait_for_socket();
-        daemon
+        self.child = Some(child);
+        self.wait_for_socket();
+    }
+
+    /// SIGKILL the daemon, wait for it, and start a new one on the same
+    /// repository and socket with the same arguments: what a crash and a
+    /// restart leave.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// SIGKILL the daemon and wait for it to die.
+    pub fn kill(&mut self) {
+        let status = self.stop_with(rustix::process::Signal::KILL, Duration::from_secs(20));
+        assert!(!status.success(), "cfsd survived SIGKILL: {status}");
+    }
+
+    /// Start a new daemon on the same repository and socket, after
+    /// [`Daemon::kill`].
+    pub fn restart(&mut self) {
+        self.spawn();
     }
 
     /// Start cfsd and initialise its repository through `cfsctl init`.

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Delta benchmark on two real Debian images (bench/build-image.sh):
+#   v1: bookworm minbase + ca-certificates, curl, python3, openssl,
+#       iputils-ping, libcap2-bin, and a small app layer;
+#   v2: the same with bookworm-updates and -security enabled and vim-tiny,
+#       less, iproute2 and procps added.
+# It creates the v1->v2 delta with cfsd, then, each from a repository that
+# holds only v1, applies it with cfsd and with upstream cfsctl 0.9.4, and
+# pulls v2 whole with cfsd; it also sets the delta's size beside
+# zstd --patch-from, xdelta3 and bsdiff on the base layer tars.
+#
+#   bench/delta.sh [OUT]   (default bench/out; images built if absent)
+#
+# Env: CFSCTL (default target/release/cfsctl), UPSTREAM, BSDIFF=0 to skip
+# bsdiff (minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench/out}
+cfsctl=${CFSCTL:-target/release/cfsctl}
+upstream=${UPSTREAM:-/opt/upstream-cfsctl/bin/cfsctl}
+scratch=$(mktemp -d /var/tmp/cfsd-delta.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+
+[ -d "$out/v1/oci" ] || bench/build-image.sh "$out/v1"
+[ -d "$out/v2/oci" ] || bench/build-image.sh "$out/v2" vim-tiny,less,iproute2,procps \
+    "bookworm bookworm-updates bookworm-security"
+[ -x "$cfsctl" ] || cargo build --release --bins
+
+# Peak extra disk: the most the filesystem's use rose above its use once
+# the command finished, sampled every 20 ms.
+fs_used() { df --output=used -B1 "$scratch" | tail -1; }
+timed() { # timed LABEL CMD... ; prints "wall_s rss_mib peak_extra_mib"
+    local label=$1; shift
+    : >"$scratch/samples"
+    ( while :; do fs_used >>"$scratch/samples"; sleep 0.02; done ) &
+    local sampler=$!
+    /usr/bin/time -f '%e %M' -o "$scratch/time" "$@" >"$scratch/$label.out" 2>&1 || {
+        kill $sampler; cat "$scratch/$label.out" >&2; return 1; }
+    kill $sampler; wait $sampler 2>/dev/null || true
+    local after; after=$(fs_used)
+    local peak; peak=$(sort -n "$scratch/samples" | tail -1)
+    read -r wall rss <"$scratch/time"
+    local extra=$(( (peak > after ? peak - after : 0) / 1048576 ))
+    echo "$wall $(( rss / 1024 )) $extra"
+}
+
+base_of() { python3 - "$1" <<'PY'
+import json, sys
+root = sys.argv[1]
+index = json.load(open(f"{root}/index.json"))
+m = json.load(open(f"{root}/blobs/sha256/{index['manifests'][0]['digest'][7:]}"))
+print(m["layers"][0]["digest"][7:], m["layers"][0]["size"])
+PY
+}
+
+# The delta, made in a repository holding both images.
+both=$scratch/both
+"$cfsctl" --repo "$both" init >/dev/null
+"$cfsctl" --repo "$both" oci pull "oci-archive:$out/v1/image.tar:v1" v1 >/dev/null
+"$cfsctl" --repo "$both" oci pull "oci-archive:$out/v2/image.tar:v1" v2 >/dev/null
+read -r create_wall create_rss _ < <(timed create "$cfsctl" --repo "$both" oci delta create v1 v2 "oci-archive:$scratch/delta.tar")
+delta_bytes=$(stat -c %s "$scratch/delta.tar")
+
+fresh_v1() { # fresh_v1 REPO TOOL
+    rm -rf "$1"
+    if [ "$2" = upstream ]; then
+        "$upstream" --repo "$1" init --insecure >/dev/null
+        "$upstream" --repo "$1" oci pull "oci-archive:$out/v1/image.tar:v1" v1 >/dev/null
+    else
+        "$cfsctl" --repo "$1" init >/dev/null
+        "$cfsctl" --repo "$1" oci pull "oci-archive:$out/v1/image.tar:v1" v1 >/dev/null
+    fi
+    sync
+}
+repo=$scratch/repo
+fresh_v1 "$repo" cfsd
+read -r apply_wall apply_rss apply_disk < <(timed apply "$cfsctl" --repo "$repo" oci pull "oci-archive:$scratch/delta.tar" v2)
+ours_id=$("$cfsctl" --repo "$repo" oci compute-id v2)
+fresh_v1 "$repo" upstream
+read -r up_wall up_rss up_disk < <(timed upstream "$upstream" --repo "$repo" oci pull "oci-archive:$scratch/delta.tar" v2)
+up_id=$("$upstream" --repo "$repo" oci compute-id v2)
+fresh_v1 "$repo" cfsd
+read -r full_wall full_rss full_disk < <(timed full "$cfsctl" --repo "$repo" oci pull "oci-archive:$out/v2/image.tar:v1" v2)
+full_id=$("$cfsctl" --repo "$repo" oci compute-id v2)
+target_bytes=$(du -sb "$repo" | cut -f1)
+
+# The base layers as tars, for the general-purpose differs.
+read -r b1 _ < <(base_of "$out/v1/oci")
+read -r b2 b2size < <(base_of "$out/v2/oci")
+gzip -dc "$out/v1/oci/blobs/sha256/$b1" >"$scratch/v1.tar"
+gzip -dc "$out/v2/oci/blobs/sha256/$b2" >"$scratch/v2.tar"
+zstd_s=$( { /usr/bin/time -f %e zstd -q -19 --long=28 --patch-from="$scratch/v1.tar" "$scratch/v2.tar" -o "$scratch/v2.zst" ; } 2>&1 )
+xdelta_s=$( { /usr/bin/time -f %e xdelta3 -9 -e -f -s "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.xd3" ; } 2>&1 )
+if [ "${BSDIFF:-1}" = 1 ]; then
+    bsdiff_s=$( { /usr/bin/time -f %e bsdiff "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.bsdiff" ; } 2>&1 )
+    bsdiff_b=$(stat -c %s "$scratch/v2.bsdiff")
+else
+    bsdiff_s=-; bsdiff_b=-
+fi
+mb() { python3 -c "print(f'{$1/1e6:.2f}')"; }
+
+echo "image ids of v2: delta $ours_id"
+echo "                 upstream delta $up_id"
+echo "                 full pull $full_id"
+echo
+echo "| v1 -> v2 update from a repository holding v1 | wall s | peak RSS MiB | peak extra disk MiB |"
+echo "|---|---|---|---|"
+echo "| cfsd applies the delta | $apply_wall | $apply_rss | $apply_disk |"
+echo "| upstream cfsctl 0.9.4 applies the delta | $up_wall | $up_rss | $up_disk |"
+echo "| cfsd pulls v2 whole (oci-archive:) | $full_wall | $full_rss | $full_disk |"
+echo
+echo "Target repository size after the update: $(mb "$target_bytes") MB"
+echo
+echo "| base layer v1 -> v2 | bytes (MB) | time s |"
+echo "|---|---|---|"
+echo "| v2 base layer, gzip (as shipped) | $(mb "$b2size") | - |"
+echo "| whole cfsd delta archive (all layers, create: peak RSS $create_rss MiB) | $(mb "$delta_bytes") | $create_wall |"
+echo "| zstd -19 --long=28 --patch-from | $(mb "$(stat -c %s "$scratch/v2.zst")") | $zstd_s |"
+echo "| xdelta3 -9 | $(mb "$(stat -c %s "$scratch/v2.xd3")") | $xdelta_s |"
+echo "| bsdiff | $( [ "$bsdiff_b" = - ] && echo - || mb "$bsdiff_b") | $bsdiff_s |"

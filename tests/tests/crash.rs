@@ -1,0 +1,739 @@
+//! Crash safety: cfsd is SIGKILLed at many points in time during full
+//! pulls, delta pulls, tag changes, image removal and GC, restarted on the
+//! same repository, and what it left is checked on disk and through
+//! cfsctl:
+//!
+//! - `fsck` finds nothing wrong;
+//! - every tag names a complete image: `oci images` lists exactly the
+//!   tags, each with its EROFS image present under `images/` and the image
+//!   id an uninterrupted run gave, and `oci inspect` agrees;
+//! - every `oci-layer-<diff_id>` stream gives back, read with composefs-rs's
+//!   own code, a tar whose sha256 is that diff_id;
+//! - what was there before (the base image and its tags) is untouched;
+//! - running the interrupted operation again succeeds and gives the image
+//!   id of an uninterrupted run;
+//! - nothing is removed by a restart or a later pull: only GC removes the
+//!   objects an interrupted import left, `gc --dry-run` counts them, `gc`
+//!   reports them, and afterwards the object store is exactly what it was
+//!   before the image came.
+//!
+//! The kill points are chosen deterministically: each operation is first
+//! timed in an uninterrupted reference run, then killed at spread-out
+//! fractions of that time; images of different sizes and shapes (one small
+//! layer, many small files, large compressed layers, a tar-diff delta)
+//! make the same fractions land in different phases (reading, splitting,
+//! naming streams, building the EROFS image, rewriting the config and
+//! manifest, tagging). Every assertion holds whichever phase a kill hit.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cfsd_tests::{
+    Daemon, bin,
+    delta::{DeltaSpec, Encoding, Part, encode_tar_diff, image_files},
+    oci::{Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
+    ocictl::{Pulled, json, parse_pull, published, pull, succeeds},
+    stderr,
+};
+use composefs::{fsverity::Sha256HashValue, repository::Repository};
+use rustix::fs::CWD;
+use serde_json::Value;
+
+/// Kill points per operation and kind of image.
+const ROUNDS: usize = 6;
+
+/// The image every repository holds before anything is killed.
+fn base_image() -> Image {
+    Image::new(vec![base_layer()]).label("image", "base")
+}
+
+fn base_layer() -> Layer {
+    Layer::new(
+        Compression::Gzip,
+        vec![
+            Entry::dir("usr"),
+            Entry::dir("usr/lib"),
+            Entry::file("usr/lib/base.bin", noise(1, 1 << 20)),
+            Entry::file("usr/lib/small", "base\n"),
+        ],
+    )
+}
+
+/// One layer, a few files.
+fn small_image() -> Image {
+    Image::new(vec![Layer::new(
+        Compression::None,
+        vec![
+            Entry::dir("usr"),
+            Entry::file("usr/a", noise(2, 60_000)),
+            Entry::file("usr/b", "b\n"),
+        ],
+    )])
+    .label("image", "small")
+}
+
+/// Three layers of many small files each.
+fn many_files_image() -> Image {
+    let layer = |n: u64, compression| {
+        let mut entries = vec![Entry::dir("usr"), Entry::dir(&format!("usr/d{n}"))];
+        for i in 0..300 {
+            entries.push(Entry::file(
+                &format!("usr/d{n}/f{i}"),
+                noise(100 * n + i, 1000 + (i as usize % 7) * 500),
+            ));
+        }
+        Layer::new(compression, entries)
+    };
+    Image::new(vec![
+        layer(1, Compression::Gzip),
+        layer(2, Compression::Zstd),
+        layer(3, Compression::None),
+    ])
+    .label("image", "many")
+}
+
+/// Two large compressed layers.
+fn large_image() -> Image {
+    Image::new(vec![
+        Layer::new(
+            Compression::Gzip,
+            vec![
+                Entry::dir("usr"),
+                Entry::file("usr/big1", noise(7, 12 << 20)),
+            ],
+        ),
+        Layer::new(
+            Compression::Zstd,
+            vec![
+                Entry::dir("opt"),
+                Entry::file("opt/big2", noise(8, 6 << 20)),
+                Entry::file("opt/small", "small\n"),
+            ],
+        ),
+    ])
+    .label("image", "large")
+}
+
+/// The base image's layer plus one rebuilt by a tar-diff from the base
+/// image's files.
+fn delta_target_image() -> Image {
+    let mut changed = noise(1, 1 << 20);
+    for b in &mut changed[500_000..500_400] {
+        *b = b.wrapping_add(3);
+    }
+    Image::new(vec![
+        base_layer(),
+        Layer::new(
+            Compression::Zstd,
+            vec![
+                Entry::dir("usr"),
+                Entry::dir("usr/lib"),
+                Entry::file("usr/lib/base.bin", changed),
+                Entry::file("usr/lib/copy.bin", noise(1, 1 << 20)),
+                Entry::file("usr/lib/new.bin", noise(9, 500_000)),
+            ],
+        ),
+    ])
+    .label("image", "delta-target")
+}
+
+/// One kind of image to pull, with what its source is.
+struct Kind {
+    /// The tag it is pulled as.
+    tag: &'static str,
+    /// The source argument of `oci pull`.
+    source: String,
+    /// The manifest digest of the image it gives.
+    manifest: String,
+    /// The diff_ids of its layers.
+    diff_ids: Vec<String>,
+}
+
+/// Every fixture, written once.
+struct Fixtures {
+    base_source: String,
+    base_manifest: String,
+    base_diff_ids: Vec<String>,
+    kinds: Vec<Kind>,
+    _written: Vec<Written>,
+}
+
+impl Fixtures {
+    fn new() -> Self {
+        let mut written = Vec::new();
+        let base = base_image();
+        let (layout, base_built) = Layout::single(&base, None);
+        let w = Written::new(&layout);
+        let base_source = w.archive(None);
+        written.push(w);
+
+        let mut kinds = Vec::new();
+        for (tag, image, directory) in [
+            ("small", small_image(), false),
+            ("many", many_files_image(), true),
+            ("large", large_image(), false),
+        ] {
+            let (layout, built) = Layout::single(&image, None);
+            let w = Written::new(&layout);
+            kinds.push(Kind {
+                tag,
+                source: if directory {
+                    w.oci(None)
+                } else {
+                    w.archive(None)
+                },
+                manifest: built.manifest_digest.clone(),
+                diff_ids: built.diff_ids.clone(),
+            });
+            written.push(w);
+        }
+
+        let target = delta_target_image();
+        let (_, target_built) = Layout::single(&target, None);
+        let tar_diff = encode_tar_diff(
+            &target_built.layer_tars[1],
+            &image_files(&base),
+            Encoding::ZstdDict,
+        );
+        let spec = DeltaSpec {
+            source: &base_built,
+            target: &target_built,
+            parts: vec![(1, Part::TarDiff(tar_diff))],
+            embedded_config: None,
+        };
+        let w = Written::new(&spec.layout().0);
+        kinds.push(Kind {
+            tag: "delta",
+            source: w.archive(None),
+            manifest: target_built.manifest_digest.clone(),
+            diff_ids: target_built.diff_ids.clone(),
+        });
+        written.push(w);
+
+        Fixtures {
+            base_source,
+            base_manifest: base_built.manifest_digest,
+            base_diff_ids: base_built.diff_ids,
+            kinds,
+            _written: written,
+        }
+    }
+
+    /// Every diff_id a layer stream may be named after.
+    fn diff_ids(&self) -> BTreeSet<String> {
+        self.kinds
+            .iter()
+            .flat_map(|k| k.diff_ids.iter().cloned())
+            .chain(self.base_diff_ids.iter().cloned())
+            .collect()
+    }
+}
+
+/// A cfsd serving a sha256 repository, holding the base image tagged
+/// `base` and `moving`.
+fn daemon_with_base(fixtures: &Fixtures) -> Daemon {
+    let daemon = Daemon::start(&[]);
+    succeeds(&daemon, &["init", "--algorithm", "sha256"]);
+    let pulled = pull(&daemon, &[&fixtures.base_source, "base"]);
+    assert_eq!(pulled.str("manifestDigest"), fixtures.base_manifest);
+    succeeds(&daemon, &["oci", "tag", "base", "moving"]);
+    daemon
+}
+
+/// Run cfsctl against `daemon` without waiting for it.
+fn spawn_cfsctl(daemon: &Daemon, args: &[&str]) -> Child {
+    Command::new(bin("cfsctl"))
+        .arg("--address")
+        .arg(daemon.address())
+        .arg("--json")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running cfsctl")
+}
+
+/// How long `oci pull ARGS` takes, run to completion; it must succeed.
+fn timed_pull(daemon: &Daemon, args: &[&str]) -> (Duration, Pulled) {
+    let start = Instant::now();
+    let out = spawn_cfsctl(daemon, &[&["oci", "pull"], args].concat())
+        .wait_with_output()
+        .unwrap();
+    let took = start.elapsed();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    (took, parse_pull(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A varlink call made on a raw connection opened beforehand, so that its
+/// time is the daemon's alone, not a client's start-up.
+fn timed_call(daemon: &Daemon, call: &Value) -> (Duration, Value) {
+    let mut connection = daemon.raw();
+    let start = Instant::now();
+    let reply = connection.call(call.clone());
+    let took = start.elapsed();
+    assert!(reply.get("error").is_none(), "{call}: {reply}");
+    (took, reply["parameters"].clone())
+}
+
+/// Send `call` on a connection opened beforehand, SIGKILL the daemon
+/// after `delay`, restart it on the same repository.
+fn kill_during_call(daemon: &mut Daemon, call: &Value, delay: Duration) {
+    let mut connection = daemon.raw();
+    connection.send_bytes(call.to_string().as_bytes());
+    std::thread::sleep(delay);
+    daemon.kill_and_restart();
+    let reply = connection.receive();
+    eprintln!("killed at {delay:?} during {call}: reply {reply:?}");
+}
+
+/// Start `args`, SIGKILL the daemon after `delay`, restart it on the same
+/// repository. Whether the call finished first does not matter.
+fn kill_during(daemon: &mut Daemon, args: &[&str], delay: Duration) {
+    let client = spawn_cfsctl(daemon, args);
+    std::thread::sleep(delay);
+    daemon.kill_and_restart();
+    // The client sees its connection close, or had its reply already, or
+    // (killed before it connected) is served by the new daemon: in every
+    // case it is done before anything is checked.
+    let out = client.wait_with_output().unwrap();
+    eprintln!(
+        "killed at {delay:?} during {args:?}: client {} {}",
+        out.status,
+        stderr(&out).trim()
+    );
+}
+
+/// The names of every file under `objects/`.
+fn objects(repo: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for dir in std::fs::read_dir(repo.join("objects")).unwrap() {
+        let dir = dir.unwrap();
+        if !dir.file_type().unwrap().is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(dir.path()).unwrap() {
+            out.insert(format!(
+                "{}/{}",
+                dir.file_name().to_string_lossy(),
+                file.unwrap().file_name().to_string_lossy()
+            ));
+        }
+    }
+    out
+}
+
+/// What may be found after a kill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Anything but GC: `fsck` must be clean.
+    Other,
+    /// GC: what it had begun to remove may be left half removed (see
+    /// [`a_killed_gc_leaves_no_damaged_stream_that_a_pull_reuses`]), but
+    /// nothing a tag reaches.
+    Gc,
+}
+
+/// What the repository publishes, checked for consistency: tag → manifest
+/// digest. `ids` maps every manifest digest an image may have to the
+/// image id an uninterrupted run gave it; `diff_ids` are every layer's.
+fn check(
+    daemon: &Daemon,
+    ids: &BTreeMap<String, String>,
+    diff_ids: &BTreeSet<String>,
+    after: After,
+    context: &str,
+) -> BTreeMap<String, String> {
+    let state = published(&daemon.repo());
+    let list = json(daemon, &["oci", "images"]);
+    let listed = list["images"].as_array().unwrap();
+    let mut tags = BTreeMap::new();
+    // What the tags reach: manifest, config and layer digests, image ids.
+    let mut live = BTreeSet::new();
+    let mut live_layers = BTreeSet::new();
+    for image in listed {
+        let name = image["name"].as_str().unwrap().to_owned();
+        let manifest = image["manifestDigest"].as_str().unwrap().to_owned();
+        let image_id = image["imageId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{context}: {name} has no EROFS image: {image}"));
+        assert_eq!(
+            ids.get(&manifest).map(String::as_str),
+            Some(image_id),
+            "{context}: {name} is not the image an uninterrupted run gave"
+        );
+        assert!(
+            state.images.contains(image_id),
+            "{context}: images/{image_id} of {name} is missing"
+        );
+        let inspect = json(daemon, &["oci", "inspect", &name]);
+        assert_eq!(inspect["manifestDigest"], manifest.as_str(), "{context}");
+        assert_eq!(inspect["imageId"], image_id, "{context}");
+        for diff_id in inspect["config"]["rootfs"]["diff_ids"].as_array().unwrap() {
+            live_layers.insert(diff_id.as_str().unwrap().to_owned());
+        }
+        live.insert(inspect["configDigest"].as_str().unwrap().to_owned());
+        live.insert(image_id.to_owned());
+        live.insert(manifest.clone());
+        tags.insert(name, manifest);
+    }
+    live.extend(live_layers.iter().cloned());
+    // Every tag on disk is listed: none names an unreadable image.
+    assert_eq!(
+        state.tags.keys().cloned().collect::<BTreeSet<_>>(),
+        tags.keys().cloned().collect::<BTreeSet<_>>(),
+        "{context}: tags on disk vs `oci images`"
+    );
+
+    let out = daemon.cfsctl(&["--json", "fsck"]);
+    let fsck: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{context}: fsck ({e}): {}", stderr(&out)));
+    match after {
+        After::Other => {
+            assert!(out.status.success(), "{context}: fsck: {fsck:#}");
+            assert_eq!(fsck["ok"], true, "{context}: fsck: {fsck:#}");
+        }
+        After::Gc => {
+            for problem in fsck["problems"].as_array().unwrap() {
+                let detail = problem["detail"].as_str().unwrap();
+                assert!(
+                    !live.iter().any(|l| detail.contains(l.as_str())),
+                    "{context}: fsck finds live content damaged: {detail}"
+                );
+            }
+        }
+    }
+
+    // Every named layer stream is a whole, verified layer (after a
+    // killed GC: every one a tag reaches).
+    let repo = Repository::<Sha256HashValue>::open_path(CWD, daemon.repo()).unwrap();
+    for name in state.streams_starting("oci-layer-") {
+        let diff_id = name.strip_prefix("oci-layer-").unwrap();
+        assert!(
+            diff_ids.contains(diff_id),
+            "{context}: unknown stream {name}"
+        );
+        if after == After::Gc && !live_layers.contains(diff_id) {
+            continue;
+        }
+        let mut tar = Vec::new();
+        composefs_oci::layer_tar(&repo, &diff_id.parse().unwrap(), &mut tar)
+            .unwrap_or_else(|e| panic!("{context}: reading {name}: {e:#}"));
+        assert_eq!(sha256_digest(&tar), diff_id, "{context}: {name}");
+    }
+    tags
+}
+
+/// What a killed pull of `tag` left, beyond the streams `before`.
+fn phase(
+    daemon: &Daemon,
+    before: &BTreeMap<String, String>,
+    tags: &BTreeMap<String, String>,
+    tag: &str,
+    new_objects: usize,
+) -> &'static str {
+    let now = published(&daemon.repo()).streams;
+    let new: Vec<&String> = now.keys().filter(|n| !before.contains_key(*n)).collect();
+    if tags.contains_key(tag) {
+        "4 tagged"
+    } else if new.iter().any(|n| n.starts_with("oci-manifest-")) {
+        "3 manifest named, untagged"
+    } else if !new.is_empty() {
+        "2 some layer streams named"
+    } else if new_objects > 0 {
+        "1 objects written, nothing named"
+    } else {
+        "0 nothing written"
+    }
+}
+
+/// The GC report numbers.
+fn removed(report: &Value) -> u64 {
+    report["objectsRemoved"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no objectsRemoved: {report}"))
+}
+
+/// `io.cfsd.Oci.Tag`: point `moving` at `image`.
+fn tag_call(image: &str) -> Value {
+    serde_json::json!({"method": "io.cfsd.Oci.Tag", "parameters": {"image": image, "tag": "moving"}})
+}
+
+/// `io.cfsd.Oci.Remove` of `image`.
+fn rm_call(image: &str) -> Value {
+    serde_json::json!({"method": "io.cfsd.Oci.Remove", "parameters": {"image": image}})
+}
+
+/// `io.cfsd.Repository.Gc`, collecting.
+fn gc_call() -> Value {
+    serde_json::json!({"method": "io.cfsd.Repository.Gc", "parameters": {"dryRun": false}})
+}
+
+/// What an uninterrupted run measured.
+struct Reference {
+    /// Manifest digest → image id.
+    ids: BTreeMap<String, String>,
+    /// Per kind: how long pull, tag, rm and gc took.
+    times: Vec<[Duration; 4]>,
+}
+
+fn reference(fixtures: &Fixtures) -> Reference {
+    let daemon = daemon_with_base(fixtures);
+    let base = json(&daemon, &["oci", "inspect", "base"]);
+    let mut ids = BTreeMap::from([(
+        fixtures.base_manifest.clone(),
+        base["imageId"].as_str().unwrap().to_owned(),
+    )]);
+    let mut times = Vec::new();
+    for kind in &fixtures.kinds {
+        let (pull_time, pulled) = timed_pull(&daemon, &[&kind.source, kind.tag]);
+        assert_eq!(pulled.str("manifestDigest"), kind.manifest);
+        ids.insert(kind.manifest.clone(), pulled.str("imageId").to_owned());
+        let (tag_time, _) = timed_call(&daemon, &tag_call(kind.tag));
+        succeeds(&daemon, &["oci", "tag", "base", "moving"]);
+        let (rm_time, _) = timed_call(&daemon, &rm_call(kind.tag));
+        let (gc_time, gc) = timed_call(&daemon, &gc_call());
+        assert!(removed(&gc) > 0, "{gc}");
+        times.push([pull_time, tag_time, rm_time, gc_time]);
+        eprintln!(
+            "reference {}: pull {pull_time:?}, tag {tag_time:?}, rm {rm_time:?}, gc {gc_time:?}",
+            kind.tag
+        );
+    }
+    Reference { ids, times }
+}
+
+#[test]
+fn sigkill_at_any_point_leaves_the_old_state_or_the_new_one() {
+    let fixtures = Fixtures::new();
+    let diff_ids = fixtures.diff_ids();
+    let reference = reference(&fixtures);
+    let ids = &reference.ids;
+    let base_id = ids[&fixtures.base_manifest].clone();
+
+    let mut daemon = daemon_with_base(&fixtures);
+    json(&daemon, &["gc"]);
+    // What the repository holds before any image comes: base, tagged
+    // `base` and `moving`, and nothing unreferenced.
+    let before = objects(&daemon.repo());
+    let before_tags = BTreeMap::from([
+        ("base".to_owned(), fixtures.base_manifest.clone()),
+        ("moving".to_owned(), fixtures.base_manifest.clone()),
+    ]);
+    assert_eq!(
+        check(&daemon, ids, &diff_ids, After::Other, "start"),
+        before_tags
+    );
+    assert_eq!(removed(&json(&daemon, &["gc", "--dry-run"])), 0);
+
+    let kinds = fixtures.kinds.len();
+    let mut kills = 0;
+    // Where the pull and GC kills landed, by what they left: for the log only,
+    // as where a kill lands is a matter of timing.
+    let before_streams = published(&daemon.repo()).streams;
+    let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        for (k, kind) in fixtures.kinds.iter().enumerate() {
+            // Fractions in (0, 1.2): every kind and round another one.
+            let fraction = (round as f64 + (k + 1) as f64 / (kinds + 1) as f64) / ROUNDS as f64;
+            let at = |time: Duration| time.mul_f64(fraction * 1.2);
+            let [pull_time, tag_time, rm_time, gc_time] = reference.times[k];
+            let expected_id = &ids[&kind.manifest];
+            let context = |what: &str| format!("{} round {round}, {what}", kind.tag);
+
+            // A pull, killed.
+            let pull_args = ["oci", "pull", kind.source.as_str(), kind.tag];
+            kill_during(&mut daemon, &pull_args, at(pull_time));
+            kills += 1;
+            let tags = check(
+                &daemon,
+                ids,
+                &diff_ids,
+                After::Other,
+                &context("pull killed"),
+            );
+            for (tag, manifest) in &before_tags {
+                assert_eq!(tags.get(tag), Some(manifest), "{}", context("pull killed"));
+            }
+            // The image is there whole, or not at all.
+            assert!(tags.len() == 2 || tags.get(kind.tag) == Some(&kind.manifest));
+            // By manifest digest, a killed pull's image is not found, or
+            // found whole, or (its manifest stream named before the EROFS
+            // image was built) found without an image id; never another.
+            let out = daemon.cfsctl(&["--json", "oci", "inspect", &kind.manifest]);
+            if out.status.success() {
+                let inspect: Value = serde_json::from_slice(&out.stdout).unwrap();
+                assert_eq!(inspect["manifestDigest"], kind.manifest.as_str());
+                assert!(
+                    inspect["imageId"].is_null() || inspect["imageId"] == expected_id.as_str(),
+                    "{}: {inspect}",
+                    context("pull killed")
+                );
+            } else {
+                assert!(!tags.contains_key(kind.tag), "{}", stderr(&out));
+            }
+            let after_kill = objects(&daemon.repo());
+            let orphans = removed(&json(&daemon, &["gc", "--dry-run"])) as usize;
+            let new_objects = after_kill.difference(&before).count();
+            let landed = phase(&daemon, &before_streams, &tags, kind.tag, new_objects);
+            *phases.entry(landed).or_default() += 1;
+            if tags.len() == 2 {
+                // Nothing names what the killed import wrote: all of it is
+                // garbage, and GC would see all of it.
+                assert_eq!(
+                    orphans,
+                    new_objects,
+                    "{}: gc --dry-run must count exactly the objects the killed import left",
+                    context("pull killed")
+                );
+            } else {
+                assert!(orphans < new_objects, "{}", context("pull killed"));
+            }
+
+            // Again, uninterrupted: the same image as the reference run,
+            // and nothing the killed run left was removed.
+            let pulled = pull(&daemon, &[&kind.source, kind.tag]);
+            assert_eq!(pulled.str("imageId"), expected_id.as_str());
+            assert!(
+                objects(&daemon.repo()).is_superset(&after_kill),
+                "{}: a pull removed objects",
+                context("pull again")
+            );
+
+            // The moving tag re-pointed, killed: old or new, never gone.
+            kill_during_call(&mut daemon, &tag_call(kind.tag), at(tag_time));
+            kills += 1;
+            let tags = check(
+                &daemon,
+                ids,
+                &diff_ids,
+                After::Other,
+                &context("tag killed"),
+            );
+            assert_eq!(tags["base"], fixtures.base_manifest);
+            assert_eq!(tags[kind.tag], kind.manifest);
+            assert!(
+                tags["moving"] == fixtures.base_manifest || tags["moving"] == kind.manifest,
+                "{}: moving → {}",
+                context("tag killed"),
+                tags["moving"]
+            );
+            assert!(
+                objects(&daemon.repo()).is_superset(&after_kill),
+                "{}: a restart removed objects",
+                context("tag killed")
+            );
+            succeeds(&daemon, &["oci", "tag", "base", "moving"]);
+
+            // The image removed, killed: its tag is there or gone.
+            kill_during_call(&mut daemon, &rm_call(kind.tag), at(rm_time));
+            kills += 1;
+            let tags = check(&daemon, ids, &diff_ids, After::Other, &context("rm killed"));
+            assert!(tags.len() == 2 || tags.get(kind.tag) == Some(&kind.manifest));
+            if tags.len() == 3 {
+                succeeds(&daemon, &["oci", "rm", kind.tag]);
+            }
+            assert_eq!(
+                check(&daemon, ids, &diff_ids, After::Other, &context("rm again")),
+                before_tags
+            );
+
+            // GC, killed. Whatever it removed, the base image is whole.
+            let garbage = objects(&daemon.repo());
+            let dry = removed(&json(&daemon, &["gc", "--dry-run"]));
+            assert_eq!(
+                dry as usize,
+                garbage.difference(&before).count(),
+                "{}: gc --dry-run must count exactly what the image left",
+                context("before gc")
+            );
+            assert!(garbage.is_superset(&before));
+            assert!(
+                garbage.is_superset(&after_kill),
+                "{}: what the killed import left was removed before GC",
+                context("before gc")
+            );
+            kill_during_call(&mut daemon, &gc_call(), at(gc_time));
+            kills += 1;
+            assert_eq!(
+                check(&daemon, ids, &diff_ids, After::Gc, &context("gc killed")),
+                before_tags
+            );
+            let left = objects(&daemon.repo());
+            assert!(left.is_superset(&before), "{}", context("gc killed"));
+            let landed = if left == before {
+                "gc finished"
+            } else if daemon.cfsctl(&["fsck"]).status.success() {
+                "gc left garbage, fsck clean"
+            } else {
+                "gc left half-removed garbage"
+            };
+            *phases.entry(landed).or_default() += 1;
+            let dry = removed(&json(&daemon, &["gc", "--dry-run"]));
+            let gc = json(&daemon, &["gc"]);
+            assert_eq!(removed(&gc), dry, "{}: {gc}", context("gc again"));
+            assert_eq!(dry as usize, left.difference(&before).count());
+            // Exactly the state before the image came.
+            assert_eq!(objects(&daemon.repo()), before, "{}", context("gc again"));
+            assert_eq!(removed(&json(&daemon, &["gc", "--dry-run"])), 0);
+            // The next GC finished what the killed one began.
+            assert_eq!(
+                check(&daemon, ids, &diff_ids, After::Other, &context("gc again")),
+                before_tags
+            );
+            let base = json(&daemon, &["oci", "inspect", "base"]);
+            assert_eq!(base["imageId"], base_id.as_str());
+        }
+    }
+    eprintln!("{kills} kill points; the pulls and GCs left: {phases:?}");
+    assert!(kills >= 50, "{kills}");
+}
+
+/// composefs's GC (which cfsd's `Gc` runs) unlinks unreferenced objects
+/// first and prunes the stream and image names that point at them only
+/// afterwards, so a GC killed in between leaves names whose objects are
+/// gone. cfsd marks a running collection on disk and finishes an
+/// interrupted one when it next opens the repository, before any call is
+/// served: a pull of the same image right after the restart must neither
+/// trust such a name nor leave anything for fsck to find.
+#[test]
+fn a_killed_gc_is_finished_before_a_pull_can_reuse_its_leftovers() {
+    let fixtures = Fixtures::new();
+    let kind = &fixtures.kinds[1];
+    let mut daemon = daemon_with_base(&fixtures);
+    let marker = daemon.repo().join(".cfsd-gc-running");
+    let mut interrupted = 0;
+    for step in 0..40u32 {
+        pull(&daemon, &[&kind.source, kind.tag]);
+        succeeds(&daemon, &["oci", "rm", kind.tag]);
+        let mut connection = daemon.raw();
+        connection.send_bytes(gc_call().to_string().as_bytes());
+        std::thread::sleep(Duration::from_micros(500 * u64::from(step)));
+        daemon.kill();
+        let inside = marker.exists();
+        // The restarted daemon finishes an interrupted collection before
+        // it serves anything.
+        daemon.restart();
+        assert!(!marker.exists(), "the interrupted GC was not finished");
+        if !inside {
+            continue;
+        }
+        interrupted += 1;
+        let pulled = pull(&daemon, &[&kind.source, kind.tag]);
+        let fsck = daemon.cfsctl(&["--json", "fsck"]);
+        assert!(
+            fsck.status.success(),
+            "after a GC killed at step {step}, pulling {} again ({}) left: {}",
+            kind.tag,
+            pulled.result,
+            cfsd_tests::stdout(&fsck)
+        );
+        if interrupted >= 3 {
+            break;
+        }
+    }
+    assert!(interrupted > 0, "no kill landed inside a GC");
+}
