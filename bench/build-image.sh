@@ -38,8 +38,12 @@ SOURCE_DATE_EPOCH=1700000000 mmdebstrap --quiet --variant=minbase --include="$pa
 mkdir -p "$work/app/opt/app"
 printf '#!/usr/bin/python3\nprint("hello from the app layer")\n' >"$work/app/opt/app/hello.py"
 chmod 755 "$work/app/opt/app/hello.py"
-head -c 4M /dev/urandom >"$work/app/opt/app/data.bin"
-tar -C "$work/app" --numeric-owner --owner=0 --group=0 -cf "$work/app.tar" opt
+# Incompressible but the same in every build, so that v1 and v2 share the
+# app layer (same bytes, same mtimes) and deltas reuse it.
+openssl enc -aes-128-ctr -nosalt -pass pass:cfsd-bench </dev/zero 2>/dev/null |
+    head -c 4M >"$work/app/opt/app/data.bin"
+tar -C "$work/app" --sort=name --mtime=@1700000000 --numeric-owner --owner=0 --group=0 \
+    -cf "$work/app.tar" opt
 
 umoci init --layout "$out/oci"
 umoci new --image "$out/oci:v1"

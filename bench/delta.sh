@@ -89,10 +89,11 @@ read -r b1 _ < <(base_of "$out/v1/oci")
 read -r b2 b2size < <(base_of "$out/v2/oci")
 gzip -dc "$out/v1/oci/blobs/sha256/$b1" >"$scratch/v1.tar"
 gzip -dc "$out/v2/oci/blobs/sha256/$b2" >"$scratch/v2.tar"
-zstd_s=$( { /usr/bin/time -f %e zstd -q -19 --long=28 --patch-from="$scratch/v1.tar" "$scratch/v2.tar" -o "$scratch/v2.zst" ; } 2>&1 )
-xdelta_s=$( { /usr/bin/time -f %e xdelta3 -9 -e -f -s "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.xd3" ; } 2>&1 )
+seconds() { /usr/bin/time -f %e -o "$scratch/t" "$@" >/dev/null 2>&1; cat "$scratch/t"; }
+zstd_s=$(seconds zstd -q -19 --long=28 --patch-from="$scratch/v1.tar" "$scratch/v2.tar" -o "$scratch/v2.zst")
+xdelta_s=$(seconds xdelta3 -9 -e -f -s "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.xd3")
 if [ "${BSDIFF:-1}" = 1 ]; then
-    bsdiff_s=$( { /usr/bin/time -f %e bsdiff "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.bsdiff" ; } 2>&1 )
+    bsdiff_s=$(seconds bsdiff "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.bsdiff")
     bsdiff_b=$(stat -c %s "$scratch/v2.bsdiff")
 else
     bsdiff_s=-; bsdiff_b=-
@@ -114,7 +115,10 @@ echo
 echo "| base layer v1 -> v2 | bytes (MB) | time s |"
 echo "|---|---|---|"
 echo "| v2 base layer, gzip (as shipped) | $(mb "$b2size") | - |"
-echo "| whole cfsd delta archive (all layers, create: peak RSS $create_rss MiB) | $(mb "$delta_bytes") | $create_wall |"
+echo "| whole cfsd delta archive (every changed layer; create: peak RSS $create_rss MiB) | $(mb "$delta_bytes") | $create_wall |"
+echo
+echo "cfsd's encoding of each changed layer:"
+grep -E 'tar-diff|whole' "$scratch/create.out" || true
 echo "| zstd -19 --long=28 --patch-from | $(mb "$(stat -c %s "$scratch/v2.zst")") | $zstd_s |"
 echo "| xdelta3 -9 | $(mb "$(stat -c %s "$scratch/v2.xd3")") | $xdelta_s |"
 echo "| bsdiff | $( [ "$bsdiff_b" = - ] && echo - || mb "$bsdiff_b") | $bsdiff_s |"
