@@ -40,8 +40,8 @@ printf '#!/usr/bin/python3\nprint("hello from the app layer")\n' >"$work/app/opt
 chmod 755 "$work/app/opt/app/hello.py"
 # Incompressible but the same in every build, so that v1 and v2 share the
 # app layer (same bytes, same mtimes) and deltas reuse it.
-openssl enc -aes-128-ctr -nosalt -pass pass:cfsd-bench </dev/zero 2>/dev/null |
-    head -c 4M >"$work/app/opt/app/data.bin"
+head -c 4M /dev/zero | openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass pass:cfsd-bench \
+    >"$work/app/opt/app/data.bin"
 tar -C "$work/app" --sort=name --mtime=@1700000000 --numeric-owner --owner=0 --group=0 \
     -cf "$work/app.tar" opt
 

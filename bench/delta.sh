@@ -116,9 +116,9 @@ echo "| base layer v1 -> v2 | bytes (MB) | time s |"
 echo "|---|---|---|"
 echo "| v2 base layer, gzip (as shipped) | $(mb "$b2size") | - |"
 echo "| whole cfsd delta archive (every changed layer; create: peak RSS $create_rss MiB) | $(mb "$delta_bytes") | $create_wall |"
-echo
-echo "cfsd's encoding of each changed layer:"
-grep -E 'tar-diff|whole' "$scratch/create.out" || true
 echo "| zstd -19 --long=28 --patch-from | $(mb "$(stat -c %s "$scratch/v2.zst")") | $zstd_s |"
 echo "| xdelta3 -9 | $(mb "$(stat -c %s "$scratch/v2.xd3")") | $xdelta_s |"
 echo "| bsdiff | $( [ "$bsdiff_b" = - ] && echo - || mb "$bsdiff_b") | $bsdiff_s |"
+echo
+echo "cfsd's encoding of each changed layer:"
+grep -E 'tar-diff|whole' "$scratch/create.out" || true

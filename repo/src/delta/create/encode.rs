@@ -30,8 +30,11 @@ use crate::delta::{
     },
 };
 
-/// The zstd level of the op stream and of ZSTD_DICT frames.
-pub(crate) const LEVEL: i32 = 12;
+/// The zstd level of the op stream and of ZSTD_DICT frames. On the Debian
+/// benchmark pair (bench/delta.sh) the base layer's diff was 7.97 MB in
+/// 13 s at 16, 7.55 MB in 19 s at 18, and 7.44 MB in 26 s at 19: 18 keeps
+/// creation well inside half a minute on two cores.
+pub(crate) const LEVEL: i32 = 18;
 
 /// Files smaller than this are sent as DATA: an OPEN costs about as much
 /// as they do, and the op stream's compression handles them.
