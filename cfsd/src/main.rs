@@ -13,7 +13,7 @@ mod server;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use cfsd_repo::{Error as RepoError, Repository, VerityPolicy};
+use cfsd_repo::{Error as RepoError, Repository, RepositoryDir, VerityPolicy};
 use cfsd_varlink::Address;
 use clap::Parser;
 
@@ -82,7 +82,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         VerityPolicy::BestEffort
     };
-    check_repository(&args, policy)?;
+    let dir = open_repository(&args, policy)?;
     let admin_group = args
         .allow_group
         .as_deref()
@@ -94,8 +94,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(access::lookup_group)
         .transpose()?;
     let config = server::Config {
-        repo: args.repo,
-        policy,
         admin_group,
         idle_exit: args.idle_exit.map(Duration::from_secs),
         max_connections: args.max_connections.max(1),
@@ -111,13 +109,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Binding changes the process umask for a moment; the runtime's
         // threads exist but create no files yet.
         let socket = listen::acquire(args.address.as_ref(), socket_group)?;
-        server::run(config, socket, signals).await
+        server::run(dir, config, socket, signals).await
     })
 }
 
-/// Refuse to start on a repository the policy forbids, and say plainly
-/// when it runs without fs-verity.
-fn check_repository(args: &Args, policy: VerityPolicy) -> anyhow::Result<()> {
+/// Open the repository, refusing one the policy forbids and saying plainly
+/// when it runs without fs-verity. The daemon keeps it open, so this is
+/// the only open; a directory without a repository yet is opened when
+/// Init creates it.
+fn open_repository(args: &Args, policy: VerityPolicy) -> anyhow::Result<RepositoryDir> {
     match Repository::open(&args.repo, policy) {
         Ok(repo) => {
             if let cfsd_repo::VerityStatus::Insecure(reason) = repo.verity() {
@@ -126,13 +126,13 @@ fn check_repository(args: &Args, policy: VerityPolicy) -> anyhow::Result<()> {
                     args.repo.display()
                 );
             }
-            Ok(())
+            Ok(RepositoryDir::from_open(repo, policy))
         }
         Err(e @ RepoError::VerityRequired { .. }) => Err(anyhow::anyhow!(
             "{e}; refusing to serve it (--require-verity)"
         )),
         // Init creates a missing repository; other problems are reported
         // to each caller as typed errors.
-        Err(_) => Ok(()),
+        Err(_) => Ok(RepositoryDir::new(args.repo.clone(), policy)),
     }
 }

@@ -1,8 +1,8 @@
 //! The accept loop: one task per client, idle exit and orderly shutdown.
 
-use std::{os::unix::net::UnixListener as StdListener, path::PathBuf, sync::Arc, time::Duration};
+use std::{os::unix::net::UnixListener as StdListener, sync::Arc, time::Duration};
 
-use cfsd_repo::{RepositoryDir, VerityPolicy};
+use cfsd_repo::RepositoryDir;
 use rustix::process::Gid;
 use tokio::{
     net::{UnixListener, UnixStream},
@@ -19,10 +19,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How the daemon was asked to run.
 #[derive(Debug)]
 pub struct Config {
-    /// The repository directory.
-    pub repo: PathBuf,
-    /// What is demanded of fs-verity.
-    pub policy: VerityPolicy,
     /// Whose members may change the repository.
     pub admin_group: Option<Gid>,
     /// Exit after this long without clients.
@@ -53,11 +49,16 @@ pub struct Daemon {
 
 /// Serve `socket` until shutdown, idle exit, or (for a connected socket)
 /// the client hanging up.
-pub async fn run(config: Config, socket: Socket, signals: Signals) -> anyhow::Result<()> {
+pub async fn run(
+    dir: RepositoryDir,
+    config: Config,
+    socket: Socket,
+    signals: Signals,
+) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(signals.stop(stop));
     let daemon = Arc::new(Daemon {
-        dir: RepositoryDir::new(config.repo.clone(), config.policy),
+        dir,
         admin_group: config.admin_group,
         client_timeout: config.client_timeout,
         shutdown,

@@ -295,6 +295,15 @@ impl RepositoryDir {
         }
     }
 
+    /// The directory of `repo`, already open, served under `policy`.
+    pub fn from_open(repo: Repository, policy: VerityPolicy) -> Self {
+        RepositoryDir {
+            path: repo.path.clone(),
+            policy,
+            open: Mutex::new(Some(Arc::new(repo))),
+        }
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

@@ -407,18 +407,11 @@ fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
     tokio::task::block_in_place(|| daemon.dir.repository()).map_err(wire_error)
 }
 
-/// Run disk work on a blocking thread, so that other clients' calls are
-/// answered meanwhile.
+/// [`super::blocking`], with the interface's error.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> repo::Result<T> + Send + 'static,
 ) -> Result<T, OciError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(wire_error),
-        Err(e) => Err(OciError::StorageFailed {
-            operation: "repository task".to_owned(),
-            reason: e.to_string(),
-        }),
-    }
+    super::blocking(work).await.map_err(wire_error)
 }
 
 fn wire_report(r: PullReport) -> PullResult {

@@ -228,7 +228,13 @@ impl<H: FsVerityHashValue> Job<H> {
         let mut tar = HashingWriter::new(out);
         let made = match self.rebuild.method {
             Method::TarDiff => self.apply_tar_diff(&mut blob, &mut tar),
-            method => self.decompress(method, &mut blob, &mut tar),
+            Method::Layer(compression) => {
+                let damaged = |e: io::Error| Error::InvalidLayer {
+                    layer: self.rebuild.blob.to_string(),
+                    reason: e.to_string(),
+                };
+                layer::decompress_into(compression, &mut blob, &mut tar, &self.plan, damaged)
+            }
         };
         if let Err(e @ Error::Storage { .. }) = made {
             return Err(e);
@@ -266,33 +272,5 @@ impl<H: FsVerityHashValue> Job<H> {
                 reason: e.to_string(),
             },
         })
-    }
-
-    fn decompress(
-        &self,
-        method: Method,
-        blob: &mut impl Read,
-        out: &mut impl Write,
-    ) -> Result<(), Error> {
-        let damaged = |e: io::Error| Error::InvalidLayer {
-            layer: self.rebuild.blob.to_string(),
-            reason: e.to_string(),
-        };
-        let mut decoder: Box<dyn Read + '_> = match method {
-            Method::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
-            Method::Zstd => Box::new(zstd::Decoder::new(blob).map_err(damaged)?),
-            Method::Plain | Method::TarDiff => Box::new(blob),
-        };
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            let n = match decoder.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(damaged(e)),
-            };
-            out.write_all(&buf[..n])
-                .map_err(|e| pipe_error(&self.plan, e))?;
-        }
     }
 }

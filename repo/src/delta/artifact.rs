@@ -10,51 +10,42 @@ use serde::Deserialize;
 
 use crate::{
     Error,
-    oci::{digest::Digest, source::Layout},
+    oci::{
+        digest::Digest,
+        manifest::{Compression, DOCKER_MANIFEST, OCI_MANIFEST},
+        source::Layout,
+    },
 };
 
 /// The `artifactType` of an oci-delta artifact manifest.
 pub(crate) const ARTIFACT_TYPE: &str = "application/vnd.io.github.containers.oci-delta.v1";
 /// The media type of a tar-diff blob.
-const TAR_DIFF: &str = "application/vnd.tar-diff";
+pub(crate) const TAR_DIFF: &str = "application/vnd.tar-diff";
 /// Says what a delta manifest layer holds.
-const CONTENT: &str = "io.github.containers.delta.content";
+pub(crate) const CONTENT: &str = "io.github.containers.delta.content";
 /// The config digest of the image the delta was made against.
-const SOURCE_CONFIG: &str = "io.github.containers.delta.source-config";
+pub(crate) const SOURCE_CONFIG: &str = "io.github.containers.delta.source-config";
 /// On an `image-layer`: the digest of the target manifest's layer it
 /// rebuilds.
-const TO: &str = "io.github.containers.delta.to";
-const MANIFESTS: &[&str] = &[
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
+pub(crate) const TO: &str = "io.github.containers.delta.to";
+const MANIFESTS: &[&str] = &[OCI_MANIFEST, DOCKER_MANIFEST];
 
 /// How a delta blob becomes a layer tar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Method {
     /// Apply it as a tar-diff against the source image.
     TarDiff,
-    /// It is the layer tar itself.
-    Plain,
-    /// It is the gzip-compressed layer.
-    Gzip,
-    /// It is the zstd-compressed layer.
-    Zstd,
+    /// It is the whole layer, compressed as a layer media type says.
+    Layer(Compression),
 }
 
 impl Method {
     /// The method a delta layer's media type calls for.
     fn of(media_type: &str) -> Option<Self> {
-        Some(match media_type {
-            TAR_DIFF => Method::TarDiff,
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar" => Method::Plain,
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Method::Gzip,
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Method::Zstd,
-            _ => return None,
-        })
+        match media_type {
+            TAR_DIFF => Some(Method::TarDiff),
+            other => Compression::of_layer(other).map(Method::Layer),
+        }
     }
 }
 

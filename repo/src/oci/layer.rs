@@ -13,7 +13,7 @@ use tokio_util::io::SyncIoBridge;
 
 use super::{
     archive::Pread,
-    digest::Hashing,
+    digest::{Hashing, HashingWriter},
     manifest::{Compression, LayerPlan},
     source::{Layout, check_size},
 };
@@ -97,16 +97,9 @@ fn unpack(
         reason: e.to_string(),
     };
     let mut compressed = Hashing::new(Reporting::new(blob, progress));
-    let diff_id = {
-        let decoder: Box<dyn Read + '_> = match plan.compression {
-            Compression::None => Box::new(&mut compressed),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut compressed)),
-            Compression::Zstd => Box::new(zstd::Decoder::new(&mut compressed).map_err(damaged)?),
-        };
-        let mut tar = Hashing::new(decoder);
-        copy(&mut tar, out, plan, damaged)?;
-        tar.finish().0
-    };
+    let mut tar = HashingWriter::new(out);
+    decompress_into(plan.compression, &mut compressed, &mut tar, plan, damaged)?;
+    let diff_id = tar.finish();
     // Anything after the compressed stream still counts toward the blob's
     // digest.
     io::copy(&mut compressed, &mut io::sink()).map_err(damaged)?;
@@ -118,17 +111,24 @@ fn unpack(
         .verify(&diff_id, format!("diff_id of layer {}", plan.blob))
 }
 
-/// Copy the tar into the pipe, telling read errors (damaged data) from
-/// write errors (the splitter stopped).
-fn copy(
-    from: &mut impl Read,
+/// Decompress `from` into the pipe `to`, telling read errors (damaged
+/// data, reported through `damaged`) from write errors (the splitter
+/// stopped).
+pub(crate) fn decompress_into(
+    compression: Compression,
+    from: &mut dyn Read,
     to: &mut dyn Write,
     plan: &LayerPlan,
     damaged: impl Fn(io::Error) -> Error,
 ) -> Result<(), Error> {
+    let mut decoder: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(from),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(from)),
+        Compression::Zstd => Box::new(zstd::Decoder::new(from).map_err(&damaged)?),
+    };
     let mut buf = vec![0u8; 256 << 10];
     loop {
-        let n = match from.read(&mut buf) {
+        let n = match decoder.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

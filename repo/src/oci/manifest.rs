@@ -9,16 +9,15 @@ use serde::Deserialize;
 use super::{Platform, digest::Digest, source::Layout};
 use crate::Error;
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const CONFIGS: &[&str] = &[
-    "application/vnd.oci.image.config.v1+json",
-    "application/vnd.docker.container.image.v1+json",
-];
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The media type of an OCI image config.
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const CONFIGS: &[&str] = &[OCI_CONFIG, "application/vnd.docker.container.image.v1+json"];
 /// The annotation that names a manifest in an index.
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// How deep image indexes may nest (an index of indexes of manifests).
 const MAX_NESTING: usize = 4;
 
@@ -32,7 +31,7 @@ pub(crate) enum Compression {
 
 impl Compression {
     /// The compression a layer media type declares, if it is a layer type.
-    fn of_layer(media_type: &str) -> Option<Self> {
+    pub(crate) fn of_layer(media_type: &str) -> Option<Self> {
         match media_type {
             "application/vnd.oci.image.layer.v1.tar"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -296,7 +295,7 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
     let config: ConfigDoc = parse(&config_raw, &format!("config {config_digest}"))?;
     let layers = plan_layers(&manifest.layers, &config.rootfs)?;
     let (manifest_digest, raw) =
-        if manifest.media_type.as_deref() == Some(DOCKER_MANIFEST) || config_type != CONFIGS[0] {
+        if manifest.media_type.as_deref() == Some(DOCKER_MANIFEST) || config_type != OCI_CONFIG {
             let converted = docker_to_oci(&raw, &layers)?;
             tracing::info!(
                 "converted Docker manifest {manifest_digest} to OCI manifest {}",
@@ -362,7 +361,7 @@ fn plan_layers(layers: &[Descriptor], rootfs: &RootFs) -> Result<Vec<LayerPlan>,
 fn docker_to_oci(raw: &[u8], layers: &[LayerPlan]) -> Result<Vec<u8>, Error> {
     let mut doc: serde_json::Value = parse(raw, "the Docker manifest")?;
     doc["mediaType"] = OCI_MANIFEST.into();
-    doc["config"]["mediaType"] = CONFIGS[0].into();
+    doc["config"]["mediaType"] = OCI_CONFIG.into();
     if let Some(entries) = doc["layers"].as_array_mut() {
         for (entry, plan) in entries.iter_mut().zip(layers) {
             entry["mediaType"] = match plan.compression {

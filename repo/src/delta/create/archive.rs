@@ -9,13 +9,16 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{Carried, Side};
-use crate::{delta::ARTIFACT_TYPE, oci::digest::Digest};
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const CONTENT: &str = "io.github.containers.delta.content";
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
+use crate::{
+    delta::{
+        ARTIFACT_TYPE,
+        artifact::{CONTENT, SOURCE_CONFIG, TO},
+    },
+    oci::{
+        digest::Digest,
+        manifest::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME},
+    },
+};
 
 /// Write the whole archive to `out`; the artifact manifest's digest.
 pub(super) fn write(
@@ -85,7 +88,7 @@ fn manifest(source: &Side, target: &Side, carried: &[Carried]) -> Value {
             "size": layer.report.delta_size,
             "annotations": {
                 CONTENT: "image-layer",
-                "io.github.containers.delta.to": layer.report.layer,
+                TO: layer.report.layer,
             },
         }));
     }
@@ -116,7 +119,7 @@ fn manifest(source: &Side, target: &Side, carried: &[Carried]) -> Value {
         },
         "annotations": {
             "io.github.containers.delta.source": source.manifest_digest.to_string(),
-            "io.github.containers.delta.source-config": source.config_digest.to_string(),
+            SOURCE_CONFIG: source.config_digest.to_string(),
             "io.github.containers.delta.target": target.manifest_digest.to_string(),
             "io.github.containers.delta.reused": as_json(&reused),
             "io.github.containers.delta.reused-diff-id": as_json(&reused_diff_ids),

@@ -126,7 +126,7 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
             files_diffed: encoded.diffed,
             files_added: encoded.added,
         };
-        let mut chosen = (diff, "application/vnd.tar-diff");
+        let mut chosen = (diff, crate::delta::artifact::TAR_DIFF);
         // Only when the diff is no smaller than the original blob can the
         // whole layer win; recompressing costs a pass over the tar.
         if diff_size >= work.blob_size.min(tar_size)
