@@ -1035,6 +1035,171 @@ fn with_ref(source: &str, reference: Option<&str>) -> String {
     }
 }
 
+/// A layer given as its blob rather than as entries: for blobs and tars
+/// that no well-behaved writer produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawLayer {
+    /// The blob as stored.
+    pub blob: Vec<u8>,
+    /// Its media type in the manifest.
+    pub media_type: String,
+    /// The diff_id the config claims for it.
+    pub diff_id: String,
+    /// The size the manifest declares for the blob.
+    pub size: u64,
+}
+
+impl RawLayer {
+    /// `tar` compressed with `compression`, claiming the tar's digest as
+    /// its diff_id and the blob's true size.
+    pub fn of_tar(tar: &[u8], compression: Compression) -> Self {
+        Self::of_blob(compress(tar, compression), compression, sha256_digest(tar))
+    }
+
+    /// `blob`, declared as compressed with `compression`, claiming
+    /// `diff_id` and the blob's true size.
+    pub fn of_blob(blob: Vec<u8>, compression: Compression, diff_id: String) -> Self {
+        let media_type = match compression {
+            Compression::None => media::OCI_LAYER,
+            Compression::Gzip => media::OCI_LAYER_GZIP,
+            Compression::Zstd => media::OCI_LAYER_ZSTD,
+        };
+        RawLayer {
+            size: blob.len() as u64,
+            blob,
+            media_type: media_type.to_owned(),
+            diff_id,
+        }
+    }
+}
+
+/// What was written for an image of [`RawLayer`]s.
+#[derive(Debug, Clone)]
+pub struct RawImage {
+    /// The manifest's digest.
+    pub manifest_digest: String,
+    /// The config's digest.
+    pub config_digest: String,
+    /// Each layer blob's digest, bottom first.
+    pub layer_digests: Vec<String>,
+}
+
+impl Layout {
+    /// Add an image of `layers` for the host platform, with a config that
+    /// claims their diff_ids, listed in `index.json` as `ref_name`.
+    pub fn add_raw_image(&mut self, layers: &[RawLayer], ref_name: Option<&str>) -> RawImage {
+        let layer_digests: Vec<String> = layers
+            .iter()
+            .map(|l| self.add_blob(l.blob.clone()))
+            .collect();
+        let config = serde_json::to_vec(&json!({
+            "architecture": host_architecture(),
+            "os": "linux",
+            "config": {},
+            "rootfs": {
+                "type": "layers",
+                "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
+            },
+        }))
+        .unwrap();
+        let config_size = config.len();
+        let config_digest = self.add_blob(config);
+        let descriptors: Vec<Value> = layers
+            .iter()
+            .zip(&layer_digests)
+            .map(|(l, digest)| json!({"mediaType": l.media_type, "digest": digest, "size": l.size}))
+            .collect();
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest, "size": config_size},
+            "layers": descriptors,
+        }))
+        .unwrap();
+        let manifest_digest = self.add_raw_manifest(&manifest, media::OCI_MANIFEST, ref_name);
+        RawImage {
+            manifest_digest,
+            config_digest,
+            layer_digests,
+        }
+    }
+}
+
+/// A tar of one PAX extension header (`x`) carrying exactly `records`,
+/// then `entry` and the end-of-archive blocks: for PAX records that are
+/// wrong on purpose.
+pub fn tar_with_pax(records: &[u8], entry: &Entry) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let ext = extension_header(b'x', "PaxHeaders.0/bad", records, false);
+    builder.append(&ext, records).unwrap();
+    append_entry(&mut builder, entry);
+    builder.into_inner().unwrap()
+}
+
+impl Written {
+    /// Write `layout` in both forms with each `(path, bytes)` of `replace`
+    /// instead of (or in addition to) the layout's own file at `path`.
+    pub fn with_files(layout: &Layout, replace: &[(&str, Vec<u8>)]) -> Self {
+        let mut files = layout.files();
+        for (path, bytes) in replace {
+            files.retain(|(p, _)| p != path);
+            files.push(((*path).to_owned(), bytes.clone()));
+        }
+        Self::of_files(&files, None)
+    }
+
+    /// Write `layout` in both forms with the file at `path` replaced by
+    /// `len` zero bytes that take no disk space (a sparse file, and a
+    /// sparse archive member placed last): for documents far larger than
+    /// any limit, which must be refused without being read.
+    pub fn with_huge_file(layout: &Layout, path: &str, len: u64) -> Self {
+        let mut files = layout.files();
+        files.retain(|(p, _)| p != path);
+        Self::of_files(&files, Some((path, len)))
+    }
+
+    fn of_files(files: &[(String, Vec<u8>)], huge: Option<(&str, u64)>) -> Self {
+        use std::os::unix::fs::FileExt as _;
+        let dir = tempfile::Builder::new()
+            .prefix("cfsd-oci")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().join("layout");
+        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, bytes) in files {
+            std::fs::write(root.join(path), bytes).unwrap();
+            let mut header = tar::Header::new_ustar();
+            header.set_mode(0o644);
+            header.set_mtime(MTIME);
+            header.set_size(bytes.len() as u64);
+            builder.append_data(&mut header, path, &bytes[..]).unwrap();
+        }
+        // Without the end-of-archive blocks, which `set_len` adds as zeros.
+        let mut archive = builder.get_ref().clone();
+        let mut archive_len = archive.len() as u64 + 1024;
+        if let Some((path, len)) = huge {
+            std::fs::File::create(root.join(path))
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+            let mut header = tar::Header::new_ustar();
+            header.set_path(path).unwrap();
+            header.set_mode(0o644);
+            header.set_mtime(MTIME);
+            header.set_size(len);
+            header.set_cksum();
+            archive.extend_from_slice(header.as_bytes());
+            // The data and the end-of-archive blocks are all zeros.
+            archive_len = archive.len() as u64 + len.next_multiple_of(512) + 1024;
+        }
+        let file = std::fs::File::create(dir.path().join("image.tar")).unwrap();
+        file.write_all_at(&archive, 0).unwrap();
+        file.set_len(archive_len).unwrap();
+        Written { dir }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;

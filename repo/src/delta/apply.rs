@@ -21,7 +21,7 @@ use crate::{
     oci::{
         LayerProgress, Stage,
         archive::Pread,
-        digest::{Digest, Hashing, HashingWriter},
+        digest::{Digest, Hashing},
         layer::{self, Reporting, pipe_error},
         manifest::LayerPlan,
         pull::blocking,
@@ -215,25 +215,26 @@ impl<H: FsVerityHashValue> Job<H> {
         tell(&progress, &plan, Stage::Importing, 0, total);
         let reporting = (progress.clone(), plan.clone());
         let tick = move |done| tell(&reporting.0, &reporting.1, Stage::Importing, done, total);
-        let imported = layer::store(repo, &plan, move |out| self.produce(blob, out, &tick)).await?;
+        let what = format!("diff_id of layer {} rebuilt from the delta", plan.blob);
+        let imported =
+            layer::store(repo, &plan, what, move |out| self.produce(blob, out, &tick)).await?;
         let (stream, stats) = (imported.stream, imported.stats);
         tell(&progress, &plan, Stage::Done, total, total);
         Ok((plan.diff_id, stream, stats))
     }
 
     /// Write the layer tar into `out`, then check the delta blob's digest
-    /// and the tar's diff_id.
+    /// (the layer store checks the tar's diff_id).
     fn produce(&self, blob: Pread, out: &mut dyn Write, tick: &dyn Fn(u64)) -> Result<(), Error> {
         let mut blob = Hashing::new(Reporting::new(blob, tick));
-        let mut tar = HashingWriter::new(out);
         let made = match self.rebuild.method {
-            Method::TarDiff => self.apply_tar_diff(&mut blob, &mut tar),
+            Method::TarDiff => self.apply_tar_diff(&mut blob, out),
             Method::Layer(compression) => {
                 let damaged = |e: io::Error| Error::InvalidLayer {
                     layer: self.rebuild.blob.to_string(),
                     reason: e.to_string(),
                 };
-                layer::decompress_into(compression, &mut blob, &mut tar, &self.plan, damaged)
+                layer::decompress_into(compression, &mut blob, out, &self.plan, damaged)
             }
         };
         if let Err(e @ Error::Storage { .. }) = made {
@@ -249,14 +250,10 @@ impl<H: FsVerityHashValue> Job<H> {
         self.rebuild.blob.verify(&digest, what)?;
         made?;
         drained.map_err(|e| Error::storage("reading the delta", e))?;
-        let diff_id = tar.finish();
-        self.plan.diff_id.verify(
-            &diff_id,
-            format!("diff_id of layer {} rebuilt from the delta", self.plan.blob),
-        )
+        Ok(())
     }
 
-    fn apply_tar_diff(&self, blob: &mut impl Read, out: &mut impl Write) -> Result<(), Error> {
+    fn apply_tar_diff(&self, blob: &mut impl Read, out: &mut dyn Write) -> Result<(), Error> {
         let source = self.source.as_deref().ok_or_else(|| Error::Storage {
             operation: "rebuilding a layer",
             reason: "the source image was not loaded".to_owned(),

@@ -1,6 +1,6 @@
 //! Importing one layer: the blob is read by pread, decompressed and hashed
-//! on a blocking thread, and streamed straight into composefs's tar
-//! splitter; the stream is named only once both digests are verified.
+//! on a blocking thread, and streamed straight into the tar splitter; the
+//! stream is named only once both digests are verified.
 
 use std::{
     io::{self, Read, Write},
@@ -8,20 +8,16 @@ use std::{
 };
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
-use composefs_oci::{ImportStats, LAYER_CONTENT_TYPE, layer_content_id};
-use tokio_util::io::SyncIoBridge;
+use composefs_oci::{ImportStats, layer_content_id};
 
 use super::{
     archive::Pread,
-    digest::{Hashing, HashingWriter},
+    digest::Hashing,
     manifest::{Compression, LayerPlan},
     source::{Layout, check_size},
+    split::{self, SplitError},
 };
 use crate::Error;
-
-/// How much decompressed tar may be in flight between the decompressing
-/// thread and the splitter.
-const PIPE_BYTES: usize = 1 << 20;
 
 /// How often, in blob bytes, progress is reported.
 const PROGRESS_STEP: u64 = 1 << 20;
@@ -45,37 +41,53 @@ pub(crate) async fn import<H: FsVerityHashValue>(
     let blob = layout.blob(&plan.blob)?;
     check_size(blob.len(), plan.size, &format!("layer {}", plan.blob))?;
     let unpacking = plan.clone();
-    store(repo, &plan, move |out| {
+    let what = format!("diff_id of layer {}", plan.blob);
+    store(repo, &plan, what, move |out| {
         unpack(blob, &unpacking, out, &*progress)
     })
     .await
 }
 
-/// Stream the tar that `produce` writes, on a blocking thread, into
-/// composefs's tar splitter, and name the layer stream after `plan`'s
-/// diff_id once `produce` has verified it (by returning `Ok`).
+/// Stream the tar that `produce` writes, on a blocking thread, into the
+/// splitter, and name the layer stream after `plan`'s diff_id once
+/// `produce` has succeeded (it verifies its own input) and the tar's
+/// digest is that diff_id; `what` names the tar in a mismatch.
 pub(crate) async fn store<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     plan: &LayerPlan,
+    what: String,
     produce: impl FnOnce(&mut dyn Write) -> Result<(), Error> + Send + 'static,
 ) -> Result<Imported<H>, Error> {
-    let (reader, writer) = tokio::io::duplex(PIPE_BYTES);
+    let (mut pipe, tar) = split::pipe();
     let piping = plan.clone();
     let producer = tokio::task::spawn_blocking(move || {
-        let mut out = SyncIoBridge::new(writer);
-        produce(&mut out)?;
-        out.shutdown().map_err(|e| pipe_error(&piping, e))
+        produce(&mut pipe)?;
+        pipe.close().map_err(|e| pipe_error(&piping, e))
     });
-    let splitter = composefs_oci::tar::split_async(reader, repo.clone(), LAYER_CONTENT_TYPE);
+    // Dropping this future (the client hung up) stops the splitter too.
+    let cancel = split::Cancel::default();
+    let _stop_on_drop = cancel.on_drop();
+    let splitting = repo.clone();
+    let splitter = tokio::task::spawn_blocking(move || split::split(tar, splitting, &cancel));
     let (produced, split) = tokio::join!(producer, splitter);
     let produced =
         produced.map_err(|e| Error::storage("producing a layer", io::Error::other(e)))?;
+    let split = split.map_err(|e| Error::storage("splitting a layer", io::Error::other(e)))?;
     let (stream, stats) = match (produced, split) {
-        (Ok(()), Ok(done)) => done,
+        // A damaged blob explains whatever else went wrong.
+        (Err(e), _) if !matches!(e, Error::Storage { .. }) => return Err(e),
+        (_, Err(SplitError::Tar { reason, diff_id })) => {
+            plan.diff_id.verify(&diff_id, what)?;
+            return Err(invalid(plan, reason));
+        }
         // A closed pipe means the splitter stopped first: its error is the
         // cause.
-        (Err(Error::Storage { .. }) | Ok(()), Err(e)) => return Err(split_error(plan, e)),
-        (Err(e), _) => return Err(e),
+        (_, Err(e)) => return Err(split_error(plan, e)),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(()), Ok((stream, stats, diff_id))) => {
+            plan.diff_id.verify(&diff_id, what)?;
+            (stream, stats)
+        }
     };
     let name = layer_content_id(&plan.diff_id.to_oci());
     repo.register_stream(&stream, &name, None)
@@ -84,8 +96,7 @@ pub(crate) async fn store<H: FsVerityHashValue>(
     Ok(Imported { stream, stats })
 }
 
-/// Decompress `blob` into `out`, then check the blob's digest and the
-/// tar's diff_id.
+/// Decompress `blob` into `out`, then check the blob's digest.
 fn unpack(
     blob: Pread,
     plan: &LayerPlan,
@@ -97,18 +108,14 @@ fn unpack(
         reason: e.to_string(),
     };
     let mut compressed = Hashing::new(Reporting::new(blob, progress));
-    let mut tar = HashingWriter::new(out);
-    decompress_into(plan.compression, &mut compressed, &mut tar, plan, damaged)?;
-    let diff_id = tar.finish();
+    decompress_into(plan.compression, &mut compressed, out, plan, damaged)?;
     // Anything after the compressed stream still counts toward the blob's
     // digest.
     io::copy(&mut compressed, &mut io::sink()).map_err(damaged)?;
     compressed.get_mut().finish();
     let (blob_digest, _) = compressed.finish();
     plan.blob
-        .verify(&blob_digest, format!("digest of layer {}", plan.blob))?;
-    plan.diff_id
-        .verify(&diff_id, format!("diff_id of layer {}", plan.blob))
+        .verify(&blob_digest, format!("digest of layer {}", plan.blob))
 }
 
 /// Decompress `from` into the pipe `to`, telling read errors (damaged
@@ -147,23 +154,21 @@ pub(crate) fn pipe_error(plan: &LayerPlan, e: io::Error) -> Error {
 }
 
 /// The splitter's failure: the tar is malformed, or writing failed.
-fn split_error(plan: &LayerPlan, e: anyhow::Error) -> Error {
-    let io_failure = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<io::Error>())
-        .any(|io| {
-            !matches!(
-                io.kind(),
-                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
-            )
-        });
-    if io_failure {
-        Error::storage("storing a layer", e)
-    } else {
-        Error::InvalidLayer {
-            layer: plan.blob.to_string(),
-            reason: format!("{e:#}"),
-        }
+fn split_error(plan: &LayerPlan, e: SplitError) -> Error {
+    match e {
+        SplitError::Tar { reason, .. } => invalid(plan, reason),
+        SplitError::Storage(e) => Error::storage("storing a layer", e),
+        SplitError::Cancelled => Error::storage(
+            "storing a layer",
+            io::Error::new(io::ErrorKind::Interrupted, "the import was cancelled"),
+        ),
+    }
+}
+
+fn invalid(plan: &LayerPlan, reason: String) -> Error {
+    Error::InvalidLayer {
+        layer: plan.blob.to_string(),
+        reason,
     }
 }
 

@@ -8,12 +8,14 @@
 
 pub(crate) mod archive;
 pub(crate) mod digest;
+pub(crate) mod entry_rules;
 pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
 mod platform;
 pub(crate) mod pull;
 pub(crate) mod source;
+pub(crate) mod split;
 
 pub use archive::Archive;
 pub use images::{ImageDetails, ImageSummary};

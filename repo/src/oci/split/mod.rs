@@ -1,0 +1,433 @@
+//! Splitting one layer's tar into a composefs split stream, with the work
+//! spread over threads: the producer decompresses into a [`Pipe`], one
+//! thread parses the tar, and a small pool ([`objects`]) hashes and writes
+//! the file objects while parsing goes on.
+//!
+//! The split decisions are composefs-oci's (a regular file above
+//! [`INLINE_CONTENT_MAX_V0`] bytes becomes an object, everything else stays
+//! inline), so the images built from these streams have upstream's ids.
+//! What differs is how objects are written: the fs-verity digest is
+//! computed from the bytes in memory, an object already present is never
+//! written again, and a new one is written once and never read back.
+
+mod objects;
+
+use std::{
+    io::{self, Write},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender, sync_channel},
+    },
+};
+
+use composefs::{
+    INLINE_CONTENT_MAX_V0,
+    fsverity::FsVerityHashValue,
+    repository::{ObjectStoreMethod, Repository as Store},
+};
+use composefs_oci::{ImportStats, LAYER_CONTENT_TYPE};
+use tar_core::{
+    HEADER_SIZE,
+    parse::{ParseEvent, Parser},
+};
+
+use self::objects::{BUFFERED_BYTES, Objects, Ticket};
+use super::{
+    digest::{Digest, HashingWriter},
+    entry_rules::EntryRules,
+};
+
+/// How much decompressed tar one chunk of the [`Pipe`] carries.
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// How many chunks may wait in the [`Pipe`]: with [`CHUNK_BYTES`], the
+/// tar in flight between the producer and the parser.
+const PIPE_CHUNKS: usize = 4;
+
+/// The sending end of the pipe between a layer's producer and its parser.
+pub(crate) struct Pipe {
+    chunk: Vec<u8>,
+    tx: Option<SyncSender<Vec<u8>>>,
+}
+
+impl Pipe {
+    /// Send what is buffered and close the pipe: the parser sees the end
+    /// of the tar.
+    pub(crate) fn close(&mut self) -> io::Result<()> {
+        self.send()?;
+        self.tx = None;
+        Ok(())
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
+        self.tx
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the pipe is closed"))?
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the tar parser stopped"))
+    }
+}
+
+impl Write for Pipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(CHUNK_BYTES - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A pipe: the producer writes the layer's tar into the [`Pipe`], and
+/// [`split`] reads it from the receiver.
+pub(crate) fn pipe() -> (Pipe, Receiver<Vec<u8>>) {
+    let (tx, rx) = sync_channel(PIPE_CHUNKS);
+    let pipe = Pipe {
+        chunk: Vec::with_capacity(CHUNK_BYTES),
+        tx: Some(tx),
+    };
+    (pipe, rx)
+}
+
+/// Why a split failed.
+#[derive(Debug)]
+pub(crate) enum SplitError {
+    /// The tar itself is malformed or truncated. `diff_id` is the digest of
+    /// all of it, read to the end: a tar that is not the one the image
+    /// names is reported as that, rather than as malformed.
+    Tar {
+        /// What is wrong with it.
+        reason: String,
+        /// The digest of the whole tar.
+        diff_id: Digest,
+    },
+    /// Reading or writing the repository failed.
+    Storage(anyhow::Error),
+    /// The import was cancelled.
+    Cancelled,
+}
+
+/// Tells a running split to stop at the next entry.
+#[derive(Clone, Default)]
+pub(crate) struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Stop the split.
+    pub(crate) fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// A guard that stops the split when it is dropped.
+    pub(crate) fn on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Cancels its split when dropped.
+pub(crate) struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Split the tar arriving on `rx` into `repo`, and store the split stream.
+/// Blocks until every object is written. Returns the stream, what the
+/// import stored, and the tar's digest (its diff_id), for the caller to
+/// check before naming the stream.
+pub(crate) fn split<H: FsVerityHashValue>(
+    rx: Receiver<Vec<u8>>,
+    repo: Arc<Store<H>>,
+    cancel: &Cancel,
+) -> Result<(H, ImportStats, Digest), SplitError> {
+    let mut splitter = Splitter {
+        input: Input::new(rx),
+        rules: EntryRules::new(),
+        entries: Vec::new(),
+        objects: Objects::start(repo),
+    };
+    match splitter.run(cancel) {
+        Ok(()) => {
+            let diff_id = splitter.input.digest.finish();
+            let (stream, stats) =
+                store_stream(splitter.objects, splitter.entries).map_err(SplitError::Storage)?;
+            Ok((stream, stats, diff_id))
+        }
+        Err(Fault::Tar(reason)) => Err(SplitError::Tar {
+            reason,
+            diff_id: splitter.input.drain(),
+        }),
+        Err(Fault::Storage(e)) => Err(SplitError::Storage(e)),
+        Err(Fault::Cancelled) => Err(SplitError::Cancelled),
+    }
+}
+
+/// Why the splitter stopped early.
+enum Fault {
+    Tar(String),
+    Storage(anyhow::Error),
+    Cancelled,
+}
+
+/// A piece of the split stream: tar bytes kept inline, or a file's content
+/// stored as an object.
+enum Entry {
+    Inline(Vec<u8>),
+    External(Ticket, u64),
+}
+
+/// Wait for the objects, then write the split stream that refers to them.
+fn store_stream<H: FsVerityHashValue>(
+    objects: Objects<H>,
+    entries: Vec<Entry>,
+) -> anyhow::Result<(H, ImportStats)> {
+    let repo = objects.repo().clone();
+    let stored = objects.finish()?;
+    let mut stream = repo.create_stream(LAYER_CONTENT_TYPE)?;
+    let mut stats = ImportStats::default();
+    for entry in entries {
+        match entry {
+            Entry::Inline(data) => {
+                stats.bytes_inlined += data.len() as u64;
+                stream.write_inline(&data);
+            }
+            Entry::External(ticket, size) => {
+                let (id, method) = stored.get(ticket);
+                count(&mut stats, *method, size);
+                stream.add_external_size(size);
+                stream.write_reference(id.clone())?;
+            }
+        }
+    }
+    Ok((stream.done()?, stats))
+}
+
+fn count(stats: &mut ImportStats, method: ObjectStoreMethod, size: u64) {
+    match method {
+        ObjectStoreMethod::AlreadyPresent => stats.objects_already_present += 1,
+        ObjectStoreMethod::Copied => {
+            stats.objects_copied += 1;
+            stats.bytes_copied += size;
+        }
+        ObjectStoreMethod::Reflinked => {
+            stats.objects_reflinked += 1;
+            stats.bytes_reflinked += size;
+        }
+        ObjectStoreMethod::Hardlinked => {
+            stats.objects_hardlinked += 1;
+            stats.bytes_hardlinked += size;
+        }
+    }
+}
+
+struct Splitter<H: FsVerityHashValue> {
+    input: Input,
+    rules: EntryRules,
+    entries: Vec<Entry>,
+    objects: Objects<H>,
+}
+
+impl<H: FsVerityHashValue> Splitter<H> {
+    fn run(&mut self, cancel: &Cancel) -> Result<(), Fault> {
+        let mut parser = Parser::with_defaults();
+        let mut need = HEADER_SIZE;
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Fault::Cancelled);
+            }
+            if !self.input.fill(need)? {
+                if self.input.available().is_empty() {
+                    return Ok(());
+                }
+                return Err(truncated("a tar header"));
+            }
+            match parser.parse(self.input.available()) {
+                Err(e) => return Err(Fault::Tar(e.to_string())),
+                Ok(ParseEvent::NeedData { min_bytes }) => need = min_bytes,
+                Ok(ParseEvent::GlobalExtensions { consumed, .. }) => {
+                    self.inline(consumed);
+                    need = HEADER_SIZE;
+                }
+                Ok(ParseEvent::SparseEntry { .. }) => {
+                    return Err(Fault::Tar("sparse tar entries are not supported".into()));
+                }
+                Ok(ParseEvent::End { consumed }) => {
+                    self.inline(consumed);
+                    return self.trailer();
+                }
+                Ok(ParseEvent::Entry { consumed, entry }) => {
+                    self.rules.check_entry(&entry).map_err(Fault::Tar)?;
+                    let size = usize::try_from(entry.size)
+                        .map_err(|_| Fault::Tar(format!("entry size {}", entry.size)))?;
+                    let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
+                    self.inline(consumed);
+                    self.content(size, external)?;
+                    need = HEADER_SIZE;
+                }
+            }
+        }
+    }
+
+    /// Move `n` bytes of input into the stream inline.
+    fn inline(&mut self, n: usize) {
+        let bytes = &self.input.available()[..n];
+        match self.entries.last_mut() {
+            Some(Entry::Inline(last)) => last.extend_from_slice(bytes),
+            _ => self.entries.push(Entry::Inline(bytes.to_vec())),
+        }
+        self.input.consume(n);
+    }
+
+    /// One entry's content and padding.
+    fn content(&mut self, size: usize, external: bool) -> Result<(), Fault> {
+        let padded = size.next_multiple_of(512);
+        if external {
+            let ticket = self.store(size)?;
+            self.entries.push(Entry::External(ticket, size as u64));
+            self.copy_inline(padded - size)
+        } else {
+            self.copy_inline(padded)
+        }
+    }
+
+    /// Hand the next `size` bytes to the object writers.
+    fn store(&mut self, size: usize) -> Result<Ticket, Fault> {
+        if size > BUFFERED_BYTES {
+            let file = self.stream_to_tmpfile(size)?;
+            return self
+                .objects
+                .add_tmpfile(file, size as u64)
+                .map_err(Fault::Storage);
+        }
+        let mut data = Vec::with_capacity(size);
+        self.input.read_into(size, &mut data)?;
+        self.objects.add(data).map_err(Fault::Storage)
+    }
+
+    /// A file too large to hold in memory goes to a temporary file, whose
+    /// digest composefs computes by reading it back.
+    fn stream_to_tmpfile(&mut self, size: usize) -> Result<std::fs::File, Fault> {
+        let fd = self
+            .objects
+            .repo()
+            .create_object_tmpfile()
+            .map_err(Fault::Storage)?;
+        let mut file = io::BufWriter::with_capacity(CHUNK_BYTES, std::fs::File::from(fd));
+        self.input.read_into(size, &mut file)?;
+        let file = file
+            .into_inner()
+            .map_err(|e| Fault::Storage(e.into_error().into()))?;
+        Ok(file)
+    }
+
+    fn copy_inline(&mut self, mut n: usize) -> Result<(), Fault> {
+        while n > 0 {
+            if !self.input.fill(1)? {
+                return Err(truncated("an entry's content"));
+            }
+            let take = n.min(self.input.available().len());
+            self.inline(take);
+            n -= take;
+        }
+        Ok(())
+    }
+
+    /// Whatever follows the end-of-archive blocks (GNU tar pads to its
+    /// record size) belongs to the tar too, for its diff_id.
+    fn trailer(&mut self) -> Result<(), Fault> {
+        while self.input.fill(1)? {
+            let n = self.input.available().len();
+            self.inline(n);
+        }
+        Ok(())
+    }
+}
+
+fn truncated(what: &str) -> Fault {
+    Fault::Tar(format!("the tar ends in the middle of {what}"))
+}
+
+/// The parser's view of the pipe: the unread bytes, refilled chunk by
+/// chunk.
+struct Input {
+    rx: Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Hashes the tar as it arrives; the producer's thread is the busier.
+    digest: HashingWriter<io::Sink>,
+}
+
+impl Input {
+    fn new(rx: Receiver<Vec<u8>>) -> Self {
+        Input {
+            rx,
+            buf: Vec::with_capacity(2 * CHUNK_BYTES),
+            pos: 0,
+            digest: HashingWriter::new(io::sink()),
+        }
+    }
+
+    fn available(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// Make at least `need` bytes available; false if the tar ends first.
+    fn fill(&mut self, need: usize) -> Result<bool, Fault> {
+        while self.available().len() < need {
+            let Ok(chunk) = self.rx.recv() else {
+                return Ok(false);
+            };
+            self.digest
+                .write_all(&chunk)
+                .expect("writing to a sink cannot fail");
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            self.buf.extend_from_slice(&chunk);
+        }
+        Ok(true)
+    }
+
+    /// Read the rest of the tar, for its digest.
+    fn drain(mut self) -> Digest {
+        while let Ok(chunk) = self.rx.recv() {
+            self.digest
+                .write_all(&chunk)
+                .expect("writing to a sink cannot fail");
+        }
+        self.digest.finish()
+    }
+
+    /// Copy the next `n` bytes into `out`.
+    fn read_into(&mut self, mut n: usize, out: &mut impl Write) -> Result<(), Fault> {
+        while n > 0 {
+            if !self.fill(1)? {
+                return Err(truncated("a file's content"));
+            }
+            let take = n.min(self.available().len());
+            out.write_all(&self.available()[..take])
+                .map_err(|e| Fault::Storage(e.into()))?;
+            self.consume(take);
+            n -= take;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! The object writers of one split: a few threads that hash file contents
+//! and store them as objects while the tar is still being parsed.
+//!
+//! Small files travel in batches, so that a layer of thousands of files
+//! costs hundreds of hand-offs between threads rather than thousands.
+
+use std::{
+    fs::File,
+    io::Write,
+    os::fd::{AsRawFd, OwnedFd},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{Receiver, SyncSender, channel, sync_channel},
+    },
+    thread::JoinHandle,
+};
+
+use composefs::{
+    fsverity::{FsVerityHashValue, compute_verity},
+    repository::{ObjectStoreMethod, Repository as Store},
+};
+use rustix::{
+    fs::{AtFlags, CWD, Mode, OFlags, linkat, mkdirat, openat, statat},
+    io::Errno,
+};
+
+/// Threads writing objects.
+const WRITERS: usize = 3;
+
+/// A batch is sent once it holds this many bytes or [`BATCH_FILES`] files.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// See [`BATCH_BYTES`].
+const BATCH_FILES: usize = 64;
+
+/// File contents held in memory, queued or being written, at most.
+pub(super) const BUFFERED_BYTES: usize = 64 << 20;
+
+/// Where a stored file's object id will be found: its batch, and its
+/// place in the batch.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ticket {
+    batch: usize,
+    index: usize,
+}
+
+/// A stored object: its id and whether it was new.
+pub(super) type Stored<H> = (H, ObjectStoreMethod);
+
+enum Job {
+    /// Contents held in memory.
+    Files(Vec<Vec<u8>>),
+    /// One large file already written to an anonymous temporary file.
+    Tmpfile(File, u64),
+}
+
+/// The writer threads and the batch being filled.
+pub(super) struct Objects<H: FsVerityHashValue> {
+    repo: Arc<Store<H>>,
+    jobs: Option<SyncSender<(usize, Job)>>,
+    done: Receiver<Report<H>>,
+    threads: Vec<JoinHandle<()>>,
+    budget: Arc<Budget>,
+    filling: Vec<Vec<u8>>,
+    filling_bytes: usize,
+    batches: usize,
+    results: Vec<Option<Vec<Stored<H>>>>,
+}
+
+impl<H: FsVerityHashValue> Objects<H> {
+    /// Start the writer threads for `repo`.
+    pub(super) fn start(repo: Arc<Store<H>>) -> Self {
+        let (jobs, queue) = sync_channel::<(usize, Job)>(WRITERS);
+        let queue = Arc::new(Mutex::new(queue));
+        let (report, done) = channel();
+        let budget = Arc::new(Budget::new(BUFFERED_BYTES));
+        let threads = (0..WRITERS)
+            .map(|_| {
+                let (queue, report) = (queue.clone(), report.clone());
+                let (repo, budget) = (repo.clone(), budget.clone());
+                std::thread::spawn(move || work(&repo, &queue, &report, &budget))
+            })
+            .collect();
+        Objects {
+            repo,
+            jobs: Some(jobs),
+            done,
+            threads,
+            budget,
+            filling: Vec::new(),
+            filling_bytes: 0,
+            batches: 0,
+            results: Vec::new(),
+        }
+    }
+
+    /// The repository the objects go to.
+    pub(super) fn repo(&self) -> &Arc<Store<H>> {
+        &self.repo
+    }
+
+    /// Store `data` as an object, soon.
+    pub(super) fn add(&mut self, data: Vec<u8>) -> anyhow::Result<Ticket> {
+        // Wait for room before the bytes join a batch, so that what is in
+        // memory stays within the budget.
+        self.budget.take(data.len());
+        self.filling_bytes += data.len();
+        self.filling.push(data);
+        let ticket = Ticket {
+            batch: self.batches,
+            index: self.filling.len() - 1,
+        };
+        if self.filling_bytes >= BATCH_BYTES || self.filling.len() >= BATCH_FILES {
+            self.send_filling()?;
+        }
+        Ok(ticket)
+    }
+
+    /// Store the temporary file `file` of `size` bytes as an object, soon.
+    pub(super) fn add_tmpfile(&mut self, file: File, size: u64) -> anyhow::Result<Ticket> {
+        self.send_filling()?;
+        self.send(Job::Tmpfile(file, size))?;
+        Ok(Ticket {
+            batch: self.batches - 1,
+            index: 0,
+        })
+    }
+
+    fn send_filling(&mut self) -> anyhow::Result<()> {
+        if self.filling.is_empty() {
+            return Ok(());
+        }
+        self.filling_bytes = 0;
+        let files = std::mem::take(&mut self.filling);
+        self.send(Job::Files(files))
+    }
+
+    fn send(&mut self, job: Job) -> anyhow::Result<()> {
+        // Stop at the first failed write rather than at the end.
+        while let Ok(done) = self.done.try_recv() {
+            self.record(done)?;
+        }
+        let jobs = self.jobs.as_ref().expect("sending after finish");
+        jobs.send((self.batches, job))
+            .map_err(|_| anyhow::anyhow!("the object writers stopped"))?;
+        self.batches += 1;
+        self.results.push(None);
+        Ok(())
+    }
+
+    fn record(&mut self, (batch, result): Report<H>) -> anyhow::Result<()> {
+        self.results[batch] = Some(result?);
+        Ok(())
+    }
+
+    /// Wait for every object; gives their ids in the order of the tickets.
+    pub(super) fn finish(mut self) -> anyhow::Result<Finished<H>> {
+        self.send_filling()?;
+        self.jobs = None;
+        while self.results.iter().any(Option::is_none) {
+            let done = self
+                .done
+                .recv()
+                .map_err(|_| anyhow::anyhow!("an object writer died"))?;
+            self.record(done)?;
+        }
+        for thread in self.threads.drain(..) {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("an object writer panicked"))?;
+        }
+        let batches = std::mem::take(&mut self.results);
+        Ok(Finished {
+            batches: batches.into_iter().map(Option::unwrap_or_default).collect(),
+        })
+    }
+}
+
+/// A writer's answer: a batch and its objects, or why they failed.
+type Report<H> = (usize, anyhow::Result<Vec<Stored<H>>>);
+
+/// Every object of a split, stored.
+pub(super) struct Finished<H> {
+    batches: Vec<Vec<Stored<H>>>,
+}
+
+impl<H: FsVerityHashValue> Finished<H> {
+    /// The object a ticket stands for.
+    pub(super) fn get(&self, ticket: Ticket) -> &Stored<H> {
+        &self.batches[ticket.batch][ticket.index]
+    }
+}
+
+/// One writer thread: take jobs until the splitter closes the queue. A
+/// failure is reported and the thread goes on, so that queued jobs still
+/// give their bytes back to the budget the splitter may be waiting on.
+fn work<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    queue: &Mutex<Receiver<(usize, Job)>>,
+    report: &std::sync::mpsc::Sender<Report<H>>,
+    budget: &Budget,
+) {
+    loop {
+        let next = queue.lock().map(|queue| queue.recv());
+        let Ok(Ok((batch, job))) = next else { return };
+        let result = match job {
+            Job::Files(files) => {
+                let stored = files.iter().map(|data| store_object(repo, data)).collect();
+                budget.give(files.iter().map(Vec::len).sum());
+                stored
+            }
+            Job::Tmpfile(file, size) => repo.finalize_object_tmpfile(file, size).map(|s| vec![s]),
+        };
+        if report.send((batch, result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Bytes that may be held in memory, shared by the splitter (which takes)
+/// and the writers (which give back).
+struct Budget {
+    free: Mutex<usize>,
+    freed: Condvar,
+    total: usize,
+}
+
+impl Budget {
+    fn new(total: usize) -> Self {
+        Budget {
+            free: Mutex::new(total),
+            freed: Condvar::new(),
+            total,
+        }
+    }
+
+    /// Wait until `n` bytes are free (or, for more than the whole budget,
+    /// until everything is), then take them.
+    fn take(&self, n: usize) {
+        let n = n.min(self.total);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free < n {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= n;
+    }
+
+    fn give(&self, n: usize) {
+        let n = n.min(self.total);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        *free = (*free + n).min(self.total);
+        self.freed.notify_all();
+    }
+}
+
+/// Store `data` as an object, unless an object of its digest is already
+/// there.
+fn store_object<H: FsVerityHashValue>(repo: &Store<H>, data: &[u8]) -> anyhow::Result<Stored<H>> {
+    if !repo.is_insecure() {
+        // The kernel measures every object as it enables fs-verity;
+        // composefs's own path does that and checks the result.
+        let present = present(repo, &compute_verity(data), data.len())?;
+        let id = repo.ensure_object(data)?;
+        return Ok((id, stored_as(present)));
+    }
+    let id: H = compute_verity(data);
+    if present(repo, &id, data.len())? {
+        return Ok((id, ObjectStoreMethod::AlreadyPresent));
+    }
+    let method = write_object(repo.objects_dir()?, &id, data)?;
+    Ok((id, method))
+}
+
+fn stored_as(present: bool) -> ObjectStoreMethod {
+    if present {
+        ObjectStoreMethod::AlreadyPresent
+    } else {
+        ObjectStoreMethod::Copied
+    }
+}
+
+/// Whether the object `id` of `size` bytes is in the repository.
+fn present<H: FsVerityHashValue>(repo: &Store<H>, id: &H, size: usize) -> anyhow::Result<bool> {
+    match statat(
+        repo.objects_dir()?,
+        id.to_object_pathname(),
+        AtFlags::empty(),
+    ) {
+        Ok(stat) => Ok(stat.st_size as u64 == size as u64),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write a new object of an insecure repository: an anonymous file, named
+/// only once it is complete. Without fs-verity there is nothing to enable,
+/// so the file is written once and linked from its writable descriptor.
+fn write_object<H: FsVerityHashValue>(
+    objects: &OwnedFd,
+    id: &H,
+    data: &[u8],
+) -> anyhow::Result<ObjectStoreMethod> {
+    let dir = id.to_object_dir();
+    let tmpfile = |dir: &str| {
+        openat(
+            objects,
+            dir,
+            OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o666),
+        )
+    };
+    let fd = match tmpfile(&dir) {
+        Err(Errno::NOENT) => {
+            match mkdirat(objects, &dir, Mode::from_raw_mode(0o777)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            tmpfile(&dir)?
+        }
+        fd => fd?,
+    };
+    let mut file = File::from(fd);
+    file.write_all(data)?;
+    match link(&file, objects, &id.to_object_pathname()) {
+        Ok(()) => Ok(ObjectStoreMethod::Copied),
+        // Another import stored the same content first.
+        Err(Errno::EXIST) => Ok(ObjectStoreMethod::AlreadyPresent),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether linking by descriptor (`AT_EMPTY_PATH`) works here: it needs
+/// CAP_DAC_READ_SEARCH, which a system cfsd has and a private one may not.
+static LINK_BY_FD: AtomicBool = AtomicBool::new(true);
+
+/// Give the anonymous `file` the name `path` under `dir`: by descriptor
+/// where the kernel lets us, which spares a walk through /proc, else
+/// through /proc/self/fd.
+fn link(file: &File, dir: &OwnedFd, path: &str) -> Result<(), Errno> {
+    if LINK_BY_FD.load(Ordering::Relaxed) {
+        match linkat(file, "", dir, path, AtFlags::EMPTY_PATH) {
+            Err(Errno::NOENT | Errno::PERM) => LINK_BY_FD.store(false, Ordering::Relaxed),
+            linked => return linked,
+        }
+    }
+    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(CWD, by_fd.as_str(), dir, path, AtFlags::SYMLINK_FOLLOW)
+}
