@@ -10,6 +10,10 @@ pub struct Peer {
     pub uid: u32,
     /// Whether the peer may call mutating methods.
     pub privileged: bool,
+    /// Whether the peer may mount images: root or the daemon's own user
+    /// only. A mount reaches the kernel's filesystem code with content
+    /// the peer chose, which the admin group is not trusted with.
+    pub may_mount: bool,
 }
 
 impl Peer {
@@ -23,9 +27,11 @@ impl Peer {
             creds.unix_primary_group_id() == gid
                 || creds.unix_supplementary_group_ids().contains(&gid)
         });
+        let root_or_self = uid == Uid::ROOT || uid == geteuid();
         Peer {
             uid: uid.as_raw(),
-            privileged: uid == Uid::ROOT || uid == geteuid() || in_group,
+            privileged: root_or_self || in_group,
+            may_mount: root_or_self,
         }
     }
 }

@@ -1,7 +1,12 @@
 //! One client: read calls, check them, answer them in order.
 
-use std::{os::fd::OwnedFd, sync::Arc, time::Duration};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+    time::Duration,
+};
 
+use cfsd_varlink::repository::RepositoryError;
 use serde_json::Value;
 use tokio::{net::UnixStream, sync::mpsc};
 use zlink::{Connection, Reply, tokio::unix::Stream};
@@ -9,20 +14,61 @@ use zlink::{Connection, Reply, tokio::unix::Stream};
 use crate::{
     access::Peer,
     dispatch::{self, Incoming, Outcome, Streamed},
+    framing::Limited,
+    hangup::Hangup,
     server::Daemon,
 };
 
-/// Serve one client until it hangs up, falls silent for too long, breaks
-/// the protocol beyond repair, or the daemon shuts down.
-pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
-    let Ok(stream) = Stream::try_from(stream) else {
-        return;
+/// A client connection, its messages capped at the daemon's limit.
+pub type Conn = Connection<Limited>;
+
+/// How long a client turned away has to make the call that its refusal
+/// answers, and to take that answer.
+const REFUSAL_WAIT: Duration = Duration::from_secs(5);
+
+/// Take a newly connected client and learn who it is.
+pub async fn open(daemon: &Daemon, stream: UnixStream) -> Option<(Conn, Peer)> {
+    let stream = match Stream::try_from(stream) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!("cannot set up a client socket, closing: {e}");
+            return None;
+        }
     };
-    let mut conn = Connection::new(stream);
+    let mut conn = Connection::new(Limited::new(stream, daemon.max_message));
     let peer = match conn.peer_credentials().await {
         Ok(creds) => Peer::from_credentials(creds, daemon.admin_group),
         Err(e) => {
             tracing::warn!("cannot read peer credentials, closing: {e}");
+            return None;
+        }
+    };
+    Some((conn, peer))
+}
+
+/// Turn a client away: answer its first call with `refusal`, then close.
+/// A client learns of an error only in reply to a call, and one that sent
+/// its call to a socket already closed would see only a broken pipe.
+pub async fn refuse(mut conn: Conn, refusal: RepositoryError) {
+    let first = tokio::time::timeout(REFUSAL_WAIT, conn.receive_call::<Incoming>()).await;
+    let wants_reply = match first {
+        Ok(Ok((call, _fds))) => !call.oneway(),
+        Ok(Err(zlink::Error::Json(_))) => true,
+        _ => false,
+    };
+    if wants_reply {
+        let error = dispatch::error_value(&refusal);
+        let _ = within(REFUSAL_WAIT, conn.send_error(&error, vec![])).await;
+    }
+}
+
+/// Serve one client until it hangs up, falls silent for too long, breaks
+/// the protocol beyond repair, or the daemon shuts down.
+pub async fn serve(daemon: Arc<Daemon>, mut conn: Conn, peer: Peer) {
+    let hangup = match Hangup::watch(conn.read().read_half().as_fd()) {
+        Ok(hangup) => hangup,
+        Err(e) => {
+            tracing::warn!(uid = peer.uid, "cannot watch a client socket, closing: {e}");
             return;
         }
     };
@@ -50,6 +96,10 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
                 }
                 continue;
             }
+            Ok(Err(zlink::Error::BufferOverflow)) => {
+                too_large(&mut conn, &peer, daemon.max_message, daemon.client_timeout).await;
+                break;
+            }
             Ok(Err(e)) => {
                 tracing::debug!(uid = peer.uid, "client gone: {e}");
                 break;
@@ -64,14 +114,23 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
             }
         };
         let (oneway, more) = (call.oneway(), call.more());
-        let outcome = dispatch::handle(&daemon, &peer, call.method(), fds).await;
         if oneway {
+            let outcome = dispatch::handle(&daemon, &peer, call.method(), fds).await;
             finish_unanswered(outcome).await;
             continue;
         }
+        // Dropping a call's work cancels it: nobody is left to answer.
+        let outcome = tokio::select! {
+            outcome = dispatch::handle(&daemon, &peer, call.method(), fds) => outcome,
+            () = hangup.closed() => {
+                tracing::info!(uid = peer.uid, "client hung up during {}, cancelled", call.method().method);
+                break;
+            }
+        };
         let mut replier = Replier {
             conn: &mut conn,
             timeout: daemon.client_timeout,
+            hangup: &hangup,
         };
         if let Err(e) = replier.answer(outcome, more).await {
             tracing::debug!(uid = peer.uid, "cannot reply, closing: {e}");
@@ -80,11 +139,25 @@ pub async fn serve(daemon: Arc<Daemon>, stream: UnixStream) {
     }
 }
 
+/// Tell a client that its message is over the limit. Its remaining bytes
+/// cannot be told from a next message, so the caller then closes.
+async fn too_large(conn: &mut Conn, peer: &Peer, limit: usize, timeout: Duration) {
+    tracing::warn!(
+        uid = peer.uid,
+        "closing a client whose message is longer than {limit} bytes"
+    );
+    let error = dispatch::error_value(&RepositoryError::MessageTooLarge {
+        limit: limit as u64,
+    });
+    let _ = within(timeout, conn.send_error(&error, vec![])).await;
+}
+
 /// Sends a call's replies, giving up on a client that does not take one
 /// within the idle timeout: nothing else would ever stop the wait.
 struct Replier<'c> {
-    conn: &'c mut Connection<Stream>,
+    conn: &'c mut Conn,
     timeout: Duration,
+    hangup: &'c Hangup,
 }
 
 impl Replier<'_> {
@@ -104,7 +177,14 @@ impl Replier<'_> {
         mut replies: mpsc::Receiver<Streamed>,
         more: bool,
     ) -> zlink::Result<()> {
-        while let Some(streamed) = replies.recv().await {
+        loop {
+            let streamed = tokio::select! {
+                streamed = replies.recv() => streamed,
+                () = self.hangup.closed() => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+                }
+            };
+            let Some(streamed) = streamed else { break };
             match streamed {
                 Streamed::More(params) if more => self.reply(params, Vec::new(), true).await?,
                 Streamed::More(_) => {}

@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 
 use cfsd_varlink::{
     idl::{OCI_INTERFACE, REPOSITORY_INTERFACE, SERVICE_INTERFACE},
+    oci::OciError,
     service::ServiceError,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -71,8 +72,9 @@ impl<T: Serialize, E: Serialize> From<Result<T, E>> for Outcome {
     }
 }
 
-/// The error enums serialise as whole error messages.
-fn error_value(error: &impl Serialize) -> Value {
+/// An error of any interface's error enum as a whole error message: the
+/// enums serialise as `{"error": ..., "parameters": ...}`.
+pub fn error_value(error: &impl Serialize) -> Value {
     serde_json::to_value(error).unwrap_or_else(|e| {
         serde_json::json!({"error": "org.varlink.service.InvalidParameter", "parameters": {"parameter": e.to_string()}})
     })
@@ -85,6 +87,9 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
             method: call.method.clone(),
         });
     };
+    if let Some(refused) = refuse_mount(peer, interface, method) {
+        return refused;
+    }
     let params = call.parameters.clone();
     match interface {
         SERVICE_INTERFACE => methods::service::handle(method, params),
@@ -97,6 +102,20 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
             })
         }
     }
+}
+
+/// Mount needs more than the other mutating methods: root or the
+/// daemon's own user (see [`Peer::may_mount`]), whatever groups the peer
+/// is in. Refused before its parameters are read, as they are.
+fn refuse_mount(peer: &Peer, interface: &str, method: &str) -> Option<Outcome> {
+    if interface != OCI_INTERFACE || method != "Mount" || peer.may_mount {
+        return None;
+    }
+    tracing::info!(uid = peer.uid, "refused {OCI_INTERFACE}.{method}");
+    Some(Outcome::error(&OciError::PermissionDenied {
+        method: format!("{OCI_INTERFACE}.{method}"),
+        uid: peer.uid,
+    }))
 }
 
 /// The method was not found in its (known) interface.

@@ -5,8 +5,11 @@
 //! connected on fd 3 (the private daemon that `cfsctl --repo` spawns).
 
 mod access;
+mod admission;
 mod connection;
 mod dispatch;
+mod framing;
+mod hangup;
 mod listen;
 mod methods;
 mod server;
@@ -47,9 +50,25 @@ struct Args {
     #[arg(long)]
     require_verity: bool,
 
-    /// The most clients served at once; more wait to be accepted.
+    /// The most clients served at once. A client over the limit gets
+    /// io.cfsd.Repository.TooManyConnections in reply to its first call
+    /// and is disconnected. An eighth of the slots is kept for root, the
+    /// daemon's own user and the --allow-group members.
     #[arg(long, default_value_t = 64)]
     max_connections: usize,
+
+    /// The most clients any one other uid may have served at once, so
+    /// that one unprivileged user cannot take every slot.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_connections_per_uid: usize,
+
+    /// The longest varlink message accepted, in bytes, not counting the
+    /// NUL that ends it. Calls are a few hundred bytes; a client that
+    /// sends more gets io.cfsd.Repository.MessageTooLarge and is
+    /// disconnected, and cfsd never buffers more than this for it.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u32).range(4096..))]
+    max_message_size: u32,
 
     /// Close a client connection that sends no call for this long.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
@@ -96,8 +115,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = server::Config {
         admin_group,
         idle_exit: args.idle_exit.map(Duration::from_secs),
-        max_connections: args.max_connections.max(1),
+        limits: admission::Limits {
+            total: args.max_connections.max(1),
+            per_uid: args.max_connections_per_uid.max(1),
+        },
         client_timeout: Duration::from_secs(args.client_timeout),
+        max_message: args.max_message_size as usize,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

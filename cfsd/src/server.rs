@@ -11,7 +11,11 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{connection, listen::Socket};
+use crate::{
+    admission::{Admissions, Limits},
+    connection::{self, Conn},
+    listen::Socket,
+};
 
 /// How long in-flight calls may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -23,10 +27,12 @@ pub struct Config {
     pub admin_group: Option<Gid>,
     /// Exit after this long without clients.
     pub idle_exit: Option<Duration>,
-    /// The most clients served at once.
-    pub max_connections: usize,
+    /// How many clients are served at once, in all and per uid.
+    pub limits: Limits,
     /// How long a client may stay silent between calls.
     pub client_timeout: Duration,
+    /// The most bytes of one message, not counting its NUL.
+    pub max_message: usize,
 }
 
 /// What every connection shares.
@@ -38,6 +44,8 @@ pub struct Daemon {
     pub admin_group: Option<Gid>,
     /// How long a client may stay silent between calls.
     pub client_timeout: Duration,
+    /// The most bytes of one message, not counting its NUL.
+    pub max_message: usize,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// Keeps GC from running while content is being added or used:
@@ -61,13 +69,19 @@ pub async fn run(
         dir,
         admin_group: config.admin_group,
         client_timeout: config.client_timeout,
+        max_message: config.max_message,
         shutdown,
         gc_lock: Arc::new(RwLock::new(())),
     });
     match socket {
         Socket::Connected(stream) => {
             stream.set_nonblocking(true)?;
-            connection::serve(daemon, UnixStream::from_std(stream)?).await;
+            // The one client that spawned this daemon needs no slot.
+            if let Some((conn, peer)) =
+                connection::open(&daemon, UnixStream::from_std(stream)?).await
+            {
+                connection::serve(daemon, conn, peer).await;
+            }
             Ok(())
         }
         Socket::Listening {
@@ -90,44 +104,70 @@ async fn accept_loop(
 ) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut gate = Gate {
+        admissions: Admissions::new(config.limits),
+        // Clients being turned away cost a task and an fd each for a few
+        // seconds; beyond this many, further ones are closed at once.
+        refusals: Arc::new(Semaphore::new(config.limits.total)),
+        clients: JoinSet::new(),
+    };
     let mut shutdown = daemon.shutdown.clone();
-    let mut clients = JoinSet::new();
-    'serve: loop {
-        // Wait for a free slot before accepting, so that further clients
-        // queue in the kernel's backlog; finished clients free slots.
-        let slot = loop {
-            tokio::select! {
-                _ = shutdown.changed() => break 'serve,
-                Some(_) = clients.join_next(), if !clients.is_empty() => {}
-                slot = slots.clone().acquire_owned() => break slot?,
-            }
-        };
+    loop {
         // The idle clock runs only while no client is connected, and
         // restarts whenever the last one leaves.
-        let idle = config.idle_exit.filter(|_| clients.is_empty());
+        let idle = config.idle_exit.filter(|_| gate.clients.is_empty());
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => {
                 tracing::info!("no clients for {:?}, exiting", idle.unwrap_or_default());
                 break;
             }
-            Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            Some(_) = gate.clients.join_next(), if !gate.clients.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let daemon = daemon.clone();
-                    clients.spawn(async move {
-                        connection::serve(daemon, stream).await;
-                        drop(slot);
-                    });
+                    if let Some((conn, peer)) = connection::open(&daemon, stream).await {
+                        gate.admit(&daemon, conn, peer);
+                    }
                 }
                 Err(e) => tracing::warn!("accept failed: {e}"),
             },
         }
     }
     drop(listener);
-    finish(clients).await;
+    finish(gate.clients).await;
     Ok(())
+}
+
+/// Decides, for each accepted client, whether it is served or turned
+/// away, and runs both kinds of task.
+struct Gate {
+    admissions: Arc<Admissions>,
+    refusals: Arc<Semaphore>,
+    clients: JoinSet<()>,
+}
+
+impl Gate {
+    /// Serve `conn` if a slot is free for `peer`; otherwise tell it why not.
+    fn admit(&mut self, daemon: &Arc<Daemon>, conn: Conn, peer: crate::access::Peer) {
+        match self.admissions.admit(&peer) {
+            Ok(slot) => {
+                let daemon = daemon.clone();
+                self.clients.spawn(async move {
+                    connection::serve(daemon, conn, peer).await;
+                    drop(slot);
+                });
+            }
+            Err(refusal) => {
+                tracing::warn!(uid = peer.uid, "turning a client away: {refusal}");
+                if let Ok(permit) = self.refusals.clone().try_acquire_owned() {
+                    self.clients.spawn(async move {
+                        connection::refuse(conn, refusal).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// Let in-flight calls finish, within the grace period.

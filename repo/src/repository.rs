@@ -12,8 +12,8 @@ use composefs::{
 use rustix::fs::{CWD, Mode, OFlags};
 
 use crate::{
-    Error, FsckReport, GcReport, HashAlgorithm, Result, Usage, VerityPolicy, VerityStatus, usage,
-    verity,
+    Error, FsckReport, GcReport, HashAlgorithm, Result, Usage, VerityPolicy, VerityStatus, mounts,
+    usage, verity,
 };
 
 /// The composefs store behind a repository, for either hash type.
@@ -198,9 +198,14 @@ impl Repository {
 
     /// Remove the objects and dangling references that no image or stream
     /// needs; with `dry_run`, only report them. Blocks on disk work.
+    ///
+    /// Every image that is still mounted is a root, wherever and by
+    /// whichever process it was mounted: see [`crate::mounts`].
     pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
+        let mounted = self.mounted_images()?;
+        let roots: Vec<&str> = mounted.iter().map(String::as_str).collect();
         if dry_run {
-            let result = with_store!(&self.store, s => s.gc_dry_run(&[]))
+            let result = with_store!(&self.store, s => s.gc_dry_run(&roots))
                 .map_err(|e| Error::storage("collecting garbage", e))?;
             return Ok(GcReport::new(true, &result));
         }
@@ -210,10 +215,20 @@ impl Repository {
         // marker makes the next open finish the collection first.
         let marker = self.path.join(GC_MARKER);
         durable_create(&marker).map_err(|e| Error::storage("marking a collection", e))?;
-        let result = with_store!(&self.store, s => s.gc(&[]))
+        let result = with_store!(&self.store, s => s.gc(&roots))
             .map_err(|e| Error::storage("collecting garbage", e))?;
         std::fs::remove_file(&marker).map_err(|e| Error::storage("ending a collection", e))?;
         Ok(GcReport::new(false, &result))
+    }
+
+    /// The ids of this repository's images that are mounted now.
+    fn mounted_images(&self) -> Result<std::collections::BTreeSet<String>> {
+        let mounted = mounts::mounted_images(&self.path.join("objects"))
+            .map_err(|e| Error::storage("finding the mounted images", e))?;
+        if !mounted.is_empty() {
+            tracing::info!(?mounted, "keeping the images that are mounted");
+        }
+        Ok(mounted)
     }
 
     /// Finish a collection that a crash interrupted, if one did.

@@ -4,8 +4,14 @@
 
 use std::{os::unix::fs::PermissionsExt, process::Command};
 
-use cfsd_tests::{Daemon, bin, stderr, stdout};
-use serde_json::Value;
+use cfsd_tests::{
+    Daemon, bin,
+    oci::{Compression, Entry, Image, Layer, Layout, Written},
+    ocictl::{self, published},
+    stderr, stdout,
+};
+use cfsd_varlink::idl;
+use serde_json::{Value, json};
 
 /// The unprivileged user and group the clients run as.
 const NOBODY: u32 = 65534;
@@ -57,6 +63,11 @@ fn cfsctl_as_nobody(daemon: &Daemon, groups: &[u32], args: &[&str]) -> std::proc
 
 /// Make raw calls as nobody over ONE connection and return every reply.
 fn raw_calls_as_nobody(daemon: &Daemon, calls: &[Value]) -> Vec<Value> {
+    raw_calls_as(daemon, &[], calls)
+}
+
+/// [`raw_calls_as_nobody`], with `groups` as nobody's supplementary groups.
+fn raw_calls_as(daemon: &Daemon, groups: &[u32], calls: &[Value]) -> Vec<Value> {
     let script = r#"
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -74,7 +85,7 @@ for call in sys.argv[2:]:
 "#;
     // The system interpreter: a per-user one (pyenv under /root) is out
     // of nobody's reach, and only the standard library is needed.
-    let out = as_nobody(&[], "/usr/bin/python3")
+    let out = as_nobody(groups, "/usr/bin/python3")
         .arg("-c")
         .arg(script)
         .arg(daemon.socket())
@@ -165,4 +176,179 @@ fn a_peer_outside_the_socket_group_cannot_connect_at_all() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A small image, written as an archive and a layout in the test's own
+/// directory.
+fn small_image() -> Written {
+    let image = Image::new(vec![Layer::new(
+        Compression::Gzip,
+        vec![
+            Entry::dir("usr"),
+            Entry::dir("etc"),
+            Entry::file("etc/secret", "only root may read this\n"),
+        ],
+    )]);
+    Written::new(&Layout::single(&image, None).0)
+}
+
+/// The input parameters of every method an interface declares.
+fn method_inputs(text: &str) -> Vec<(String, Vec<String>)> {
+    text.split("\nmethod ")
+        .skip(1)
+        .map(|m| {
+            let (name, rest) = m.split_once('(').unwrap();
+            let inputs = rest.split_once(')').unwrap().0;
+            let names = inputs
+                .lines()
+                .map(|l| l.trim())
+                .filter(|l| !l.starts_with('#'))
+                .flat_map(|l| l.split(','))
+                .filter_map(|p| p.split_once(':'))
+                .map(|(n, _)| n.trim().to_owned())
+                .collect();
+            (name.to_owned(), names)
+        })
+        .collect()
+}
+
+#[test]
+fn no_method_takes_a_path() {
+    let mut checked = 0;
+    for (interface, text) in idl::INTERFACES {
+        for (method, inputs) in method_inputs(text) {
+            for input in &inputs {
+                let lower = input.to_lowercase();
+                assert!(
+                    !["path", "file", "dir", "socket"]
+                        .iter()
+                        .any(|word| lower.contains(word)),
+                    "{interface}.{method} takes {input}, which looks like a path"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 12, "only {checked} methods found");
+    // The two that read or write a file take it as an fd instead; their
+    // source and target are images in the repository.
+    let oci = method_inputs(idl::OCI);
+    let inputs = |name: &str| oci.iter().find(|(m, _)| m == name).unwrap().1.clone();
+    assert_eq!(
+        inputs("Pull"),
+        ["transport", "reference", "tag", "platform", "jobs"]
+    );
+    assert_eq!(
+        inputs("CreateDelta"),
+        ["source", "target", "jobs", "method", "reference"]
+    );
+}
+
+#[test]
+fn a_peer_who_may_pull_cannot_make_cfsd_read_a_file_it_cannot_read() {
+    let admins = ADMINS.to_string();
+    let daemon = daemon_for_nobody(&["--allow-group", &admins]);
+    assert!(daemon.cfsctl(&["init"]).status.success());
+    let image = small_image();
+    // Root's alone: nobody cannot open it, nor list the directory.
+    let secret = daemon.dir().join("secret.tar");
+    std::fs::copy(image.archive_path(), &secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let source = format!("oci-archive:{}", secret.display());
+
+    let out = cfsctl_as_nobody(&daemon, &[ADMINS], &["oci", "pull", &source, "stolen"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot open {}", secret.display())),
+        "{err}"
+    );
+    assert!(err.contains("Permission denied"), "{err}");
+
+    // The same peer naming the path in every parameter it can, with no
+    // fd: the daemon opens nothing by name.
+    let path = secret.display().to_string();
+    let replies = raw_calls_as(
+        &daemon,
+        &[ADMINS],
+        &[
+            json!({"method": "io.cfsd.Oci.Pull", "parameters": {
+                "transport": "oci-archive", "reference": path, "tag": path}}),
+            json!({"method": "io.cfsd.Oci.Pull", "parameters": {
+                "transport": "oci-archive", "path": path}}),
+            json!({"method": "io.cfsd.Oci.CreateDelta", "parameters": {
+                "source": path, "target": path}}),
+            json!({"method": "io.cfsd.Oci.ListImages"}),
+        ],
+    );
+    assert_eq!(
+        replies[0]["error"], "io.cfsd.Oci.MissingFd",
+        "{}",
+        replies[0]
+    );
+    assert_eq!(replies[0]["parameters"]["method"], "io.cfsd.Oci.Pull");
+    assert_eq!(
+        replies[1]["error"], "org.varlink.service.InvalidParameter",
+        "{}",
+        replies[1]
+    );
+    assert_eq!(replies[1]["parameters"]["parameter"], "path");
+    assert_eq!(
+        replies[2]["error"], "io.cfsd.Oci.MissingFd",
+        "{}",
+        replies[2]
+    );
+    assert_eq!(
+        replies[3]["parameters"]["images"],
+        json!([]),
+        "{}",
+        replies[3]
+    );
+    let published = published(&daemon.repo());
+    assert!(
+        published.tags.is_empty() && published.streams.is_empty(),
+        "{published:?}"
+    );
+    assert_eq!(ocictl::object_count(&daemon.repo()), 0);
+
+    // Handed over by root, who can open it, the same file pulls: it was
+    // never the file that was refused.
+    ocictl::pull(&daemon, &[&source, "mine"]);
+}
+
+#[test]
+fn mount_needs_root_even_for_the_admin_group() {
+    let admins = ADMINS.to_string();
+    let daemon = daemon_for_nobody(&["--allow-group", &admins]);
+    assert!(daemon.cfsctl(&["init"]).status.success());
+    let image = small_image();
+    ocictl::pull(&daemon, &[&image.archive(None), "img"]);
+
+    let mount = json!({"method": "io.cfsd.Oci.Mount", "parameters": {"image": "img"}});
+    let tag = json!({"method": "io.cfsd.Oci.Tag", "parameters": {"image": "img", "tag": "other"}});
+    let admin = raw_calls_as(&daemon, &[ADMINS], &[mount.clone(), tag]);
+    let plain = raw_calls_as(&daemon, &[], &[mount]);
+    for refused in [&admin[0], &plain[0]] {
+        assert_eq!(
+            refused["error"], "io.cfsd.Oci.PermissionDenied",
+            "{refused}"
+        );
+        assert_eq!(refused["parameters"]["method"], "io.cfsd.Oci.Mount");
+        assert_eq!(refused["parameters"]["uid"], NOBODY);
+    }
+    // The admin group may still change the repository otherwise.
+    assert!(admin[1].get("error").is_none(), "{}", admin[1]);
+    assert!(published(&daemon.repo()).tags.contains_key("other"));
+
+    let target = daemon.dir().join("mnt");
+    std::fs::create_dir(&target).unwrap();
+    let out = cfsctl_as_nobody(
+        &daemon,
+        &[ADMINS],
+        &["oci", "mount", "img", target.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("io.cfsd.Oci.Mount, which needs root"), "{err}");
 }

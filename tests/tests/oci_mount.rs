@@ -4,14 +4,18 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::unix::fs::{FileTypeExt, MetadataExt},
+    os::{
+        fd::AsFd,
+        unix::fs::{FileTypeExt, MetadataExt},
+    },
     path::{Path, PathBuf},
     process::Command,
 };
 
 use cfsd_tests::{
+    Daemon,
     oci::{Image, Layout, Written, cap_net_raw, everything_image, long_paths},
-    ocictl::{PrivateRepo, Target, pull},
+    ocictl::{PrivateRepo, Published, Target, json, object_count, published, pull, succeeds},
     stderr,
 };
 
@@ -139,7 +143,7 @@ fn remove(path: &Path) {
 }
 
 /// Mount `image` at `dir`, or say why the kernel will not and return None.
-fn mount(repo: &PrivateRepo, image: &str, dir: &Path) -> Option<Mounted> {
+fn mount(repo: &impl Target, image: &str, dir: &Path) -> Option<Mounted> {
     std::fs::create_dir_all(dir).unwrap();
     let out = repo.run(&["oci", "mount", image, dir.to_str().unwrap()]);
     if !out.status.success() {
@@ -330,4 +334,114 @@ fn oci_mount_of_an_unknown_image_fails_and_mounts_nothing() {
     let parent = std::fs::metadata(dir.path().parent().unwrap()).unwrap();
     let this = std::fs::metadata(dir.path()).unwrap();
     assert_eq!(parent.dev(), this.dev());
+}
+
+/// `images/<id>` of the image tagged `tag`, and its bytes.
+fn image_file(daemon: &Daemon, tag: &str) -> (PathBuf, Vec<u8>) {
+    let id = json(daemon, &["oci", "inspect", tag])["imageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = daemon.repo().join("images").join(id);
+    let bytes = std::fs::read(&path).unwrap();
+    (path, bytes)
+}
+
+/// `cfsctl gc`, which must succeed; the objects it removed.
+fn gc(daemon: &Daemon) -> u64 {
+    json(daemon, &["gc"])["objectsRemoved"].as_u64().unwrap()
+}
+
+/// GC keeps what a mount serves, even once no tag names the image and
+/// after cfsd restarts, because the mount itself is the root; once the
+/// mount is gone, the next GC removes everything.
+#[test]
+fn gc_keeps_a_mounted_image_until_it_is_unmounted() {
+    let (layout, _) = Layout::single(&everything_image(), None);
+    let written = Written::new(&layout);
+    let mut daemon = Daemon::start_initialised(&[]);
+    pull(&daemon, &[&written.archive(None), "everything"]);
+    let (image, image_bytes) = image_file(&daemon, "everything");
+
+    let scratch = tempfile::tempdir().unwrap();
+    let expected = expected_tree(scratch.path());
+    let mountpoint = scratch.path().join("mnt");
+    let Some(mounted) = mount(&daemon, "everything", &mountpoint) else {
+        return;
+    };
+    succeeds(&daemon, &["oci", "untag", "everything"]);
+    let objects = object_count(&daemon.repo());
+
+    // The config and manifest streams go; the EROFS image and every
+    // object it names stay.
+    gc(&daemon);
+    assert_eq!(std::fs::read(&image).unwrap(), image_bytes);
+    check_mounted(&mountpoint, &expected);
+    let kept = object_count(&daemon.repo());
+    assert!(
+        kept > 1 && kept < objects,
+        "{kept} of {objects} objects kept"
+    );
+
+    // Nothing in the new daemon's memory knows of the mount.
+    daemon.kill_and_restart();
+    assert_eq!(gc(&daemon), 0, "a restarted cfsd collected a mounted image");
+    assert_eq!(std::fs::read(&image).unwrap(), image_bytes);
+    check_mounted(&mountpoint, &expected);
+
+    let out = Command::new("umount").arg(&mountpoint).output().unwrap();
+    assert!(out.status.success(), "umount: {}", stderr(&out));
+    std::mem::forget(mounted);
+    assert_eq!(gc(&daemon), kept as u64);
+    assert!(!image.exists(), "{} survived its unmount", image.display());
+    assert_eq!(object_count(&daemon.repo()), 0);
+    assert_eq!(published(&daemon.repo()), Published::default());
+}
+
+/// A mount handed to a client is in no mount table until the client
+/// attaches it: a GC meanwhile waits for that, then keeps the image.
+#[test]
+fn gc_waits_for_a_handed_out_mount_to_be_attached() {
+    let (layout, _) = Layout::single(&everything_image(), None);
+    let written = Written::new(&layout);
+    let daemon = Daemon::start_initialised(&[]);
+    pull(&daemon, &[&written.archive(None), "everything"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let expected = expected_tree(scratch.path());
+    let mountpoint = scratch.path().join("mnt");
+    std::fs::create_dir(&mountpoint).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let detached = runtime.block_on(async { daemon.client().await.mount("everything").await });
+    let detached = match detached {
+        Ok(fd) => fd,
+        Err(e) => {
+            let reason = format!("{e:?}");
+            if reason.contains("Operation not permitted") || reason.contains("not implemented") {
+                eprintln!("SKIPPED: the kernel refused the mount: {reason}");
+                return;
+            }
+            panic!("Mount failed: {reason}");
+        }
+    };
+    succeeds(&daemon, &["oci", "untag", "everything"]);
+    let report = std::thread::scope(|s| {
+        let gc = s.spawn(|| json(&daemon, &["gc"]));
+        // Time for a GC that did not wait to remove what the mount needs;
+        // one that waits cannot end before the mount is attached.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(!gc.is_finished(), "GC ran while a mount was unattached");
+        rustix::mount::move_mount(
+            detached.as_fd(),
+            "",
+            rustix::fs::CWD,
+            &mountpoint,
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .unwrap();
+        gc.join().unwrap()
+    });
+    let _mounted = Mounted(mountpoint.clone());
+    assert!(report["objectsRemoved"].as_u64().unwrap() > 0, "{report}");
+    check_mounted(&mountpoint, &expected);
 }

@@ -26,6 +26,10 @@ pub enum CallError<E> {
     /// An `org.varlink.service` error: the call itself was not acceptable.
     #[error(transparent)]
     Service(ServiceError),
+    /// The daemon turned the connection away (too many connections, a
+    /// message too large), whatever the call's interface; it is closed.
+    #[error(transparent)]
+    Connection(RepositoryError),
     /// An error name this client does not know, e.g. from a newer daemon.
     #[error("cfsd replied with an error this client does not know: {0}")]
     Unknown(String),
@@ -110,7 +114,10 @@ impl Client {
         R: DeserializeOwned + std::fmt::Debug,
         E: DeserializeOwned + std::fmt::Debug,
     {
-        let received = self.conn.receive_reply::<serde_json::Value, E>().await;
+        let received = self
+            .conn
+            .receive_reply::<serde_json::Value, InterfaceOrConnection<E>>()
+            .await;
         let (result, fds) = match received {
             Ok(ok) => ok,
             Err(zlink::Error::VarlinkService(e)) => {
@@ -119,7 +126,10 @@ impl Client {
             Err(zlink::Error::UnknownErrorReply(name)) => return Err(CallError::Unknown(name)),
             Err(e) => return Err(transport(e)),
         };
-        let reply = result.map_err(CallError::Interface)?;
+        let reply = result.map_err(|e| match e {
+            InterfaceOrConnection::Interface(e) => CallError::Interface(e),
+            InterfaceOrConnection::Connection(e) => CallError::Connection(e),
+        })?;
         let continues = reply.continues().unwrap_or(false);
         // A reply without parameters is the same as one with empty parameters.
         let params = reply
@@ -321,6 +331,16 @@ impl Replies<'_> {
 /// Parameters of a method that takes none.
 #[derive(Debug, Serialize)]
 struct Empty {}
+
+/// An error reply: the interface's own, or one of `io.cfsd.Repository`'s
+/// that any call may get because it concerns the connection. For calls
+/// of `io.cfsd.Repository` the first arm takes both.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum InterfaceOrConnection<E> {
+    Interface(E),
+    Connection(RepositoryError),
+}
 
 fn transport<E>(e: zlink::Error) -> CallError<E> {
     CallError::Transport(e.to_string())

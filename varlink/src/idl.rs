@@ -113,6 +113,12 @@ mod tests {
                 method: s(),
                 uid: 1,
             },
+            RepositoryError::MessageTooLarge { limit: 1 },
+            RepositoryError::TooManyConnections {
+                limit: 1,
+                uid: 1,
+                per_uid: true,
+            },
             RepositoryError::StorageFailed {
                 operation: s(),
                 reason: s(),
@@ -126,6 +132,8 @@ mod tests {
                 | RepositoryError::VerityRequired { .. }
                 | RepositoryError::Unreadable { .. }
                 | RepositoryError::PermissionDenied { .. }
+                | RepositoryError::MessageTooLarge { .. }
+                | RepositoryError::TooManyConnections { .. }
                 | RepositoryError::StorageFailed { .. } => {}
             }
         }

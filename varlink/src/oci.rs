@@ -262,10 +262,12 @@ pub enum OciError {
         /// The repository directory.
         path: String,
     },
-    /// The caller may not change the repository.
+    /// The caller may not call the method: it changes the repository, or
+    /// it mounts, which only root may.
     #[serde(rename = "io.cfsd.Oci.PermissionDenied")]
     #[error(
-        "permission denied: {method} changes the repository and uid {uid} is neither root nor in the daemon's admin group"
+        "permission denied: uid {uid} may not call {method}, which needs root{}",
+        if method.ends_with(".Mount") { "" } else { " or the daemon's admin group" }
     )]
     PermissionDenied {
         /// The method refused.

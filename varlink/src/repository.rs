@@ -193,6 +193,31 @@ pub enum RepositoryError {
         /// The caller's uid.
         uid: u32,
     },
+    /// A message was longer than the daemon accepts; the connection is
+    /// closed after this error.
+    #[serde(rename = "io.cfsd.Repository.MessageTooLarge")]
+    #[error("the message is longer than cfsd accepts ({limit} bytes); the connection is closed")]
+    MessageTooLarge {
+        /// The most bytes a message may have, not counting its NUL.
+        limit: u64,
+    },
+    /// The daemon serves as many connections as it allows; the connection
+    /// is closed after this error.
+    #[serde(rename = "io.cfsd.Repository.TooManyConnections")]
+    #[error(
+        "cfsd serves too many connections ({limit}{}); try again later",
+        if *per_uid { format!(" for uid {uid}") } else { " in all".to_owned() }
+    )]
+    TooManyConnections {
+        /// The limit reached.
+        limit: u64,
+        /// The caller's uid.
+        uid: u32,
+        /// Whether the limit is the one for each uid rather than the
+        /// daemon's total.
+        #[serde(rename = "perUid")]
+        per_uid: bool,
+    },
     /// Disk access failed.
     #[serde(rename = "io.cfsd.Repository.StorageFailed")]
     #[error("{operation} failed: {reason}")]

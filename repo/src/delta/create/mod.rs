@@ -20,7 +20,10 @@ use std::{
     fs::File,
     io::{BufWriter, Seek, Write},
     str::FromStr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
@@ -135,6 +138,20 @@ impl Repository {
         out: File,
         options: CreateOptions,
     ) -> Result<DeltaReport, Error> {
+        self.create_delta_cancellable(source, target, out, options, &AtomicBool::new(false))
+    }
+
+    /// [`Repository::create_delta`] that gives up once `cancelled` is
+    /// set: it checks before each round of `jobs` layers and before
+    /// writing anything to `out`, which stays untouched when it gives up.
+    pub fn create_delta_cancellable(
+        &self,
+        source: &str,
+        target: &str,
+        out: File,
+        options: CreateOptions,
+        cancelled: &AtomicBool,
+    ) -> Result<DeltaReport, Error> {
         let reference = options
             .reference
             .clone()
@@ -144,7 +161,7 @@ impl Repository {
             n => n,
         };
         with_store!(self.store(), s => {
-            let job = Create { source, target, jobs, method: options.method, reference };
+            let job = Create { source, target, jobs, method: options.method, reference, cancelled };
             job.run(s, out)
         })
     }
@@ -172,6 +189,7 @@ struct Create<'a> {
     jobs: usize,
     method: DeltaMethod,
     reference: String,
+    cancelled: &'a AtomicBool,
 }
 
 impl Create<'_> {
@@ -198,8 +216,9 @@ impl Create<'_> {
                 index: &index,
                 method: self.method,
             };
-            shared.encode_all(&work, self.jobs)?
+            self.encode(&shared, &work)?
         };
+        self.go_on()?;
         let mut out = BufWriter::new(out);
         let manifest_digest = archive::write(&mut out, &source, &target, &carried, &self.reference)
             .map_err(|e| Error::storage("writing the delta", e))?;
@@ -220,6 +239,35 @@ impl Create<'_> {
             layers: target.layers.len() as u64,
             changed: carried.into_iter().map(|c| c.report).collect(),
         })
+    }
+}
+
+impl Create<'_> {
+    /// Encode `work` a round of `jobs` layers at a time, so that a
+    /// cancellation is noticed within one round. A round waits for its
+    /// slowest layer; that costs little, as images change few layers.
+    fn encode<H: FsVerityHashValue>(
+        &self,
+        shared: &Shared<'_, H>,
+        work: &[Work],
+    ) -> Result<Vec<Carried>, Error> {
+        let mut carried = Vec::with_capacity(work.len());
+        for round in work.chunks(self.jobs.max(1)) {
+            self.go_on()?;
+            carried.extend(shared.encode_all(round, self.jobs)?);
+        }
+        Ok(carried)
+    }
+
+    /// An error once the delta is no longer wanted.
+    fn go_on(&self) -> Result<(), Error> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(Error::Storage {
+                operation: "creating a delta",
+                reason: "cancelled: the caller went away".to_owned(),
+            });
+        }
+        Ok(())
     }
 }
 
