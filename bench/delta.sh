@@ -11,15 +11,16 @@
 #
 #   bench/delta.sh [OUT]   (default bench/out; images built if absent)
 #
-# Env: CFSCTL (default target/release/cfsctl), UPSTREAM, BSDIFF=0 to skip
-# bsdiff (minutes on 2 cores).
+# Env: CFSCTL (default target/release/cfsctl), UPSTREAM, COMPARE=0 to skip
+# zstd, xdelta3 and bsdiff, BSDIFF=0 to skip only bsdiff (minutes on 2
+# cores). Repositories go on a fresh ext4 loop filesystem (bench/scratch.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/out}
 cfsctl=${CFSCTL:-target/release/cfsctl}
 upstream=${UPSTREAM:-/opt/upstream-cfsctl/bin/cfsctl}
-scratch=$(mktemp -d /var/tmp/cfsd-delta.XXXXXX)
-trap 'rm -rf "$scratch"' EXIT
+. bench/scratch.sh
+scratch_fs cfsd-delta 8G
 
 [ -d "$out/v1/oci" ] || bench/build-image.sh "$out/v1"
 [ -d "$out/v2/oci" ] || bench/build-image.sh "$out/v2" vim-tiny,less,iproute2,procps \
@@ -90,9 +91,14 @@ read -r b2 b2size < <(base_of "$out/v2/oci")
 gzip -dc "$out/v1/oci/blobs/sha256/$b1" >"$scratch/v1.tar"
 gzip -dc "$out/v2/oci/blobs/sha256/$b2" >"$scratch/v2.tar"
 seconds() { /usr/bin/time -f %e -o "$scratch/t" "$@" >/dev/null 2>&1; cat "$scratch/t"; }
-zstd_s=$(seconds zstd -q -19 --long=28 --patch-from="$scratch/v1.tar" "$scratch/v2.tar" -o "$scratch/v2.zst")
-xdelta_s=$(seconds xdelta3 -9 -e -f -s "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.xd3")
-if [ "${BSDIFF:-1}" = 1 ]; then
+if [ "${COMPARE:-1}" = 1 ]; then
+    zstd_s=$(seconds zstd -q -19 --long=28 --patch-from="$scratch/v1.tar" "$scratch/v2.tar" -o "$scratch/v2.zst")
+    xdelta_s=$(seconds xdelta3 -9 -e -f -s "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.xd3")
+    zstd_b=$(stat -c %s "$scratch/v2.zst"); xdelta_b=$(stat -c %s "$scratch/v2.xd3")
+else
+    zstd_s=-; xdelta_s=-; zstd_b=-; xdelta_b=-
+fi
+if [ "${BSDIFF:-1}" = 1 ] && [ "${COMPARE:-1}" = 1 ]; then
     bsdiff_s=$(seconds bsdiff "$scratch/v1.tar" "$scratch/v2.tar" "$scratch/v2.bsdiff")
     bsdiff_b=$(stat -c %s "$scratch/v2.bsdiff")
 else
@@ -116,8 +122,8 @@ echo "| base layer v1 -> v2 | bytes (MB) | time s |"
 echo "|---|---|---|"
 echo "| v2 base layer, gzip (as shipped) | $(mb "$b2size") | - |"
 echo "| whole cfsd delta archive (every changed layer; create: peak RSS $create_rss MiB) | $(mb "$delta_bytes") | $create_wall |"
-echo "| zstd -19 --long=28 --patch-from | $(mb "$(stat -c %s "$scratch/v2.zst")") | $zstd_s |"
-echo "| xdelta3 -9 | $(mb "$(stat -c %s "$scratch/v2.xd3")") | $xdelta_s |"
+echo "| zstd -19 --long=28 --patch-from | $( [ "$zstd_b" = - ] && echo - || mb "$zstd_b") | $zstd_s |"
+echo "| xdelta3 -9 | $( [ "$xdelta_b" = - ] && echo - || mb "$xdelta_b") | $xdelta_s |"
 echo "| bsdiff | $( [ "$bsdiff_b" = - ] && echo - || mb "$bsdiff_b") | $bsdiff_s |"
 echo
 echo "cfsd's encoding of each changed layer:"

@@ -9,15 +9,16 @@
 #
 # Env: CFSCTL (ours, default target/release/cfsctl), UPSTREAM (upstream
 # cfsctl; `cargo install --locked composefs-ctl --version 0.9.4`), RUNS
-# (default 5), SCRATCH (where repositories go; default a temp dir).
+# (default 5), SCRATCH (where repositories go; default a fresh journaled
+# ext4 loop filesystem, see bench/scratch.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image=${1:-bench/out/v1}
 cfsctl=${CFSCTL:-target/release/cfsctl}
 upstream=${UPSTREAM:-$(command -v cfsctl-upstream || echo /opt/upstream-cfsctl/bin/cfsctl)}
 runs=${RUNS:-5}
-scratch=${SCRATCH:-$(mktemp -d /var/tmp/cfsd-bench.XXXXXX)}
-trap 'rm -rf "$scratch"' EXIT
+. bench/scratch.sh
+scratch_fs cfsd-bench 4G
 
 [ -d "$image/oci" ] || bench/build-image.sh "$image"
 [ -x "$cfsctl" ] || cargo build --release --bins
@@ -72,9 +73,9 @@ bench "upstream cfsctl 0.9.4, oci-archive:" bash -c 'theirs "oci-archive:$0:v1"'
 bench "cfsd, oci:" bash -c 'ours "oci:$0:v1"' "$image/oci"
 bench "upstream cfsctl 0.9.4, oci:" bash -c 'theirs "oci:$0:v1"' "$image/oci"
 floor=$( { /usr/bin/time -f '%e' bash -c '
-    d=$(mktemp -d); for b in $(python3 -c "
+    d=$(mktemp -d "$1/floor.XXXXXX"); for b in $(python3 -c "
 import json,sys
 m=json.load(open(sys.argv[1]+\"/oci/blobs/sha256/\"+json.load(open(sys.argv[1]+\"/oci/index.json\"))[\"manifests\"][0][\"digest\"][7:]))
-print(\" \".join(l[\"digest\"][7:] for l in m[\"layers\"]))" "$0"); do tar -C "$d" -xzf "$0/oci/blobs/sha256/$b"; done; rm -rf "$d"' "$image" ; } 2>&1 >/dev/null | tail -1)
+print(\" \".join(l[\"digest\"][7:] for l in m[\"layers\"]))" "$0"); do tar -C "$d" -xzf "$0/oci/blobs/sha256/$b"; done; rm -rf "$d"' "$image" "$scratch"; } 2>&1 >/dev/null | tail -1)
 echo
 echo "Floor: \`tar -xzf\` of the same layers: ${floor} s"
