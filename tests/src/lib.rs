@@ -103,6 +103,18 @@ impl Daemon {
         daemon
     }
 
+    /// Start cfsd on a socket that the group `nogroup` (65534) may
+    /// connect to, for clients run as nobody, with `args` added.
+    pub fn start_for_nobody(args: &[&str]) -> Self {
+        let mut all = vec!["--socket-group", "65534"];
+        all.extend_from_slice(args);
+        let daemon = Self::start(&all);
+        // Let nobody reach the socket inside the test's private directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        daemon
+    }
+
     /// The scratch directory holding the socket and the repository.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -2,10 +2,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::Output,
 };
 
+use cfsd_varlink::{
+    CallError,
+    oci::{OciError, PullParams, PullReply},
+};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -264,4 +269,36 @@ pub fn object_count(repo: &Path) -> usize {
         }
     }
     n
+}
+
+/// The typed error of `Pull` of `source` (`transport`) to `tag`, called
+/// over the daemon's socket without cfsctl. Panics if the pull succeeds or
+/// fails with anything but an `io.cfsd.Oci` error.
+pub fn typed_pull_refusal(
+    daemon: &Daemon,
+    transport: &str,
+    source: OwnedFd,
+    tag: &str,
+) -> OciError {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = daemon.client().await;
+        let params = PullParams {
+            transport: transport.to_owned(),
+            tag: Some(tag.to_owned()),
+            ..PullParams::default()
+        };
+        let mut replies = client.pull(&params, source).await.expect("Pull was sent");
+        while let Some(reply) = replies.next::<PullReply, OciError>().await {
+            match reply {
+                Ok((reply, _)) => assert!(reply.result.is_none(), "it succeeded: {reply:?}"),
+                Err(CallError::Interface(e)) => return e,
+                Err(e) => panic!("not an io.cfsd.Oci error: {e}"),
+            }
+        }
+        panic!("Pull ended without a result or an error")
+    })
 }

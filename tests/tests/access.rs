@@ -19,16 +19,6 @@ const NOBODY: u32 = 65534;
 /// A group nobody is given on top, for `--allow-group`.
 const ADMINS: u32 = 4242;
 
-/// Start a daemon whose socket the group `nogroup` may connect to.
-fn daemon_for_nobody(extra: &[&str]) -> Daemon {
-    let mut args = vec!["--socket-group", "65534"];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start(&args);
-    // Let nobody reach the socket inside the test's private directory.
-    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    daemon
-}
-
 /// `setpriv` running `program` as nobody, with `groups` as its
 /// supplementary groups.
 fn as_nobody(groups: &[u32], program: &str) -> Command {
@@ -101,7 +91,7 @@ for call in sys.argv[2:]:
 
 #[test]
 fn an_unprivileged_peer_may_read_but_not_change() {
-    let daemon = daemon_for_nobody(&[]);
+    let daemon = Daemon::start_for_nobody(&[]);
     assert!(daemon.cfsctl(&["init"]).status.success());
 
     for read_only in [&["info"][..], &["fsck"], &["gc", "--dry-run"]] {
@@ -123,7 +113,7 @@ fn an_unprivileged_peer_may_read_but_not_change() {
 
 #[test]
 fn a_refused_call_gets_a_typed_error_and_the_connection_stays_usable() {
-    let daemon = daemon_for_nobody(&[]);
+    let daemon = Daemon::start_for_nobody(&[]);
     let replies = raw_calls_as_nobody(
         &daemon,
         &[
@@ -153,7 +143,7 @@ fn a_refused_call_gets_a_typed_error_and_the_connection_stays_usable() {
 #[test]
 fn members_of_the_allowed_group_may_change_the_repository() {
     let admins = ADMINS.to_string();
-    let daemon = daemon_for_nobody(&["--allow-group", &admins]);
+    let daemon = Daemon::start_for_nobody(&["--allow-group", &admins]);
     let refused = cfsctl_as_nobody(&daemon, &[], &["init"]);
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
 
@@ -247,7 +237,7 @@ fn no_method_takes_a_path() {
 #[test]
 fn a_peer_who_may_pull_cannot_make_cfsd_read_a_file_it_cannot_read() {
     let admins = ADMINS.to_string();
-    let daemon = daemon_for_nobody(&["--allow-group", &admins]);
+    let daemon = Daemon::start_for_nobody(&["--allow-group", &admins]);
     assert!(daemon.cfsctl(&["init"]).status.success());
     let image = small_image();
     // Root's alone: nobody cannot open it, nor list the directory.
@@ -319,7 +309,7 @@ fn a_peer_who_may_pull_cannot_make_cfsd_read_a_file_it_cannot_read() {
 #[test]
 fn mount_needs_root_even_for_the_admin_group() {
     let admins = ADMINS.to_string();
-    let daemon = daemon_for_nobody(&["--allow-group", &admins]);
+    let daemon = Daemon::start_for_nobody(&["--allow-group", &admins]);
     assert!(daemon.cfsctl(&["init"]).status.success());
     let image = small_image();
     ocictl::pull(&daemon, &[&image.archive(None), "img"]);

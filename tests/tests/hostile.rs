@@ -14,44 +14,15 @@ use cfsd_tests::{
         Compression, Entry, Image, Kind, Layer, Layout, RawLayer, Written, compress, media, noise,
         sha256_digest, small_image, tar_with_pax,
     },
-    ocictl::{json, published, pull, pull_fails},
+    ocictl::{json, published, pull, pull_fails, typed_pull_refusal},
 };
-use cfsd_varlink::{
-    CallError,
-    oci::{OciError, PullParams, PullReply, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY},
-};
+use cfsd_varlink::oci::{OciError, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY};
 use rustix::fs::{Mode, OFlags};
 
 /// The varlink error name of `error`, e.g. `io.cfsd.Oci.InvalidLayer`.
 fn error_name(error: &OciError) -> String {
     let value = serde_json::to_value(error).unwrap();
     value["error"].as_str().unwrap().to_owned()
-}
-
-/// The typed error of `Pull` of `source` (`transport`), called over the
-/// daemon's socket without cfsctl.
-fn typed_refusal(daemon: &Daemon, transport: &str, source: OwnedFd) -> OciError {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = daemon.client().await;
-        let params = PullParams {
-            transport: transport.to_owned(),
-            tag: Some("hostile".to_owned()),
-            ..PullParams::default()
-        };
-        let mut replies = client.pull(&params, source).await.expect("Pull was sent");
-        while let Some(reply) = replies.next::<PullReply, OciError>().await {
-            match reply {
-                Ok((reply, _)) => assert!(reply.result.is_none(), "it succeeded: {reply:?}"),
-                Err(CallError::Interface(e)) => return e,
-                Err(e) => panic!("not an io.cfsd.Oci error: {e}"),
-            }
-        }
-        panic!("Pull ended without a result or an error")
-    })
 }
 
 /// Both forms of `written` as fds, as cfsctl opens them.
@@ -89,7 +60,7 @@ fn refused(daemon: &Daemon, written: &Written, expect: &Expect<'_>) -> String {
         messages.push(err);
     }
     for (transport, fd) in sources(written) {
-        let typed = typed_refusal(daemon, transport, fd);
+        let typed = typed_pull_refusal(daemon, transport, fd, "hostile");
         eprintln!("typed ({transport}): {typed:?}");
         assert_eq!(error_name(&typed), expect.name, "{transport}: {typed}");
         messages.push(typed.to_string());
@@ -497,6 +468,23 @@ fn manifest_and_config(layout: &mut Layout) -> (Vec<u8>, Vec<u8>) {
     (built.manifest, built.config)
 }
 
+/// A layout whose one image has `config` as its config blob (named by its
+/// true digest and size), and that digest.
+fn with_config(config: Vec<u8>) -> (Layout, String) {
+    let mut layout = Layout::new();
+    let (manifest, _) = manifest_and_config(&mut layout);
+    let digest = layout.add_blob(config.clone());
+    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    manifest["config"]["digest"] = digest.clone().into();
+    manifest["config"]["size"] = config.len().into();
+    layout.add_raw_manifest(
+        &serde_json::to_vec(&manifest).unwrap(),
+        media::OCI_MANIFEST,
+        None,
+    );
+    (layout, digest)
+}
+
 // ---------------------------------------------------------------------
 // JSON: invalid, deeply nested, enormous.
 // ---------------------------------------------------------------------
@@ -532,18 +520,7 @@ fn hostile_invalid_index_and_config_are_invalid_json() {
         },
     );
     // A config blob (of the right digest) that is not JSON.
-    let mut layout = Layout::new();
-    let (manifest, _) = manifest_and_config(&mut layout);
-    let bad_config = b"\xff\xfe not json".to_vec();
-    let config_digest = layout.add_blob(bad_config.clone());
-    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-    manifest["config"]["digest"] = config_digest.clone().into();
-    manifest["config"]["size"] = bad_config.len().into();
-    layout.add_raw_manifest(
-        &serde_json::to_vec(&manifest).unwrap(),
-        media::OCI_MANIFEST,
-        None,
-    );
+    let (layout, config_digest) = with_config(b"\xff\xfe not json".to_vec());
     refused(
         &daemon,
         &Written::new(&layout),
@@ -590,17 +567,7 @@ fn hostile_deeply_nested_json_is_invalid_json_and_cfsd_survives() {
             );
         }
         // As the config.
-        let mut layout = Layout::new();
-        let (manifest, _) = manifest_and_config(&mut layout);
-        let config_digest = layout.add_blob(doc.clone());
-        let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-        manifest["config"]["digest"] = config_digest.clone().into();
-        manifest["config"]["size"] = doc.len().into();
-        layout.add_raw_manifest(
-            &serde_json::to_vec(&manifest).unwrap(),
-            media::OCI_MANIFEST,
-            None,
-        );
+        let (layout, config_digest) = with_config(doc.clone());
         refused(
             &daemon,
             &Written::new(&layout),

@@ -7,7 +7,7 @@ use std::{
     collections::BTreeSet,
     fs::File,
     io::{BufRead, BufReader, Write},
-    os::unix::{fs::PermissionsExt, net::UnixStream},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -290,15 +290,6 @@ fn cfsctl_over_the_limit_says_why() {
     }
 }
 
-/// A daemon whose socket nobody may reach.
-fn daemon_for_nobody(extra: &[&str]) -> Daemon {
-    let mut args = vec!["--socket-group", "65534"];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start(&args);
-    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    daemon
-}
-
 /// `count` connections made by nobody, each answering one GetInfo call,
 /// held open until the returned child's stdin is closed.
 fn connections_as_nobody(daemon: &Daemon, count: usize) -> (Child, Vec<Value>) {
@@ -344,7 +335,8 @@ fn release(mut child: Child) {
 
 #[test]
 fn one_unprivileged_uid_cannot_take_every_slot() {
-    let daemon = daemon_for_nobody(&["--max-connections", "8", "--max-connections-per-uid", "3"]);
+    let daemon =
+        Daemon::start_for_nobody(&["--max-connections", "8", "--max-connections-per-uid", "3"]);
     // No slot may still be taken by the probe that saw the socket up.
     quiet_fds(&daemon);
     let (nobody, replies) = connections_as_nobody(&daemon, 4);
@@ -366,7 +358,8 @@ fn one_unprivileged_uid_cannot_take_every_slot() {
 
 #[test]
 fn root_keeps_a_reserve_that_unprivileged_clients_cannot_fill() {
-    let daemon = daemon_for_nobody(&["--max-connections", "8", "--max-connections-per-uid", "8"]);
+    let daemon =
+        Daemon::start_for_nobody(&["--max-connections", "8", "--max-connections-per-uid", "8"]);
     // No slot may still be taken by the probe that saw the socket up.
     quiet_fds(&daemon);
     let (nobody, replies) = connections_as_nobody(&daemon, 8);
@@ -441,7 +434,11 @@ fn a_client_that_hangs_up_during_a_pull_leaves_nothing_behind() {
     gc_finishes(&daemon);
     assert_eq!(files(&daemon.repo()), files_before, "the pull left files");
     let tags = published(&daemon.repo()).tags;
-    assert_eq!(tags.keys().collect::<Vec<_>>(), ["warm"], "the pull was tagged");
+    assert_eq!(
+        tags.keys().collect::<Vec<_>>(),
+        ["warm"],
+        "the pull was tagged"
+    );
 
     let pulled = ocictl::pull(
         &daemon,

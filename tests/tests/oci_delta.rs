@@ -8,7 +8,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
     io::{self, Read, Write},
-    os::fd::OwnedFd,
     path::{Path, PathBuf},
 };
 
@@ -19,12 +18,9 @@ use cfsd_tests::{
         OP_OPEN, OP_SEEK, OP_ZSTD_DICT, Ops, Part, encode_tar_diff, image_files, tar_diff_ops,
     },
     oci::{BuiltImage, Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
-    ocictl::{PrivateRepo, Pulled, Target, json, published, pull, pull_fails},
+    ocictl::{PrivateRepo, Pulled, Target, json, published, pull, pull_fails, typed_pull_refusal},
 };
-use cfsd_varlink::{
-    CallError,
-    oci::{OciError, PullParams, PullReply, TRANSPORT_ARCHIVE},
-};
+use cfsd_varlink::oci::{OciError, TRANSPORT_ARCHIVE};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------
@@ -721,33 +717,6 @@ fn snapshot(daemon: &Daemon) -> (cfsd_tests::ocictl::Published, Value) {
     (published(&daemon.repo()), json(daemon, &["oci", "images"]))
 }
 
-/// The typed error of `Pull` of the archive at `path`, called over the
-/// daemon's socket without cfsctl.
-fn typed_refusal(daemon: &Daemon, path: &Path) -> OciError {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut client = daemon.client().await;
-        let fd: OwnedFd = File::open(path).unwrap().into();
-        let params = PullParams {
-            transport: TRANSPORT_ARCHIVE.to_owned(),
-            tag: Some("typed".to_owned()),
-            ..PullParams::default()
-        };
-        let mut replies = client.pull(&params, fd).await.expect("Pull was sent");
-        while let Some(reply) = replies.next::<PullReply, OciError>().await {
-            match reply {
-                Ok((reply, _)) => assert!(reply.result.is_none(), "it succeeded: {reply:?}"),
-                Err(CallError::Interface(e)) => return e,
-                Err(e) => panic!("not an io.cfsd.Oci error: {e}"),
-            }
-        }
-        panic!("Pull ended without a result or an error")
-    })
-}
-
 /// Pull the delta of `spec` from `daemon` in both forms with cfsctl, and
 /// over the wire; each must fail, publish nothing, add no layer stream,
 /// and leave the daemon serving. Returns cfsctl's message for the archive
@@ -771,7 +740,8 @@ fn refused_layout(
         eprintln!("refused {source}: {err}");
         messages.push(err);
     }
-    let typed = typed_refusal(daemon, &delta.archive_path());
+    let archive = File::open(delta.archive_path()).unwrap();
+    let typed = typed_pull_refusal(daemon, TRANSPORT_ARCHIVE, archive.into(), "typed");
     eprintln!("typed: {typed:?}");
     let (after, images_after) = snapshot(daemon);
     assert_eq!(after.tags, before.tags, "a tag appeared");
