@@ -16,6 +16,8 @@ pub mod mounts;
 pub mod oci;
 mod pull_key;
 mod repository;
+#[cfg(test)]
+mod test_image;
 mod usage;
 pub mod verity;
 

@@ -17,10 +17,10 @@ use super::tardiff::{
 };
 use crate::{
     Error, HashAlgorithm, Repository, VerityPolicy,
-    oci::{Platform, PullOptions, PullReport, Source, digest::Digest},
+    oci::{PullOptions, PullReport, Source, digest::Digest},
+    test_image::{GZIP_LAYER, TestImage, TestLayer, oci_archive},
 };
 
-const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const TAR_DIFF: &str = "application/vnd.tar-diff";
 
 /// A tar of `entries`: a path ending in `/` is a directory, one starting
@@ -57,12 +57,6 @@ fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     tar.into_inner().unwrap()
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
-
 /// Deterministic, poorly compressible content.
 fn noise(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -70,102 +64,9 @@ fn noise(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-/// A gzip layer: its tar and its blob.
-struct Layer {
-    tar: Vec<u8>,
-    blob: Vec<u8>,
-}
-
-impl Layer {
-    fn new(entries: &[(&str, &[u8])]) -> Self {
-        let tar = tar_of(entries);
-        Layer {
-            blob: gzip(&tar),
-            tar,
-        }
-    }
-}
-
-/// An image: its manifest, config and layers.
-struct Image {
-    manifest: Vec<u8>,
-    config: Vec<u8>,
-    layers: Vec<Layer>,
-}
-
-impl Image {
-    fn new(layers: Vec<Layer>) -> Self {
-        let diff_ids: Vec<String> = layers
-            .iter()
-            .map(|l| Digest::of(&l.tar).to_string())
-            .collect();
-        let config = json!({
-            "architecture": Platform::host().architecture, "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids}
-        })
-        .to_string()
-        .into_bytes();
-        let descriptors: Vec<_> = layers
-            .iter()
-            .map(|l| json!({"mediaType": GZIP_LAYER, "digest": Digest::of(&l.blob).to_string(), "size": l.blob.len()}))
-            .collect();
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": Digest::of(&config).to_string(), "size": config.len()},
-            "layers": descriptors
-        })
-        .to_string()
-        .into_bytes();
-        Image {
-            manifest,
-            config,
-            layers,
-        }
-    }
-
-    fn archive(&self) -> File {
-        let mut blobs = vec![&self.manifest[..], &self.config[..]];
-        blobs.extend(self.layers.iter().map(|l| &l.blob[..]));
-        archive(&self.manifest, &blobs)
-    }
-
-    fn config_digest(&self) -> Digest {
-        Digest::of(&self.config)
-    }
-
-    fn diff_id(&self, layer: usize) -> Digest {
-        Digest::of(&self.layers[layer].tar)
-    }
-}
-
-/// An oci-archive whose index names `manifest`, holding `blobs`.
-fn archive(manifest: &[u8], blobs: &[&[u8]]) -> File {
-    let index = json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": Digest::of(manifest).to_string(), "size": manifest.len()}]})
-    .to_string();
-    let mut outer = tar::Builder::new(Vec::new());
-    let mut members: Vec<(String, &[u8])> = vec![
-        ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#),
-        ("index.json".into(), index.as_bytes()),
-    ];
-    members.extend(
-        blobs
-            .iter()
-            .map(|b| (format!("blobs/sha256/{}", Digest::of(b).hex()), *b)),
-    );
-    for (name, data) in members {
-        let mut header = tar::Header::new_ustar();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        outer.append_data(&mut header, name, data).unwrap();
-    }
-    let mut file = tempfile::tempfile().unwrap();
-    file.write_all(&outer.into_inner().unwrap()).unwrap();
-    file
+/// A gzip layer of `entries`.
+fn layer(entries: &[(&str, &[u8])]) -> TestLayer {
+    TestLayer::gzip(tar_of(entries))
 }
 
 /// A delta layer: the target layer it rebuilds, its media type and blob.
@@ -176,7 +77,7 @@ struct Change {
 }
 
 /// An oci-delta archive from `source` to `target` carrying `changes`.
-fn delta_archive(source: &Image, target: &Image, changes: &[Change]) -> File {
+fn delta_archive(source: &TestImage, target: &TestImage, changes: &[Change]) -> File {
     let empty = b"{}";
     let embedded = |kind: &str, media_type: &str, bytes: &[u8]| {
         json!({"mediaType": media_type, "digest": Digest::of(bytes).to_string(),
@@ -226,7 +127,7 @@ fn delta_archive(source: &Image, target: &Image, changes: &[Change]) -> File {
         &target.config[..],
     ];
     blobs.extend(changes.iter().map(|c| &c.blob[..]));
-    archive(&manifest, &blobs)
+    oci_archive(&manifest, &blobs, None)
 }
 
 /// How a tar-diff encodes a file the source has in another version.
@@ -294,8 +195,8 @@ fn make_tar_diff(target: &[u8], source: &HashMap<&str, Vec<u8>>, modified: Modif
 
 /// The source and target images and the files of the source.
 struct Fixture {
-    source: Image,
-    target: Image,
+    source: TestImage,
+    target: TestImage,
     files: HashMap<&'static str, Vec<u8>>,
 }
 
@@ -309,15 +210,15 @@ impl Fixture {
         let mut data2 = data.clone();
         data2[100..140].fill(b'!');
         let base = || {
-            Layer::new(&[
+            layer(&[
                 ("usr/", b""),
                 ("usr/share/", b""),
                 ("usr/share/readme", &readme),
             ])
         };
-        let source = Image::new(vec![
+        let source = TestImage::new(vec![
             base(),
-            Layer::new(&[
+            layer(&[
                 ("usr/bin/", b""),
                 ("usr/bin/tool", &tool),
                 ("usr/lib/", b""),
@@ -329,9 +230,9 @@ impl Fixture {
                 ("@usr/linkdir", b"bin"),
             ]),
         ]);
-        let target = Image::new(vec![
+        let target = TestImage::new(vec![
             base(),
-            Layer::new(&[
+            layer(&[
                 ("usr/bin/", b""),
                 ("usr/bin/tool", &tool),
                 ("@usr/bin/link", b"tool"),
@@ -339,7 +240,7 @@ impl Fixture {
                 ("usr/lib/data", &data2),
                 ("usr/new", &noise(1000, 5)),
             ]),
-            Layer::new(&[("opt/", b""), ("opt/extra", &noise(5000, 6))]),
+            layer(&[("opt/", b""), ("opt/extra", &noise(5000, 6))]),
         ]);
         let files = HashMap::from([
             ("usr/share/readme", readme),
@@ -398,7 +299,7 @@ async fn pull(repo: &Repository, file: File, tag: &str) -> Result<PullReport, Er
 /// A repository holding the fixture's source image.
 async fn with_source(fixture: &Fixture) -> (tempfile::TempDir, Repository) {
     let (dir, repo) = new_repo();
-    pull(&repo, fixture.source.archive(), "source")
+    pull(&repo, fixture.source.archive(None), "source")
         .await
         .unwrap();
     (dir, repo)
@@ -407,7 +308,7 @@ async fn with_source(fixture: &Fixture) -> (tempfile::TempDir, Repository) {
 /// The report of a full pull of the target into a new repository.
 async fn full_pull(fixture: &Fixture) -> PullReport {
     let (_dir, repo) = new_repo();
-    pull(&repo, fixture.target.archive(), "target")
+    pull(&repo, fixture.target.archive(None), "target")
         .await
         .unwrap()
 }
@@ -680,10 +581,10 @@ async fn a_delta_must_agree_with_its_target() {
     let fixture = Fixture::new();
     let (_dir, repo) = with_source(&fixture).await;
     // A delta.to that names no layer of the target.
-    let elsewhere = Image {
+    let elsewhere = TestImage {
         manifest: fixture.target.manifest.clone(),
         config: fixture.target.config.clone(),
-        layers: vec![Layer::new(&[("x", b"y")])],
+        layers: vec![layer(&[("x", b"y")])],
     };
     let stray = Change {
         layer: 0,
@@ -702,7 +603,7 @@ async fn a_delta_must_agree_with_its_target() {
         "{err}"
     );
     // An embedded config other than the one the target manifest names.
-    let mismatched = Image {
+    let mismatched = TestImage {
         manifest: fixture.target.manifest.clone(),
         config: fixture.source.config.clone(),
         layers: Vec::new(),

@@ -387,12 +387,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
-    use serde_json::json;
-
     use super::*;
-    use crate::{HashAlgorithm, VerityPolicy, oci::digest::Digest};
+    use crate::{
+        HashAlgorithm, VerityPolicy,
+        test_image::{TestImage, TestLayer},
+    };
 
     /// A one-layer image as an uncompressed oci-archive, with its layer
     /// blob's first data byte replaced by `flip` if given.
@@ -411,50 +410,11 @@ mod tests {
             header.set_cksum();
             layer.append_data(&mut header, path, data).unwrap();
         }
-        let mut layer = layer.into_inner().unwrap();
-        let diff_id = Digest::of(&layer);
+        let mut layer = TestLayer::plain(layer.into_inner().unwrap());
         if let Some(byte) = flip {
-            layer[512] = byte;
+            layer.blob[512] = byte;
         }
-        let config = json!({
-            "architecture": Platform::host().architecture, "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}
-        })
-        .to_string();
-        let layer_digest = Digest::of(&layer);
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": Digest::of(config.as_bytes()).to_string(), "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": layer_digest.to_string(), "size": layer.len()}]
-        })
-        .to_string();
-        let index = json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": Digest::of(manifest.as_bytes()).to_string(), "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]})
-        .to_string();
-        let mut outer = tar::Builder::new(Vec::new());
-        let blob = |d: &Digest| format!("blobs/sha256/{}", d.hex());
-        let members: [(String, &[u8]); 5] = [
-            ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#),
-            ("index.json".into(), index.as_bytes()),
-            (blob(&Digest::of(manifest.as_bytes())), manifest.as_bytes()),
-            (blob(&Digest::of(config.as_bytes())), config.as_bytes()),
-            (blob(&layer_digest), &layer),
-        ];
-        for (name, data) in members {
-            let mut header = tar::Header::new_ustar();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            outer.append_data(&mut header, name, data).unwrap();
-        }
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&outer.into_inner().unwrap()).unwrap();
-        file
+        TestImage::new(vec![layer]).archive(Some("v1"))
     }
 
     fn options() -> PullOptions {

@@ -10,14 +10,15 @@ use std::{
     io::{Read, Seek, Write},
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{layers::recompress, *};
 use crate::{
     HashAlgorithm, VerityPolicy,
     delta::tardiff::tests::{Memory, both},
-    oci::{Platform, PullOptions, PullReport, Source},
+    oci::{PullOptions, PullReport, Source},
     repository::AnyStore,
+    test_image::{TestImage, TestLayer},
 };
 
 /// One entry of a layer tar.
@@ -97,85 +98,9 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// An image: its manifest, config and (tar, gzip blob) layers.
-struct Image {
-    manifest: Vec<u8>,
-    config: Vec<u8>,
-    layers: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Image {
-    fn new(layers: &[Vec<Entry>]) -> Self {
-        let layers: Vec<(Vec<u8>, Vec<u8>)> = layers
-            .iter()
-            .map(|entries| {
-                let tar = tar_of(entries);
-                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(&tar).unwrap();
-                (tar, gz.finish().unwrap())
-            })
-            .collect();
-        let diff_ids: Vec<String> = layers
-            .iter()
-            .map(|(t, _)| Digest::of(t).to_string())
-            .collect();
-        let config = json!({
-            "architecture": Platform::host().architecture, "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": diff_ids}
-        })
-        .to_string()
-        .into_bytes();
-        let descriptors: Vec<Value> = layers
-            .iter()
-            .map(|(_, b)| {
-                json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                       "digest": Digest::of(b).to_string(), "size": b.len()})
-            })
-            .collect();
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": Digest::of(&config).to_string(), "size": config.len()},
-            "layers": descriptors
-        })
-        .to_string()
-        .into_bytes();
-        Image {
-            manifest,
-            config,
-            layers,
-        }
-    }
-
-    /// The image as an oci-archive.
-    fn archive(&self) -> File {
-        let index = json!({"schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": Digest::of(&self.manifest).to_string(), "size": self.manifest.len()}]})
-        .to_string();
-        let mut members: Vec<(String, &[u8])> = vec![
-            ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#),
-            ("index.json".into(), index.as_bytes()),
-        ];
-        let mut blobs = vec![&self.manifest[..], &self.config[..]];
-        blobs.extend(self.layers.iter().map(|(_, b)| &b[..]));
-        members.extend(
-            blobs
-                .into_iter()
-                .map(|b| (format!("blobs/sha256/{}", Digest::of(b).hex()), b)),
-        );
-        let mut outer = tar::Builder::new(Vec::new());
-        for (name, data) in members {
-            let mut header = tar::Header::new_ustar();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            outer.append_data(&mut header, name, data).unwrap();
-        }
-        let mut file = tempfile::tempfile().unwrap();
-        file.write_all(&outer.into_inner().unwrap()).unwrap();
-        file
-    }
+/// An image of gzip layers of `layers`.
+fn image(layers: &[Vec<Entry>]) -> TestImage {
+    TestImage::new(layers.iter().map(|e| TestLayer::gzip(tar_of(e))).collect())
 }
 
 fn new_repo() -> (tempfile::TempDir, Repository) {
@@ -234,7 +159,7 @@ fn source_files(repo: &Repository, name: &str) -> Memory {
 
 /// Apply every tar-diff of the delta `archive` with both appliers and check
 /// the layer it rebuilds; return how many there were.
-fn check_tar_diffs(archive: &mut File, files: &Memory, target: &Image) -> usize {
+fn check_tar_diffs(archive: &mut File, files: &Memory, target: &TestImage) -> usize {
     let blobs = members(archive);
     let blob = |d: &str| &blobs[&format!("blobs/sha256/{}", d.strip_prefix("sha256:").unwrap())];
     let index: Value = serde_json::from_slice(&blobs["index.json"]).unwrap();
@@ -243,7 +168,7 @@ fn check_tar_diffs(archive: &mut File, files: &Memory, target: &Image) -> usize 
     let by_blob: HashMap<String, &Vec<u8>> = target
         .layers
         .iter()
-        .map(|(tar, gz)| (Digest::of(gz).to_string(), tar))
+        .map(|l| (Digest::of(&l.blob).to_string(), &l.tar))
         .collect();
     let mut applied = 0;
     for layer in manifest["layers"].as_array().unwrap() {
@@ -262,10 +187,10 @@ fn check_tar_diffs(archive: &mut File, files: &Memory, target: &Image) -> usize 
 
 /// Create deltas from `source` to `target` with both methods, apply each,
 /// and check the result against a full pull; the reports.
-async fn round_trip(source: &Image, target: &Image) -> Vec<DeltaReport> {
+async fn round_trip(source: &TestImage, target: &TestImage) -> Vec<DeltaReport> {
     let (_dir, repo) = new_repo();
-    pull(&repo, source.archive(), "source").await;
-    let full = pull(&repo, target.archive(), "target").await;
+    pull(&repo, source.archive(None), "source").await;
+    let full = pull(&repo, target.archive(None), "target").await;
     let files = source_files(&repo, "source");
     let mut reports = Vec::new();
     for method in [DeltaMethod::Zstd, DeltaMethod::Bsdiff] {
@@ -283,7 +208,7 @@ async fn round_trip(source: &Image, target: &Image) -> Vec<DeltaReport> {
         let tar_diffs = report.changed.iter().filter(|l| l.method == "tar-diff");
         assert_eq!(check_tar_diffs(&mut out, &files, target), tar_diffs.count());
         let (_other_dir, other) = new_repo();
-        pull(&other, source.archive(), "source").await;
+        pull(&other, source.archive(None), "source").await;
         out.seek(std::io::SeekFrom::Start(0)).unwrap();
         let applied = pull(&other, out, "target").await;
         assert_eq!(applied.image_id, full.image_id, "{method}");
@@ -296,7 +221,7 @@ async fn round_trip(source: &Image, target: &Image) -> Vec<DeltaReport> {
 
 /// A source and a target that differ in every way a layer can: edits,
 /// renames, deletions, hardlinks, whiteouts, empty and multi-MiB files.
-fn fixture() -> (Image, Image) {
+fn fixture() -> (TestImage, TestImage) {
     let big = noise(3 << 20, 1);
     let mut big2 = big.clone();
     big2[1_000_000..1_000_100].fill(7);
@@ -313,7 +238,7 @@ fn fixture() -> (Image, Image) {
         file("etc/conf", b"key=value\n"),
         file("etc/motd", &text(5000, 5)),
     ];
-    let source = Image::new(&[
+    let source = image(&[
         base.clone(),
         vec![
             Entry::Dir("usr/lib/"),
@@ -328,7 +253,7 @@ fn fixture() -> (Image, Image) {
             Entry::Symlink("usr/bin/t", "tool"),
         ],
     ]);
-    let target = Image::new(&[
+    let target = image(&[
         base,
         vec![
             Entry::Dir("usr/lib/"),
@@ -380,8 +305,8 @@ async fn deltas_rebuild_the_target_exactly() {
 async fn a_delta_between_equal_images_carries_no_layers() {
     let (source, _) = fixture();
     let (_dir, repo) = new_repo();
-    pull(&repo, source.archive(), "a").await;
-    pull(&repo, source.archive(), "b").await;
+    pull(&repo, source.archive(None), "a").await;
+    pull(&repo, source.archive(None), "b").await;
     let mut out = tempfile::tempfile().unwrap();
     let report = repo
         .create_delta("a", "b", out.try_clone().unwrap(), CreateOptions::default())
@@ -443,7 +368,7 @@ impl Rng {
 
 /// Random files, then a random edit of them: changed bytes, insertions,
 /// truncations, renames, deletions (as whiteouts) and new files.
-fn random_pair(seed: u64) -> (Image, Image) {
+fn random_pair(seed: u64) -> (TestImage, TestImage) {
     let mut rng = Rng(seed);
     let mut files: Vec<(String, Vec<u8>)> = (0..rng.below(12) + 3)
         .map(|i| {
@@ -467,7 +392,7 @@ fn random_pair(seed: u64) -> (Image, Image) {
         entries.extend(extra);
         entries
     };
-    let source = Image::new(&[layer(&files, vec![])]);
+    let source = image(&[layer(&files, vec![])]);
     let mut whiteouts = Vec::new();
     for (i, (path, data)) in files.iter_mut().enumerate() {
         match rng.below(6) {
@@ -489,7 +414,7 @@ fn random_pair(seed: u64) -> (Image, Image) {
     files.sort_by(|a, b| a.0.cmp(&b.0));
     files.dedup_by(|a, b| a.0 == b.0);
     files.push((format!("usr/d0/new{seed}"), noise(3000, seed)));
-    let target = Image::new(&[layer(&files, whiteouts)]);
+    let target = image(&[layer(&files, whiteouts)]);
     (source, target)
 }
 
@@ -512,8 +437,8 @@ async fn skopeo_reads_the_delta_archive() {
     assert!(probe.status.success());
     let (source, target) = fixture();
     let (dir, repo) = new_repo();
-    pull(&repo, source.archive(), "source").await;
-    let full = pull(&repo, target.archive(), "target").await;
+    pull(&repo, source.archive(None), "source").await;
+    let full = pull(&repo, target.archive(None), "target").await;
     let path = dir.path().join("delta.tar");
     let out = File::create(&path).unwrap();
     repo.create_delta("source", "target", out, CreateOptions::default())
