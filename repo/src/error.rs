@@ -136,6 +136,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Every layer is sound, but together they make no filesystem: an
+    /// upper layer writes beneath what a lower one made a symlink or a
+    /// file.
+    #[error("the image's layers do not make a filesystem: {reason}")]
+    InvalidImage {
+        /// What is wrong.
+        reason: String,
+    },
     /// Mounting an image failed.
     #[error("mounting {image} failed: {reason}")]
     MountFailed {

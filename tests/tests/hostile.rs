@@ -755,3 +755,38 @@ fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(path).unwrap().blocks() * 512
 }
+
+// ---------------------------------------------------------------------
+// Layers that are sound alone but conflict.
+// ---------------------------------------------------------------------
+
+#[test]
+fn hostile_a_write_beneath_a_lower_layers_symlink_is_an_invalid_image() {
+    let daemon = Daemon::start_initialised(&[]);
+    let image = Image::new(vec![
+        Layer::new(
+            Compression::Gzip,
+            vec![
+                Entry::dir("usr"),
+                Entry::dir("usr/lib"),
+                Entry::symlink("lib", "usr/lib"),
+            ],
+        ),
+        Layer::new(
+            Compression::Gzip,
+            vec![Entry::file("lib/x", "through the link\n")],
+        ),
+    ]);
+    let (layout, _) = Layout::single(&image, None);
+    let message = refused(
+        &daemon,
+        &Written::new(&layout),
+        &Expect {
+            name: "io.cfsd.Oci.InvalidImage",
+            words: &["\"lib\""],
+            bad_diff_ids: &[],
+        },
+    );
+    assert!(message.contains("not a subdirectory"), "{message}");
+    still_pulls(&daemon);
+}

@@ -187,6 +187,7 @@ mod tests {
                 layer: s(),
                 reason: s(),
             },
+            OciError::InvalidImage { reason: s() },
             OciError::MountFailed {
                 image: s(),
                 reason: s(),
@@ -220,6 +221,7 @@ mod tests {
                 | OciError::UnsupportedMediaType { .. }
                 | OciError::DigestMismatch { .. }
                 | OciError::InvalidLayer { .. }
+                | OciError::InvalidImage { .. }
                 | OciError::MountFailed { .. }
                 | OciError::StorageFailed { .. }
                 | OciError::DeltaSourceMissing { .. }

@@ -400,6 +400,13 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// Every layer is sound, but together they make no filesystem.
+    #[serde(rename = "io.cfsd.Oci.InvalidImage")]
+    #[error("the image's layers do not make a filesystem: {reason}")]
+    InvalidImage {
+        /// What is wrong.
+        reason: String,
+    },
     /// Mounting the image failed.
     #[serde(rename = "io.cfsd.Oci.MountFailed")]
     #[error("mounting {image} failed: {reason}")]

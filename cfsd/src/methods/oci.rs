@@ -592,6 +592,7 @@ fn wire_error(e: repo::Error) -> OciError {
             actual,
         },
         E::InvalidLayer { layer, reason } => OciError::InvalidLayer { layer, reason },
+        E::InvalidImage { reason } => OciError::InvalidImage { reason },
         E::MountFailed { image, reason } => OciError::MountFailed { image, reason },
         E::Storage { operation, reason } => OciError::StorageFailed {
             operation: operation.to_owned(),

@@ -190,7 +190,7 @@ impl Pull {
                 Some(&tag),
                 None,
             )
-            .map_err(|e| Error::storage("writing the image", e))
+            .map_err(image_error)
         })
         .await?;
         let image_id = self.image_id(&repo)?;
@@ -373,6 +373,23 @@ impl Totals {
             stats.objects_copied + stats.objects_reflinked + stats.objects_hardlinked;
         self.objects_present += stats.objects_already_present;
         self.bytes_new += stats.bytes_copied + stats.bytes_reflinked + stats.bytes_hardlinked;
+    }
+}
+
+/// Building the image failed: on an I/O error, the repository is at
+/// fault; otherwise the layers are, which only conflict across layers can
+/// cause, each layer having passed the tar rules alone.
+fn image_error(e: anyhow::Error) -> Error {
+    let io_failure = e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some()
+            || cause.downcast_ref::<rustix::io::Errno>().is_some()
+    });
+    if io_failure {
+        Error::storage("writing the image", e)
+    } else {
+        Error::InvalidImage {
+            reason: format!("{e:#}"),
+        }
     }
 }
 
