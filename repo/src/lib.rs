@@ -11,6 +11,8 @@ mod algorithm;
 mod delta;
 mod error;
 mod fsck;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 pub mod mounts;
 pub mod oci;

@@ -16,7 +16,7 @@ mod apply;
 mod artifact;
 pub(crate) mod create;
 mod source;
-mod tardiff;
+pub(crate) mod tardiff;
 
 pub(crate) use apply::rebuild_layers;
 pub(crate) use artifact::{ARTIFACT_TYPE, Delta};

@@ -31,6 +31,10 @@ impl Archive {
     /// skipped, not read.
     pub fn index(file: File) -> Result<Self, Error> {
         refuse_compressed(&file)?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::storage("reading the archive", e))?
+            .len();
         let file = Arc::new(file);
         let mut members = HashMap::new();
         let mut tar = tar::Archive::new(Pread::new(file.clone(), 0, u64::MAX));
@@ -39,15 +43,20 @@ impl Archive {
         };
         for entry in tar.entries_with_seek().map_err(invalid)? {
             let entry = entry.map_err(invalid)?;
-            if !entry.header().entry_type().is_file() {
-                continue;
-            }
             let path = entry.path().map_err(invalid)?;
             let name = normalise(&path.to_string_lossy());
             let extent = Extent {
                 offset: entry.raw_file_position(),
                 len: entry.size(),
             };
+            // The tar reader skips data by seeking, which succeeds past the
+            // end: a cut-short archive must be caught here, not when a blob
+            // read fails later as if the disk had. Any member counts, as
+            // for tar extraction.
+            check_inside(&name, extent, size)?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
             // A later member of the same name replaces an earlier one, as
             // tar extraction would.
             members.insert(name, extent);
@@ -70,6 +79,24 @@ impl Archive {
         let extent = self.member(path)?;
         Some(Pread::new(self.file.clone(), extent.offset, extent.len))
     }
+}
+
+/// A member's data must lie inside the archive.
+fn check_inside(name: &str, extent: Extent, size: u64) -> Result<(), Error> {
+    if extent
+        .offset
+        .checked_add(extent.len)
+        .is_some_and(|end| end <= size)
+    {
+        return Ok(());
+    }
+    Err(Error::InvalidSource {
+        reason: format!(
+            "the archive is cut short: {name} has {} bytes at offset {}, \
+             past the end of the {size}-byte archive",
+            extent.len, extent.offset
+        ),
+    })
 }
 
 /// `./index.json` and `index.json` name the same member.
@@ -207,6 +234,57 @@ mod tests {
             .unwrap();
         assert_eq!(index, "{}");
         assert!(archive.open("blobs/sha256/bb").is_none());
+    }
+
+    /// Found by the archive_index fuzz target: a member cut short was
+    /// indexed, and only reading it failed, later (for index.json or a
+    /// manifest as a storage error rather than a bad source).
+    #[test]
+    fn refuses_a_member_cut_short() {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(5120);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "usr/big", &[1u8; 5120][..])
+            .unwrap();
+        let whole = builder.into_inner().unwrap();
+        for cut in [512 + 5119, 512 + 100, 513] {
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(&whole[..cut]).unwrap();
+            let err = Archive::index(file).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidSource { ref reason } if reason.contains("usr/big")),
+                "{cut}: {err}"
+            );
+        }
+        // A directory whose data runs past the end is cut short too.
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, kind, size) in [
+            ("index.json", tar::EntryType::Regular, 2),
+            ("blobs/", tar::EntryType::Directory, 2817),
+        ] {
+            let mut header = tar::Header::new_ustar();
+            header.set_entry_type(kind);
+            header.set_size(size);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, &vec![0u8; size as usize][..])
+                .unwrap();
+        }
+        let bytes = builder.into_inner().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&bytes[..512 * 4 + 700]).unwrap();
+        assert!(matches!(
+            Archive::index(file).unwrap_err(),
+            Error::InvalidSource { ref reason } if reason.contains("blobs/")
+        ));
+        // Only the padding after the data missing is still readable.
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&whole[..512 + 5120]).unwrap();
+        let archive = Archive::index(file).unwrap();
+        assert_eq!(archive.member("usr/big").unwrap().len, 5120);
     }
 
     #[test]

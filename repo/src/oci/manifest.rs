@@ -379,8 +379,34 @@ fn docker_to_oci(raw: &[u8], layers: &[LayerPlan]) -> Result<Vec<u8>, Error> {
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::InvalidJson {
+    let invalid = |e: serde_json::Error| Error::InvalidJson {
         what: what.to_owned(),
         reason: e.to_string(),
-    })
+    };
+    // serde skips the fields `T` ignores without checking their text, but
+    // the document is stored as it is and read again by composefs-oci and
+    // other tools: it must be JSON throughout (valid UTF-8, escapes).
+    serde_json::from_slice::<serde_json::Value>(bytes).map_err(invalid)?;
+    serde_json::from_slice(bytes).map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the manifest fuzz target: a config with invalid UTF-8 in
+    /// a field cfsd does not read was accepted and stored.
+    #[test]
+    fn documents_must_be_json_throughout() {
+        let rootfs = r#""rootfs":{"type":"layers","diff_ids":[]}"#;
+        let good = format!(r#"{{"os":"linux",{rootfs}}}"#);
+        assert!(parse::<ConfigDoc>(good.as_bytes(), "the config").is_ok());
+        for bad in [&b"{\"os\":\"linu\xff\","[..], b"{\"os\":\"\\ud800\","] {
+            let mut doc = bad.to_vec();
+            doc.extend_from_slice(rootfs.as_bytes());
+            doc.push(b'}');
+            let err = parse::<ConfigDoc>(&doc, "the config").unwrap_err();
+            assert!(matches!(err, Error::InvalidJson { .. }), "{err}");
+        }
+    }
 }
