@@ -254,6 +254,18 @@ impl RawConnection {
         stream.write_all(b"\0").unwrap();
     }
 
+    /// Send `bytes` and the ending NUL as a message the daemon may refuse,
+    /// and hang up on, before it has all of it: a closed pipe is expected.
+    pub fn send_refusable(&mut self, bytes: &[u8]) {
+        let mut message = bytes.to_vec();
+        message.push(0);
+        match self.reader.get_mut().write_all(&message) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => panic!("sending a message failed: {e}"),
+        }
+    }
+
     /// Read one message; `None` when the daemon closed the connection.
     pub fn receive(&mut self) -> Option<Value> {
         let mut message = Vec::new();
