@@ -217,6 +217,9 @@ impl Repository {
         durable_create(&marker).map_err(|e| Error::storage("marking a collection", e))?;
         let result = with_store!(&self.store, s => s.gc(&roots))
             .map_err(|e| Error::storage("collecting garbage", e))?;
+        // The marker may go only once every removal is on disk.
+        with_store!(&self.store, s => s.sync())
+            .map_err(|e| Error::storage("syncing the repository", e))?;
         std::fs::remove_file(&marker).map_err(|e| Error::storage("ending a collection", e))?;
         Ok(GcReport::new(false, &result))
     }

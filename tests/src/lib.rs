@@ -41,27 +41,45 @@ pub struct Daemon {
     child: Option<Child>,
     dir: TempDir,
     args: Vec<String>,
+    /// A program cfsd runs under, with its arguments (e.g. strace).
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
     /// Start cfsd on a socket in a new temporary directory, with `args`
     /// added to its command line. The repository is not initialised.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_under(&[], args)
+    }
+
+    /// Start cfsd as [`Daemon::start`] does, but as an argument of the
+    /// program `wrapper` (its first item; the rest are its arguments).
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("cfsd-test")
             .tempdir()
             .unwrap();
+        let owned = |list: &[&str]| list.iter().map(|a| (*a).to_owned()).collect();
         let mut daemon = Daemon {
             child: None,
             dir,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            args: owned(args),
+            wrapper: owned(wrapper),
         };
         daemon.spawn();
         daemon
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(bin("cfsd"))
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin("cfsd"));
+                command
+            }
+            None => Command::new(bin("cfsd")),
+        };
+        let child = command
             .arg("--repo")
             .arg(self.repo())
             .arg("--address")

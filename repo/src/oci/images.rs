@@ -9,7 +9,7 @@ use composefs::{
 };
 use composefs_oci::{OciDigest, oci_image::OciImage};
 
-use super::digest::Digest;
+use super::{digest::Digest, pull::durable};
 use crate::{Error, Repository, repository::with_store};
 
 /// The longest tag accepted; it becomes a file name once encoded.
@@ -70,7 +70,8 @@ impl Repository {
         with_store!(self.store(), s => {
             let found = open(s, image)?;
             composefs_oci::oci_image::tag_image(s, found.manifest_digest(), tag)
-                .map_err(|e| Error::storage("tagging", e))
+                .map_err(|e| Error::storage("tagging", e))?;
+            durable(s)
         })
     }
 
@@ -80,7 +81,9 @@ impl Repository {
             if !tags(s)?.iter().any(|(name, _)| name == tag) {
                 return Err(Error::ImageNotFound { image: tag.to_owned() });
             }
-            composefs_oci::oci_image::untag_image(s, tag).map_err(|e| Error::storage("untagging", e))
+            composefs_oci::oci_image::untag_image(s, tag)
+                .map_err(|e| Error::storage("untagging", e))?;
+            durable(s)
         })
     }
 
@@ -98,6 +101,7 @@ impl Repository {
                 composefs_oci::oci_image::untag_image(s, tag)
                     .map_err(|e| Error::storage("untagging", e))?;
             }
+            durable(s)?;
             Ok(removed)
         })
     }

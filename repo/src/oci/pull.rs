@@ -190,7 +190,8 @@ impl Pull {
                 Some(&tag),
                 None,
             )
-            .map_err(image_error)
+            .map_err(image_error)?;
+            durable(&finalising)
         })
         .await?;
         let image_id = self.image_id(&repo)?;
@@ -217,6 +218,7 @@ impl Pull {
         };
         composefs_oci::oci_image::tag_image(repo, &digest, &self.tag)
             .map_err(|e| Error::storage("tagging", e))?;
+        durable(repo)?;
         for plan in &self.resolved.layers {
             self.tell(plan, Stage::Present, plan.size);
         }
@@ -374,6 +376,14 @@ impl Totals {
         self.objects_present += stats.objects_already_present;
         self.bytes_new += stats.bytes_copied + stats.bytes_reflinked + stats.bytes_hardlinked;
     }
+}
+
+/// Make what was written durable before the caller is told it is done:
+/// composefs syncs before it creates each name, not after, so the newest
+/// name (the tag) would otherwise be lost to a power cut after the reply.
+pub(crate) fn durable<H: FsVerityHashValue>(repo: &Store<H>) -> Result<(), Error> {
+    repo.sync()
+        .map_err(|e| Error::storage("syncing the repository", e))
 }
 
 /// Building the image failed: on an I/O error, the repository is at
