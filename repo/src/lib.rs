@@ -16,7 +16,6 @@ pub mod fuzzing;
 mod gc;
 pub mod mounts;
 pub mod oci;
-mod pull_key;
 mod repository;
 #[cfg(test)]
 mod test_image;
@@ -28,7 +27,6 @@ pub use delta::create::{CreateOptions, DeltaMethod, DeltaReport, LayerDelta};
 pub use error::Error;
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
-pub use pull_key::pull_key;
 pub use repository::{Repository, RepositoryDir, RepositoryInfo};
 pub use usage::Usage;
 pub use verity::{VerityPolicy, VerityStatus};

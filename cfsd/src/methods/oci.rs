@@ -102,11 +102,8 @@ async fn pull(daemon: &Daemon, params: PullParams, fds: Vec<OwnedFd>) -> Result<
     let source = source(&params.transport, fds)?;
     let options = pull_options(params)?;
     let repo = open(daemon)?;
-    let (source, options, key) = blocking(move || {
-        let key = repo::pull_key(&source, &options)?;
-        Ok((source, options, key))
-    })
-    .await?;
+    let prepared = blocking(move || repo::Repository::prepare_pull(source, &options)).await?;
+    let key = prepared.manifest_digest();
     let gc_lock = daemon.gc_lock.clone();
     let pending = Arc::new(Pending::default());
     let progress = {
@@ -121,7 +118,7 @@ async fn pull(daemon: &Daemon, params: PullParams, fds: Vec<OwnedFd>) -> Result<
     let work = tokio::spawn(async move {
         let _turn = PULLS.turn(key).await;
         let _shared = gc_lock.read_owned().await;
-        repo.pull(source, options, progress).await
+        repo.pull_prepared(prepared, progress).await
     });
     let (replies, receiver) = mpsc::channel(STREAM_QUEUE);
     tokio::spawn(stream_pull(AbortOnDrop(work), pending, replies));

@@ -103,6 +103,24 @@ pub struct PullReport {
 /// A progress sink shared by the layer tasks.
 pub(crate) type Progress = Arc<dyn Fn(LayerProgress) + Send + Sync>;
 
+/// A pull whose source is open and whose image is chosen and checked,
+/// before anything is read beyond the index, manifest and config.
+#[derive(Debug)]
+pub struct PreparedPull {
+    layout: Arc<Layout>,
+    resolved: Arc<Resolved>,
+    tag: String,
+    jobs: usize,
+}
+
+impl PreparedPull {
+    /// The digest of the manifest this pull imports: two pulls with the
+    /// same one import the same image.
+    pub fn manifest_digest(&self) -> String {
+        self.resolved.manifest_digest.to_string()
+    }
+}
+
 impl Repository {
     /// Pull the image that `options` choose from `source`, and tag it.
     ///
@@ -115,14 +133,16 @@ impl Repository {
         options: PullOptions,
         progress: impl Fn(LayerProgress) + Send + Sync + 'static,
     ) -> Result<PullReport, Error> {
+        let prepared = blocking(move || Repository::prepare_pull(source, &options)).await?;
+        self.pull_prepared(prepared, progress).await
+    }
+
+    /// Open `source` and choose and check the image that `options` name,
+    /// reading only the index, manifest and config. Blocks on that reading.
+    pub fn prepare_pull(source: Source, options: &PullOptions) -> Result<PreparedPull, Error> {
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
-        let reference = options.reference.clone();
-        let (layout, resolved) = blocking(move || {
-            let layout = Layout::open(source)?;
-            let resolved = manifest::resolve(&layout, reference.as_deref(), &platform)?;
-            Ok((Arc::new(layout), resolved))
-        })
-        .await?;
+        let layout = Layout::open(source)?;
+        let resolved = manifest::resolve(&layout, options.reference.as_deref(), &platform)?;
         let tag = options
             .tag
             .clone()
@@ -132,11 +152,25 @@ impl Repository {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
-        let job = Pull {
-            layout,
+        Ok(PreparedPull {
+            layout: Arc::new(layout),
             resolved: Arc::new(resolved),
             tag,
             jobs,
+        })
+    }
+
+    /// Import and tag the image of `prepared`.
+    pub async fn pull_prepared(
+        &self,
+        prepared: PreparedPull,
+        progress: impl Fn(LayerProgress) + Send + Sync + 'static,
+    ) -> Result<PullReport, Error> {
+        let job = Pull {
+            layout: prepared.layout,
+            resolved: prepared.resolved,
+            tag: prepared.tag,
+            jobs: prepared.jobs,
             progress: Arc::new(progress),
         };
         with_store!(self.store(), store => job.run(store.clone()).await)
