@@ -490,6 +490,29 @@ impl DeltaSpec<'_> {
     }
 }
 
+/// A layout holding the delta from `source` (built as `source_built`) to
+/// `target`, carrying target layer `layer` as a zstd-dictionary tar-diff
+/// and leaving the other layers out.
+pub fn tar_diff_delta(
+    source: &Image,
+    source_built: &BuiltImage,
+    target: &BuiltImage,
+    layer: usize,
+) -> Layout {
+    let tar_diff = encode_tar_diff(
+        &target.layer_tars[layer],
+        &image_files(source),
+        Encoding::ZstdDict,
+    );
+    let spec = DeltaSpec {
+        source: source_built,
+        target,
+        parts: vec![(layer, Part::TarDiff(tar_diff))],
+        embedded_config: None,
+    };
+    spec.layout().0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

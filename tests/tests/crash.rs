@@ -34,7 +34,7 @@ use std::{
 
 use cfsd_tests::{
     Daemon, bin,
-    delta::{DeltaSpec, Encoding, Part, encode_tar_diff, image_files},
+    delta::tar_diff_delta,
     oci::{Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
     ocictl::{Pulled, json, parse_pull, published, pull, succeeds},
     stderr,
@@ -194,18 +194,7 @@ impl Fixtures {
 
         let target = delta_target_image();
         let (_, target_built) = Layout::single(&target, None);
-        let tar_diff = encode_tar_diff(
-            &target_built.layer_tars[1],
-            &image_files(&base),
-            Encoding::ZstdDict,
-        );
-        let spec = DeltaSpec {
-            source: &base_built,
-            target: &target_built,
-            parts: vec![(1, Part::TarDiff(tar_diff))],
-            embedded_config: None,
-        };
-        let w = Written::new(&spec.layout().0);
+        let w = Written::new(&tar_diff_delta(&base, &base_built, &target_built, 1));
         kinds.push(Kind {
             tag: "delta",
             source: w.archive(None),

@@ -25,7 +25,7 @@ use std::{
 
 use cfsd_tests::{
     Daemon,
-    delta::{DeltaSpec, Encoding, Part, encode_tar_diff, image_files},
+    delta::tar_diff_delta,
     oci::{BuiltImage, Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
     ocictl::{PrivateRepo, Target, json, object_count, parse_pull, published, pull, succeeds},
     stderr, stdout,
@@ -110,18 +110,8 @@ impl Fixtures {
             let (layout, base_built) = Layout::single(&base, None);
             bases.push(source(&mut written, &layout, &base_built, false));
             let (_, target_built) = Layout::single(&target, None);
-            let tar_diff = encode_tar_diff(
-                &target_built.layer_tars[1],
-                &image_files(&base),
-                Encoding::ZstdDict,
-            );
-            let spec = DeltaSpec {
-                source: &base_built,
-                target: &target_built,
-                parts: vec![(1, Part::TarDiff(tar_diff))],
-                embedded_config: None,
-            };
-            deltas.push(source(&mut written, &spec.layout().0, &target_built, false));
+            let delta = tar_diff_delta(&base, &base_built, &target_built, 1);
+            deltas.push(source(&mut written, &delta, &target_built, false));
         }
         // img2 shares its lower layer with img1, so that layer is imported
         // by many pulls at once; img3 is read from a directory.
