@@ -34,6 +34,34 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Give up on a test whose precondition this machine lacks (a kernel
+/// that refuses mounts, say). Skipping is a failure unless
+/// `CFSD_TEST_ALLOW_SKIP=1` is set, so that a machine without erofs cannot
+/// pass the tests that need it by quietly returning early: nextest hides
+/// what passing tests print.
+pub fn skip(reason: &str) {
+    let allowed = std::env::var_os("CFSD_TEST_ALLOW_SKIP").is_some_and(|v| v == "1");
+    assert!(
+        allowed,
+        "this test cannot run here: {reason} (set CFSD_TEST_ALLOW_SKIP=1 to let it skip)"
+    );
+    eprintln!("SKIPPED (CFSD_TEST_ALLOW_SKIP=1): {reason}");
+}
+
+/// Whether the filesystem holding `dir` can seal a file with fs-verity,
+/// as Debian's `fsverity enable` finds: the oracle for what a repository
+/// created there must report, independent of cfsd's own probe.
+pub fn filesystem_has_verity(dir: &Path) -> bool {
+    let file = tempfile::NamedTempFile::new_in(dir).expect("a file to probe fs-verity with");
+    std::fs::write(file.path(), b"probe").unwrap();
+    let out = Command::new("fsverity")
+        .arg("enable")
+        .arg(file.path())
+        .output()
+        .expect("running fsverity (Debian package fsverity; scripts/setup-deps installs it)");
+    out.status.success()
+}
+
 /// A running `cfsd` serving a fresh repository directory on its own
 /// socket. It is killed when dropped.
 #[derive(Debug)]

@@ -280,6 +280,30 @@ pub fn typed_pull_refusal(
     source: OwnedFd,
     tag: &str,
 ) -> OciError {
+    typed_refusal_of(daemon, transport, source, None, tag)
+}
+
+/// The typed error of `Pull` of `source`, written as cfsctl takes it
+/// (`oci-archive:PATH[:REF]` or `oci:DIR[:REF]`), opened here as cfsctl
+/// would and sent over the daemon's socket. Panics as
+/// [`typed_pull_refusal`] does.
+pub fn typed_source_refusal(daemon: &Daemon, source: &str, tag: &str) -> OciError {
+    let (transport, rest) = source.split_once(':').expect("TRANSPORT:PATH");
+    let (path, reference) = match rest.split_once(':') {
+        Some((path, reference)) => (path, Some(reference)),
+        None => (rest, None),
+    };
+    let fd = OwnedFd::from(std::fs::File::open(path).expect("opening the source"));
+    typed_refusal_of(daemon, transport, fd, reference, tag)
+}
+
+fn typed_refusal_of(
+    daemon: &Daemon,
+    transport: &str,
+    source: OwnedFd,
+    reference: Option<&str>,
+    tag: &str,
+) -> OciError {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -288,6 +312,7 @@ pub fn typed_pull_refusal(
         let mut client = daemon.client().await;
         let params = PullParams {
             transport: transport.to_owned(),
+            reference: reference.map(str::to_owned),
             tag: Some(tag.to_owned()),
             ..PullParams::default()
         };

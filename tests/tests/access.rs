@@ -93,8 +93,24 @@ for call in sys.argv[2:]:
 fn an_unprivileged_peer_may_read_but_not_change() {
     let daemon = Daemon::start_for_nobody(&[]);
     assert!(daemon.cfsctl(&["init"]).status.success());
+    // Something to change: an image, tagged twice.
+    let written = small_image();
+    let archive = daemon.dir().join("image.tar");
+    std::fs::copy(written.archive_path(), &archive).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let source = format!("oci-archive:{}", archive.display());
+    ocictl::pull(&daemon, &[&source, "kept"]);
+    ocictl::succeeds(&daemon, &["oci", "tag", "kept", "second"]);
+    let before = published(&daemon.repo());
+    let objects = ocictl::object_count(&daemon.repo());
 
-    for read_only in [&["info"][..], &["fsck"], &["gc", "--dry-run"]] {
+    for read_only in [
+        &["info"][..],
+        &["fsck"],
+        &["gc", "--dry-run"],
+        &["oci", "images"],
+        &["oci", "inspect", "kept"],
+    ] {
         let out = cfsctl_as_nobody(&daemon, &[], read_only);
         assert!(
             out.status.success(),
@@ -102,13 +118,59 @@ fn an_unprivileged_peer_may_read_but_not_change() {
             stderr(&out)
         );
     }
-    for mutating in [&["init"][..], &["gc"]] {
+    let mnt = daemon.dir().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mnt = mnt.to_str().unwrap();
+    for mutating in [
+        &["init"][..],
+        &["gc"],
+        &["oci", "pull", &source, "new"],
+        &["oci", "tag", "kept", "third"],
+        &["oci", "untag", "second"],
+        &["oci", "rm", "kept"],
+        &["oci", "mount", "kept", mnt],
+    ] {
         let out = cfsctl_as_nobody(&daemon, &[], mutating);
         assert_eq!(out.status.code(), Some(1), "{mutating:?} as nobody");
         let err = stderr(&out);
-        assert!(err.contains("permission denied"), "{err}");
+        assert!(err.contains("permission denied"), "{mutating:?}: {err}");
         assert!(err.contains("uid 65534"), "{err}");
     }
+    // The same over the wire, typed, naming each method.
+    let calls: Vec<(&str, Value)> = vec![
+        ("io.cfsd.Oci.Pull", json!({"transport": "oci-archive"})),
+        ("io.cfsd.Oci.Tag", json!({"image": "kept", "tag": "third"})),
+        ("io.cfsd.Oci.Untag", json!({"tag": "second"})),
+        ("io.cfsd.Oci.Remove", json!({"image": "kept"})),
+        ("io.cfsd.Oci.Mount", json!({"image": "kept"})),
+        ("io.cfsd.Repository.Gc", json!({"dryRun": false})),
+    ];
+    let raw: Vec<Value> = calls
+        .iter()
+        .map(|(method, parameters)| json!({"method": method, "parameters": parameters}))
+        .collect();
+    let replies = raw_calls_as_nobody(&daemon, &raw);
+    for ((method, _), reply) in calls.iter().zip(&replies) {
+        let interface = method.rsplit_once('.').unwrap().0;
+        assert_eq!(
+            reply["error"],
+            format!("{interface}.PermissionDenied"),
+            "{reply}"
+        );
+        assert_eq!(reply["parameters"]["method"], *method, "{reply}");
+        assert_eq!(reply["parameters"]["uid"], NOBODY, "{reply}");
+    }
+    assert_eq!(
+        published(&daemon.repo()),
+        before,
+        "nobody changed what is published"
+    );
+    assert_eq!(ocictl::object_count(&daemon.repo()), objects);
+    assert_eq!(
+        std::fs::read_dir(mnt).unwrap().count(),
+        0,
+        "something was mounted"
+    );
 }
 
 #[test]

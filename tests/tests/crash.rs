@@ -268,16 +268,33 @@ fn timed_call(daemon: &Daemon, call: &Value) -> (Duration, Value) {
     (took, reply["parameters"].clone())
 }
 
+/// What the repository held at the moment of a kill.
+struct KillSite {
+    /// Whether a collection had marked itself running.
+    gc_marker: bool,
+    /// Every object's name.
+    objects: BTreeSet<String>,
+}
+
 /// Send `call` on a connection opened beforehand, SIGKILL the daemon
-/// after `delay`, restart it on the same repository.
-fn kill_during_call(daemon: &mut Daemon, call: &Value, delay: Duration) {
+/// after `delay`, note what it left, restart it on the same repository.
+fn kill_during_call(daemon: &mut Daemon, call: &Value, delay: Duration) -> KillSite {
     let mut connection = daemon.raw();
     connection.send_bytes(call.to_string().as_bytes());
     std::thread::sleep(delay);
-    daemon.kill_and_restart();
+    daemon.kill();
+    let site = KillSite {
+        gc_marker: daemon.repo().join(GC_MARKER).exists(),
+        objects: objects(&daemon.repo()),
+    };
+    daemon.restart();
     let reply = connection.receive();
     eprintln!("killed at {delay:?} during {call}: reply {reply:?}");
+    site
 }
+
+/// The file a running collection keeps in the repository.
+const GC_MARKER: &str = ".cfsd-gc-running";
 
 /// Start `args`, SIGKILL the daemon after `delay`, restart it on the same
 /// repository. Whether the call finished first does not matter.
@@ -416,6 +433,25 @@ fn check(
     tags
 }
 
+/// Where a kill landed, judged by what it left. A kill that landed in
+/// none of [`REQUIRED`] proves less, so the test retries other delays
+/// until each of them has been hit.
+const PULL_NOTHING: &str = "pull: nothing written";
+const PULL_OBJECTS: &str = "pull: objects written, nothing named";
+const PULL_STREAMS: &str = "pull: some layer streams named";
+const PULL_MANIFEST: &str = "pull: manifest named, untagged";
+const PULL_TAGGED: &str = "pull: tagged";
+const GC_NOT_BEGUN: &str = "gc: not begun";
+const GC_MARKED: &str = "gc: marked, nothing removed yet";
+const GC_HALF_DONE: &str = "gc: half done, finished by the restart";
+const GC_DONE: &str = "gc: done";
+
+/// The phases every run must have killed in.
+const REQUIRED: [&str; 3] = [PULL_STREAMS, PULL_MANIFEST, GC_HALF_DONE];
+
+/// Extra rounds at most, with other delays, to hit a missed phase.
+const RETRIES: usize = 24;
+
 /// What a killed pull of `tag` left, beyond the streams `before`.
 fn phase(
     daemon: &Daemon,
@@ -427,15 +463,33 @@ fn phase(
     let now = published(&daemon.repo()).streams;
     let new: Vec<&String> = now.keys().filter(|n| !before.contains_key(*n)).collect();
     if tags.contains_key(tag) {
-        "4 tagged"
+        PULL_TAGGED
     } else if new.iter().any(|n| n.starts_with("oci-manifest-")) {
-        "3 manifest named, untagged"
+        PULL_MANIFEST
     } else if !new.is_empty() {
-        "2 some layer streams named"
+        PULL_STREAMS
     } else if new_objects > 0 {
-        "1 objects written, nothing named"
+        PULL_OBJECTS
     } else {
-        "0 nothing written"
+        PULL_NOTHING
+    }
+}
+
+/// Where a killed GC was, from the repository as the kill left it, before
+/// any restart could finish the collection.
+fn gc_phase(
+    at_kill: &KillSite,
+    garbage: &BTreeSet<String>,
+    before: &BTreeSet<String>,
+) -> &'static str {
+    if at_kill.objects == *before {
+        GC_DONE
+    } else if !at_kill.gc_marker {
+        GC_NOT_BEGUN
+    } else if at_kill.objects == *garbage {
+        GC_MARKED
+    } else {
+        GC_HALF_DONE
     }
 }
 
@@ -498,187 +552,279 @@ fn reference(fixtures: &Fixtures) -> Reference {
 #[test]
 fn sigkill_at_any_point_leaves_the_old_state_or_the_new_one() {
     let fixtures = Fixtures::new();
-    let diff_ids = fixtures.diff_ids();
-    let reference = reference(&fixtures);
-    let ids = &reference.ids;
-    let base_id = ids[&fixtures.base_manifest].clone();
-
     let mut daemon = daemon_with_base(&fixtures);
-    json(&daemon, &["gc"]);
-    // What the repository holds before any image comes: base, tagged
-    // `base` and `moving`, and nothing unreferenced.
-    let before = objects(&daemon.repo());
-    let before_tags = BTreeMap::from([
-        ("base".to_owned(), fixtures.base_manifest.clone()),
-        ("moving".to_owned(), fixtures.base_manifest.clone()),
-    ]);
-    assert_eq!(
-        check(&daemon, ids, &diff_ids, After::Other, "start"),
-        before_tags
-    );
-    assert_eq!(removed(&json(&daemon, &["gc", "--dry-run"])), 0);
-
+    let mut crashes = Crashes::new(&fixtures, &daemon);
     let kinds = fixtures.kinds.len();
-    let mut kills = 0;
-    // Where the pull and GC kills landed, by what they left: for the log only,
-    // as where a kill lands is a matter of timing.
-    let before_streams = published(&daemon.repo()).streams;
-    let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
     for round in 0..ROUNDS {
-        for (k, kind) in fixtures.kinds.iter().enumerate() {
+        for k in 0..kinds {
             // Fractions in (0, 1.2): every kind and round another one.
             let fraction = (round as f64 + (k + 1) as f64 / (kinds + 1) as f64) / ROUNDS as f64;
-            let at = |time: Duration| time.mul_f64(fraction * 1.2);
-            let [pull_time, tag_time, rm_time, gc_time] = reference.times[k];
-            let expected_id = &ids[&kind.manifest];
-            let context = |what: &str| format!("{} round {round}, {what}", kind.tag);
-
-            // A pull, killed.
-            let pull_args = ["oci", "pull", kind.source.as_str(), kind.tag];
-            kill_during(&mut daemon, &pull_args, at(pull_time));
-            kills += 1;
-            let tags = check(
-                &daemon,
-                ids,
-                &diff_ids,
-                After::Other,
-                &context("pull killed"),
-            );
-            for (tag, manifest) in &before_tags {
-                assert_eq!(tags.get(tag), Some(manifest), "{}", context("pull killed"));
-            }
-            // The image is there whole, or not at all.
-            assert!(tags.len() == 2 || tags.get(kind.tag) == Some(&kind.manifest));
-            // By manifest digest, a killed pull's image is not found, or
-            // found whole, or (its manifest stream named before the EROFS
-            // image was built) found without an image id; never another.
-            let out = daemon.cfsctl(&["--json", "oci", "inspect", &kind.manifest]);
-            if out.status.success() {
-                let inspect: Value = serde_json::from_slice(&out.stdout).unwrap();
-                assert_eq!(inspect["manifestDigest"], kind.manifest.as_str());
-                assert!(
-                    inspect["imageId"].is_null() || inspect["imageId"] == expected_id.as_str(),
-                    "{}: {inspect}",
-                    context("pull killed")
-                );
-            } else {
-                assert!(!tags.contains_key(kind.tag), "{}", stderr(&out));
-            }
-            let after_kill = objects(&daemon.repo());
-            let orphans = removed(&json(&daemon, &["gc", "--dry-run"])) as usize;
-            let new_objects = after_kill.difference(&before).count();
-            let landed = phase(&daemon, &before_streams, &tags, kind.tag, new_objects);
-            *phases.entry(landed).or_default() += 1;
-            if tags.len() == 2 {
-                // Nothing names what the killed import wrote: all of it is
-                // garbage, and GC would see all of it.
-                assert_eq!(
-                    orphans,
-                    new_objects,
-                    "{}: gc --dry-run must count exactly the objects the killed import left",
-                    context("pull killed")
-                );
-            } else {
-                assert!(orphans < new_objects, "{}", context("pull killed"));
-            }
-
-            // Again, uninterrupted: the same image as the reference run,
-            // and nothing the killed run left was removed.
-            let pulled = pull(&daemon, &[&kind.source, kind.tag]);
-            assert_eq!(pulled.str("imageId"), expected_id.as_str());
-            assert!(
-                objects(&daemon.repo()).is_superset(&after_kill),
-                "{}: a pull removed objects",
-                context("pull again")
-            );
-
-            // The moving tag re-pointed, killed: old or new, never gone.
-            kill_during_call(&mut daemon, &tag_call(kind.tag), at(tag_time));
-            kills += 1;
-            let tags = check(
-                &daemon,
-                ids,
-                &diff_ids,
-                After::Other,
-                &context("tag killed"),
-            );
-            assert_eq!(tags["base"], fixtures.base_manifest);
-            assert_eq!(tags[kind.tag], kind.manifest);
-            assert!(
-                tags["moving"] == fixtures.base_manifest || tags["moving"] == kind.manifest,
-                "{}: moving → {}",
-                context("tag killed"),
-                tags["moving"]
-            );
-            assert!(
-                objects(&daemon.repo()).is_superset(&after_kill),
-                "{}: a restart removed objects",
-                context("tag killed")
-            );
-            succeeds(&daemon, &["oci", "tag", "base", "moving"]);
-
-            // The image removed, killed: its tag is there or gone.
-            kill_during_call(&mut daemon, &rm_call(kind.tag), at(rm_time));
-            kills += 1;
-            let tags = check(&daemon, ids, &diff_ids, After::Other, &context("rm killed"));
-            assert!(tags.len() == 2 || tags.get(kind.tag) == Some(&kind.manifest));
-            if tags.len() == 3 {
-                succeeds(&daemon, &["oci", "rm", kind.tag]);
-            }
-            assert_eq!(
-                check(&daemon, ids, &diff_ids, After::Other, &context("rm again")),
-                before_tags
-            );
-
-            // GC, killed. Whatever it removed, the base image is whole.
-            let garbage = objects(&daemon.repo());
-            let dry = removed(&json(&daemon, &["gc", "--dry-run"]));
-            assert_eq!(
-                dry as usize,
-                garbage.difference(&before).count(),
-                "{}: gc --dry-run must count exactly what the image left",
-                context("before gc")
-            );
-            assert!(garbage.is_superset(&before));
-            assert!(
-                garbage.is_superset(&after_kill),
-                "{}: what the killed import left was removed before GC",
-                context("before gc")
-            );
-            kill_during_call(&mut daemon, &gc_call(), at(gc_time));
-            kills += 1;
-            assert_eq!(
-                check(&daemon, ids, &diff_ids, After::Gc, &context("gc killed")),
-                before_tags
-            );
-            let left = objects(&daemon.repo());
-            assert!(left.is_superset(&before), "{}", context("gc killed"));
-            let landed = if left == before {
-                "gc finished"
-            } else if daemon.cfsctl(&["fsck"]).status.success() {
-                "gc left garbage, fsck clean"
-            } else {
-                "gc left half-removed garbage"
-            };
-            *phases.entry(landed).or_default() += 1;
-            let dry = removed(&json(&daemon, &["gc", "--dry-run"]));
-            let gc = json(&daemon, &["gc"]);
-            assert_eq!(removed(&gc), dry, "{}: {gc}", context("gc again"));
-            assert_eq!(dry as usize, left.difference(&before).count());
-            // Exactly the state before the image came.
-            assert_eq!(objects(&daemon.repo()), before, "{}", context("gc again"));
-            assert_eq!(removed(&json(&daemon, &["gc", "--dry-run"])), 0);
-            // The next GC finished what the killed one began.
-            assert_eq!(
-                check(&daemon, ids, &diff_ids, After::Other, &context("gc again")),
-                before_tags
-            );
-            let base = json(&daemon, &["oci", "inspect", "base"]);
-            assert_eq!(base["imageId"], base_id.as_str());
+            crashes.round(&mut daemon, k, fraction * 1.2);
         }
     }
-    eprintln!("{kills} kill points; the pulls and GCs left: {phases:?}");
-    assert!(kills >= 50, "{kills}");
+    // Where a kill lands is a matter of timing: delays that missed a phase
+    // on this machine are followed by others until each phase was hit.
+    let mut extra = 0;
+    while !crashes.missed().is_empty() && extra < RETRIES {
+        let fraction = ((extra + 1) as f64 * 0.618_034).fract() * 1.2;
+        crashes.round(&mut daemon, extra % kinds, fraction);
+        extra += 1;
+    }
+    eprintln!(
+        "{} kill points ({extra} retry rounds); they left: {:?}",
+        crashes.kills, crashes.phases
+    );
+    assert!(crashes.kills >= 50, "{}", crashes.kills);
+    assert_eq!(
+        crashes.missed(),
+        Vec::<&str>::new(),
+        "no kill landed there: {:?}",
+        crashes.phases
+    );
+}
+
+/// The state every round starts from and returns to, and where the kills
+/// landed so far.
+struct Crashes<'f> {
+    fixtures: &'f Fixtures,
+    reference: Reference,
+    diff_ids: BTreeSet<String>,
+    /// The objects before any image came: the base image's.
+    before: BTreeSet<String>,
+    before_tags: BTreeMap<String, String>,
+    before_streams: BTreeMap<String, String>,
+    kills: usize,
+    phases: BTreeMap<&'static str, usize>,
+}
+
+impl<'f> Crashes<'f> {
+    fn new(fixtures: &'f Fixtures, daemon: &Daemon) -> Self {
+        let reference = reference(fixtures);
+        json(daemon, &["gc"]);
+        let before_tags = BTreeMap::from([
+            ("base".to_owned(), fixtures.base_manifest.clone()),
+            ("moving".to_owned(), fixtures.base_manifest.clone()),
+        ]);
+        let crashes = Crashes {
+            fixtures,
+            diff_ids: fixtures.diff_ids(),
+            reference,
+            before: objects(&daemon.repo()),
+            before_tags,
+            before_streams: published(&daemon.repo()).streams,
+            kills: 0,
+            phases: BTreeMap::new(),
+        };
+        assert_eq!(
+            crashes.check(daemon, After::Other, "start"),
+            crashes.before_tags
+        );
+        assert_eq!(removed(&json(daemon, &["gc", "--dry-run"])), 0);
+        crashes
+    }
+
+    /// The phases in [`REQUIRED`] that no kill has landed in yet.
+    fn missed(&self) -> Vec<&'static str> {
+        REQUIRED
+            .into_iter()
+            .filter(|p| !self.phases.contains_key(p))
+            .collect()
+    }
+
+    fn landed(&mut self, phase: &'static str) {
+        self.kills += 1;
+        *self.phases.entry(phase).or_default() += 1;
+    }
+
+    fn check(&self, daemon: &Daemon, after: After, context: &str) -> BTreeMap<String, String> {
+        check(daemon, &self.reference.ids, &self.diff_ids, after, context)
+    }
+
+    /// Kill a pull, a tag, a removal and a GC of image kind `k`, each at
+    /// `fraction` of the time it took uninterrupted.
+    fn round(&mut self, daemon: &mut Daemon, k: usize, fraction: f64) {
+        let times = self.reference.times[k];
+        let at = |time: Duration| time.mul_f64(fraction);
+        let after_kill = self.kill_pull(daemon, k, at(times[0]), fraction);
+        self.kill_tag(daemon, k, at(times[1]), fraction, &after_kill);
+        self.kill_rm(daemon, k, at(times[2]), fraction);
+        self.kill_gc(daemon, k, at(times[3]), fraction, &after_kill);
+    }
+
+    /// A pull, killed; then again, uninterrupted. Returns the objects the
+    /// killed pull left.
+    fn kill_pull(
+        &mut self,
+        daemon: &mut Daemon,
+        k: usize,
+        delay: Duration,
+        fraction: f64,
+    ) -> BTreeSet<String> {
+        let kind = &self.fixtures.kinds[k];
+        let context = format!("{} at {fraction:.3}, pull killed", kind.tag);
+        let expected_id = self.reference.ids[&kind.manifest].clone();
+        kill_during(
+            daemon,
+            &["oci", "pull", kind.source.as_str(), kind.tag],
+            delay,
+        );
+        let tags = self.check(daemon, After::Other, &context);
+        for (tag, manifest) in &self.before_tags {
+            assert_eq!(tags.get(tag), Some(manifest), "{context}");
+        }
+        // The image is there whole, or not at all.
+        assert!(tags.len() == 2 || tags.get(kind.tag) == Some(&kind.manifest));
+        inspect_after_killed_pull(
+            daemon,
+            &kind.manifest,
+            &expected_id,
+            &tags,
+            kind.tag,
+            &context,
+        );
+        let after_kill = objects(&daemon.repo());
+        let orphans = removed(&json(daemon, &["gc", "--dry-run"])) as usize;
+        let new_objects = after_kill.difference(&self.before).count();
+        let landed = phase(daemon, &self.before_streams, &tags, kind.tag, new_objects);
+        self.landed(landed);
+        if tags.len() == 2 {
+            // Nothing names what the killed import wrote: all of it is
+            // garbage, and GC would see all of it.
+            assert_eq!(
+                orphans, new_objects,
+                "{context}: gc --dry-run must count exactly the objects the killed import left"
+            );
+        } else {
+            assert!(orphans < new_objects, "{context}");
+        }
+        // Again, uninterrupted: the same image as the reference run, and
+        // nothing the killed run left was removed.
+        let pulled = pull(daemon, &[&kind.source, kind.tag]);
+        assert_eq!(pulled.str("imageId"), expected_id.as_str());
+        assert!(
+            objects(&daemon.repo()).is_superset(&after_kill),
+            "{context}: a pull removed objects"
+        );
+        after_kill
+    }
+
+    /// The moving tag re-pointed, killed: old or new, never gone.
+    fn kill_tag(
+        &mut self,
+        daemon: &mut Daemon,
+        k: usize,
+        delay: Duration,
+        fraction: f64,
+        after_kill: &BTreeSet<String>,
+    ) {
+        let kind = &self.fixtures.kinds[k];
+        let context = format!("{} at {fraction:.3}, tag killed", kind.tag);
+        kill_during_call(daemon, &tag_call(kind.tag), delay);
+        self.kills += 1;
+        let tags = self.check(daemon, After::Other, &context);
+        let base = &self.fixtures.base_manifest;
+        assert_eq!(&tags["base"], base);
+        assert_eq!(tags[kind.tag], kind.manifest);
+        assert!(
+            &tags["moving"] == base || tags["moving"] == kind.manifest,
+            "{context}: moving → {}",
+            tags["moving"]
+        );
+        assert!(
+            objects(&daemon.repo()).is_superset(after_kill),
+            "{context}: a restart removed objects"
+        );
+        succeeds(daemon, &["oci", "tag", "base", "moving"]);
+    }
+
+    /// The image removed, killed: its tag is there or gone.
+    fn kill_rm(&mut self, daemon: &mut Daemon, k: usize, delay: Duration, fraction: f64) {
+        let kind = &self.fixtures.kinds[k];
+        let context = format!("{} at {fraction:.3}, rm killed", kind.tag);
+        kill_during_call(daemon, &rm_call(kind.tag), delay);
+        self.kills += 1;
+        let tags = self.check(daemon, After::Other, &context);
+        assert!(tags.len() == 2 || tags.get(kind.tag) == Some(&kind.manifest));
+        if tags.len() == 3 {
+            succeeds(daemon, &["oci", "rm", kind.tag]);
+        }
+        assert_eq!(self.check(daemon, After::Other, &context), self.before_tags);
+    }
+
+    /// GC, killed. Whatever it removed, the base image is whole, and the
+    /// next GC leaves exactly the state before the image came.
+    fn kill_gc(
+        &mut self,
+        daemon: &mut Daemon,
+        k: usize,
+        delay: Duration,
+        fraction: f64,
+        after_kill: &BTreeSet<String>,
+    ) {
+        let kind = &self.fixtures.kinds[k];
+        let context = format!("{} at {fraction:.3}, gc killed", kind.tag);
+        let garbage = objects(&daemon.repo());
+        let dry = removed(&json(daemon, &["gc", "--dry-run"]));
+        assert_eq!(
+            dry as usize,
+            garbage.difference(&self.before).count(),
+            "{context}: gc --dry-run must count exactly what the image left"
+        );
+        assert!(garbage.is_superset(&self.before));
+        assert!(
+            garbage.is_superset(after_kill),
+            "{context}: what the killed import left was removed before GC"
+        );
+        let site = kill_during_call(daemon, &gc_call(), delay);
+        self.landed(gc_phase(&site, &garbage, &self.before));
+        assert!(site.objects.is_superset(&self.before), "{context}");
+        assert_eq!(self.check(daemon, After::Gc, &context), self.before_tags);
+        let left = objects(&daemon.repo());
+        assert!(left.is_superset(&self.before), "{context}");
+        if site.gc_marker {
+            // The restart finished the interrupted collection.
+            assert_eq!(
+                left, self.before,
+                "{context}: an interrupted GC was not finished"
+            );
+        }
+        let dry = removed(&json(daemon, &["gc", "--dry-run"]));
+        let gc = json(daemon, &["gc"]);
+        assert_eq!(removed(&gc), dry, "{context}: {gc}");
+        assert_eq!(dry as usize, left.difference(&self.before).count());
+        assert_eq!(objects(&daemon.repo()), self.before, "{context}");
+        assert_eq!(removed(&json(daemon, &["gc", "--dry-run"])), 0);
+        assert_eq!(self.check(daemon, After::Other, &context), self.before_tags);
+        let base = json(daemon, &["oci", "inspect", "base"]);
+        assert_eq!(
+            base["imageId"],
+            self.reference.ids[&self.fixtures.base_manifest].as_str()
+        );
+    }
+}
+
+/// By manifest digest, a killed pull's image is not found, or found
+/// whole, or (its manifest stream named before the EROFS image was built)
+/// found without an image id; never another.
+fn inspect_after_killed_pull(
+    daemon: &Daemon,
+    manifest: &str,
+    expected_id: &str,
+    tags: &BTreeMap<String, String>,
+    tag: &str,
+    context: &str,
+) {
+    let out = daemon.cfsctl(&["--json", "oci", "inspect", manifest]);
+    if out.status.success() {
+        let inspect: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(inspect["manifestDigest"], manifest);
+        assert!(
+            inspect["imageId"].is_null() || inspect["imageId"] == expected_id,
+            "{context}: {inspect}"
+        );
+    } else {
+        assert!(!tags.contains_key(tag), "{}", stderr(&out));
+    }
 }
 
 /// composefs's GC (which cfsd's `Gc` runs) unlinks unreferenced objects
@@ -693,7 +839,7 @@ fn a_killed_gc_is_finished_before_a_pull_can_reuse_its_leftovers() {
     let fixtures = Fixtures::new();
     let kind = &fixtures.kinds[1];
     let mut daemon = daemon_with_base(&fixtures);
-    let marker = daemon.repo().join(".cfsd-gc-running");
+    let marker = daemon.repo().join(GC_MARKER);
     let mut interrupted = 0;
     for step in 0..40u32 {
         pull(&daemon, &[&kind.source, kind.tag]);

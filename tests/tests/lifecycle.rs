@@ -27,6 +27,46 @@ fn sigint_exits_cleanly_too() {
     let mut daemon = Daemon::start(&[]);
     let status = daemon.stop_with(Signal::INT, Duration::from_secs(10));
     assert!(status.success(), "{status}");
+    assert!(!daemon.socket().exists(), "socket left behind");
+}
+
+/// The cfsd processes, other than the test's own daemons, whose command
+/// line names `repo`.
+fn daemons_serving(repo: &std::path::Path) -> Vec<u32> {
+    let needle = repo.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            exe.is_some_and(|e| e.ends_with("cfsd"))
+                && cmdline.windows(needle.len()).any(|w| w == needle)
+        })
+        .collect()
+}
+
+/// Each `cfsctl --repo` call's private daemon has exited by the time
+/// cfsctl has, whether the call succeeded or failed.
+#[test]
+fn a_private_daemon_is_gone_when_its_cfsctl_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("private");
+    let repo_arg = repo.to_str().unwrap();
+    for args in [
+        &["info"][..],
+        &["init"],
+        &["info"],
+        &["oci", "inspect", "missing"],
+        &["gc"],
+    ] {
+        let mut all = vec!["--repo", repo_arg];
+        all.extend_from_slice(args);
+        cfsctl(&all);
+        assert_eq!(daemons_serving(&repo), Vec::<u32>::new(), "after {args:?}");
+    }
 }
 
 #[test]
@@ -213,19 +253,49 @@ fn cfsctl_prefers_address_flag_then_environment_then_system_socket() {
         .output()
         .unwrap();
     assert_eq!(info(flag_wins), b.repo().display().to_string());
-    if !std::path::Path::new(cfsd_varlink::address::SYSTEM_SOCKET).exists() {
-        let system = std::process::Command::new(bin("cfsctl"))
-            .arg("info")
-            .env_remove("CFSD_ADDRESS")
-            .output()
-            .unwrap();
-        assert!(!system.status.success());
-        assert!(
-            stderr(&system).contains(cfsd_varlink::address::SYSTEM_SOCKET),
-            "{}",
-            stderr(&system)
-        );
-    }
+    system_socket_is_the_last_resort();
+}
+
+/// Without `--address` or `$CFSD_ADDRESS`, cfsctl goes to the system
+/// socket. The test gets a system socket path of its own: a new mount
+/// namespace with a fresh tmpfs on /run, where it first finds no daemon
+/// and then one it starts there itself.
+fn system_socket_is_the_last_resort() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let init = cfsctl(&["--repo", repo.to_str().unwrap(), "init"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let script = r#"
+        set -u
+        mount -t tmpfs tmpfs /run && mkdir /run/cfsd || exit 100
+        "$CFSCTL" info 2>&1; echo "no-daemon-rc=$?"
+        "$CFSD" --repo "$REPO" --address unix:/run/cfsd/cfsd.sock 2>/dev/null & pid=$!
+        tries=0
+        until "$CFSCTL" --json info >"$OUT" 2>&1; do
+            tries=$((tries + 1)); [ $tries -lt 200 ] || break; sleep 0.05
+        done
+        echo "daemon-rc=$?"
+        kill $pid; wait $pid
+    "#;
+    let out_file = dir.path().join("info.json");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env_remove("CFSD_ADDRESS")
+        .env("CFSCTL", bin("cfsctl"))
+        .env("CFSD", bin("cfsd"))
+        .env("REPO", &repo)
+        .env("OUT", &out_file)
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("no-daemon-rc=1"), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(cfsd_varlink::address::SYSTEM_SOCKET),
+        "the error should name the system socket: {text}"
+    );
+    assert!(text.contains("daemon-rc=0"), "{text}{}", stderr(&out));
+    let json: Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
+    assert_eq!(json["info"]["path"], repo.display().to_string());
 }
 
 #[test]

@@ -515,3 +515,52 @@ fn a_client_that_hangs_up_during_create_delta_cancels_it() {
     assert_eq!(made["layersChanged"], 4, "{made}");
     assert!(std::fs::metadata(&again).unwrap().len() > 0);
 }
+
+/// Wait for `conn` to be closed by the daemon, with nothing sent first.
+/// The test's own read timeout is 60 s: ending well before it means the
+/// daemon closed the connection.
+fn closed_without_reply(conn: &mut RawConnection, what: &str) {
+    let start = Instant::now();
+    assert_eq!(conn.receive(), None, "{what}: a reply came");
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "{what}: only the test's read timeout ended the wait"
+    );
+}
+
+#[test]
+fn a_silent_client_is_closed_after_the_client_timeout_and_a_calling_one_is_not() {
+    let daemon = Daemon::start(&["--client-timeout", "2"]);
+    let mut calling = served_connection(&daemon);
+    let mut silent = served_connection(&daemon);
+    // Calls every half second for longer than the timeout in all.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_served(&calling.call(get_info()));
+        thread::sleep(Duration::from_millis(500));
+    }
+    closed_without_reply(&mut silent, "the silent client");
+    assert_served(&calling.call(get_info()));
+}
+
+#[test]
+fn a_turned_away_client_that_never_calls_is_closed_and_such_clients_are_bounded() {
+    // One slot, so at most one client is kept waiting to be told.
+    let daemon = Daemon::start(&["--max-connections", "1"]);
+    let mut holder = served_connection(&daemon);
+    let mut mute = daemon.raw();
+    // While the mute client holds the one refusal, the next is closed at
+    // once, unanswered, even though it calls.
+    let mut next = daemon.raw();
+    next.send_refusable(get_info().to_string().as_bytes());
+    closed_without_reply(&mut next, "a client beyond the refusals");
+    closed_without_reply(&mut mute, "the mute client");
+    // The refusal is free again: the next client over the limit is told.
+    let mut told = daemon.raw();
+    let reply = told.call(get_info());
+    assert_eq!(
+        reply["error"], "io.cfsd.Repository.TooManyConnections",
+        "{reply}"
+    );
+    assert_served(&holder.call(get_info()));
+}

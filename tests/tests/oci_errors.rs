@@ -3,17 +3,27 @@
 
 use cfsd_tests::{
     Daemon,
-    oci::{Compression, Image, Layer, Layout, Written, media, sha256_digest, small_image},
-    ocictl::{Published, json, published, pull, pull_fails},
+    oci::{
+        Compression, Image, Layer, Layout, Written, compress, media, sha256_digest, small_image,
+    },
+    ocictl::{Published, json, published, pull, pull_fails, typed_source_refusal},
 };
+use cfsd_varlink::oci::OciError;
 
-/// Pull `source` from `daemon`, which must fail; check that nothing was
-/// published and that the daemon still serves; return the message.
-fn refused(daemon: &Daemon, args: &[&str]) -> String {
+/// Pull `args` (SOURCE TAG) from `daemon` twice, through cfsctl and
+/// through the typed client, which must both fail; check that nothing was
+/// published and that the daemon still serves; return cfsctl's message
+/// and the typed error.
+fn refused(daemon: &Daemon, args: &[&str]) -> (String, OciError) {
     let before = published(&daemon.repo());
     let images_before = json(daemon, &["oci", "images"]);
     let err = pull_fails(daemon, args);
     eprintln!("refused {args:?}: {err}");
+    let typed = typed_source_refusal(daemon, args[0], args[1]);
+    assert!(
+        err.contains(&typed.to_string()),
+        "cfsctl reports another error than the daemon's {typed:?}: {err}"
+    );
     let after = published(&daemon.repo());
     assert_eq!(after.tags, before.tags, "a tag appeared: {err}");
     assert_eq!(
@@ -24,7 +34,22 @@ fn refused(daemon: &Daemon, args: &[&str]) -> String {
     assert_eq!(json(daemon, &["oci", "images"]), images_before);
     let info = json(daemon, &["info"]);
     assert!(info["info"].is_object(), "{info}");
-    err
+    (err, typed)
+}
+
+/// That `typed` is `DigestMismatch` of `expected` against `actual`.
+fn digest_mismatch(typed: &OciError, expected: &str, actual: &str) -> String {
+    match typed {
+        OciError::DigestMismatch {
+            what,
+            expected: e,
+            actual: a,
+        } => {
+            assert_eq!((e.as_str(), a.as_str()), (expected, actual), "{typed:?}");
+            what.clone()
+        }
+        other => panic!("not DigestMismatch: {other:?}"),
+    }
 }
 
 /// After a refusal, a good image still pulls on the same daemon.
@@ -56,9 +81,11 @@ fn oci_a_layer_with_one_byte_flipped_is_a_digest_mismatch() {
     let actual = sha256_digest(layout.blob(&digest).unwrap());
     let written = Written::new(&layout);
     for source in [written.oci(None), written.archive(None)] {
-        let err = refused(&daemon, &[&source, "flipped"]);
+        let (err, typed) = refused(&daemon, &[&source, "flipped"]);
         assert!(err.contains(&digest), "expected digest not named: {err}");
         assert!(err.contains(&actual), "actual digest not named: {err}");
+        let what = digest_mismatch(&typed, &digest, &actual);
+        assert!(what.contains("layer"), "{what}");
         no_layer_stream(&published(&daemon.repo()), &built.diff_ids[0]);
     }
     still_pulls(&daemon);
@@ -92,9 +119,11 @@ fn oci_a_config_or_manifest_with_one_byte_flipped_is_a_digest_mismatch() {
             &changed,
         )
         .unwrap();
-        let err = refused(&daemon, &[&written.oci(None), part]);
+        let (err, typed) = refused(&daemon, &[&written.oci(None), part]);
         assert!(err.contains(&digest), "{part}: {err}");
         assert!(err.contains(&actual), "{part}: {err}");
+        let what = digest_mismatch(&typed, &digest, &actual);
+        assert!(what.contains(part), "{part}: {what}");
     }
     still_pulls(&daemon);
 }
@@ -110,7 +139,9 @@ fn oci_a_wrong_diff_id_is_a_digest_mismatch_naming_it() {
     assert_ne!(claimed, built.diff_ids[0]);
     let written = Written::new(&layout);
     for source in [written.oci(None), written.archive(None)] {
-        let err = refused(&daemon, &[&source, "wrong"]);
+        let (err, typed) = refused(&daemon, &[&source, "wrong"]);
+        let what = digest_mismatch(&typed, &claimed, &built.diff_ids[0]);
+        assert!(what.contains("diff_id"), "{what}");
         assert!(err.contains("diff_id"), "{err}");
         assert!(
             err.contains(&claimed),
@@ -146,23 +177,53 @@ fn oci_a_missing_blob_is_named() {
         layout.drop_blob(&digest);
         let written = Written::new(&layout);
         for source in [written.oci(None), written.archive(None)] {
-            let err = refused(&daemon, &[&source, "missing"]);
+            let (err, typed) = refused(&daemon, &[&source, "missing"]);
             assert!(err.contains(&digest), "{missing}: {err}");
+            assert!(
+                matches!(&typed, OciError::BlobMissing { digest: d } if *d == digest),
+                "{missing}: {typed:?}"
+            );
         }
     }
     still_pulls(&daemon);
 }
 
+/// Every compression cfsd recognises on an `oci-archive:` is named, and
+/// the archive refused before anything is read as tar.
 #[test]
-fn oci_a_gzip_compressed_archive_is_refused_with_advice() {
+fn oci_a_compressed_archive_is_refused_naming_its_compression() {
     let daemon = Daemon::start_initialised(&[]);
     let (layout, _) = Layout::single(&small_image(Compression::Gzip, "gz\n"), None);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("image.tar.gz");
-    layout.write_gzip_archive(&path);
-    let err = refused(&daemon, &[&format!("oci-archive:{}", path.display()), "gz"]);
-    assert!(err.contains("gzip"), "{err}");
-    assert!(err.contains("compressed"), "{err}");
+    let plain = dir.path().join("image.tar");
+    layout.write_archive(&plain);
+    let gzip = dir.path().join("image.tar.gz");
+    layout.write_gzip_archive(&gzip);
+    let zstd = dir.path().join("image.tar.zst");
+    std::fs::write(
+        &zstd,
+        compress(&std::fs::read(&plain).unwrap(), Compression::Zstd),
+    )
+    .unwrap();
+    let mut archives = vec![("gzip", gzip), ("zstd", zstd)];
+    for (name, tool) in [("xz", "xz"), ("bzip2", "bzip2")] {
+        let out = std::process::Command::new(tool)
+            .args(["--keep", "--force"])
+            .arg(&plain)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool} (Debian's {tool} package): {e}"));
+        assert!(out.status.success(), "{tool}: {out:?}");
+        let suffix = if name == "xz" { "xz" } else { "bz2" };
+        archives.push((name, dir.path().join(format!("image.tar.{suffix}"))));
+    }
+    for (compression, path) in archives {
+        let (err, typed) = refused(&daemon, &[&format!("oci-archive:{}", path.display()), "c"]);
+        assert!(err.contains(compression), "{err}");
+        assert!(
+            matches!(&typed, OciError::CompressedArchive { compression: c } if c == compression),
+            "{compression}: {typed:?}"
+        );
+    }
     still_pulls(&daemon);
 }
 
@@ -174,14 +235,33 @@ fn oci_an_unknown_reference_lists_the_available_ones() {
     layout.add_image(&small_image(Compression::Gzip, "two\n"), Some("v2.0"));
     let written = Written::new(&layout);
     for source in [written.oci(Some("three")), written.archive(Some("three"))] {
-        let err = refused(&daemon, &[&source, "three"]);
+        let (err, typed) = refused(&daemon, &[&source, "three"]);
         assert!(err.contains("three"), "{err}");
-        assert!(err.contains("one") && err.contains("v2.0"), "{err}");
+        match typed {
+            OciError::ManifestNotFound {
+                reference,
+                mut available,
+            } => {
+                available.sort();
+                assert_eq!(reference, "three");
+                // Each name with the digest it stands for.
+                assert_eq!(available.len(), 2, "{available:?}");
+                assert!(available[0].starts_with("one (sha256:"), "{available:?}");
+                assert!(available[1].starts_with("v2.0 (sha256:"), "{available:?}");
+            }
+            other => panic!("not ManifestNotFound: {other:?}"),
+        }
     }
     // A digest that is not there either.
     let absent = sha256_digest(b"absent");
-    let err = refused(&daemon, &[&written.oci(Some(&absent)), "absent"]);
-    assert!(err.contains(&absent), "{err}");
+    for source in [written.oci(Some(&absent)), written.archive(Some(&absent))] {
+        let (err, typed) = refused(&daemon, &[&source, "absent"]);
+        assert!(err.contains(&absent), "{err}");
+        assert!(
+            matches!(&typed, OciError::ManifestNotFound { reference, .. } if *reference == absent),
+            "{typed:?}"
+        );
+    }
     still_pulls(&daemon);
 }
 
@@ -193,8 +273,14 @@ fn oci_an_unsupported_layer_media_type_is_named() {
     image.layers[0].media_type = Some(weird.to_owned());
     let (layout, _) = Layout::single(&image, None);
     let written = Written::new(&layout);
-    let err = refused(&daemon, &[&written.archive(None), "media"]);
-    assert!(err.contains(weird), "{err}");
+    for source in [written.oci(None), written.archive(None)] {
+        let (err, typed) = refused(&daemon, &[&source, "media"]);
+        assert!(err.contains(weird), "{err}");
+        assert!(
+            matches!(&typed, OciError::UnsupportedMediaType { media_type, .. } if media_type == weird),
+            "{typed:?}"
+        );
+    }
     still_pulls(&daemon);
 }
 
@@ -219,9 +305,18 @@ fn oci_an_unparsable_manifest_is_invalid_json() {
             written.oci(Some(reference)),
             written.archive(Some(reference)),
         ] {
-            let err = refused(&daemon, &[&source, reference]);
+            let (err, typed) = refused(&daemon, &[&source, reference]);
             assert!(err.contains("manifest"), "{err}");
             assert!(err.contains(&digest), "{err}");
+            match typed {
+                OciError::InvalidJson { what, .. } => {
+                    assert!(
+                        what.contains("manifest") && what.contains(&digest),
+                        "{what}"
+                    )
+                }
+                other => panic!("{reference}: not InvalidJson: {other:?}"),
+            }
         }
     }
     still_pulls(&daemon);
@@ -232,15 +327,26 @@ fn oci_a_directory_without_a_layout_is_refused() {
     let daemon = Daemon::start_initialised(&[]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("unrelated"), b"x").unwrap();
-    let err = refused(&daemon, &[&format!("oci:{}", dir.path().display()), "x"]);
+    let (err, typed) = refused(&daemon, &[&format!("oci:{}", dir.path().display()), "x"]);
     assert!(
         err.contains("index.json") || err.contains("oci-layout"),
         "{err}"
     );
+    assert!(
+        matches!(
+            &typed,
+            OciError::InvalidSource { .. } | OciError::BlobMissing { .. }
+        ),
+        "{typed:?}"
+    );
     // A file that is not a tar at all.
     let junk = dir.path().join("junk.tar");
     std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
-    let err = refused(&daemon, &[&format!("oci-archive:{}", junk.display()), "x"]);
+    let (err, typed) = refused(&daemon, &[&format!("oci-archive:{}", junk.display()), "x"]);
     assert!(err.contains("tar"), "{err}");
+    assert!(
+        matches!(&typed, OciError::InvalidSource { .. }),
+        "{typed:?}"
+    );
     still_pulls(&daemon);
 }

@@ -16,7 +16,7 @@ use cfsd_tests::{
     Daemon,
     oci::{Image, Layout, Written, cap_net_raw, everything_image, long_paths},
     ocictl::{PrivateRepo, Published, Target, json, object_count, published, pull, succeeds},
-    stderr,
+    skip, stderr,
 };
 
 /// Unmounts its directory when dropped, also when a test fails.
@@ -149,7 +149,7 @@ fn mount(repo: &impl Target, image: &str, dir: &Path) -> Option<Mounted> {
     if !out.status.success() {
         let err = stderr(&out);
         if err.contains("Operation not permitted") || err.contains("Function not implemented") {
-            eprintln!("SKIPPED the mount comparison: the kernel refused the mount: {err}");
+            skip(&format!("the kernel refused the mount: {err}"));
             return None;
         }
         panic!("oci mount failed: {err}");
@@ -313,7 +313,7 @@ fn oci_mount_check_holds_for_composefs_rs_itself() {
     if let Err(e) = repo.mount_at(&id, &mountpoint, &Default::default()) {
         let reason = format!("{e:#}");
         if reason.contains("Operation not permitted") || reason.contains("not implemented") {
-            eprintln!("SKIPPED: the kernel refused the mount: {reason}");
+            skip(&format!("the kernel refused the mount: {reason}"));
             return;
         }
         panic!("upstream mount failed: {reason}");
@@ -418,7 +418,7 @@ fn gc_waits_for_a_handed_out_mount_to_be_attached() {
         Err(e) => {
             let reason = format!("{e:?}");
             if reason.contains("Operation not permitted") || reason.contains("not implemented") {
-                eprintln!("SKIPPED: the kernel refused the mount: {reason}");
+                skip(&format!("the kernel refused the mount: {reason}"));
                 return;
             }
             panic!("Mount failed: {reason}");

@@ -508,26 +508,28 @@ fn source_files_that_fail_are_typed() {
     assert!(matches!(e, TarDiffError::DictTooLarge { .. }), "{e}");
 }
 
+/// The limits are oci-delta 0.1.1's, written out here as literals so
+/// that a change of the module's constants is caught, not followed.
 #[test]
 fn limits_equal_the_reference_implementations() {
-    let long = "a/".repeat(2048) + "b";
-    assert!(long.len() as u64 > MAX_PATH);
+    // MAX_FILENAME_SIZE: 4 KiB; a path of 4097 bytes is refused.
+    let long = "x".repeat(4097);
     let e = err(HEADER_V1, &[open(&long)]);
-    assert!(
-        matches!(e, TarDiffError::PathTooLong { len } if len == long.len() as u64),
-        "{e}"
-    );
-    let e = err(
-        HEADER_V1,
-        &[open("etc/conf"), (OP_ADD_DATA, MAX_ADD_DATA + 1, b"")],
-    );
-    assert!(matches!(e, TarDiffError::AddDataTooLarge { .. }), "{e}");
-    // A path of exactly the limit is read (and then not found).
-    let edge = "x".repeat(MAX_PATH as usize);
+    assert!(matches!(e, TarDiffError::PathTooLong { len: 4097 }), "{e}");
+    // A path of exactly 4096 bytes is read (and then not found).
+    let edge = "x".repeat(4096);
     assert!(matches!(
         err(HEADER_V1, &[open(&edge)]),
         TarDiffError::SourceMissing { .. }
     ));
+    // MAX_ADD_DATA_SIZE: 100 MiB.
+    let e = err(
+        HEADER_V1,
+        &[open("etc/conf"), (OP_ADD_DATA, 100 * 1024 * 1024 + 1, b"")],
+    );
+    assert!(matches!(e, TarDiffError::AddDataTooLarge { .. }), "{e}");
+    // MAX_ZSTD_DICT_WINDOW_LOG: 29, so a dictionary of at most 512 MiB.
+    assert_eq!((MAX_DICT_WINDOW_LOG, MAX_DICT), (29, 512 << 20));
 }
 
 #[test]
