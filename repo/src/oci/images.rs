@@ -4,12 +4,15 @@
 use std::os::fd::OwnedFd;
 
 use composefs::{
-    fsverity::FsVerityHashValue, generic_tree::OciTransformOptions, mount::MountOptions,
-    repository::Repository as Store,
+    fsverity::FsVerityHashValue, generic_tree::OciTransformOptions, repository::Repository as Store,
 };
 use composefs_oci::{OciDigest, oci_image::OciImage};
 
-use super::{digest::Digest, pull::durable};
+use super::{
+    digest::Digest,
+    mount::{MountOptions, mount_image},
+    pull::durable,
+};
 use crate::{Error, Repository, repository::with_store};
 
 /// The longest tag accepted; it becomes a file name once encoded.
@@ -123,12 +126,13 @@ impl Repository {
     }
 
     /// A detached, read-only mount of `image`, to be attached by whoever
-    /// receives it.
-    pub fn mount(&self, image: &str) -> Result<OwnedFd, Error> {
+    /// receives it; `nosuid` and `nodev` unless `options` allow them.
+    pub fn mount(&self, image: &str, options: MountOptions) -> Result<OwnedFd, Error> {
         with_store!(self.store(), s => {
             let found = open(s, image)?;
             found
-                .mount(s, false, &MountOptions::default())
+                .erofs_image_ref(s, false)
+                .and_then(|id| mount_image(s, &id.to_hex(), options))
                 .map_err(|e| Error::MountFailed {
                     image: image.to_owned(),
                     reason: format!("{e:#}"),
