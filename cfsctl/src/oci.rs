@@ -12,7 +12,8 @@ use cfsd_varlink::{
     Client,
     oci::{
         CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, Image, InspectReply,
-        OciError, PullParams, PullReply, PullResult, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY,
+        MountParams, OciError, PullParams, PullReply, PullResult, TRANSPORT_ARCHIVE,
+        TRANSPORT_DIRECTORY,
     },
 };
 use clap::{Args, Subcommand, ValueEnum};
@@ -61,12 +62,20 @@ pub enum OciCommand {
         /// A tag, or sha256:<hex> of the image's manifest.
         image: String,
     },
-    /// Mount an image read-only at a directory.
+    /// Mount an image read-only at a directory, nosuid and nodev.
     Mount {
         /// A tag, or sha256:<hex> of the image's manifest.
         image: String,
         /// Where to attach it.
         dir: PathBuf,
+        /// Honour the image's setuid/setgid bits and file capabilities
+        /// (no nosuid). Only root may ask.
+        #[arg(long)]
+        allow_setuid: bool,
+        /// Let the image's device nodes be opened (no nodev). Only root
+        /// may ask.
+        #[arg(long)]
+        allow_devices: bool,
     },
     /// Make oci-delta artifacts between images of the repository.
     Delta {
@@ -159,7 +168,19 @@ pub async fn run(
             out.show(&reply, |r| println!("{}", r.image_id))?;
             Ok(ExitCode::SUCCESS)
         }
-        OciCommand::Mount { image, dir } => mount(client, out, &image, &dir).await,
+        OciCommand::Mount {
+            image,
+            dir,
+            allow_setuid,
+            allow_devices,
+        } => {
+            let params = MountParams {
+                image,
+                allow_setuid: allow_setuid.then_some(true),
+                allow_devices: allow_devices.then_some(true),
+            };
+            mount(client, out, &params, &dir).await
+        }
         OciCommand::Delta {
             command: DeltaCommand::Create(args),
         } => create_delta(client, out, args).await,
@@ -424,10 +445,11 @@ fn print_inspect(r: &InspectReply) {
 async fn mount(
     client: &mut Client,
     out: Output,
-    image: &str,
+    params: &MountParams,
     dir: &Path,
 ) -> anyhow::Result<ExitCode> {
-    let mount = client.mount(image).await?;
+    let image = &params.image;
+    let mount = client.mount(params).await?;
     move_mount(
         mount.as_fd(),
         "",

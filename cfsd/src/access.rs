@@ -3,36 +3,115 @@
 use rustix::process::{Gid, Uid, geteuid};
 use zlink::connection::Credentials;
 
+/// Who a peer is, as far as the daemon's rights go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// uid 0, whoever the daemon runs as.
+    Root,
+    /// The daemon's own user, when that is not root: a private daemon's
+    /// owner, who could do anything the daemon does anyway.
+    DaemonUser,
+    /// A member of the admin group (`--allow-group`), through its primary
+    /// or supplementary groups.
+    Admin,
+    /// Anyone else the socket lets in.
+    Other,
+}
+
+/// What a call asks of the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Reading the repository: listing, describing, checking, deltas.
+    Read,
+    /// Changing the repository: init, pull, tag, untag, remove, gc.
+    Change,
+    /// Mounting an image read-only, `nosuid` and `nodev`. A mount reaches
+    /// the kernel's filesystem code with content the peer chose, which
+    /// the admin group is not trusted with.
+    Mount,
+    /// Mounting with the image's setuid bits and file capabilities
+    /// honoured: whoever runs such a file gets its owner's rights, so
+    /// only root, who has them already, may ask.
+    MountSetuid,
+    /// Mounting with openable device nodes: a node in an image opens the
+    /// host's device with the mode the image chose, so root only.
+    MountDevices,
+}
+
+/// Who has which right: the one place access is decided.
+const RIGHTS: &[(Right, &[Role])] = {
+    use Role::*;
+    &[
+        (Right::Read, &[Root, DaemonUser, Admin, Other]),
+        (Right::Change, &[Root, DaemonUser, Admin]),
+        (Right::Mount, &[Root, DaemonUser]),
+        // Not the daemon's own user: a daemon given mount capabilities
+        // without being root would hand that user root through them.
+        (Right::MountSetuid, &[Root]),
+        (Right::MountDevices, &[Root]),
+    ]
+};
+
+/// The `Mount` parameters that ask for more than a plain mount, and the
+/// right each needs.
+pub const MOUNT_OPTIONS: &[(&str, Right)] = &[
+    ("allowSetuid", Right::MountSetuid),
+    ("allowDevices", Right::MountDevices),
+];
+
+impl Role {
+    /// Whether this role has `right`, by [`RIGHTS`].
+    pub fn may(self, right: Right) -> bool {
+        RIGHTS
+            .iter()
+            .any(|(r, roles)| *r == right && roles.contains(&self))
+    }
+}
+
 /// What a connected peer may do.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     /// The peer's uid, for error messages and logs.
     pub uid: u32,
-    /// Whether the peer may call mutating methods.
+    /// Whether the peer may call mutating methods: its role's
+    /// [`Right::Change`], kept at hand because admission asks per call.
     pub privileged: bool,
-    /// Whether the peer may mount images: root or the daemon's own user
-    /// only. A mount reaches the kernel's filesystem code with content
-    /// the peer chose, which the admin group is not trusted with.
-    pub may_mount: bool,
+    /// Who the peer is.
+    pub role: Role,
 }
 
 impl Peer {
-    /// Judge a peer by its socket credentials. Root, the daemon's own user
-    /// (a private daemon's owner, who could do anything the daemon does
-    /// anyway), and members of the admin group through their primary or
-    /// supplementary groups are privileged.
+    /// Judge a peer by its socket credentials.
     pub fn from_credentials(creds: &Credentials, admin_group: Option<Gid>) -> Self {
         let uid = creds.unix_user_id();
         let in_group = admin_group.is_some_and(|gid| {
             creds.unix_primary_group_id() == gid
                 || creds.unix_supplementary_group_ids().contains(&gid)
         });
-        let root_or_self = uid == Uid::ROOT || uid == geteuid();
+        let role = if uid == Uid::ROOT {
+            Role::Root
+        } else if uid == geteuid() {
+            Role::DaemonUser
+        } else if in_group {
+            Role::Admin
+        } else {
+            Role::Other
+        };
+        Peer::new(uid.as_raw(), role)
+    }
+
+    /// A peer of `uid` in `role`.
+    pub fn new(uid: u32, role: Role) -> Self {
         Peer {
-            uid: uid.as_raw(),
-            privileged: root_or_self || in_group,
-            may_mount: root_or_self,
+            uid,
+            privileged: role.may(Right::Change),
+            role,
         }
+    }
+
+    /// Whether the peer has `right`.
+    pub fn may(&self, right: Right) -> bool {
+        self.role.may(right)
     }
 }
 
@@ -54,4 +133,38 @@ pub fn lookup_group(name: &str) -> anyhow::Result<Gid> {
         .next()
         .map(Gid::from_raw)
         .ok_or_else(|| anyhow::anyhow!("no group named {name:?} in /etc/group"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_may_mount_with_setuid_or_devices() {
+        use Role::*;
+        let table: Vec<(Role, [bool; 5])> = [Root, DaemonUser, Admin, Other]
+            .into_iter()
+            .map(|role| {
+                let rights = [
+                    Right::Read,
+                    Right::Change,
+                    Right::Mount,
+                    Right::MountSetuid,
+                    Right::MountDevices,
+                ];
+                (role, rights.map(|right| role.may(right)))
+            })
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (Root, [true, true, true, true, true]),
+                (DaemonUser, [true, true, true, false, false]),
+                (Admin, [true, true, false, false, false]),
+                (Other, [true, false, false, false, false]),
+            ]
+        );
+        assert!(Peer::new(0, Root).privileged);
+        assert!(!Peer::new(65534, Other).privileged);
+    }
 }

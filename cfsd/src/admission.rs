@@ -116,12 +116,13 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::Role;
 
     fn peer(uid: u32, privileged: bool) -> Peer {
         Peer {
             uid,
             privileged,
-            may_mount: uid == 0,
+            role: if privileged { Role::Admin } else { Role::Other },
         }
     }
 

@@ -12,7 +12,11 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::{access::Peer, methods, server::Daemon};
+use crate::{
+    access::{self, Peer, Right},
+    methods,
+    server::Daemon,
+};
 
 /// A call as read off the wire, before its method is known.
 #[derive(Debug, Deserialize)]
@@ -87,7 +91,7 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
             method: call.method.clone(),
         });
     };
-    if let Some(refused) = refuse_mount(peer, interface, method) {
+    if let Some(refused) = refuse_mount(peer, interface, method, call.parameters.as_ref()) {
         return refused;
     }
     let params = call.parameters.clone();
@@ -104,17 +108,33 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
     }
 }
 
-/// Mount needs more than the other mutating methods: root or the
-/// daemon's own user (see [`Peer::may_mount`]), whatever groups the peer
-/// is in. Refused before its parameters are read, as they are.
-fn refuse_mount(peer: &Peer, interface: &str, method: &str) -> Option<Outcome> {
-    if interface != OCI_INTERFACE || method != "Mount" || peer.may_mount {
+/// Mount needs more than the other mutating methods, and more again for
+/// the options that lift `nosuid` and `nodev`: the rights [`access`]'s
+/// table gives. Refused before the parameters are parsed; an option's
+/// value other than `true` asks for nothing beyond the plain mount (and
+/// a malformed one is refused when they are parsed).
+fn refuse_mount(
+    peer: &Peer,
+    interface: &str,
+    method: &str,
+    params: Option<&Value>,
+) -> Option<Outcome> {
+    if interface != OCI_INTERFACE || method != "Mount" {
         return None;
     }
-    tracing::info!(uid = peer.uid, "refused {OCI_INTERFACE}.{method}");
+    let asks = |name: &str| params.and_then(|p| p.get(name)) == Some(&Value::Bool(true));
+    let options = access::MOUNT_OPTIONS
+        .iter()
+        .filter(|(name, _)| asks(name))
+        .map(|(name, right)| (*right, Some(*name)));
+    let (_, option) = std::iter::once((Right::Mount, None))
+        .chain(options)
+        .find(|(right, _)| !peer.may(*right))?;
+    tracing::info!(uid = peer.uid, ?option, "refused {OCI_INTERFACE}.{method}");
     Some(Outcome::error(&OciError::PermissionDenied {
         method: format!("{OCI_INTERFACE}.{method}"),
         uid: peer.uid,
+        option: option.map(str::to_owned),
     }))
 }
 

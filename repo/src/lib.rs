@@ -16,6 +16,7 @@ pub mod fuzzing;
 mod gc;
 pub mod mounts;
 pub mod oci;
+mod privacy;
 mod repository;
 #[cfg(test)]
 mod test_image;

@@ -13,7 +13,7 @@ use rustix::fs::{CWD, Mode, OFlags};
 
 use crate::{
     Error, FsckReport, GcReport, HashAlgorithm, Result, Usage, VerityPolicy, VerityStatus, mounts,
-    usage, verity,
+    privacy, usage, verity,
 };
 
 /// The composefs store behind a repository, for either hash type.
@@ -67,6 +67,7 @@ impl Repository {
         let algorithm = existing_algorithm(path)?.ok_or_else(|| Error::NotInitialized {
             path: path.to_owned(),
         })?;
+        privacy::ensure_private(path)?;
         let unreadable = |e: RepositoryOpenError| match e {
             RepositoryOpenError::MetadataMissing => Error::NotInitialized {
                 path: path.to_owned(),
@@ -115,8 +116,7 @@ impl Repository {
         algorithm: HashAlgorithm,
         policy: VerityPolicy,
     ) -> Result<(Self, bool)> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| Error::storage("creating the repository directory", e))?;
+        privacy::create_root(path)?;
         if let Some(existing) = existing_algorithm(path)? {
             if existing != algorithm {
                 return Err(Error::AlgorithmMismatch {

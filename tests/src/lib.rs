@@ -4,6 +4,7 @@
 pub mod delta;
 pub mod oci;
 pub mod ocictl;
+pub mod peer;
 
 use std::{
     io::{BufRead, BufReader, Write},

@@ -2,39 +2,20 @@
 //! that may connect, mutating ones for root and the admin group only. The
 //! clients here really run as another uid, through `setpriv`.
 
-use std::{os::unix::fs::PermissionsExt, process::Command};
+use std::os::unix::fs::PermissionsExt;
 
 use cfsd_tests::{
     Daemon, bin,
     oci::{Compression, Entry, Image, Layer, Layout, Written},
     ocictl::{self, published},
-    stderr, stdout,
+    peer::{NOBODY, as_nobody, raw_calls_as},
+    stderr,
 };
 use cfsd_varlink::idl;
 use serde_json::{Value, json};
 
-/// The unprivileged user and group the clients run as.
-const NOBODY: u32 = 65534;
-
 /// A group nobody is given on top, for `--allow-group`.
 const ADMINS: u32 = 4242;
-
-/// `setpriv` running `program` as nobody, with `groups` as its
-/// supplementary groups.
-fn as_nobody(groups: &[u32], program: &str) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"));
-    if groups.is_empty() {
-        command.arg("--clear-groups");
-    } else {
-        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-        command.arg(format!("--groups={}", list.join(",")));
-    }
-    command.arg(program);
-    command
-}
 
 fn cfsctl_as_nobody(daemon: &Daemon, groups: &[u32], args: &[&str]) -> std::process::Output {
     // The build tree may sit where nobody cannot reach (under /root, say):
@@ -54,39 +35,6 @@ fn cfsctl_as_nobody(daemon: &Daemon, groups: &[u32], args: &[&str]) -> std::proc
 /// Make raw calls as nobody over ONE connection and return every reply.
 fn raw_calls_as_nobody(daemon: &Daemon, calls: &[Value]) -> Vec<Value> {
     raw_calls_as(daemon, &[], calls)
-}
-
-/// [`raw_calls_as_nobody`], with `groups` as nobody's supplementary groups.
-fn raw_calls_as(daemon: &Daemon, groups: &[u32], calls: &[Value]) -> Vec<Value> {
-    let script = r#"
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(sys.argv[1])
-buf = b""
-for call in sys.argv[2:]:
-    s.sendall(call.encode() + b"\0")
-    while b"\0" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("the daemon closed the connection")
-        buf += chunk
-    reply, buf = buf.split(b"\0", 1)
-    print(reply.decode(), flush=True)
-"#;
-    // The system interpreter: a per-user one (pyenv under /root) is out
-    // of nobody's reach, and only the standard library is needed.
-    let out = as_nobody(groups, "/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .arg(daemon.socket())
-        .args(calls.iter().map(Value::to_string))
-        .output()
-        .expect("running python3 under setpriv");
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    stdout(&out)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 #[test]

@@ -412,7 +412,11 @@ fn gc_waits_for_a_handed_out_mount_to_be_attached() {
     std::fs::create_dir(&mountpoint).unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let detached = runtime.block_on(async { daemon.client().await.mount("everything").await });
+    let params = cfsd_varlink::oci::MountParams {
+        image: "everything".to_owned(),
+        ..Default::default()
+    };
+    let detached = runtime.block_on(async { daemon.client().await.mount(&params).await });
     let detached = match detached {
         Ok(fd) => fd,
         Err(e) => {

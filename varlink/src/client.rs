@@ -9,7 +9,7 @@ use crate::{
     address::Address,
     oci::{
         ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ImageParams, InspectReply,
-        ListImagesReply, OciError, PullParams, RemoveReply, TagParams, UntagParams,
+        ListImagesReply, MountParams, OciError, PullParams, RemoveReply, TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, RepositoryError,
@@ -258,8 +258,8 @@ impl Client {
 
     /// `io.cfsd.Oci.Mount`: the detached mount, to be attached with
     /// `move_mount`.
-    pub async fn mount(&mut self, image: &str) -> CallResult<OwnedFd, OciError> {
-        let (EmptyReply {}, fds) = self.oci("Mount", &image_params(image)).await?;
+    pub async fn mount(&mut self, params: &MountParams) -> CallResult<OwnedFd, OciError> {
+        let (EmptyReply {}, fds) = self.oci("Mount", params).await?;
         fds.into_iter().next().ok_or_else(|| {
             CallError::Transport("cfsd replied to Mount without the mount's fd".to_owned())
         })

@@ -49,8 +49,9 @@ mod tests {
     use crate::{
         oci::{
             ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
-            EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, OciError,
-            PullParams, PullReply, PullResult, RemoveReply, TagParams, UntagParams,
+            EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply,
+            MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply, TagParams,
+            UntagParams,
         },
         repository::*,
         service::*,
@@ -147,6 +148,7 @@ mod tests {
             OciError::PermissionDenied {
                 method: s(),
                 uid: 1,
+                option: Some(s()),
             },
             OciError::MissingFd {
                 method: s(),
@@ -390,9 +392,15 @@ mod tests {
         );
 
         let image_params = keys(&ImageParams::default());
-        for method in ["Inspect", "Remove", "ComputeId", "Mount"] {
+        for method in ["Inspect", "Remove", "ComputeId"] {
             assert_eq!(image_params, method_fields(&idl, method, false), "{method}");
         }
+        let mount = MountParams {
+            image: "a".into(),
+            allow_setuid: Some(true),
+            allow_devices: Some(true),
+        };
+        assert_eq!(keys(&mount), method_fields(&idl, "Mount", false));
         let inspect = InspectReply {
             image_id: Some("ab".into()),
             ..InspectReply::default()

@@ -113,12 +113,27 @@ pub struct ListImagesReply {
 }
 
 /// The parameters of the methods that take only an image: `Inspect`,
-/// `Remove`, `ComputeId` and `Mount`.
+/// `Remove` and `ComputeId`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageParams {
     /// A tag, or `sha256:<hex>` of the image's manifest.
     pub image: String,
+}
+
+/// The parameters of `Mount`. The mount is `nosuid` and `nodev` unless
+/// asked otherwise, which only root may.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MountParams {
+    /// A tag, or `sha256:<hex>` of the image's manifest.
+    pub image: String,
+    /// Honour the image's setuid and setgid bits and file capabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_setuid: Option<bool>,
+    /// Let the image's device nodes be opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_devices: Option<bool>,
 }
 
 /// The reply of `Inspect`.
@@ -263,17 +278,19 @@ pub enum OciError {
         path: String,
     },
     /// The caller may not call the method: it changes the repository, or
-    /// it mounts, which only root may.
+    /// it mounts, which only root may; or it asked for an option that only
+    /// root may.
     #[serde(rename = "io.cfsd.Oci.PermissionDenied")]
-    #[error(
-        "permission denied: uid {uid} may not call {method}, which needs root{}",
-        if method.ends_with(".Mount") { "" } else { " or the daemon's admin group" }
-    )]
+    #[error("permission denied: {}", permission_denied(method, *uid, option.as_deref()))]
     PermissionDenied {
         /// The method refused.
         method: String,
         /// The caller's uid.
         uid: u32,
+        /// The parameter the caller may not set, when the method itself
+        /// was allowed (`allowSetuid` or `allowDevices` of `Mount`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        option: Option<String>,
     },
     /// The call lacks the fd it needs, or it is of the wrong kind.
     #[serde(rename = "io.cfsd.Oci.MissingFd")]
@@ -450,6 +467,19 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Who may do what was refused, for the PermissionDenied message.
+fn permission_denied(method: &str, uid: u32, option: Option<&str>) -> String {
+    match option {
+        Some(option) => format!("uid {uid} may not set {option} in {method}, which needs root"),
+        None if method.ends_with(".Mount") => {
+            format!("uid {uid} may not call {method}, which needs root")
+        }
+        None => {
+            format!("uid {uid} may not call {method}, which needs root or the daemon's admin group")
+        }
+    }
 }
 
 /// A list for an error message; an empty one says so rather than

@@ -18,9 +18,9 @@ use cfsd_varlink::{
     idl::OCI_INTERFACE,
     oci::{
         ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod, EmptyReply,
-        Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, OciError, PullParams,
-        PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TagParams,
-        UntagParams,
+        Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, MountParams, OciError,
+        PullParams, PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY,
+        TagParams, UntagParams,
     },
 };
 use rustix::fs::{FileType, OFlags};
@@ -95,6 +95,7 @@ where
     Outcome::error(&OciError::PermissionDenied {
         method: format!("{OCI_INTERFACE}.{method}"),
         uid: peer.uid,
+        option: None,
     })
 }
 
@@ -445,10 +446,16 @@ async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, Oci
     Ok(Outcome::reply(&ComputeIdReply { image_id }))
 }
 
-async fn mount(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+/// `Mount`; whether the peer may ask for its options was decided with
+/// the access table before the call got here.
+async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError> {
     let repo = open(daemon)?;
     let shared = daemon.gc_lock.clone().read_owned().await;
-    let mount = blocking(move || repo.mount(&params.image)).await?;
+    let options = repo::oci::MountOptions {
+        allow_setuid: params.allow_setuid.unwrap_or(false),
+        allow_devices: params.allow_devices.unwrap_or(false),
+    };
+    let mount = blocking(move || repo.mount(&params.image, options)).await?;
     // GC finds mounted images in the kernel's mount tables, but the client
     // has yet to attach this one: until it does, it is in none of them.
     match mounts::mount_id(&mount) {

@@ -4,7 +4,7 @@
 //! Names and rules are those of containers/oci-delta's README ("Delta file
 //! format"), as oci-delta 0.1.1 reads them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
@@ -193,11 +193,13 @@ fn rebuilds(
     layers: &[Descriptor],
     target: &ManifestDoc,
 ) -> Result<HashMap<Digest, Rebuild>, Error> {
+    // A set, so that checking each delta layer's target is one lookup
+    // however many layers both manifests list.
     let target_layers = target
         .layers
         .iter()
         .map(|l| Digest::parse(&l.digest, "a layer of the target manifest"))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<HashSet<_>, _>>()?;
     let mut rebuilds = HashMap::new();
     for layer in layers.iter().filter(|l| content(l) == Some("image-layer")) {
         let blob = Digest::parse(&layer.digest, "a delta layer")?;
@@ -243,4 +245,115 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Error
         what: what.to_owned(),
         reason: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u32) -> String {
+        format!("sha256:{n:064x}")
+    }
+
+    fn descriptor(n: u32, media_type: &str, annotations: &[(&str, String)]) -> Descriptor {
+        Descriptor {
+            media_type: Some(media_type.to_owned()),
+            digest: digest(n),
+            size: u64::from(n) * 10,
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn image_layer(blob: u32, media_type: &str, to: u32) -> Descriptor {
+        let annotations = [(CONTENT, "image-layer".to_owned()), (TO, digest(to))];
+        descriptor(blob, media_type, &annotations)
+    }
+
+    fn target(layers: impl IntoIterator<Item = u32>) -> ManifestDoc {
+        ManifestDoc {
+            media_type: Some(OCI_MANIFEST.to_owned()),
+            artifact_type: None,
+            config: descriptor(0, "application/vnd.oci.image.config.v1+json", &[]),
+            layers: layers
+                .into_iter()
+                .map(|n| descriptor(n, "application/vnd.oci.image.layer.v1.tar", &[]))
+                .collect(),
+            annotations: HashMap::new(),
+        }
+    }
+
+    /// What a rebuild map says, in a form that compares and prints.
+    fn pinned(rebuilds: &HashMap<Digest, Rebuild>) -> Vec<(String, String, u64, Method)> {
+        let mut all: Vec<_> = rebuilds
+            .iter()
+            .map(|(to, r)| (to.to_string(), r.blob.to_string(), r.size, r.method))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    #[test]
+    fn each_image_layer_rebuilds_the_target_layer_it_names() {
+        let layers = [
+            image_layer(101, TAR_DIFF, 3),
+            descriptor(
+                102,
+                "application/json",
+                &[(CONTENT, "signature".to_owned())],
+            ),
+            image_layer(103, "application/vnd.oci.image.layer.v1.tar+zstd", 1),
+        ];
+        let rebuilds = rebuilds(&layers, &target([1, 2, 3])).unwrap();
+        assert_eq!(
+            pinned(&rebuilds),
+            [
+                (
+                    digest(1),
+                    digest(103),
+                    1030,
+                    Method::Layer(Compression::Zstd)
+                ),
+                (digest(3), digest(101), 1010, Method::TarDiff),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_layer_outside_the_target_or_rebuilt_twice_is_refused() {
+        let stray = rebuilds(&[image_layer(101, TAR_DIFF, 9)], &target([1, 2])).unwrap_err();
+        assert!(
+            stray
+                .to_string()
+                .contains("not a layer of the target image"),
+            "{stray}"
+        );
+        let twice = [image_layer(101, TAR_DIFF, 2), image_layer(102, TAR_DIFF, 2)];
+        let twice = rebuilds(&twice, &target([1, 2])).unwrap_err();
+        assert!(
+            twice.to_string().contains("two delta layers rebuild"),
+            "{twice}"
+        );
+    }
+
+    #[test]
+    fn many_layers_on_both_sides_give_one_rebuild_each() {
+        let n = 20_000;
+        let layers: Vec<_> = (1..=n).map(|i| image_layer(n + i, TAR_DIFF, i)).collect();
+        let rebuilds = rebuilds(&layers, &target(1..=n)).unwrap();
+        assert_eq!(rebuilds.len(), n as usize);
+        let pinned = pinned(&rebuilds);
+        assert_eq!(
+            pinned[0],
+            (
+                digest(1),
+                digest(n + 1),
+                u64::from(n + 1) * 10,
+                Method::TarDiff
+            )
+        );
+        assert_eq!(pinned[pinned.len() - 1].1, digest(2 * n));
+    }
 }

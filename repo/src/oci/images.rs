@@ -4,12 +4,15 @@
 use std::os::fd::OwnedFd;
 
 use composefs::{
-    fsverity::FsVerityHashValue, generic_tree::OciTransformOptions, mount::MountOptions,
-    repository::Repository as Store,
+    fsverity::FsVerityHashValue, generic_tree::OciTransformOptions, repository::Repository as Store,
 };
 use composefs_oci::{OciDigest, oci_image::OciImage};
 
-use super::{digest::Digest, pull::durable};
+use super::{
+    digest::Digest,
+    mount::{MountOptions, mount_image},
+    pull::durable,
+};
 use crate::{Error, Repository, repository::with_store};
 
 /// The longest tag accepted; it becomes a file name once encoded.
@@ -69,6 +72,7 @@ impl Repository {
         check_tag(tag)?;
         with_store!(self.store(), s => {
             let found = open(s, image)?;
+            check_tag_names(tag, found.manifest_digest().as_ref())?;
             composefs_oci::oci_image::tag_image(s, found.manifest_digest(), tag)
                 .map_err(|e| Error::storage("tagging", e))?;
             durable(s)
@@ -123,12 +127,13 @@ impl Repository {
     }
 
     /// A detached, read-only mount of `image`, to be attached by whoever
-    /// receives it.
-    pub fn mount(&self, image: &str) -> Result<OwnedFd, Error> {
+    /// receives it; `nosuid` and `nodev` unless `options` allow them.
+    pub fn mount(&self, image: &str, options: MountOptions) -> Result<OwnedFd, Error> {
         with_store!(self.store(), s => {
             let found = open(s, image)?;
             found
-                .mount(s, false, &MountOptions::default())
+                .erofs_image_ref(s, false)
+                .and_then(|id| mount_image(s, &id.to_hex(), options))
                 .map_err(|e| Error::MountFailed {
                     image: image.to_owned(),
                     reason: format!("{e:#}"),
@@ -147,6 +152,10 @@ pub(crate) fn check_tag(tag: &str) -> Result<(), Error> {
         "it starts with @, which marks a digest"
     } else if tag.chars().any(char::is_control) {
         "it contains control characters"
+    } else if tag == "." || tag == ".." {
+        // A tag is a file name under the refs directory: these two name
+        // the directory itself and its parent.
+        "it is . or .., which name directories"
     } else {
         return Ok(());
     };
@@ -154,6 +163,45 @@ pub(crate) fn check_tag(tag: &str) -> Result<(), Error> {
         tag: tag.to_owned(),
         reason: reason.to_owned(),
     })
+}
+
+/// Refuse a tag shaped like a digest unless it is the digest of the
+/// manifest it is to name (as a pull's default tag is): every image
+/// argument is read as a digest when it looks like one, so any other such
+/// tag would list under one image and resolve to another, or to none.
+pub(crate) fn check_tag_names(tag: &str, manifest_digest: &str) -> Result<(), Error> {
+    if !is_digest_shaped(tag) || tag == manifest_digest {
+        return Ok(());
+    }
+    Err(Error::InvalidTag {
+        tag: tag.to_owned(),
+        reason: format!(
+            "it is shaped like a digest (ALGORITHM:HEX) but is not the image's manifest \
+             digest {manifest_digest}"
+        ),
+    })
+}
+
+/// The digest algorithms whose names mark a digest whatever the length of
+/// the hex that follows.
+const DIGEST_ALGORITHMS: &[&str] = &["sha256", "sha384", "sha512", "blake3", "sha1", "md5"];
+
+/// The length of hex from which any `ALGORITHM:` reads as a digest; it
+/// keeps everyday tags like `debian:12` free.
+const DIGEST_HEX: usize = 32;
+
+/// Whether `text` reads as a digest: an OCI digest algorithm
+/// (`[a-z0-9]+([+._-][a-z0-9]+)*`), a colon and hex digits, where the
+/// algorithm is a known one or the hex is hash-long.
+fn is_digest_shaped(text: &str) -> bool {
+    let Some((algorithm, hex)) = text.split_once(':') else {
+        return false;
+    };
+    let component =
+        |c: &str| !c.is_empty() && c.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9'));
+    let algorithm_ok = algorithm.split(['+', '.', '_', '-']).all(component);
+    let hex_ok = !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    algorithm_ok && hex_ok && (DIGEST_ALGORITHMS.contains(&algorithm) || hex.len() >= DIGEST_HEX)
 }
 
 /// Every tag and the manifest digest it names.
@@ -177,7 +225,10 @@ pub(crate) fn open<H: FsVerityHashValue>(
     };
     let digest_text = image.strip_prefix('@').unwrap_or(image);
     if digest_text.starts_with("sha256:") {
-        let digest: OciDigest = Digest::parse(digest_text, "the image name")?.to_oci();
+        // A malformed digest names no image: no tag can be shaped so.
+        let digest: OciDigest = Digest::parse(digest_text, "the image name")
+            .map_err(|_| not_found())?
+            .to_oci();
         let verity = composefs_oci::oci_image::has_manifest(repo, &digest)
             .map_err(|e| Error::storage("looking up the image", e))?
             .ok_or_else(not_found)?;
@@ -236,4 +287,36 @@ fn inspect<H: FsVerityHashValue>(repo: &Store<H>, image: &str) -> Result<ImageDe
             .map(|(name, _)| name)
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_shapes_are_known_algorithms_or_hash_long_hex() {
+        let long = "ab".repeat(16);
+        for shaped in [
+            "sha256:abcd",
+            "sha512:0",
+            "blake3:FF",
+            &format!("x-y.z:{long}"),
+        ] {
+            assert!(is_digest_shaped(shaped), "{shaped}");
+        }
+        for plain in [
+            "debian:12",
+            "v1",
+            "app:cafe",
+            "sha256:",
+            "Sha256:ab",
+            "sha256:xyz",
+            ":ab",
+        ] {
+            assert!(!is_digest_shaped(plain), "{plain}");
+        }
+        let own = format!("sha256:{}", "0".repeat(64));
+        assert!(check_tag_names(&own, &own).is_ok());
+        assert!(check_tag_names("sha256:abcd", &own).is_err());
+    }
 }

@@ -12,6 +12,7 @@ pub(crate) mod entry_rules;
 pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
+mod mount;
 mod platform;
 pub(crate) mod pull;
 pub(crate) mod source;
@@ -19,6 +20,7 @@ pub(crate) mod split;
 
 pub use archive::Archive;
 pub use images::{ImageDetails, ImageSummary};
+pub use mount::MountOptions;
 pub use platform::Platform;
 pub use pull::{LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
 pub use source::Source;

@@ -148,6 +148,7 @@ impl Repository {
             .clone()
             .unwrap_or_else(|| resolved.manifest_digest.to_string());
         images::check_tag(&tag)?;
+        images::check_tag_names(&tag, &resolved.manifest_digest.to_string())?;
         let jobs = match options.jobs {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
