@@ -450,6 +450,17 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// A layer is larger than the daemon allows one layer to be.
+    #[serde(rename = "io.cfsd.Oci.LayerTooLarge")]
+    #[error("layer {layer} is too large: its {what} exceeds the limit of {limit} bytes")]
+    LayerTooLarge {
+        /// The layer's digest.
+        layer: String,
+        /// What grew too large.
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 /// A list for an error message; an empty one says so rather than

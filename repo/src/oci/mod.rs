@@ -22,3 +22,4 @@ pub use images::{ImageDetails, ImageSummary};
 pub use platform::Platform;
 pub use pull::{LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
 pub use source::Source;
+pub use split::LayerLimits;
