@@ -84,6 +84,12 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::oci::LayerLimits::DEFAULT_MAX_LAYER_METADATA)]
     max_layer_metadata: u64,
 
+    /// The most bytes of uncompressed tar all the layers of one pull may
+    /// have together; the layer that passes it gets
+    /// io.cfsd.Oci.LayerTooLarge. The default is 256 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::oci::LayerLimits::DEFAULT_MAX_PULL_SIZE)]
+    max_pull_size: u64,
+
     /// Close a client connection that sends no call for this long.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     client_timeout: u64,
@@ -119,6 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     cfsd_repo::oci::LayerLimits {
         max_layer_size: args.max_layer_size,
         max_layer_metadata: args.max_layer_metadata,
+        max_pull_size: args.max_pull_size,
     }
     .install();
     let admin_group = args

@@ -292,3 +292,39 @@ fn a_tar_diff_that_expands_hits_the_layer_limits() {
         still_pulls(&daemon);
     }
 }
+
+/// Layers each under the layer limit still meet the pull's: the layer
+/// that passes it is refused, and an image within it pulls.
+#[test]
+fn the_pull_size_limit_counts_every_layer() {
+    let limit: u64 = 3 << 20;
+    let daemon = Daemon::start_initialised(&["--max-pull-size", &limit.to_string()]);
+    let layer = |seed: u64| {
+        let mut bomb = Bomb::new();
+        let data = noise(seed, 2 << 20);
+        bomb.header("usr/data", tar::EntryType::Regular, data.len() as u64);
+        bomb.write(&data);
+        bomb.finish()
+    };
+    let mut one = Layout::new();
+    one.add_raw_image(&[layer(1)], None);
+    pull(&daemon, &[&Written::new(&one).oci(None), "one"]);
+
+    let mut two = Layout::new();
+    two.add_raw_image(&[layer(2), layer(3)], None);
+    let two = Written::new(&two);
+    // A layer that finished before the total passed the limit may be
+    // named (as after any failed pull, GC removes it); no tag or image is.
+    let before = published(&daemon.repo());
+    let typed = typed_pull_refusal(&daemon, TRANSPORT_DIRECTORY, layout_fd(&two), "bomb");
+    let after = published(&daemon.repo());
+    assert_eq!((after.tags, after.images), (before.tags, before.images));
+    match typed {
+        OciError::LayerTooLarge { what, limit: l, .. } => {
+            assert!(what.contains("pull"), "{what}");
+            assert_eq!(l, limit);
+        }
+        other => panic!("not LayerTooLarge: {other:?}"),
+    }
+    still_pulls(&daemon);
+}

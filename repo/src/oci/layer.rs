@@ -69,8 +69,9 @@ pub(crate) async fn store<H: FsVerityHashValue>(
     let _stop_on_drop = cancel.on_drop();
     let splitting = repo.clone();
     let limits = split::LayerLimits::installed();
+    let pulled = plan.pulled.clone();
     let splitter =
-        tokio::task::spawn_blocking(move || split::split(tar, splitting, &cancel, &limits));
+        tokio::task::spawn_blocking(move || split::split(tar, splitting, &cancel, &limits, pulled));
     let (produced, split) = tokio::join!(producer, splitter);
     let produced =
         produced.map_err(|e| Error::storage("producing a layer", io::Error::other(e)))?;

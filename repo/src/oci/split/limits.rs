@@ -10,7 +10,10 @@
 //! path. That memory grows with the number of entries, not with file
 //! sizes, so it is capped separately from the size.
 
-use std::sync::RwLock;
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 /// What one layer may cost; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +25,10 @@ pub struct LayerLimits {
     /// inline bytes, the paths and link targets of its entries, and
     /// [`ENTRY_COST`] for each entry.
     pub max_layer_metadata: u64,
+    /// The most bytes of uncompressed tar all the layers of one pull may
+    /// have together, so that many layers under the layer limit cannot
+    /// fill the disk either.
+    pub max_pull_size: u64,
 }
 
 /// What the splitter and the entry rules keep per entry besides its
@@ -41,10 +48,14 @@ impl LayerLimits {
     /// times a whole Debian image, in one layer.
     pub const DEFAULT_MAX_LAYER_METADATA: u64 = 128 << 20;
 
+    /// 256 GiB of tar for a whole pull: four of the largest layers.
+    pub const DEFAULT_MAX_PULL_SIZE: u64 = 256 << 30;
+
     /// The defaults.
     pub const DEFAULT: LayerLimits = LayerLimits {
         max_layer_size: Self::DEFAULT_MAX_LAYER_SIZE,
         max_layer_metadata: Self::DEFAULT_MAX_LAYER_METADATA,
+        max_pull_size: Self::DEFAULT_MAX_PULL_SIZE,
     };
 
     /// Make these the limits of every layer imported from now on, by pull
@@ -80,6 +91,9 @@ pub(crate) struct Exceeded {
 /// What [`Exceeded::what`] says of the uncompressed size.
 pub(crate) const UNCOMPRESSED_SIZE: &str = "uncompressed size";
 
+/// What [`Exceeded::what`] says of the whole pull's size.
+pub(crate) const PULL_SIZE: &str = "share of the pull's uncompressed size";
+
 /// What [`Exceeded::what`] says of the metadata in memory.
 pub(crate) const METADATA: &str =
     "metadata held in memory (tar headers, PAX records, small files and paths)";
@@ -107,6 +121,25 @@ impl Kept {
             return Err(Exceeded {
                 what: METADATA,
                 limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The tar bytes the layers of one pull have brought so far, counted by
+/// each layer's split as its chunks arrive.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PullTally(Arc<AtomicU64>);
+
+impl PullTally {
+    /// Count `n` more bytes, failing once the pull's total passes `limit`.
+    pub(crate) fn add(&self, n: u64, limit: u64) -> Result<(), Exceeded> {
+        let total = self.0.fetch_add(n, Ordering::Relaxed).saturating_add(n);
+        if total > limit {
+            return Err(Exceeded {
+                what: PULL_SIZE,
+                limit,
             });
         }
         Ok(())

@@ -33,8 +33,8 @@ use tar_core::{
     parse::{ParseEvent, ParsedEntry, Parser},
 };
 
-pub(crate) use self::limits::Exceeded;
 pub use self::limits::LayerLimits;
+pub(crate) use self::limits::{Exceeded, PullTally};
 use self::{
     limits::{ENTRY_COST, Kept, check_size},
     objects::{BUFFERED_BYTES, Objects, Ticket},
@@ -165,9 +165,10 @@ pub(crate) fn split<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     cancel: &Cancel,
     limits: &LayerLimits,
+    pulled: PullTally,
 ) -> Result<(H, ImportStats, Digest), SplitError> {
     let mut splitter = Splitter {
-        input: Input::new(rx, limits.max_layer_size),
+        input: Input::new(rx, limits, pulled),
         rules: EntryRules::new(),
         entries: Vec::new(),
         kept: Kept::new(limits),
@@ -416,17 +417,22 @@ struct Input {
     received: u64,
     /// The most bytes of tar that may be received.
     limit: u64,
+    /// What the whole pull has received, and may.
+    pulled: PullTally,
+    pull_limit: u64,
 }
 
 impl Input {
-    fn new(rx: Receiver<Vec<u8>>, limit: u64) -> Self {
+    fn new(rx: Receiver<Vec<u8>>, limits: &LayerLimits, pulled: PullTally) -> Self {
         Input {
             rx,
             buf: Vec::with_capacity(2 * CHUNK_BYTES),
             pos: 0,
             digest: HashingWriter::new(io::sink()),
             received: 0,
-            limit,
+            limit: limits.max_layer_size,
+            pulled,
+            pull_limit: limits.max_pull_size,
         }
     }
 
@@ -442,6 +448,7 @@ impl Input {
         };
         self.received += chunk.len() as u64;
         check_size(self.received, self.limit)?;
+        self.pulled.add(chunk.len() as u64, self.pull_limit)?;
         self.digest
             .write_all(&chunk)
             .expect("writing to a sink cannot fail");
