@@ -70,6 +70,26 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(4096..))]
     max_message_size: u32,
 
+    /// The most bytes of uncompressed tar one layer may have, pulled or
+    /// rebuilt from a delta; a larger one gets io.cfsd.Oci.LayerTooLarge
+    /// as soon as it shows, so that no pull fills the disk. The default
+    /// is 64 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::oci::LayerLimits::DEFAULT_MAX_LAYER_SIZE)]
+    max_layer_size: u64,
+
+    /// The most bytes of metadata (tar headers, PAX records, files of at
+    /// most 64 bytes, paths) one layer may keep in memory while it is
+    /// stored; more gets io.cfsd.Oci.LayerTooLarge. The default, 128 MiB,
+    /// is a layer of 100,000 to 250,000 entries.
+    #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::oci::LayerLimits::DEFAULT_MAX_LAYER_METADATA)]
+    max_layer_metadata: u64,
+
+    /// The most bytes of uncompressed tar all the layers of one pull may
+    /// have together; the layer that passes it gets
+    /// io.cfsd.Oci.LayerTooLarge. The default is 256 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::oci::LayerLimits::DEFAULT_MAX_PULL_SIZE)]
+    max_pull_size: u64,
+
     /// Close a client connection that sends no call for this long.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     client_timeout: u64,
@@ -102,6 +122,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         VerityPolicy::BestEffort
     };
     let dir = open_repository(&args, policy)?;
+    cfsd_repo::oci::LayerLimits {
+        max_layer_size: args.max_layer_size,
+        max_layer_metadata: args.max_layer_metadata,
+        max_pull_size: args.max_pull_size,
+    }
+    .install();
     let admin_group = args
         .allow_group
         .as_deref()

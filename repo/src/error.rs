@@ -183,6 +183,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A layer, sound or not, is larger than the daemon's limits for one
+    /// layer allow; nothing more of it was read.
+    #[error("layer {layer} is too large: its {what} exceeds the limit of {limit} bytes")]
+    LayerTooLarge {
+        /// The layer's digest (for a rebuilt layer, the target's).
+        layer: String,
+        /// What grew too large.
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 impl Error {

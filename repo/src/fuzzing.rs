@@ -185,6 +185,7 @@ pub async fn import_layer(
             _ => Compression::None,
         },
         diff_id: Digest::parse(diff_id, "the diff_id")?,
+        pulled: Default::default(),
     };
     let layout = Arc::new(Layout::open(Source::Archive(archive_of(
         &plan.blob, blob,

@@ -253,6 +253,16 @@ impl Drop for Daemon {
     }
 }
 
+/// A field of `/proc/PID/status` (`VmHWM`, `VmRSS`, ...), in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Run cfsctl with `args` and nothing else.
 pub fn cfsctl(args: &[&str]) -> Output {
     Command::new(bin("cfsctl"))

@@ -18,7 +18,7 @@ use cfsd_tests::{
     Daemon, RawConnection, bin,
     oci::{Compression, Entry, Image, Layer, Layout, Written, noise},
     ocictl::{self, published},
-    stderr,
+    status_kib, stderr,
 };
 use cfsd_varlink::oci::{OciError, PullParams, PullReply};
 use serde_json::{Value, json};
@@ -35,16 +35,6 @@ fn get_info() -> Value {
 
 fn assert_served(reply: &Value) {
     assert!(reply["parameters"]["interfaces"].is_array(), "{reply}");
-}
-
-/// A line of `/proc/PID/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// Where each of the daemon's open fds points.

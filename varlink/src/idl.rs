@@ -204,6 +204,11 @@ mod tests {
                 layer: s(),
                 reason: s(),
             },
+            OciError::LayerTooLarge {
+                layer: s(),
+                what: s(),
+                limit: 1,
+            },
         ];
         for e in &all {
             match e {
@@ -228,7 +233,8 @@ mod tests {
                 | OciError::StorageFailed { .. }
                 | OciError::DeltaSourceMissing { .. }
                 | OciError::InvalidDelta { .. }
-                | OciError::TarDiffFailed { .. } => {}
+                | OciError::TarDiffFailed { .. }
+                | OciError::LayerTooLarge { .. } => {}
             }
         }
         all

@@ -467,6 +467,17 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// A layer is larger than the daemon allows one layer to be.
+    #[serde(rename = "io.cfsd.Oci.LayerTooLarge")]
+    #[error("layer {layer} is too large: its {what} exceeds the limit of {limit} bytes")]
+    LayerTooLarge {
+        /// The layer's digest.
+        layer: String,
+        /// What grew too large.
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.

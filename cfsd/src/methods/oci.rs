@@ -605,6 +605,7 @@ fn wire_error(e: repo::Error) -> OciError {
         E::DeltaSourceMissing { config } => OciError::DeltaSourceMissing { config },
         E::InvalidDelta { reason } => OciError::InvalidDelta { reason },
         E::TarDiff { layer, reason } => OciError::TarDiffFailed { layer, reason },
+        E::LayerTooLarge { layer, what, limit } => OciError::LayerTooLarge { layer, what, limit },
     }
 }
 

@@ -78,16 +78,15 @@ impl EntryRules {
     }
 
     /// Check the next entry as the tar parser gives it: its PAX records
-    /// ([`check_pax`]), then [`EntryRules::check`].
+    /// ([`check_pax`]), that only a file has data ([`check_data`]), then
+    /// [`EntryRules::check`].
     pub(crate) fn check_entry(&mut self, entry: &ParsedEntry<'_>) -> Result<(), String> {
         if let Some(pax) = entry.pax {
             check_pax(&entry.path, pax)?;
         }
-        self.check(
-            &entry.path,
-            EntryKind::of(entry.entry_type),
-            entry.link_target.as_deref(),
-        )
+        let kind = EntryKind::of(entry.entry_type);
+        check_data(&entry.path, kind, entry.size)?;
+        self.check(&entry.path, kind, entry.link_target.as_deref())
     }
 
     /// Check the next entry. `path` is the full entry path after PAX/GNU
@@ -190,6 +189,21 @@ impl EntryRules {
             )),
         }
     }
+}
+
+/// Only a regular file has data. A directory, link, device or FIFO whose
+/// header declares `size` bytes would have them kept inline in the split
+/// stream, in memory until the layer is stored, where no extractor ever
+/// reads them: refused at the header, before any of it is read.
+pub(crate) fn check_data(path: &[u8], kind: EntryKind, size: u64) -> Result<(), String> {
+    if size == 0 || kind == EntryKind::File {
+        return Ok(());
+    }
+    Err(format!(
+        "entry {:?} is {} but declares {size} bytes of data; only regular files have data",
+        show(path),
+        kind.name()
+    ))
 }
 
 /// Check the raw PAX extended-header data that precedes the entry at
@@ -519,6 +533,18 @@ mod tests {
             1,
             &["no earlier entry"],
         );
+    }
+
+    #[test]
+    fn only_regular_files_have_data() {
+        assert_eq!(check_data(b"f", File, 1 << 40), Ok(()));
+        for kind in [Directory, Symlink, Hardlink, Other] {
+            assert_eq!(check_data(b"x", kind, 0), Ok(()));
+            let message = check_data(b"usr/x", kind, 512).expect_err(kind.name());
+            assert!(message.contains("\"usr/x\""), "{message}");
+            assert!(message.contains(kind.name()), "{message}");
+            assert!(message.contains("declares 512 bytes"), "{message}");
+        }
     }
 
     #[test]

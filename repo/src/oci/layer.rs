@@ -68,7 +68,10 @@ pub(crate) async fn store<H: FsVerityHashValue>(
     let cancel = split::Cancel::default();
     let _stop_on_drop = cancel.on_drop();
     let splitting = repo.clone();
-    let splitter = tokio::task::spawn_blocking(move || split::split(tar, splitting, &cancel));
+    let limits = split::LayerLimits::installed();
+    let pulled = plan.pulled.clone();
+    let splitter =
+        tokio::task::spawn_blocking(move || split::split(tar, splitting, &cancel, &limits, pulled));
     let (produced, split) = tokio::join!(producer, splitter);
     let produced =
         produced.map_err(|e| Error::storage("producing a layer", io::Error::other(e)))?;
@@ -162,6 +165,11 @@ fn split_error(plan: &LayerPlan, e: SplitError) -> Error {
             "storing a layer",
             io::Error::new(io::ErrorKind::Interrupted, "the import was cancelled"),
         ),
+        SplitError::Limit(exceeded) => Error::LayerTooLarge {
+            layer: plan.blob.to_string(),
+            what: exceeded.what.to_owned(),
+            limit: exceeded.limit,
+        },
     }
 }
 

@@ -116,6 +116,8 @@ pub(crate) struct LayerPlan {
     pub compression: Compression,
     /// The digest of the uncompressed tar.
     pub diff_id: Digest,
+    /// The tar bytes of every layer of this pull so far, shared by them.
+    pub pulled: crate::oci::split::PullTally,
 }
 
 /// The image chosen from a source, its manifest and config verified.
@@ -333,6 +335,7 @@ fn plan_layers(layers: &[Descriptor], rootfs: &RootFs) -> Result<Vec<LayerPlan>,
             ),
         });
     }
+    let pulled = crate::oci::split::PullTally::default();
     layers
         .iter()
         .zip(&rootfs.diff_ids)
@@ -348,6 +351,7 @@ fn plan_layers(layers: &[Descriptor], rootfs: &RootFs) -> Result<Vec<LayerPlan>,
                 size: layer.size,
                 compression,
                 diff_id: Digest::parse(diff_id, "rootfs.diff_ids")?,
+                pulled: pulled.clone(),
             })
         })
         .collect()

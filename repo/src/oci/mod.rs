@@ -24,3 +24,4 @@ pub use mount::MountOptions;
 pub use platform::Platform;
 pub use pull::{LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
 pub use source::Source;
+pub use split::LayerLimits;

@@ -608,3 +608,38 @@ fn large_ops_stream_in_chunks() {
     let added: Vec<u8> = source[140_000..290_000].iter().map(|b| b + 1).collect();
     assert_eq!(&out[340_000..], &added[..]);
 }
+
+/// SEEK and COPY expand a few bytes of delta into any amount of output:
+/// the applier must stop at the first write the consumer refuses (the
+/// splitter does, at a layer limit) rather than run through every op.
+#[test]
+fn an_expanding_delta_stops_at_the_first_refused_write() {
+    struct Upto(usize);
+    impl Write for Upto {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.0 < buf.len() {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            self.0 -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let files = Memory::with(&[("block", &[7u8; 512][..])]);
+    let mut ops = vec![open("block")];
+    for _ in 0..200_000 {
+        ops.extend([(OP_SEEK, 0, &b""[..]), (OP_COPY, 512, b"")]);
+    }
+    let delta = tar_diff(HEADER_V1, &ops);
+    assert!(
+        delta.len() < 16 << 10,
+        "{} bytes expand to 100 MiB",
+        delta.len()
+    );
+    let mut out = Upto(1 << 20);
+    let e = apply(&delta[..], &files, &mut out).unwrap_err();
+    assert!(matches!(e, TarDiffError::Output(_)), "{e}");
+    assert!(out.0 < 512, "stopped with {} bytes of room left", out.0);
+}

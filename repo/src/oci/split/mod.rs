@@ -10,6 +10,7 @@
 //! computed from the bytes in memory, an object already present is never
 //! written again, and a new one is written once and never read back.
 
+mod limits;
 mod objects;
 
 use std::{
@@ -29,10 +30,15 @@ use composefs::{
 use composefs_oci::{ImportStats, LAYER_CONTENT_TYPE};
 use tar_core::{
     HEADER_SIZE,
-    parse::{ParseEvent, Parser},
+    parse::{ParseEvent, ParsedEntry, Parser},
 };
 
-use self::objects::{BUFFERED_BYTES, Objects, Ticket};
+pub use self::limits::LayerLimits;
+pub(crate) use self::limits::{Exceeded, PullTally};
+use self::{
+    limits::{ENTRY_COST, Kept, check_size},
+    objects::{BUFFERED_BYTES, Objects, Ticket},
+};
 use super::{
     digest::{Digest, HashingWriter},
     entry_rules::EntryRules,
@@ -115,6 +121,9 @@ pub(crate) enum SplitError {
     Storage(anyhow::Error),
     /// The import was cancelled.
     Cancelled,
+    /// The layer is larger than its [`LayerLimits`] allow. Nothing more of
+    /// it is read.
+    Limit(Exceeded),
 }
 
 /// Tells a running split to stop at the next entry.
@@ -149,16 +158,20 @@ impl Drop for CancelOnDrop {
 /// Split the tar arriving on `rx` into `repo`, and store the split stream.
 /// Blocks until every object is written. Returns the stream, what the
 /// import stored, and the tar's digest (its diff_id), for the caller to
-/// check before naming the stream.
+/// check before naming the stream. A tar beyond `limits` is refused as
+/// soon as that shows, without reading the rest.
 pub(crate) fn split<H: FsVerityHashValue>(
     rx: Receiver<Vec<u8>>,
     repo: Arc<Store<H>>,
     cancel: &Cancel,
+    limits: &LayerLimits,
+    pulled: PullTally,
 ) -> Result<(H, ImportStats, Digest), SplitError> {
     let mut splitter = Splitter {
-        input: Input::new(rx),
+        input: Input::new(rx, limits, pulled),
         rules: EntryRules::new(),
         entries: Vec::new(),
+        kept: Kept::new(limits),
         objects: Objects::start(repo),
     };
     match splitter.run(cancel) {
@@ -168,12 +181,13 @@ pub(crate) fn split<H: FsVerityHashValue>(
                 store_stream(splitter.objects, splitter.entries).map_err(SplitError::Storage)?;
             Ok((stream, stats, diff_id))
         }
-        Err(Fault::Tar(reason)) => Err(SplitError::Tar {
-            reason,
-            diff_id: splitter.input.drain(),
-        }),
+        Err(Fault::Tar(reason)) => match splitter.input.drain() {
+            Ok(diff_id) => Err(SplitError::Tar { reason, diff_id }),
+            Err(exceeded) => Err(SplitError::Limit(exceeded)),
+        },
         Err(Fault::Storage(e)) => Err(SplitError::Storage(e)),
         Err(Fault::Cancelled) => Err(SplitError::Cancelled),
+        Err(Fault::Limit(exceeded)) => Err(SplitError::Limit(exceeded)),
     }
 }
 
@@ -182,6 +196,13 @@ enum Fault {
     Tar(String),
     Storage(anyhow::Error),
     Cancelled,
+    Limit(Exceeded),
+}
+
+impl From<Exceeded> for Fault {
+    fn from(exceeded: Exceeded) -> Self {
+        Fault::Limit(exceeded)
+    }
 }
 
 /// A piece of the split stream: tar bytes kept inline, or a file's content
@@ -239,6 +260,8 @@ struct Splitter<H: FsVerityHashValue> {
     input: Input,
     rules: EntryRules,
     entries: Vec<Entry>,
+    /// What `entries` and `rules` hold, against the metadata limit.
+    kept: Kept,
     objects: Objects<H>,
 }
 
@@ -260,22 +283,24 @@ impl<H: FsVerityHashValue> Splitter<H> {
                 Err(e) => return Err(Fault::Tar(e.to_string())),
                 Ok(ParseEvent::NeedData { min_bytes }) => need = min_bytes,
                 Ok(ParseEvent::GlobalExtensions { consumed, .. }) => {
-                    self.inline(consumed);
+                    self.inline(consumed)?;
                     need = HEADER_SIZE;
                 }
                 Ok(ParseEvent::SparseEntry { .. }) => {
                     return Err(Fault::Tar("sparse tar entries are not supported".into()));
                 }
                 Ok(ParseEvent::End { consumed }) => {
-                    self.inline(consumed);
+                    self.inline(consumed)?;
                     return self.trailer();
                 }
+                // A header that declares more data than the layer may have
+                // is refused before any of it is read.
                 Ok(ParseEvent::Entry { consumed, entry }) => {
-                    self.rules.check_entry(&entry).map_err(Fault::Tar)?;
-                    let size = usize::try_from(entry.size)
-                        .map_err(|_| Fault::Tar(format!("entry size {}", entry.size)))?;
+                    let end = self.input.position() + consumed as u64;
+                    let size = admit(&mut self.rules, &mut self.kept, &entry)?;
+                    check_size(end.saturating_add(padded(entry.size)), self.input.limit)?;
                     let external = entry.entry_type.is_file() && size > INLINE_CONTENT_MAX_V0;
-                    self.inline(consumed);
+                    self.inline(consumed)?;
                     self.content(size, external)?;
                     need = HEADER_SIZE;
                 }
@@ -284,13 +309,15 @@ impl<H: FsVerityHashValue> Splitter<H> {
     }
 
     /// Move `n` bytes of input into the stream inline.
-    fn inline(&mut self, n: usize) {
+    fn inline(&mut self, n: usize) -> Result<(), Fault> {
+        self.kept.keep(n as u64)?;
         let bytes = &self.input.available()[..n];
         match self.entries.last_mut() {
             Some(Entry::Inline(last)) => last.extend_from_slice(bytes),
             _ => self.entries.push(Entry::Inline(bytes.to_vec())),
         }
         self.input.consume(n);
+        Ok(())
     }
 
     /// One entry's content and padding.
@@ -341,7 +368,7 @@ impl<H: FsVerityHashValue> Splitter<H> {
                 return Err(truncated("an entry's content"));
             }
             let take = n.min(self.input.available().len());
-            self.inline(take);
+            self.inline(take)?;
             n -= take;
         }
         Ok(())
@@ -352,10 +379,26 @@ impl<H: FsVerityHashValue> Splitter<H> {
     fn trailer(&mut self) -> Result<(), Fault> {
         while self.input.fill(1)? {
             let n = self.input.available().len();
-            self.inline(n);
+            self.inline(n)?;
         }
         Ok(())
     }
+}
+
+/// Check an entry against the entry rules and the metadata limit before
+/// any of its data is read; its data's size.
+fn admit(rules: &mut EntryRules, kept: &mut Kept, entry: &ParsedEntry<'_>) -> Result<usize, Fault> {
+    rules.check_entry(entry).map_err(Fault::Tar)?;
+    let size = usize::try_from(entry.size)
+        .map_err(|_| Fault::Tar(format!("entry size {}", entry.size)))?;
+    let link = entry.link_target.as_deref().map_or(0, <[u8]>::len);
+    kept.keep((entry.path.len() + link) as u64 + ENTRY_COST)?;
+    Ok(size)
+}
+
+/// The bytes `size` bytes of entry data take in the tar, saturating.
+fn padded(size: u64) -> u64 {
+    size.checked_next_multiple_of(512).unwrap_or(u64::MAX)
 }
 
 fn truncated(what: &str) -> Fault {
@@ -370,16 +413,46 @@ struct Input {
     pos: usize,
     /// Hashes the tar as it arrives; the producer's thread is the busier.
     digest: HashingWriter<io::Sink>,
+    /// Bytes of tar received so far.
+    received: u64,
+    /// The most bytes of tar that may be received.
+    limit: u64,
+    /// What the whole pull has received, and may.
+    pulled: PullTally,
+    pull_limit: u64,
 }
 
 impl Input {
-    fn new(rx: Receiver<Vec<u8>>) -> Self {
+    fn new(rx: Receiver<Vec<u8>>, limits: &LayerLimits, pulled: PullTally) -> Self {
         Input {
             rx,
             buf: Vec::with_capacity(2 * CHUNK_BYTES),
             pos: 0,
             digest: HashingWriter::new(io::sink()),
+            received: 0,
+            limit: limits.max_layer_size,
+            pulled,
+            pull_limit: limits.max_pull_size,
         }
+    }
+
+    /// Where in the tar the unread bytes start.
+    fn position(&self) -> u64 {
+        self.received - self.available().len() as u64
+    }
+
+    /// The next chunk of the tar, hashed and counted; `None` at its end.
+    fn receive(&mut self) -> Result<Option<Vec<u8>>, Exceeded> {
+        let Ok(chunk) = self.rx.recv() else {
+            return Ok(None);
+        };
+        self.received += chunk.len() as u64;
+        check_size(self.received, self.limit)?;
+        self.pulled.add(chunk.len() as u64, self.pull_limit)?;
+        self.digest
+            .write_all(&chunk)
+            .expect("writing to a sink cannot fail");
+        Ok(Some(chunk))
     }
 
     fn available(&self) -> &[u8] {
@@ -393,12 +466,9 @@ impl Input {
     /// Make at least `need` bytes available; false if the tar ends first.
     fn fill(&mut self, need: usize) -> Result<bool, Fault> {
         while self.available().len() < need {
-            let Ok(chunk) = self.rx.recv() else {
+            let Some(chunk) = self.receive()? else {
                 return Ok(false);
             };
-            self.digest
-                .write_all(&chunk)
-                .expect("writing to a sink cannot fail");
             self.buf.drain(..self.pos);
             self.pos = 0;
             self.buf.extend_from_slice(&chunk);
@@ -406,14 +476,13 @@ impl Input {
         Ok(true)
     }
 
-    /// Read the rest of the tar, for its digest.
-    fn drain(mut self) -> Digest {
-        while let Ok(chunk) = self.rx.recv() {
-            self.digest
-                .write_all(&chunk)
-                .expect("writing to a sink cannot fail");
-        }
-        self.digest.finish()
+    /// Read the rest of the tar, for its digest, as far as the size limit
+    /// lets it go.
+    fn drain(mut self) -> Result<Digest, Exceeded> {
+        self.buf = Vec::new();
+        self.pos = 0;
+        while self.receive()?.is_some() {}
+        Ok(self.digest.finish())
     }
 
     /// Copy the next `n` bytes into `out`.
