@@ -8,6 +8,12 @@ use zlink::connection::Credentials;
 pub struct Peer {
     /// The peer's uid, for error messages and logs.
     pub uid: u32,
+    /// The uid its connections and threads count against: the owner of
+    /// the subordinate range `uid` lies in, else `uid` itself.
+    pub account: u32,
+    /// The peer's process, whose mount table names the filesystems of
+    /// the fds it hands over.
+    pub pid: u32,
     /// Whether the peer may call mutating methods.
     pub privileged: bool,
     /// Whether the peer may mount images: root or the daemon's own user
@@ -21,7 +27,11 @@ impl Peer {
     /// (a private daemon's owner, who could do anything the daemon does
     /// anyway), and members of the admin group through their primary or
     /// supplementary groups are privileged.
-    pub fn from_credentials(creds: &Credentials, admin_group: Option<Gid>) -> Self {
+    pub fn from_credentials(
+        creds: &Credentials,
+        admin_group: Option<Gid>,
+        subuids: &crate::admission::Subuids,
+    ) -> Self {
         let uid = creds.unix_user_id();
         let in_group = admin_group.is_some_and(|gid| {
             creds.unix_primary_group_id() == gid
@@ -30,9 +40,17 @@ impl Peer {
         let root_or_self = uid == Uid::ROOT || uid == geteuid();
         Peer {
             uid: uid.as_raw(),
+            account: subuids.account(uid.as_raw()),
+            pid: creds.process_id().as_raw_nonzero().get() as u32,
             privileged: root_or_self || in_group,
             may_mount: root_or_self,
         }
+    }
+
+    /// Whether the peer's work is never held back: root and the daemon's
+    /// own user, who could stop the daemon anyway.
+    pub fn unlimited(&self) -> bool {
+        self.may_mount
     }
 }
 

@@ -91,6 +91,21 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
         return refused;
     }
     let params = call.parameters.clone();
+    let account = (!peer.unlimited()).then_some(peer.account);
+    let caller = crate::work::Caller::new(account, daemon.work.clone());
+    caller
+        .serve(route(daemon, peer, interface, method, params, fds))
+        .await
+}
+
+async fn route(
+    daemon: &Daemon,
+    peer: &Peer,
+    interface: &str,
+    method: &str,
+    params: Option<Value>,
+    fds: Vec<OwnedFd>,
+) -> Outcome {
     match interface {
         SERVICE_INTERFACE => methods::service::handle(method, params),
         REPOSITORY_INTERFACE => methods::repository::handle(daemon, peer, method, params).await,

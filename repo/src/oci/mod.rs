@@ -9,6 +9,7 @@
 pub(crate) mod archive;
 pub(crate) mod digest;
 pub(crate) mod entry_rules;
+mod filesystem;
 pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
@@ -18,6 +19,7 @@ pub(crate) mod source;
 pub(crate) mod split;
 
 pub use archive::Archive;
+pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use platform::Platform;
 pub use pull::{LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
