@@ -18,7 +18,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -47,6 +47,7 @@ const INTERRUPT: u32 = 36;
 const BATCH_FORGET: u32 = 42;
 
 const ENOENT: i32 = 2;
+const EIO: i32 = 5;
 const ENOSYS: i32 = 38;
 
 /// One file of the filesystem's only directory.
@@ -92,6 +93,7 @@ pub struct Asked {
 pub struct Fuse {
     mountpoint: PathBuf,
     stop: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
     server: Option<JoinHandle<()>>,
     /// What the server was asked.
     pub asked: Arc<Asked>,
@@ -120,19 +122,34 @@ impl Fuse {
         )
         .expect("mounting the test FUSE filesystem");
         let stop = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
         let asked = Arc::new(Asked::default());
         let server = Server {
             device,
             files,
             stop: stop.clone(),
+            release: release.clone(),
             asked: asked.clone(),
+            stalled: Mutex::default(),
         };
         Fuse {
             mountpoint: mountpoint.to_owned(),
             stop,
+            release,
             server: Some(std::thread::spawn(move || server.run())),
             asked,
         }
+    }
+
+    /// Fail every READ left waiting so far with EIO; later ones wait
+    /// again.
+    pub fn release_stalled(&self) {
+        self.release.store(true, Ordering::Relaxed);
+    }
+
+    /// READ requests answered or waiting.
+    pub fn reads(&self) -> u64 {
+        self.asked.reads.load(Ordering::Relaxed)
     }
 
     /// Where it is mounted.
@@ -157,7 +174,10 @@ struct Server {
     device: File,
     files: Vec<FuseFile>,
     stop: Arc<AtomicBool>,
+    release: Arc<AtomicBool>,
     asked: Arc<Asked>,
+    /// READ requests deliberately left unanswered.
+    stalled: Mutex<Vec<u64>>,
 }
 
 /// A request's header (`fuse_in_header`) and body.
@@ -172,6 +192,12 @@ impl Server {
     fn run(mut self) {
         let mut buf = vec![0u8; 1 << 20];
         while !self.stop.load(Ordering::Relaxed) {
+            if self.release.swap(false, Ordering::Relaxed) {
+                let stalled = std::mem::take(&mut *self.stalled.lock().unwrap());
+                for unique in stalled {
+                    self.reply(unique, Err(EIO));
+                }
+            }
             let mut fds = [PollFd::new(&self.device, PollFlags::IN)];
             let timeout = rustix::event::Timespec::try_from(Duration::from_millis(50)).unwrap();
             match poll(&mut fds, Some(&timeout)) {
@@ -196,9 +222,11 @@ impl Server {
                 nodeid: long(16),
                 body: &buf[40..n],
             };
-            let unique = request.unique;
-            if let Some(reply) = self.answer(&request) {
-                self.reply(unique, reply);
+            let (opcode, unique) = (request.opcode, request.unique);
+            match self.answer(&request) {
+                Some(reply) => self.reply(unique, reply),
+                None if opcode == READ => self.stalled.lock().unwrap().push(unique),
+                None => {}
             }
         }
     }

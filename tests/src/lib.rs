@@ -5,6 +5,7 @@ pub mod delta;
 pub mod fuse;
 pub mod oci;
 pub mod ocictl;
+pub mod peer;
 
 use std::{
     io::{BufRead, BufReader, Write},
