@@ -85,6 +85,8 @@ pub struct Asked {
     pub reads: AtomicU64,
     /// STATFS requests.
     pub statfs: AtomicU64,
+    /// Whether the server has stopped taking requests.
+    pub frozen: AtomicBool,
 }
 
 /// A mounted FUSE filesystem and the thread serving it. Dropping it
@@ -94,6 +96,7 @@ pub struct Fuse {
     mountpoint: PathBuf,
     stop: Arc<AtomicBool>,
     release: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     server: Option<JoinHandle<()>>,
     /// What the server was asked.
     pub asked: Arc<Asked>,
@@ -123,12 +126,14 @@ impl Fuse {
         .expect("mounting the test FUSE filesystem");
         let stop = Arc::new(AtomicBool::new(false));
         let release = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(AtomicBool::new(false));
         let asked = Arc::new(Asked::default());
         let server = Server {
             device,
             files,
             stop: stop.clone(),
             release: release.clone(),
+            frozen: frozen.clone(),
             asked: asked.clone(),
             stalled: Mutex::default(),
         };
@@ -136,6 +141,7 @@ impl Fuse {
             mountpoint: mountpoint.to_owned(),
             stop,
             release,
+            frozen,
             server: Some(std::thread::spawn(move || server.run())),
             asked,
         }
@@ -145,6 +151,17 @@ impl Fuse {
     /// again.
     pub fn release_stalled(&self) {
         self.release.store(true, Ordering::Relaxed);
+    }
+
+    /// Take no more requests: every later one stays queued in the
+    /// kernel, where (unlike one the server has taken) a fatal signal
+    /// can still end the wait.
+    /// Returns once the server has stopped taking them.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+        while !self.asked.frozen.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// READ requests answered or waiting.
@@ -175,6 +192,7 @@ struct Server {
     files: Vec<FuseFile>,
     stop: Arc<AtomicBool>,
     release: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     asked: Arc<Asked>,
     /// READ requests deliberately left unanswered.
     stalled: Mutex<Vec<u64>>,
@@ -197,6 +215,11 @@ impl Server {
                 for unique in stalled {
                     self.reply(unique, Err(EIO));
                 }
+            }
+            if self.frozen.load(Ordering::SeqCst) {
+                self.asked.frozen.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
             }
             let mut fds = [PollFd::new(&self.device, PollFlags::IN)];
             let timeout = rustix::event::Timespec::try_from(Duration::from_millis(50)).unwrap();
@@ -244,7 +267,15 @@ impl Server {
                 }
             }
             GETATTR => Ok(attr_out(self.attr(request.nodeid))),
-            OPEN | OPENDIR => Ok(vec![0; 16]),
+            // FOPEN_DIRECT_IO for files that stall: every read is a
+            // request of its own, not a wait on another's page.
+            OPEN => {
+                let file = self.files.get(request.nodeid.checked_sub(2)? as usize)?;
+                let mut out = vec![0; 16];
+                out[8] = u8::from(file.stalls);
+                Ok(out)
+            }
+            OPENDIR => Ok(vec![0; 16]),
             READ => {
                 self.asked.reads.fetch_add(1, Ordering::Relaxed);
                 let file = self.files.get(request.nodeid.checked_sub(2)? as usize)?;

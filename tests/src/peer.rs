@@ -34,7 +34,12 @@ pub fn as_uid(uid: u32, groups: &[u32], program: &str) -> Command {
 
 /// Opens `argv[2]` as the peer (a directory for transport `oci`), sends
 /// `argv[3]` as a call with that fd over the socket `argv[1]`, and
-/// prints the final reply. With argv[2] `-`, no fd is sent.
+/// prints the final reply. With argv[2] `-`, no fd is sent. Started as
+/// root with argv[4] `UID:GID[,GROUP...]`, it opens the path first and
+/// then becomes that peer, as one that got the fd elsewhere. With
+/// `CFSD_TEST_PAUSE` set it prints `opened` and waits for a line on its
+/// stdin before it connects; with `CFSD_TEST_HOLD`, it keeps the
+/// connection after the reply until its stdin closes.
 const CALL_WITH_FD: &str = r#"
 import json, os, socket, sys
 path, call = sys.argv[2], json.loads(sys.argv[3])
@@ -42,6 +47,15 @@ fds = []
 if path != "-":
     flags = os.O_RDONLY | (os.O_DIRECTORY if call["parameters"].get("transport") == "oci" else 0)
     fds = [os.open(path, flags)]
+if len(sys.argv) > 4:
+    uid, groups = sys.argv[4].split(":")
+    groups = [int(g) for g in groups.split(",")]
+    os.setgroups(groups[1:])
+    os.setgid(groups[0])
+    os.setuid(int(uid))
+if os.environ.get("CFSD_TEST_PAUSE"):
+    print("opened", flush=True)
+    sys.stdin.readline()
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
 socket.send_fds(s, [json.dumps(call).encode() + b"\0"], fds)
@@ -56,6 +70,8 @@ while True:
     if not json.loads(reply).get("continues"):
         print(reply.decode(), flush=True)
         break
+if os.environ.get("CFSD_TEST_HOLD"):
+    sys.stdin.read()
 "#;
 
 /// The command that makes `call` as `uid` with the fd of `path` (see
@@ -91,6 +107,49 @@ pub fn reply_with_fd(daemon: &Daemon, uid: u32, groups: &[u32], path: &str, call
 pub fn pull_call(transport: &str, tag: &str) -> Value {
     serde_json::json!({"method": "io.cfsd.Oci.Pull",
         "parameters": {"transport": transport, "tag": tag}})
+}
+
+/// [`spawn_call_with_fd`], but the fd is opened as root before the
+/// process becomes `uid` (group nobody, plus `groups`) and connects;
+/// with `pause`, it waits for a line on its stdin before connecting.
+pub fn spawn_call_with_root_fd(
+    daemon: &Daemon,
+    (uid, groups): (u32, &[u32]),
+    path: &str,
+    call: &Value,
+    pause: bool,
+) -> Child {
+    root_python(daemon, (uid, groups), path, call)
+        .envs(pause.then_some(("CFSD_TEST_PAUSE", "1")))
+        .spawn()
+        .expect("spawning python3")
+}
+
+/// A client of `uid` that makes `call` (no fd) and keeps its connection
+/// after the reply until its stdin is closed.
+pub fn spawn_holding_call(daemon: &Daemon, uid: u32, call: &Value) -> Child {
+    root_python(daemon, (uid, &[]), "-", call)
+        .env("CFSD_TEST_HOLD", "1")
+        .spawn()
+        .expect("spawning python3")
+}
+
+/// [`CALL_WITH_FD`] started as root, to become `uid` itself.
+fn root_python(daemon: &Daemon, (uid, groups): (u32, &[u32]), path: &str, call: &Value) -> Command {
+    let mut ids = vec![NOBODY.to_string()];
+    ids.extend(groups.iter().map(u32::to_string));
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .arg("-c")
+        .arg(CALL_WITH_FD)
+        .arg(daemon.socket())
+        .arg(path)
+        .arg(call.to_string())
+        .arg(format!("{uid}:{}", ids.join(",")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// [`call_with_fd`], spawned with its output piped.
