@@ -91,8 +91,9 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
         return refused;
     }
     let params = call.parameters.clone();
-    let account = (!peer.unlimited()).then_some(peer.account);
-    let caller = crate::work::Caller::new(account, daemon.work.clone());
+    // The standard interface does no disk work and waits for no turn.
+    let limited = !peer.unlimited() && interface != SERVICE_INTERFACE;
+    let caller = crate::work::Caller::admit(limited.then_some(peer.account), &daemon.work).await;
     caller
         .serve(route(daemon, peer, interface, method, params, fds))
         .await

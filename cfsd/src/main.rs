@@ -71,9 +71,10 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(4096..))]
     max_message_size: u32,
 
-    /// The most blocking threads (disk work) the calls of any one uid
-    /// other than root and the daemon's own may hold at once; more calls
-    /// wait. A thread stuck in a read that never returns stays counted.
+    /// The most calls of any one uid other than root and the daemon's
+    /// own that run at once, with their disk threads; more calls wait for
+    /// their turn. A thread stuck in a read that never returns keeps its
+    /// call's turn.
     #[arg(long, value_name = "N", default_value_t = 4)]
     max_blocking_per_uid: usize,
 

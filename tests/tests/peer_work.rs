@@ -24,6 +24,7 @@ use cfsd_tests::{
         threads_in_syscall,
     },
 };
+use cfsd_varlink::repository::GcParams;
 use serde_json::{Value, json};
 
 /// A group nobody is given on top, for `--allow-group`.
@@ -126,6 +127,23 @@ async fn one_peers_stuck_reads_hold_at_most_its_share_and_root_is_served() {
     assert!(info.expect("root's Info answered").is_ok());
     let images = tokio::time::timeout(Duration::from_secs(5), client.list_images()).await;
     assert!(images.expect("root's ListImages answered").is_ok());
+    // A call of that peer that would take the GC lock waits for its
+    // turn before it takes the lock, so root's collecting GC goes on.
+    let tag = json!({"method": "io.cfsd.Oci.Tag", "parameters": {"image": "t0", "tag": "u"}});
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let tagging = spawn_call_with_root_fd(&daemon, (NOBODY, &[ADMINS]), "-", &tag, false);
+    // Served: its socket and the duplicate that watches for a hang-up.
+    assert!(eventually(Duration::from_secs(10), || fds() >= before + 2));
+    let gc = GcParams {
+        dry_run: Some(false),
+    };
+    let gc = tokio::time::timeout(Duration::from_secs(5), client.gc(&gc)).await;
+    assert!(gc.expect("root's Gc answered").is_ok());
     assert_eq!(layout.fuse().reads(), 2, "the other four wait for a thread");
     assert_eq!(threads_in_syscall(pid, &READS), 2);
     // Failing the two reads frees their threads; two more calls take
@@ -143,6 +161,9 @@ async fn one_peers_stuck_reads_hold_at_most_its_share_and_root_is_served() {
         ) == 2));
     }
     layout.fuse().release_stalled();
+    let tagged = tagging.wait_with_output().unwrap();
+    let tagged: Value = serde_json::from_slice(&tagged.stdout).unwrap();
+    assert_eq!(tagged["error"], "io.cfsd.Oci.ImageNotFound", "{tagged}");
     for peer in peers {
         let out = peer.wait_with_output().unwrap();
         let reply: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -7,13 +7,13 @@ pub mod service;
 /// Run disk work on a blocking thread, so that other clients' calls are
 /// answered meanwhile. A task that panicked is a storage failure.
 ///
-/// The thread counts against the caller's share of the pool
-/// ([`crate::work`]) until the work has returned, even when the caller
-/// stops waiting for it before then.
+/// The thread holds a share of the call's permit ([`crate::work`])
+/// until the work has returned, even when the caller stops waiting for
+/// it before then.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> cfsd_repo::Result<T> + Send + 'static,
 ) -> cfsd_repo::Result<T> {
-    let permit = crate::work::permit().await;
+    let permit = crate::work::share();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         work()

@@ -117,9 +117,9 @@ async fn pull(
         repo::Repository::prepare_pull(source, &options)
     })
     .await?;
-    // The import's layer threads count as one of the caller's; the permit
-    // goes with the task, which may outlive this call.
-    let permit = crate::work::permit().await;
+    // The import's threads count as this call's; the permit goes with
+    // the task, which may outlive the call.
+    let permit = crate::work::share();
     let key = prepared.manifest_digest();
     let gc_lock = daemon.gc_lock.clone();
     let pending = Arc::new(Pending::default());
