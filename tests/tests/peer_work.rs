@@ -96,6 +96,36 @@ fn eventually(limit: Duration, mut what: impl FnMut() -> bool) -> bool {
     what()
 }
 
+/// Root's Info, ListImages and a collecting Gc answer while the
+/// admin-group peer's calls wait; one more call of that peer, a Tag,
+/// waits for its turn before it takes the GC lock, so that Gc goes on.
+/// Returns the Tag's client.
+async fn root_is_served_while_the_peer_waits(daemon: &Daemon) -> Child {
+    let mut client = daemon.client().await;
+    let within = Duration::from_secs(5);
+    let info = tokio::time::timeout(within, client.info()).await;
+    assert!(info.expect("root's Info answered").is_ok());
+    let images = tokio::time::timeout(within, client.list_images()).await;
+    assert!(images.expect("root's ListImages answered").is_ok());
+    let tag = json!({"method": "io.cfsd.Oci.Tag", "parameters": {"image": "t0", "tag": "u"}});
+    let pid = daemon.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let tagging = spawn_call_with_root_fd(daemon, (NOBODY, &[ADMINS]), "-", &tag, false);
+    // Served: its socket and the duplicate that watches for a hang-up.
+    assert!(eventually(Duration::from_secs(10), || fds() >= before + 2));
+    let gc = GcParams {
+        dry_run: Some(false),
+    };
+    let gc = tokio::time::timeout(within, client.gc(&gc)).await;
+    assert!(gc.expect("root's Gc answered").is_ok());
+    tagging
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_peers_stuck_reads_hold_at_most_its_share_and_root_is_served() {
     let admins = ADMINS.to_string();
@@ -120,30 +150,9 @@ async fn one_peers_stuck_reads_hold_at_most_its_share_and_root_is_served() {
     assert!(eventually(Duration::from_secs(10), || threads_in_syscall(
         pid, &READS
     ) == 2));
-    // ...and root is answered meanwhile, by a daemon whose pool that
-    // peer cannot fill.
-    let mut client = daemon.client().await;
-    let info = tokio::time::timeout(Duration::from_secs(5), client.info()).await;
-    assert!(info.expect("root's Info answered").is_ok());
-    let images = tokio::time::timeout(Duration::from_secs(5), client.list_images()).await;
-    assert!(images.expect("root's ListImages answered").is_ok());
-    // A call of that peer that would take the GC lock waits for its
-    // turn before it takes the lock, so root's collecting GC goes on.
-    let tag = json!({"method": "io.cfsd.Oci.Tag", "parameters": {"image": "t0", "tag": "u"}});
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
-    let before = fds();
-    let tagging = spawn_call_with_root_fd(&daemon, (NOBODY, &[ADMINS]), "-", &tag, false);
-    // Served: its socket and the duplicate that watches for a hang-up.
-    assert!(eventually(Duration::from_secs(10), || fds() >= before + 2));
-    let gc = GcParams {
-        dry_run: Some(false),
-    };
-    let gc = tokio::time::timeout(Duration::from_secs(5), client.gc(&gc)).await;
-    assert!(gc.expect("root's Gc answered").is_ok());
+    // ...and root is answered meanwhile, even a collecting Gc while a
+    // Tag of that peer waits for its turn.
+    let tagging = root_is_served_while_the_peer_waits(&daemon).await;
     assert_eq!(layout.fuse().reads(), 2, "the other four wait for a thread");
     assert_eq!(threads_in_syscall(pid, &READS), 2);
     // Failing the two reads frees their threads; two more calls take

@@ -61,65 +61,88 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     found
 }
 
+/// A peer's layout naming two images: "real", whose layer is exactly a
+/// root-only file (digest and size right, so following the link would
+/// pull it), and "decoy", whose layer is something else (so following
+/// the link would report the file's size or digest). Both layer blobs
+/// are symlinks to that file, kept 0600 in a sticky directory the peer
+/// may write to.
+struct LinkedLayout {
+    _scratch: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    decoy_blob: Vec<u8>,
+    secret_blob: Vec<u8>,
+    secret_hex: String,
+    decoy_hex: String,
+}
+
+impl LinkedLayout {
+    fn new() -> Self {
+        let mut layout = Layout::new();
+        let real = layout.add_image(&image_of("etc/shadow", SECRET), Some("real"));
+        let decoy = layout.add_image(&image_of("etc/decoy", "decoy\n"), Some("decoy"));
+        let scratch = tempfile::tempdir().unwrap();
+        open_path_to(scratch.path());
+        let dir = scratch.path().join("layout");
+        layout.write_dir(&dir);
+        for d in [&dir, &dir.join("blobs"), &dir.join("blobs/sha256")] {
+            std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        let sticky = dir.join("tmp");
+        std::fs::create_dir(&sticky).unwrap();
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let secret_blob = layout.blob(&real.layer_digests[0]).unwrap().to_vec();
+        let secret = sticky.join("shadow.layer");
+        std::fs::write(&secret, &secret_blob).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let hex = |digest: &str| digest.trim_start_matches("sha256:").to_owned();
+        let linked = LinkedLayout {
+            decoy_blob: layout.blob(&decoy.layer_digests[0]).unwrap().to_vec(),
+            secret_blob,
+            secret_hex: hex(&real.layer_digests[0]),
+            decoy_hex: hex(&decoy.layer_digests[0]),
+            dir,
+            _scratch: scratch,
+        };
+        for hex in [&linked.secret_hex, &linked.decoy_hex] {
+            std::fs::remove_file(linked.blob(hex)).unwrap();
+            symlink("../../tmp/shadow.layer", linked.blob(hex)).unwrap();
+        }
+        linked
+    }
+
+    fn blob(&self, hex: &str) -> std::path::PathBuf {
+        self.dir.join("blobs/sha256").join(hex)
+    }
+
+    /// Pull image `reference` from it as nobody in the admin group.
+    fn pull(&self, daemon: &Daemon, reference: &str) -> Value {
+        let mut call = pull_call("oci", reference);
+        call["parameters"]["reference"] = reference.into();
+        reply_with_fd(daemon, NOBODY, &[ADMINS], self.dir.to_str().unwrap(), &call)
+    }
+}
+
 #[test]
 fn a_layout_blob_linked_to_a_root_only_file_is_refused_and_tells_nothing_of_it() {
     let admins = ADMINS.to_string();
     let daemon = Daemon::start_for_nobody(&["--allow-group", &admins]);
     assert!(daemon.cfsctl(&["init"]).status.success());
-
-    // The peer's layout names two images: "real", whose layer is exactly
-    // the root-only file (digest and size right, so following the link
-    // would pull it), and "decoy", whose layer is something else (so
-    // following the link would report the file's size or digest).
-    let mut layout = Layout::new();
-    let real = layout.add_image(&image_of("etc/shadow", SECRET), Some("real"));
-    let decoy = layout.add_image(&image_of("etc/decoy", "decoy\n"), Some("decoy"));
-    let scratch = tempfile::tempdir().unwrap();
-    open_path_to(scratch.path());
-    let dir = scratch.path().join("layout");
-    layout.write_dir(&dir);
-    for d in [&dir, &dir.join("blobs"), &dir.join("blobs/sha256")] {
-        std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    // Root's file, 0600, in a sticky directory the peer may write to.
-    let sticky = dir.join("tmp");
-    std::fs::create_dir(&sticky).unwrap();
-    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let secret_blob = layout.blob(&real.layer_digests[0]).unwrap().to_vec();
-    let secret_hex = real.layer_digests[0]
-        .trim_start_matches("sha256:")
-        .to_owned();
-    std::fs::write(sticky.join("shadow.layer"), &secret_blob).unwrap();
-    std::fs::set_permissions(
-        sticky.join("shadow.layer"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
-    let decoy_hex = decoy.layer_digests[0]
-        .trim_start_matches("sha256:")
-        .to_owned();
-    for hex in [&secret_hex, &decoy_hex] {
-        let blob = dir.join("blobs/sha256").join(hex);
-        std::fs::remove_file(&blob).unwrap();
-        symlink("../../tmp/shadow.layer", &blob).unwrap();
-    }
-
-    for (reference, hex) in [("decoy", &decoy_hex), ("real", &secret_hex)] {
-        let mut call = pull_call("oci", reference);
-        call["parameters"]["reference"] = reference.into();
-        let reply = reply_with_fd(&daemon, NOBODY, &[ADMINS], dir.to_str().unwrap(), &call);
+    let linked = LinkedLayout::new();
+    for (reference, hex) in [("decoy", &linked.decoy_hex), ("real", &linked.secret_hex)] {
+        let reply = linked.pull(&daemon, reference);
         assert_eq!(reply["error"], "io.cfsd.Oci.InvalidSource", "{reply}");
         // The reason names the peer's own path and nothing else: no
         // size, no digest of what the link leads to.
+        let reason = format!(
+            "blobs/sha256/{hex} is or passes through a symbolic link, which cfsd does not follow"
+        );
         assert_eq!(
-            reply["parameters"]["reason"],
-            format!(
-                "blobs/sha256/{hex} is or passes through a symbolic link, which cfsd does not follow"
-            ),
+            reply["parameters"]["reason"], reason,
             "{reference}: {reply}"
         );
         if reference == "decoy" {
-            assert!(!reply.to_string().contains(&secret_hex), "{reply}");
+            assert!(!reply.to_string().contains(&linked.secret_hex), "{reply}");
         }
     }
     // Nothing of the file entered the repository.
@@ -129,28 +152,17 @@ fn a_layout_blob_linked_to_a_root_only_file_is_refused_and_tells_nothing_of_it()
         "{published:?}"
     );
     assert_eq!(ocictl::object_count(&daemon.repo()), 0);
-    assert_eq!(
-        files_containing(&daemon.repo(), SECRET.as_bytes()),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        files_containing(&daemon.repo(), &secret_blob[..64]),
-        Vec::<String>::new()
-    );
-
-    // Without the links the same layout pulls, as the same peer.
-    for hex in [&secret_hex, &decoy_hex] {
-        let blob = dir.join("blobs/sha256").join(hex);
-        std::fs::remove_file(&blob).unwrap();
+    for needle in [SECRET.as_bytes(), &linked.secret_blob[..64]] {
+        assert_eq!(
+            files_containing(&daemon.repo(), needle),
+            Vec::<String>::new()
+        );
     }
-    std::fs::write(
-        dir.join("blobs/sha256").join(&decoy_hex),
-        layout.blob(&decoy.layer_digests[0]).unwrap(),
-    )
-    .unwrap();
-    let mut call = pull_call("oci", "decoy");
-    call["parameters"]["reference"] = "decoy".into();
-    let reply = reply_with_fd(&daemon, NOBODY, &[ADMINS], dir.to_str().unwrap(), &call);
+    // With the decoy's own blob in place of its link, the same peer
+    // pulls it: only the link was refused.
+    std::fs::remove_file(linked.blob(&linked.decoy_hex)).unwrap();
+    std::fs::write(linked.blob(&linked.decoy_hex), &linked.decoy_blob).unwrap();
+    let reply = linked.pull(&daemon, "decoy");
     assert!(
         reply["parameters"]["result"]["imageId"].is_string(),
         "{reply}"
