@@ -33,7 +33,7 @@ pub struct Config {
     pub max_message: usize,
     /// The subordinate uid ranges, whose uids count against their owner.
     pub subuids: Subuids,
-    /// The most blocking threads one account other than root may hold.
+    /// The most calls one account other than root may run at once.
     pub max_blocking_per_uid: usize,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
@@ -59,7 +59,7 @@ pub struct Daemon {
     pub gc_lock: Arc<RwLock<()>>,
     /// The subordinate uid ranges, whose uids count against their owner.
     pub subuids: Subuids,
-    /// The blocking threads each account holds.
+    /// The calls each account runs, and their blocking threads.
     pub work: Arc<WorkLimits>,
 }
 
