@@ -73,6 +73,12 @@ impl Role {
 pub struct Peer {
     /// The peer's uid, for error messages and logs.
     pub uid: u32,
+    /// The uid its connections and threads count against: the owner of
+    /// the subordinate range `uid` lies in, else `uid` itself.
+    pub account: u32,
+    /// The peer's process, whose mount table names the filesystems of
+    /// the fds it hands over.
+    pub pid: u32,
     /// Whether the peer may call mutating methods: its role's
     /// [`Right::Change`], kept at hand because admission asks per call.
     pub privileged: bool,
@@ -81,8 +87,13 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Judge a peer by its socket credentials.
-    pub fn from_credentials(creds: &Credentials, admin_group: Option<Gid>) -> Self {
+    /// Judge a peer by its socket credentials; its connections and work
+    /// count against the owner of the subordinate uid range it is in.
+    pub fn from_credentials(
+        creds: &Credentials,
+        admin_group: Option<Gid>,
+        subuids: &crate::admission::Subuids,
+    ) -> Self {
         let uid = creds.unix_user_id();
         let in_group = admin_group.is_some_and(|gid| {
             creds.unix_primary_group_id() == gid
@@ -97,13 +108,20 @@ impl Peer {
         } else {
             Role::Other
         };
-        Peer::new(uid.as_raw(), role)
+        Peer {
+            account: subuids.account(uid.as_raw()),
+            pid: creds.process_id().as_raw_nonzero().get() as u32,
+            ..Peer::new(uid.as_raw(), role)
+        }
     }
 
-    /// A peer of `uid` in `role`.
+    /// A peer of `uid` in `role`, counted against itself, of no known
+    /// process.
     pub fn new(uid: u32, role: Role) -> Self {
         Peer {
             uid,
+            account: uid,
+            pid: 0,
             privileged: role.may(Right::Change),
             role,
         }
@@ -112,6 +130,12 @@ impl Peer {
     /// Whether the peer has `right`.
     pub fn may(&self, right: Right) -> bool {
         self.role.may(right)
+    }
+
+    /// Whether the peer's work is never held back: root and the daemon's
+    /// own user, who could stop the daemon anyway.
+    pub fn unlimited(&self) -> bool {
+        matches!(self.role, Role::Root | Role::DaemonUser)
     }
 }
 

@@ -37,7 +37,7 @@ pub async fn open(daemon: &Daemon, stream: UnixStream) -> Option<(Conn, Peer)> {
     };
     let mut conn = Connection::new(Limited::new(stream, daemon.max_message));
     let peer = match conn.peer_credentials().await {
-        Ok(creds) => Peer::from_credentials(creds, daemon.admin_group),
+        Ok(creds) => Peer::from_credentials(creds, daemon.admin_group, &daemon.subuids),
         Err(e) => {
             tracing::warn!("cannot read peer credentials, closing: {e}");
             return None;

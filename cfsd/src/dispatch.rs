@@ -95,6 +95,22 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
         return refused;
     }
     let params = call.parameters.clone();
+    // The standard interface does no disk work and waits for no turn.
+    let limited = !peer.unlimited() && interface != SERVICE_INTERFACE;
+    let caller = crate::work::Caller::admit(limited.then_some(peer.account), &daemon.work).await;
+    caller
+        .serve(route(daemon, peer, interface, method, params, fds))
+        .await
+}
+
+async fn route(
+    daemon: &Daemon,
+    peer: &Peer,
+    interface: &str,
+    method: &str,
+    params: Option<Value>,
+    fds: Vec<OwnedFd>,
+) -> Outcome {
     match interface {
         SERVICE_INTERFACE => methods::service::handle(method, params),
         REPOSITORY_INTERFACE => methods::repository::handle(daemon, peer, method, params).await,

@@ -13,6 +13,7 @@ mod hangup;
 mod listen;
 mod methods;
 mod server;
+mod work;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -89,6 +90,22 @@ struct Args {
     /// io.cfsd.Oci.LayerTooLarge. The default is 256 GiB.
     #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::oci::LayerLimits::DEFAULT_MAX_PULL_SIZE)]
     max_pull_size: u64,
+    /// The most calls of any one uid other than root and the daemon's
+    /// own that run at once, with their disk threads; more calls wait for
+    /// their turn. A thread stuck in a read that never returns keeps its
+    /// call's turn.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    max_blocking_per_uid: usize,
+
+    /// The subordinate uid ranges (subuid(5)): every uid of a range
+    /// counts against its owner in the per-uid limits.
+    #[arg(long, value_name = "PATH", default_value = "/etc/subuid")]
+    subuid_file: PathBuf,
+
+    /// After SIGTERM, let calls in flight finish for this long; then
+    /// cfsd exits, even if some thread is stuck in a read.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    shutdown_grace: u64,
 
     /// Close a client connection that sends no call for this long.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
@@ -147,11 +164,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         client_timeout: Duration::from_secs(args.client_timeout),
         max_message: args.max_message_size as usize,
+        subuids: admission::Subuids::load(&args.subuid_file)?,
+        max_blocking_per_uid: args.max_blocking_per_uid,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(work::BLOCKING_THREADS)
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         // Handlers first: once the socket exists a client may connect and
         // signal us, and SIGTERM must then stop cfsd cleanly, not kill it.
         let signals = server::Signals::install()?;
@@ -159,8 +180,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         // threads exist but create no files yet.
         let socket = listen::acquire(args.address.as_ref(), socket_group)?;
         server::run(dir, config, socket, signals).await
-    })
+    });
+    // Dropping the runtime would wait for every blocking thread, and one
+    // stuck in a read that never returns would keep cfsd from exiting.
+    // The calls they served were dropped already; the process's exit
+    // ends the threads.
+    runtime.shutdown_timeout(EXIT_WAIT);
+    served
 }
+
+/// How long exit waits for blocking threads once every call has ended.
+const EXIT_WAIT: Duration = Duration::from_millis(500);
 
 /// Open the repository, refusing one the policy forbids and saying plainly
 /// when it runs without fs-verity. The daemon keeps it open, so this is

@@ -12,13 +12,11 @@ use tokio::{
 };
 
 use crate::{
-    admission::{Admissions, Limits},
+    admission::{Admissions, Limits, Subuids},
     connection::{self, Conn},
     listen::Socket,
+    work::WorkLimits,
 };
-
-/// How long in-flight calls may take to finish after SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How the daemon was asked to run.
 #[derive(Debug)]
@@ -33,6 +31,12 @@ pub struct Config {
     pub client_timeout: Duration,
     /// The most bytes of one message, not counting its NUL.
     pub max_message: usize,
+    /// The subordinate uid ranges, whose uids count against their owner.
+    pub subuids: Subuids,
+    /// The most calls one account other than root may run at once.
+    pub max_blocking_per_uid: usize,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 /// What every connection shares.
@@ -53,6 +57,10 @@ pub struct Daemon {
     /// exclusively. Objects an import has written but not yet referenced
     /// look unreferenced to GC, so the two must never overlap.
     pub gc_lock: Arc<RwLock<()>>,
+    /// The subordinate uid ranges, whose uids count against their owner.
+    pub subuids: Subuids,
+    /// The calls each account runs, and their blocking threads.
+    pub work: Arc<WorkLimits>,
 }
 
 /// Serve `socket` until shutdown, idle exit, or (for a connected socket)
@@ -72,16 +80,25 @@ pub async fn run(
         max_message: config.max_message,
         shutdown,
         gc_lock: Arc::new(RwLock::new(())),
+        subuids: config.subuids.clone(),
+        work: WorkLimits::new(config.max_blocking_per_uid),
     });
     match socket {
         Socket::Connected(stream) => {
             stream.set_nonblocking(true)?;
             // The one client that spawned this daemon needs no slot.
+            let mut clients = JoinSet::new();
             if let Some((conn, peer)) =
                 connection::open(&daemon, UnixStream::from_std(stream)?).await
             {
-                connection::serve(daemon, conn, peer).await;
+                let mut shutdown = daemon.shutdown.clone();
+                clients.spawn(connection::serve(daemon, conn, peer));
+                tokio::select! {
+                    _ = clients.join_next() => {}
+                    _ = shutdown.changed() => {}
+                }
             }
+            finish(clients, config.shutdown_grace).await;
             Ok(())
         }
         Socket::Listening {
@@ -134,7 +151,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    finish(gate.clients).await;
+    finish(gate.clients, config.shutdown_grace).await;
     Ok(())
 }
 
@@ -170,15 +187,17 @@ impl Gate {
     }
 }
 
-/// Let in-flight calls finish, within the grace period.
-async fn finish(mut clients: JoinSet<()>) {
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+/// Let in-flight calls finish, within the grace period. Calls still
+/// running then are dropped; their blocking threads may be stuck in a
+/// read that never returns, which is why `main` does not wait for them.
+async fn finish(mut clients: JoinSet<()>, grace: Duration) {
+    let drained = tokio::time::timeout(grace, async {
         while clients.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
-            "cancelling {} calls still running after {SHUTDOWN_GRACE:?}",
+            "cancelling {} calls still running after {grace:?}",
             clients.len()
         );
         clients.shutdown().await;

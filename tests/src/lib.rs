@@ -2,6 +2,7 @@
 //! real `cfsctl`, and speak raw varlink to check the wire itself.
 
 pub mod delta;
+pub mod fuse;
 pub mod oci;
 pub mod ocictl;
 pub mod peer;

@@ -1,8 +1,13 @@
-//! Acting as another local user: commands run as nobody through
-//! `setpriv`, and raw varlink calls made from such a process, so that the
-//! daemon judges the peer by real socket credentials.
+//! Acting as another local user, so that the daemon judges the peer by
+//! real socket credentials: commands run as another uid through
+//! `setpriv`, raw varlink calls made from such a process, and calls that
+//! hand the daemon fds the peer opened with its own rights, as a hostile
+//! peer would. Replies come back as raw JSON, typed error names included.
 
-use std::process::Command;
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+};
 
 use serde_json::Value;
 
@@ -14,9 +19,16 @@ pub const NOBODY: u32 = 65534;
 /// `setpriv` running `program` as nobody, with `groups` as its
 /// supplementary groups (none when empty).
 pub fn as_nobody(groups: &[u32], program: &str) -> Command {
+    as_uid(NOBODY, groups, program)
+}
+
+/// `setpriv` running `program` as `uid` (group nobody, so that it may
+/// reach a socket made for nobody), with `groups` as its supplementary
+/// groups.
+pub fn as_uid(uid: u32, groups: &[u32], program: &str) -> Command {
     let mut command = Command::new("setpriv");
     command
-        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={NOBODY}"));
     if groups.is_empty() {
         command.arg("--clear-groups");
@@ -26,6 +38,179 @@ pub fn as_nobody(groups: &[u32], program: &str) -> Command {
     }
     command.arg(program);
     command
+}
+
+/// Opens `argv[2]` as the peer (a directory for transport `oci`), sends
+/// `argv[3]` as a call with that fd over the socket `argv[1]`, and
+/// prints the final reply. With argv[2] `-`, no fd is sent. Started as
+/// root with argv[4] `UID:GID[,GROUP...]`, it opens the path first and
+/// then becomes that peer, as one that got the fd elsewhere. With
+/// `CFSD_TEST_PAUSE` set it prints `opened` and waits for a line on its
+/// stdin before it connects; with `CFSD_TEST_HOLD`, it keeps the
+/// connection after the reply until its stdin closes.
+const CALL_WITH_FD: &str = r#"
+import json, os, socket, sys
+path, call = sys.argv[2], json.loads(sys.argv[3])
+fds = []
+if path != "-":
+    flags = os.O_RDONLY | (os.O_DIRECTORY if call["parameters"].get("transport") == "oci" else 0)
+    fds = [os.open(path, flags)]
+if len(sys.argv) > 4:
+    uid, groups = sys.argv[4].split(":")
+    groups = [int(g) for g in groups.split(",")]
+    os.setgroups(groups[1:])
+    os.setgid(groups[0])
+    os.setuid(int(uid))
+if os.environ.get("CFSD_TEST_PAUSE"):
+    print("opened", flush=True)
+    sys.stdin.readline()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+socket.send_fds(s, [json.dumps(call).encode() + b"\0"], fds)
+buf = b""
+while True:
+    while b"\0" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("the daemon closed the connection")
+        buf += chunk
+    reply, buf = buf.split(b"\0", 1)
+    if not json.loads(reply).get("continues"):
+        print(reply.decode(), flush=True)
+        break
+if os.environ.get("CFSD_TEST_HOLD"):
+    sys.stdin.read()
+"#;
+
+/// The command that makes `call` as `uid` with the fd of `path` (see
+/// [`CALL_WITH_FD`]); spawn it or wait for its output.
+pub fn call_with_fd(
+    daemon: &Daemon,
+    uid: u32,
+    groups: &[u32],
+    path: &str,
+    call: &Value,
+) -> Command {
+    // The system interpreter: a per-user one is out of nobody's reach.
+    let mut command = as_uid(uid, groups, "/usr/bin/python3");
+    command
+        .arg("-c")
+        .arg(CALL_WITH_FD)
+        .arg(daemon.socket())
+        .arg(path)
+        .arg(call.to_string());
+    command
+}
+
+/// Make `call` as `uid` with the fd of `path`, and return its reply.
+pub fn reply_with_fd(daemon: &Daemon, uid: u32, groups: &[u32], path: &str, call: &Value) -> Value {
+    let out = call_with_fd(daemon, uid, groups, path, call)
+        .output()
+        .expect("running python3 under setpriv");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).unwrap()
+}
+
+/// A `Pull` call of `transport` tagged `tag`.
+pub fn pull_call(transport: &str, tag: &str) -> Value {
+    serde_json::json!({"method": "io.cfsd.Oci.Pull",
+        "parameters": {"transport": transport, "tag": tag}})
+}
+
+/// [`spawn_call_with_fd`], but the fd is opened as root before the
+/// process becomes `uid` (group nobody, plus `groups`) and connects;
+/// with `pause`, it waits for a line on its stdin before connecting.
+pub fn spawn_call_with_root_fd(
+    daemon: &Daemon,
+    (uid, groups): (u32, &[u32]),
+    path: &str,
+    call: &Value,
+    pause: bool,
+) -> Child {
+    root_python(daemon, (uid, groups), path, call)
+        .envs(pause.then_some(("CFSD_TEST_PAUSE", "1")))
+        .spawn()
+        .expect("spawning python3")
+}
+
+/// A client of `uid` that makes `call` (no fd) and keeps its connection
+/// after the reply until its stdin is closed.
+pub fn spawn_holding_call(daemon: &Daemon, uid: u32, call: &Value) -> Child {
+    root_python(daemon, (uid, &[]), "-", call)
+        .env("CFSD_TEST_HOLD", "1")
+        .spawn()
+        .expect("spawning python3")
+}
+
+/// [`CALL_WITH_FD`] started as root, to become `uid` itself.
+fn root_python(daemon: &Daemon, (uid, groups): (u32, &[u32]), path: &str, call: &Value) -> Command {
+    let mut ids = vec![NOBODY.to_string()];
+    ids.extend(groups.iter().map(u32::to_string));
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .arg("-c")
+        .arg(CALL_WITH_FD)
+        .arg(daemon.socket())
+        .arg(path)
+        .arg(call.to_string())
+        .arg(format!("{uid}:{}", ids.join(",")))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// [`call_with_fd`], spawned with its output piped.
+pub fn spawn_call_with_fd(
+    daemon: &Daemon,
+    uid: u32,
+    groups: &[u32],
+    path: &str,
+    call: &Value,
+) -> Child {
+    call_with_fd(daemon, uid, groups, path, call)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning python3 under setpriv")
+}
+
+/// The threads of process `pid` that are inside system call `nr` now
+/// (from `/proc/PID/task/*/syscall`): 437 is openat2, 17 pread64, 0 read
+/// on x86-64.
+pub fn threads_in_syscall(pid: u32, nr: &[u64]) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("syscall"))
+                .ok()
+                .and_then(|s| s.split(' ').next()?.trim().parse::<u64>().ok())
+                .is_some_and(|n| nr.contains(&n))
+        })
+        .count()
+}
+
+/// The number of threads of process `pid`.
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// Make `dir` and every directory above it up to `/` searchable by all,
+/// so that a peer running as nobody can reach what a test wrote there.
+pub fn open_path_to(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        let Ok(md) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = md.permissions().mode();
+        if mode & 0o011 != 0o011 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011)).unwrap();
+        }
+    }
 }
 
 /// Make raw calls as nobody, with `groups`, over ONE connection to

@@ -6,10 +6,20 @@ pub mod service;
 
 /// Run disk work on a blocking thread, so that other clients' calls are
 /// answered meanwhile. A task that panicked is a storage failure.
+///
+/// The thread holds a share of the call's permit ([`crate::work`])
+/// until the work has returned, even when the caller stops waiting for
+/// it before then.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> cfsd_repo::Result<T> + Send + 'static,
 ) -> cfsd_repo::Result<T> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+    let permit = crate::work::share();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .unwrap_or_else(|e| {
         Err(cfsd_repo::Error::Storage {
             operation: "repository task",
             reason: e.to_string(),

@@ -23,7 +23,7 @@ use cfsd_varlink::{
         TagParams, UntagParams,
     },
 };
-use rustix::fs::{FileType, OFlags};
+use rustix::fs::{AtFlags, FileType, OFlags, StatxFlags};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::{
@@ -52,7 +52,7 @@ pub async fn handle(
     fds: Vec<OwnedFd>,
 ) -> Outcome {
     match method {
-        "Pull" => mutating(peer, method, params, |p| pull(daemon, p, fds)).await,
+        "Pull" => mutating(peer, method, params, |p| pull(daemon, peer, p, fds)).await,
         "ListImages" => run(params, |_: NoParams| list_images(daemon)).await,
         "Inspect" => run(params, |p| inspect(daemon, p)).await,
         "Tag" => mutating(peer, method, params, |p| tag(daemon, p)).await,
@@ -99,11 +99,28 @@ where
     })
 }
 
-async fn pull(daemon: &Daemon, params: PullParams, fds: Vec<OwnedFd>) -> Result<Outcome, OciError> {
+async fn pull(
+    daemon: &Daemon,
+    peer: &Peer,
+    params: PullParams,
+    fds: Vec<OwnedFd>,
+) -> Result<Outcome, OciError> {
     let source = source(&params.transport, fds)?;
     let options = pull_options(params)?;
     let repo = open(daemon)?;
-    let prepared = blocking(move || repo::Repository::prepare_pull(source, &options)).await?;
+    let pid = peer.pid;
+    let prepared = blocking(move || {
+        let fd = match &source {
+            Source::Archive(file) => file.as_fd(),
+            Source::Directory(dir) => dir.as_fd(),
+        };
+        repo::oci::check_source_filesystem(fd, Some(pid))?;
+        repo::Repository::prepare_pull(source, &options)
+    })
+    .await?;
+    // The import's threads count as this call's; the permit goes with
+    // the task, which may outlive the call.
+    let permit = crate::work::share();
     let key = prepared.manifest_digest();
     let gc_lock = daemon.gc_lock.clone();
     let pending = Arc::new(Pending::default());
@@ -117,6 +134,7 @@ async fn pull(daemon: &Daemon, params: PullParams, fds: Vec<OwnedFd>) -> Result<
     // only tags it; its turn comes before the GC lock, so that waiting
     // does not hold off GC.
     let work = tokio::spawn(async move {
+        let _permit = permit;
         let _turn = PULLS.turn(key).await;
         let _shared = gc_lock.read_owned().await;
         repo.pull_prepared(prepared, progress).await
@@ -186,9 +204,18 @@ impl InFlight {
 }
 
 /// Whether `fd` is of `kind` and open for reading. An `O_PATH` fd is
-/// refused: it would let the daemon read what the client could not.
+/// refused: it would let the daemon read what the client could not. The
+/// type comes from the kernel's cache (`AT_STATX_DONT_SYNC`): this runs
+/// on the async threads, and `fstat` of a FUSE file may wait for its
+/// server.
 fn is_readable(fd: &OwnedFd, kind: FileType) -> bool {
-    let of_kind = rustix::fs::fstat(fd).is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == kind);
+    let of_kind = rustix::fs::statx(
+        fd,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::TYPE,
+    )
+    .is_ok_and(|st| FileType::from_raw_mode(st.stx_mode.into()) == kind);
     let readable = rustix::fs::fcntl_getfl(fd.as_fd()).is_ok_and(|flags| {
         !flags.contains(OFlags::PATH)
             && matches!(flags & OFlags::RWMODE, OFlags::RDONLY | OFlags::RDWR)

@@ -9,6 +9,7 @@
 pub(crate) mod archive;
 pub(crate) mod digest;
 pub(crate) mod entry_rules;
+mod filesystem;
 pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
@@ -19,6 +20,7 @@ pub(crate) mod source;
 pub(crate) mod split;
 
 pub use archive::Archive;
+pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
 pub use platform::Platform;

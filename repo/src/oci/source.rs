@@ -127,23 +127,39 @@ pub(crate) fn check_size(actual: u64, declared: u64, what: &str) -> Result<(), E
     })
 }
 
-/// Open `path` inside the layout directory, never leaving it: no `..`, no
-/// absolute symlinks, no magic links. Only regular files count.
+/// Open `path` inside the layout directory with nothing but its own
+/// names: no `..` out of it, no symbolic link of any kind, no other
+/// mount. The daemon opens these files with more rights than the peer
+/// who handed over the directory, and a link could lead to a file that
+/// peer cannot read; refusing every link refuses all of those without
+/// looking at where one points, so a refusal says nothing about its
+/// target. Only regular files count, and the type is checked before any
+/// read: `O_NONBLOCK` makes opening a FIFO return at once instead of
+/// waiting for a writer that never comes.
 fn open_beneath(dir: &Arc<OwnedFd>, path: &str) -> Result<Option<Pread>, Error> {
     let opened = rustix::fs::openat2(
         dir.as_fd(),
         path,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::NOFOLLOW,
         Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        ResolveFlags::BENEATH
+            | ResolveFlags::NO_SYMLINKS
+            | ResolveFlags::NO_MAGICLINKS
+            | ResolveFlags::NO_XDEV,
     );
+    let refused = |why: &str| {
+        Err(Error::InvalidSource {
+            reason: format!("{path} {why}"),
+        })
+    };
     let fd = match opened {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => {
+            return refused("is or passes through a symbolic link, which cfsd does not follow");
+        }
         Err(rustix::io::Errno::XDEV) => {
-            return Err(Error::InvalidSource {
-                reason: format!("{path} leads outside the layout directory"),
-            });
+            return refused("leads outside the layout directory or onto another mount");
         }
         Err(e) => {
             return Err(Error::storage(
@@ -155,10 +171,12 @@ fn open_beneath(dir: &Arc<OwnedFd>, path: &str) -> Result<Option<Pread>, Error> 
     let stat = rustix::fs::fstat(&fd)
         .map_err(|e| Error::storage("reading the layout", std::io::Error::from(e)))?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(Error::InvalidSource {
-            reason: format!("{path} is not a regular file"),
-        });
+        return refused("is not a regular file");
     }
+    // Reads of a regular file never return EAGAIN, but the flag is the
+    // peer's business no longer: clear it so the file reads as any other.
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty())
+        .map_err(|e| Error::storage("reading the layout", std::io::Error::from(e)))?;
     let file = Arc::new(File::from(fd));
     Ok(Some(Pread::new(file, 0, stat.st_size as u64)))
 }
@@ -177,4 +195,63 @@ fn read_limited(reader: Pread, what: &str) -> Result<Vec<u8>, Error> {
         .read_to_end(&mut bytes)
         .map_err(|e| Error::storage("reading the source", e))?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn layout_dir(dir: &std::path::Path) -> Arc<OwnedFd> {
+        Arc::new(OwnedFd::from(File::open(dir).unwrap()))
+    }
+
+    fn refusal(dir: &Arc<OwnedFd>, path: &str) -> String {
+        match open_beneath(dir, path) {
+            Err(Error::InvalidSource { reason }) => reason,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn links_of_any_kind_are_refused_without_a_word_about_their_target() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        std::fs::write(
+            dir.path().join("secret"),
+            "forty-two bytes of something private!!!!!\n",
+        )
+        .unwrap();
+        symlink("../../secret", dir.path().join("blobs/sha256/inside")).unwrap();
+        symlink("/etc/passwd", dir.path().join("blobs/sha256/absolute")).unwrap();
+        symlink("blobs", dir.path().join("linked")).unwrap();
+        let fd = layout_dir(dir.path());
+        for path in [
+            "blobs/sha256/inside",
+            "blobs/sha256/absolute",
+            "linked/sha256/x",
+        ] {
+            let reason = refusal(&fd, path);
+            assert!(reason.contains("symbolic link"), "{reason}");
+            assert!(
+                !reason.contains("secret") && !reason.contains("42"),
+                "{reason}"
+            );
+        }
+        assert!(refusal(&fd, "../x").contains("outside"));
+        // The file itself, by its own name, reads.
+        assert_eq!(open_beneath(&fd, "secret").unwrap().unwrap().len(), 42);
+    }
+
+    #[test]
+    fn a_fifo_is_refused_at_once_rather_than_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        rustix::fs::mkfifoat(rustix::fs::CWD, dir.path().join("oci-layout"), Mode::RUSR).unwrap();
+        let fd = layout_dir(dir.path());
+        // Before O_NONBLOCK this open waited for a writer forever.
+        let reason = refusal(&fd, "oci-layout");
+        assert!(reason.contains("not a regular file"), "{reason}");
+        assert!(open_beneath(&fd, "index.json").unwrap().is_none());
+    }
 }
