@@ -162,12 +162,14 @@ pub enum Error {
     },
     /// A delta applies to an image the repository does not hold.
     #[error(
-        "the delta applies to the image with config {config}, which is not in the repository \
-         (pull that image first, or pull the full target image)"
+        "the delta applies to the image {}with config {config}, which is not in the repository",
+        image.as_ref().map(|m| format!("{m} ")).unwrap_or_default()
     )]
     DeltaSourceMissing {
         /// The source image's config digest.
         config: String,
+        /// The source image's manifest digest, when the delta names it.
+        image: Option<String>,
     },
     /// An oci-delta artifact that breaks the delta format's rules.
     #[error("invalid oci-delta artifact: {reason}")]
@@ -182,6 +184,20 @@ pub enum Error {
         layer: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A prefix of a digest or image id names more than one image.
+    #[error("{image:?} names more than one image: {}", matches.join(", "))]
+    AmbiguousImage {
+        /// The prefix given.
+        image: String,
+        /// The manifest digests of the images it matches.
+        matches: Vec<String>,
+    },
+    /// No tag of this name exists.
+    #[error("no tag {tag:?} in the repository")]
+    TagNotFound {
+        /// The tag asked for.
+        tag: String,
     },
 }
 

@@ -131,9 +131,9 @@ pub fn parse_pull(text: &str) -> Pulled {
     }
 }
 
-/// `cfsctl --json oci pull ARGS`, which must succeed.
+/// `cfsctl --json --progress=json oci pull ARGS`, which must succeed.
 pub fn pull(target: &impl Target, args: &[&str]) -> Pulled {
-    let mut all = vec!["--json", "oci", "pull"];
+    let mut all = vec!["--json", "--progress=json", "oci", "pull"];
     all.extend_from_slice(args);
     let out = target.run(&all);
     assert!(

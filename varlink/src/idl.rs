@@ -48,9 +48,10 @@ mod tests {
     use super::*;
     use crate::{
         oci::{
-            ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
-            EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, OciError,
-            PullParams, PullReply, PullResult, RemoveReply, TagParams, UntagParams,
+            AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer,
+            DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
+            ListImagesReply, OciError, PullParams, PullReply, PullResult, RemoveReply, TagParams,
+            UntagParams,
         },
         repository::*,
         service::*,
@@ -196,12 +197,20 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
-            OciError::DeltaSourceMissing { config: s() },
+            OciError::DeltaSourceMissing {
+                config: s(),
+                image: Some(s()),
+            },
             OciError::InvalidDelta { reason: s() },
             OciError::TarDiffFailed {
                 layer: s(),
                 reason: s(),
             },
+            OciError::AmbiguousImage {
+                image: s(),
+                matches: vec![s()],
+            },
+            OciError::TagNotFound { tag: s() },
         ];
         for e in &all {
             match e {
@@ -226,7 +235,9 @@ mod tests {
                 | OciError::StorageFailed { .. }
                 | OciError::DeltaSourceMissing { .. }
                 | OciError::InvalidDelta { .. }
-                | OciError::TarDiffFailed { .. } => {}
+                | OciError::TarDiffFailed { .. }
+                | OciError::AmbiguousImage { .. }
+                | OciError::TagNotFound { .. } => {}
             }
         }
         all
@@ -358,10 +369,16 @@ mod tests {
             total: 2,
         };
         assert_eq!(keys(&progress), type_fields(&idl, "LayerProgress"));
-        assert_eq!(
-            keys(&PullResult::default()),
-            type_fields(&idl, "PullResult")
-        );
+        let delta = AppliedDelta {
+            source_manifest: Some("sha256:ab".into()),
+            ..AppliedDelta::default()
+        };
+        assert_eq!(keys(&delta), type_fields(&idl, "AppliedDelta"));
+        let result = PullResult {
+            delta: Some(delta),
+            ..PullResult::default()
+        };
+        assert_eq!(keys(&result), type_fields(&idl, "PullResult"));
         let image = Image {
             created: Some("2024-01-01T00:00:00Z".into()),
             image_id: Some("ab".into()),

@@ -17,10 +17,10 @@ use cfsd_repo::{
 use cfsd_varlink::{
     idl::OCI_INTERFACE,
     oci::{
-        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod, EmptyReply,
-        Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, OciError, PullParams,
-        PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TagParams,
-        UntagParams,
+        AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
+        EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, OciError,
+        PullParams, PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY,
+        TagParams, UntagParams,
     },
 };
 use rustix::fs::{FileType, OFlags};
@@ -511,6 +511,11 @@ fn wire_report(r: PullReport) -> PullResult {
         objects_present: r.objects_present,
         bytes_new: r.bytes_new,
         already_present: r.already_present,
+        delta: r.delta.map(|d| AppliedDelta {
+            manifest_digest: d.manifest_digest,
+            source_config: d.source_config,
+            source_manifest: d.source_manifest,
+        }),
     }
 }
 
@@ -595,9 +600,11 @@ fn wire_error(e: repo::Error) -> OciError {
             operation: operation.to_owned(),
             reason,
         },
-        E::DeltaSourceMissing { config } => OciError::DeltaSourceMissing { config },
+        E::DeltaSourceMissing { config, image } => OciError::DeltaSourceMissing { config, image },
         E::InvalidDelta { reason } => OciError::InvalidDelta { reason },
         E::TarDiff { layer, reason } => OciError::TarDiffFailed { layer, reason },
+        E::AmbiguousImage { image, matches } => OciError::AmbiguousImage { image, matches },
+        E::TagNotFound { tag } => OciError::TagNotFound { tag },
     }
 }
 

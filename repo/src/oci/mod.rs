@@ -20,5 +20,5 @@ pub(crate) mod split;
 pub use archive::Archive;
 pub use images::{ImageDetails, ImageSummary};
 pub use platform::Platform;
-pub use pull::{LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
+pub use pull::{AppliedDelta, LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
 pub use source::Source;
