@@ -145,9 +145,10 @@ pub fn pull(target: &impl Target, args: &[&str]) -> Pulled {
     parse_pull(&stdout(&out))
 }
 
-/// `cfsctl oci pull ARGS`, which must fail with status 1; its stderr.
+/// `cfsctl oci pull ARGS`, which must fail with status 1; its stderr,
+/// the message alone (progress, which goes to stderr too, is not shown).
 pub fn pull_fails(target: &impl Target, args: &[&str]) -> String {
-    let mut all = vec!["oci", "pull"];
+    let mut all = vec!["--progress=none", "oci", "pull"];
     all.extend_from_slice(args);
     fails(target, &all)
 }
@@ -280,18 +281,24 @@ pub fn typed_pull_refusal(
     source: OwnedFd,
     tag: &str,
 ) -> OciError {
+    let params = PullParams {
+        transport: transport.to_owned(),
+        tag: Some(tag.to_owned()),
+        ..PullParams::default()
+    };
+    typed_refusal_of(daemon, &params, source)
+}
+
+/// The typed error of `Pull` with `params` of `source`, as
+/// [`typed_pull_refusal`] gets it.
+pub fn typed_refusal_of(daemon: &Daemon, params: &PullParams, source: OwnedFd) -> OciError {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let mut client = daemon.client().await;
-        let params = PullParams {
-            transport: transport.to_owned(),
-            tag: Some(tag.to_owned()),
-            ..PullParams::default()
-        };
-        let mut replies = client.pull(&params, source).await.expect("Pull was sent");
+        let mut replies = client.pull(params, source).await.expect("Pull was sent");
         while let Some(reply) = replies.next::<PullReply, OciError>().await {
             match reply {
                 Ok((reply, _)) => assert!(reply.result.is_none(), "it succeeded: {reply:?}"),
