@@ -237,3 +237,38 @@ fn cli_messages_a_delta_without_its_source_names_the_source_image() {
     let pulled = json(&daemon, &["oci", "inspect", "b"]);
     assert_eq!(pulled["manifestDigest"], created["targetDigest"]);
 }
+
+#[test]
+fn cli_messages_gc_of_a_repository_nobody_may_write_is_permission_denied() {
+    let repo = PrivateRepo::init("sha256");
+    pull(&repo, &[&image("gc\n").archive(None), "g"]);
+    let parent = repo.dir();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = published(&repo.repo_path());
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(bin("cfsctl"))
+        .args(["--json", "--repo"])
+        .arg(repo.repo_path())
+        .arg("gc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        line["error"], "io.cfsd.Repository.PermissionDenied",
+        "{line}"
+    );
+    assert_eq!(line["parameters"]["uid"], 65534, "{line}");
+    assert_eq!(
+        line["parameters"]["method"], "io.cfsd.Repository.Gc",
+        "{line}"
+    );
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(published(&repo.repo_path()), before);
+}

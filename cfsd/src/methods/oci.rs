@@ -596,10 +596,12 @@ fn wire_error(e: repo::Error) -> OciError {
         E::InvalidLayer { layer, reason } => OciError::InvalidLayer { layer, reason },
         E::InvalidImage { reason } => OciError::InvalidImage { reason },
         E::MountFailed { image, reason } => OciError::MountFailed { image, reason },
-        E::Storage { operation, reason } => OciError::StorageFailed {
-            operation: operation.to_owned(),
-            reason,
-        },
+        E::Storage { operation, reason } | E::AccessDenied { operation, reason } => {
+            OciError::StorageFailed {
+                operation: operation.to_owned(),
+                reason,
+            }
+        }
         E::DeltaSourceMissing { config, image } => OciError::DeltaSourceMissing { config, image },
         E::InvalidDelta { reason } => OciError::InvalidDelta { reason },
         E::TarDiff { layer, reason } => OciError::TarDiffFailed { layer, reason },
