@@ -11,6 +11,7 @@ mod oci;
 mod progress;
 mod render;
 mod repository;
+mod writing;
 
 use std::process::ExitCode;
 

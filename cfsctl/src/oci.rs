@@ -25,6 +25,7 @@ use crate::{
     mount,
     progress::Progress,
     render::{Output, bytes},
+    writing,
 };
 
 /// The OCI image commands.
@@ -412,7 +413,13 @@ async fn create_delta(
         }),
         reference: dest.reference.clone(),
     };
-    let reply = match client.create_delta(&params, file.into()).await {
+    let watched = file.try_clone().map_err(|e| Local::OpenFailed {
+        path: dest.path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let name = dest.path.display().to_string();
+    let call = client.create_delta(&params, file.into());
+    let reply = match writing::while_writing(out, &watched, &name, call).await {
         Ok(reply) => reply,
         Err(e) => {
             // Half a delta is no use to anyone.

@@ -175,3 +175,39 @@ fn cli_json_a_usage_error_exits_2() {
     let out = cfsctl(&["--json", "oci", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn cli_json_delta_create_shows_how_much_it_has_written() {
+    let repo = PrivateRepo::init("sha256");
+    for (content, tag) in [("delta a\n", "a"), ("delta b\n", "b")] {
+        let (layout, _) = Layout::single(&small_image(Compression::Gzip, content), None);
+        let out = repo.run(&["oci", "pull", &Written::new(&layout).archive(None), tag]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let dest = format!("oci-archive:{}", repo.dir().join("d.tar").display());
+    let out = repo.run(&[
+        "--json",
+        "--progress=json",
+        "oci",
+        "delta",
+        "create",
+        "a",
+        "b",
+        &dest,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&stdout(&out));
+    let (last, progress) = lines.split_last().unwrap();
+    let written = last["deltaBytes"].as_u64().expect("the result last");
+    let sizes: Vec<u64> = progress
+        .iter()
+        .map(|l| l["progress"]["written"].as_u64().expect("a progress line"))
+        .collect();
+    assert_eq!(sizes.last(), Some(&written), "{sizes:?}");
+    assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+    // For people, the same goes to stderr.
+    let out = repo.run(&["oci", "delta", "create", "a", "b", &dest]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("writing ") && err.contains("d.tar"), "{err}");
+}
