@@ -57,9 +57,7 @@ impl Daemon {
                 child_fd: 3,
             }])
             .context("passing the socket to cfsd")?;
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", cfsd_binary().display()))?;
+        let child = command.spawn().map_err(not_started)?;
         ours.set_nonblocking(true)?;
         let client = Client::from_stream(tokio::net::UnixStream::from_std(ours)?)?;
         Ok(Daemon {
@@ -97,4 +95,28 @@ fn cfsd_binary() -> PathBuf {
         .and_then(|exe| Some(exe.parent()?.join("cfsd")))
         .filter(|candidate| candidate.exists())
         .unwrap_or_else(|| PathBuf::from("cfsd"))
+}
+
+/// Why the private daemon did not start, and where cfsctl looked for it.
+fn not_started(e: std::io::Error) -> crate::failure::Local {
+    let program = cfsd_binary();
+    let reason = if e.kind() == std::io::ErrorKind::NotFound {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("cfsd")));
+        let beside = beside.map_or_else(|| "beside cfsctl".to_owned(), |p| p.display().to_string());
+        match std::env::var_os("CFSD_BIN") {
+            Some(_) => "it does not exist ($CFSD_BIN names it)".to_owned(),
+            None => format!(
+                "cfsd is neither installed beside cfsctl ({beside}) nor on $PATH; \
+                 install it there, or set $CFSD_BIN to its path"
+            ),
+        }
+    } else {
+        e.to_string()
+    };
+    crate::failure::Local::DaemonNotStarted {
+        program: program.display().to_string(),
+        reason,
+    }
 }

@@ -5,15 +5,20 @@
 //! touched by the daemon.
 
 mod connect;
+mod failure;
+mod mount;
 mod oci;
 mod progress;
 mod render;
 mod repository;
+mod writing;
 
 use std::process::ExitCode;
 
 use cfsd_varlink::Address;
 use clap::{Parser, Subcommand};
+
+use crate::{failure::Failure, render::ProgressMode};
 
 /// Manage a composefs repository through the cfsd daemon.
 #[derive(Debug, Parser)]
@@ -29,9 +34,16 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "address")]
     repo: Option<std::path::PathBuf>,
 
-    /// Print the daemon's replies as JSON.
+    /// Print the result as one JSON line on stdout, or on failure
+    /// {"error": NAME, "parameters": {...}}; see docs/cli.md.
     #[arg(long, global = true)]
     json: bool,
+
+    /// How a pull shows its progress: on stderr, as bars on a terminal
+    /// and as plain lines elsewhere (auto); not at all (none); or as
+    /// {"progress": {...}} lines on stdout before the result (json).
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
 
     #[command(subcommand)]
     command: Command,
@@ -78,19 +90,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.json;
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("cfsctl: {e:#}");
+            report(&Failure::of(&e), json);
             ExitCode::FAILURE
         }
     }
 }
 
+/// Tell people on stderr, and programs on stdout when they asked for
+/// JSON, that the command failed and why.
+fn report(failure: &Failure, json: bool) {
+    eprintln!("cfsctl: {}", failure.message);
+    if json {
+        println!("{}", failure.wire);
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let out = render::Output {
+        json: cli.json,
+        progress: cli.progress,
+    };
+    // Unmounting is this process's own business: no daemon is needed.
+    if let Command::Oci {
+        command: oci::OciCommand::Umount { dir },
+    } = &cli.command
+    {
+        return mount::umount(out, dir);
+    }
     let mut daemon = connect::Daemon::connect(cli.address.as_ref(), cli.repo.as_deref()).await?;
     let client = daemon.client();
-    let out = render::Output { json: cli.json };
     let code = match cli.command {
         Command::Init { algorithm } => repository::init(client, out, algorithm).await?,
         Command::Info => repository::info(client, out).await?,

@@ -2,30 +2,30 @@
 //! `mount` and `delta create`.
 
 use std::{
-    os::fd::{AsFd, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cfsd_varlink::{
     Client,
     oci::{
-        CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, Image, InspectReply,
-        MountParams, OciError, PullParams, PullReply, PullResult, TRANSPORT_ARCHIVE,
+        AppliedDelta, CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, Image,
+        InspectReply, MountParams, OciError, PullParams, PullReply, PullResult, TRANSPORT_ARCHIVE,
         TRANSPORT_DIRECTORY,
     },
 };
 use clap::{Args, Subcommand, ValueEnum};
-use rustix::{
-    fs::{CWD, Mode, OFlags},
-    mount::{MoveMountFlags, move_mount},
-};
+use rustix::fs::{FileType, Mode, OFlags};
 use serde_json::Value;
 
 use crate::{
+    failure::Local,
+    mount,
     progress::Progress,
     render::{Output, bytes},
+    writing,
 };
 
 /// The OCI image commands.
@@ -76,6 +76,12 @@ pub enum OciCommand {
         /// may ask.
         #[arg(long)]
         allow_devices: bool,
+    },
+    /// Detach the image mounted at a directory (what umount DIR does, for
+    /// composefs mounts only).
+    Umount {
+        /// Where it is attached.
+        dir: PathBuf,
     },
     /// Make oci-delta artifacts between images of the repository.
     Delta {
@@ -179,8 +185,9 @@ pub async fn run(
                 allow_setuid: allow_setuid.then_some(true),
                 allow_devices: allow_devices.then_some(true),
             };
-            mount(client, out, &params, &dir).await
+            mount::mount(client, out, &params, &dir).await
         }
+        OciCommand::Umount { dir } => mount::umount(out, &dir),
         OciCommand::Delta {
             command: DeltaCommand::Create(args),
         } => create_delta(client, out, args).await,
@@ -199,22 +206,30 @@ impl Source {
     /// `oci:DIR[:REF]` or `oci-archive:FILE[:REF]`; the part after the
     /// transport splits at its first ':', so a REF may itself hold colons
     /// (`sha256:...`) but a path may not.
-    fn parse(source: &str) -> anyhow::Result<Self> {
-        let usage = "use oci:DIR[:REF] or oci-archive:FILE[:REF]";
+    fn parse(source: &str) -> Result<Self, Local> {
+        Self::parse_as(source, "use oci:DIR[:REF] or oci-archive:FILE[:REF]")
+    }
+
+    /// [`Source::parse`], with `usage` saying what is accepted.
+    fn parse_as(source: &str, usage: &str) -> Result<Self, Local> {
+        let invalid = |reason: String| Local::InvalidSource {
+            argument: source.to_owned(),
+            reason,
+        };
         let (transport, rest) = source
             .split_once(':')
-            .with_context(|| format!("{source:?} names no transport: {usage}"))?;
+            .ok_or_else(|| invalid(format!("it names no transport: {usage}")))?;
         let transport = match transport {
             "oci" => TRANSPORT_DIRECTORY,
             "oci-archive" => TRANSPORT_ARCHIVE,
-            other => bail!("unknown transport {other:?} in {source:?}: {usage}"),
+            other => return Err(invalid(format!("unknown transport {other:?}: {usage}"))),
         };
         let (path, reference) = match rest.split_once(':') {
             Some((path, reference)) => (path, Some(reference)),
             None => (rest, None),
         };
         if path.is_empty() {
-            bail!("{source:?} names no path: {usage}");
+            return Err(invalid(format!("it names no path: {usage}")));
         }
         Ok(Source {
             transport,
@@ -224,21 +239,66 @@ impl Source {
     }
 
     /// Open the source with this user's own permissions; the daemon reads
-    /// only through the fd.
-    fn open(&self) -> anyhow::Result<OwnedFd> {
-        let mut flags = OFlags::RDONLY | OFlags::CLOEXEC;
-        if self.transport == TRANSPORT_DIRECTORY {
-            flags |= OFlags::DIRECTORY;
+    /// only through the fd. A path of the wrong kind for the transport is
+    /// refused here, naming the transport that fits it.
+    fn open(&self, given: &str) -> Result<OwnedFd, Local> {
+        let path = self.path.display();
+        // Non-blocking, so that a fifo given by mistake is refused below
+        // instead of hanging the open; reads of files and directories
+        // ignore the flag.
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd =
+            rustix::fs::open(&self.path, flags, Mode::empty()).map_err(|e| Local::OpenFailed {
+                path: path.to_string(),
+                reason: std::io::Error::from(e).to_string(),
+            })?;
+        let kind = rustix::fs::fstat(&fd)
+            .map(|st| FileType::from_raw_mode(st.st_mode))
+            .map_err(|e| Local::OpenFailed {
+                path: path.to_string(),
+                reason: std::io::Error::from(e).to_string(),
+            })?;
+        let wrong = |reason: String| Local::InvalidSource {
+            argument: given.to_owned(),
+            reason,
+        };
+        match (self.transport, kind) {
+            (TRANSPORT_DIRECTORY, FileType::Directory) => Ok(fd),
+            (TRANSPORT_ARCHIVE, FileType::RegularFile) => Ok(fd),
+            (TRANSPORT_ARCHIVE, FileType::Directory) => Err(wrong(format!(
+                "{path} is a directory; an OCI layout directory is pulled as oci:{path}"
+            ))),
+            (TRANSPORT_DIRECTORY, FileType::RegularFile) => Err(wrong(format!(
+                "{path} is a file, not a directory; an OCI archive (tar) is pulled as \
+                 oci-archive:{path}"
+            ))),
+            (_, other) => Err(wrong(format!(
+                "{path} is a {}, neither an OCI layout directory (oci:) nor an archive \
+                 (oci-archive:)",
+                kind_name(other)
+            ))),
         }
-        rustix::fs::open(&self.path, flags, Mode::empty())
-            .with_context(|| format!("cannot open {}", self.path.display()))
+    }
+}
+
+/// A file type as people name it.
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Unknown => "file of unknown type",
     }
 }
 
 /// `cfsctl oci pull`.
 async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Result<ExitCode> {
     let source = Source::parse(&args.source)?;
-    let fd = source.open()?;
+    let fd = source.open(&args.source)?;
     let params = PullParams {
         transport: source.transport.to_owned(),
         reference: source.reference,
@@ -258,9 +318,41 @@ async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Resul
         };
         println!("{}", serde_json::to_string(&reply)?);
     } else {
-        print_pull(&result);
+        let source = match &result.delta {
+            Some(delta) => Some(delta_source(client, delta).await),
+            None => None,
+        };
+        print_pull(&result, source.as_deref());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The image a delta was applied against, for people: its manifest
+/// digest and tags, as far as the delta and the repository tell.
+async fn delta_source(client: &mut Client, delta: &AppliedDelta) -> String {
+    let images = client
+        .list_images()
+        .await
+        .map(|r| r.images)
+        .unwrap_or_default();
+    let same = |i: &&Image| match &delta.source_manifest {
+        Some(m) => i.manifest_digest == *m,
+        None => i.config_digest == delta.source_config,
+    };
+    let tags: Vec<&str> = images
+        .iter()
+        .filter(same)
+        .map(|i| i.name.as_str())
+        .collect();
+    let manifest = delta
+        .source_manifest
+        .clone()
+        .or_else(|| images.iter().find(same).map(|i| i.manifest_digest.clone()));
+    let image = manifest.unwrap_or_else(|| format!("with config {}", delta.source_config));
+    match tags[..] {
+        [] => image,
+        _ => format!("{image} ({})", tags.join(", ")),
+    }
 }
 
 /// Make the call and show its progress until the result arrives.
@@ -282,7 +374,7 @@ async fn follow(
     result.context("cfsd ended the pull without a result")
 }
 
-fn print_pull(r: &PullResult) {
+fn print_pull(r: &PullResult, delta_source: Option<&str>) {
     println!("Tag:       {}", r.tag);
     println!("Manifest:  {}", r.manifest_digest);
     println!("Config:    {}", r.config_digest);
@@ -297,6 +389,10 @@ fn print_pull(r: &PullResult) {
         bytes(r.bytes_new),
         r.objects_present
     );
+    if let (Some(delta), Some(source)) = (&r.delta, delta_source) {
+        println!("Delta:     {} applied", delta.manifest_digest);
+        println!("  against: {source}");
+    }
     if r.already_present {
         println!("The image was already in the repository; only its tag was set.");
     }
@@ -309,19 +405,24 @@ async fn create_delta(
     out: Output,
     args: CreateArgs,
 ) -> anyhow::Result<ExitCode> {
-    let dest = Source::parse(&args.dest)?;
+    let usage = "a delta is written as oci-archive:FILE[:REF], e.g. oci-archive:delta.tar";
+    let dest = Source::parse_as(&args.dest, usage)?;
     if dest.transport != TRANSPORT_ARCHIVE {
-        bail!(
-            "{:?}: a delta is written as oci-archive:FILE[:REF]",
-            args.dest
-        );
+        return Err(Local::InvalidSource {
+            argument: args.dest,
+            reason: usage.to_owned(),
+        }
+        .into());
     }
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&dest.path)
-        .with_context(|| format!("cannot create {}", dest.path.display()))?;
+        .map_err(|e| Local::OpenFailed {
+            path: dest.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let params = CreateDeltaParams {
         source: args.source,
         target: args.target,
@@ -332,7 +433,13 @@ async fn create_delta(
         }),
         reference: dest.reference.clone(),
     };
-    let reply = match client.create_delta(&params, file.into()).await {
+    let watched = file.try_clone().map_err(|e| Local::OpenFailed {
+        path: dest.path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let name = dest.path.display().to_string();
+    let call = client.create_delta(&params, file.into());
+    let reply = match writing::while_writing(out, &watched, &name, call).await {
         Ok(reply) => reply,
         Err(e) => {
             // Half a delta is no use to anyone.
@@ -438,30 +545,6 @@ fn print_inspect(r: &InspectReply) {
     }
     let layers = r.manifest["layers"].as_array().map_or(0, Vec::len);
     println!("Layers:    {layers}");
-}
-
-/// `cfsctl oci mount`: the daemon mounts, this process attaches the
-/// mount in its own mount namespace.
-async fn mount(
-    client: &mut Client,
-    out: Output,
-    params: &MountParams,
-    dir: &Path,
-) -> anyhow::Result<ExitCode> {
-    let image = &params.image;
-    let mount = client.mount(params).await?;
-    move_mount(
-        mount.as_fd(),
-        "",
-        CWD,
-        dir,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .with_context(|| format!("cannot attach the mount of {image} at {}", dir.display()))?;
-    out.show(&EmptyReply {}, |_| {
-        println!("Mounted {image} at {}", dir.display())
-    })?;
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::{
 use cfsd_varlink::oci::{LayerProgress, PullReply};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::render::{Output, bytes};
+use crate::render::{Output, ProgressMode, bytes};
 
 /// Stages after which a layer needs no more work.
 const FINAL_STAGES: [&str; 2] = ["present", "done"];
@@ -17,7 +17,9 @@ const FINAL_STAGES: [&str; 2] = ["present", "done"];
 /// Where progress events go.
 #[derive(Debug)]
 pub enum Progress {
-    /// `{"progress": {...}}` lines, for programs.
+    /// Nothing shown.
+    Hidden,
+    /// `{"progress": {...}}` lines on stdout, for programs.
     Json,
     /// One bar per layer, redrawn in place.
     Bars(Bars),
@@ -26,20 +28,24 @@ pub enum Progress {
 }
 
 impl Progress {
-    /// The view `out` asks for, bars only when stdout is a terminal.
+    /// The view `out` asks for. Unless JSON lines are asked for, progress
+    /// goes to stderr, so stdout carries only the result: bars when stderr
+    /// is a terminal, plain lines when it is a log.
     pub fn new(out: Output) -> Self {
-        if out.json {
-            Progress::Json
-        } else if std::io::stdout().is_terminal() {
-            Progress::Bars(Bars::default())
-        } else {
-            Progress::Lines(Lines::default())
+        match out.progress {
+            ProgressMode::None => Progress::Hidden,
+            ProgressMode::Json => Progress::Json,
+            ProgressMode::Auto if std::io::stderr().is_terminal() => {
+                Progress::Bars(Bars::default())
+            }
+            ProgressMode::Auto => Progress::Lines(Lines::default()),
         }
     }
 
     /// Show one event.
     pub fn show(&mut self, event: &LayerProgress) -> anyhow::Result<()> {
         match self {
+            Progress::Hidden => {}
             Progress::Json => {
                 let reply = PullReply {
                     progress: Some(event.clone()),
@@ -61,7 +67,7 @@ impl Progress {
     }
 }
 
-/// One bar per layer, on stdout like the rest of the command's output.
+/// One bar per layer, on stderr, away from the result.
 #[derive(Debug)]
 pub struct Bars {
     all: MultiProgress,
@@ -71,7 +77,7 @@ pub struct Bars {
 impl Default for Bars {
     fn default() -> Self {
         Bars {
-            all: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            all: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             layers: HashMap::new(),
         }
     }
@@ -102,8 +108,13 @@ impl Bars {
     }
 }
 
+/// The bar's width: with the widest other parts (a 20-column digest, a
+/// 9-column stage, `1023.98 MiB/1023.98 MiB`), a line takes 79 columns.
+const BAR: usize = 22;
+
 fn style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix} {msg:>9} [{bar:30}] {bytes}/{total_bytes}")
+    let template = format!("{{prefix}} {{msg:>9}} [{{bar:{BAR}}}] {{bytes}}/{{total_bytes}}");
+    ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
 }
@@ -128,9 +139,9 @@ impl Lines {
         }
         self.shown
             .insert(event.layer.clone(), (event.stage.clone(), tenth));
-        let mut stdout = std::io::stdout().lock();
+        let mut stderr = std::io::stderr().lock();
         writeln!(
-            stdout,
+            stderr,
             "{} {} {}/{}",
             short(&event.layer),
             event.stage,
@@ -138,7 +149,7 @@ impl Lines {
             bytes(event.total)
         )?;
         // A log reader sees each line as it happens, not at exit.
-        stdout.flush()?;
+        stderr.flush()?;
         Ok(())
     }
 }
@@ -164,6 +175,64 @@ pub fn short(digest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A terminal 200 columns wide that keeps what is written to it.
+    #[derive(Debug, Default, Clone)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            200
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(s.to_owned());
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.write_line(s)
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_bar_line_fits_80_columns() {
+        let screen = Screen::default();
+        let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        // The widest byte counts: just under 1024 of a unit.
+        let total = 1023 * 1024 * 1024 + 1000 * 1024;
+        let bar = ProgressBar::with_draw_target(Some(total), target);
+        bar.set_style(style());
+        bar.set_prefix(short(&format!("sha256:{}", "a".repeat(64))));
+        bar.set_message("importing");
+        bar.set_position(total - 1);
+        bar.abandon();
+        let lines = screen.0.lock().unwrap().clone();
+        // Lines of blanks only clear the screen.
+        let widest = lines
+            .iter()
+            .map(|l| l.trim_end().chars().count())
+            .max()
+            .unwrap_or(0);
+        assert!(widest > 60, "nothing drawn: {lines:?}");
+        assert!(widest <= 80, "{widest} columns: {lines:?}");
+    }
 
     #[test]
     fn digests_are_shortened() {

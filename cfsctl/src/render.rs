@@ -5,15 +5,28 @@ use serde::Serialize;
 /// How to print replies.
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
-    /// Print the reply as JSON instead of text for people.
+    /// Print the reply as one JSON line instead of text for people.
     pub json: bool,
+    /// Where progress goes.
+    pub progress: ProgressMode,
+}
+
+/// `--progress`: where a long call's progress goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// On stderr: bars on a terminal, plain lines elsewhere.
+    Auto,
+    /// Nowhere.
+    None,
+    /// `{"progress": {...}}` lines on stdout, before the result.
+    Json,
 }
 
 impl Output {
-    /// Print `reply` as JSON when asked to, else run `human`.
+    /// Print `reply` as one JSON line when asked to, else run `human`.
     pub fn show<T: Serialize>(&self, reply: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(reply)?);
+            println!("{}", serde_json::to_string(reply)?);
         } else {
             human(reply);
         }

@@ -162,12 +162,14 @@ pub enum Error {
     },
     /// A delta applies to an image the repository does not hold.
     #[error(
-        "the delta applies to the image with config {config}, which is not in the repository \
-         (pull that image first, or pull the full target image)"
+        "the delta applies to the image {}with config {config}, which is not in the repository",
+        image.as_ref().map(|m| format!("{m} ")).unwrap_or_default()
     )]
     DeltaSourceMissing {
         /// The source image's config digest.
         config: String,
+        /// The source image's manifest digest, when the delta names it.
+        image: Option<String>,
     },
     /// An oci-delta artifact that breaks the delta format's rules.
     #[error("invalid oci-delta artifact: {reason}")]
@@ -194,31 +196,79 @@ pub enum Error {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// A prefix of a digest or image id names more than one image.
+    #[error("{image:?} names more than one image: {}", matches.join(", "))]
+    AmbiguousImage {
+        /// The prefix given.
+        image: String,
+        /// The manifest digests of the images it matches.
+        matches: Vec<String>,
+    },
+    /// No tag of this name exists.
+    #[error("no tag {tag:?} in the repository")]
+    TagNotFound {
+        /// The tag asked for.
+        tag: String,
+    },
+    /// The daemon may not write or read what it needs in the repository:
+    /// its files belong to another user.
+    #[error("{operation} failed: {reason}")]
+    AccessDenied {
+        /// What was being done.
+        operation: &'static str,
+        /// The refusal, with its causes.
+        reason: String,
+    },
 }
 
 impl Error {
     /// A storage failure of `operation`, keeping the whole cause chain of
     /// `err` in the message since it is what a person needs to act on.
     pub(crate) fn storage(operation: &'static str, err: impl Into<StorageCause>) -> Self {
+        let cause = err.into();
+        if cause.denied {
+            return Error::AccessDenied {
+                operation,
+                reason: cause.text,
+            };
+        }
         Error::Storage {
             operation,
-            reason: err.into().0,
+            reason: cause.text,
         }
     }
 }
 
-/// The text of an underlying error with all its causes.
+/// The text of an underlying error with all its causes, and whether the
+/// kernel refused access (EACCES, EPERM).
 #[derive(Debug)]
-pub(crate) struct StorageCause(String);
+pub(crate) struct StorageCause {
+    text: String,
+    denied: bool,
+}
 
 impl From<std::io::Error> for StorageCause {
     fn from(e: std::io::Error) -> Self {
-        StorageCause(e.to_string())
+        StorageCause {
+            denied: e.kind() == std::io::ErrorKind::PermissionDenied,
+            text: e.to_string(),
+        }
     }
 }
 
 impl From<anyhow::Error> for StorageCause {
     fn from(e: anyhow::Error) -> Self {
-        StorageCause(format!("{e:#}"))
+        let denied = e.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+                || cause.downcast_ref::<rustix::io::Errno>().is_some_and(|e| {
+                    matches!(*e, rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)
+                })
+        });
+        StorageCause {
+            text: format!("{e:#}"),
+            denied,
+        }
     }
 }

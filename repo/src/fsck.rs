@@ -59,12 +59,18 @@ impl From<&FsckResult> for FsckReport {
 
 fn problem(e: &FsckError) -> FsckProblem {
     // composefs names each kind through its serde tag; the display text
-    // repeats that name after a "fsck: " prefix, which is dropped here.
+    // repeats that name after a "fsck: " prefix, both dropped here so that
+    // the kind is said once.
     let kind = serde_json::to_value(e)
         .ok()
         .and_then(|v| v.get("type")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned());
     let text = e.to_string();
-    let detail = text.strip_prefix("fsck: ").unwrap_or(&text).to_owned();
+    let text = text.strip_prefix("fsck: ").unwrap_or(&text);
+    let detail = text
+        .strip_prefix(kind.as_str())
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(text)
+        .to_owned();
     FsckProblem { kind, detail }
 }

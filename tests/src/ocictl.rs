@@ -131,9 +131,9 @@ pub fn parse_pull(text: &str) -> Pulled {
     }
 }
 
-/// `cfsctl --json oci pull ARGS`, which must succeed.
+/// `cfsctl --json --progress=json oci pull ARGS`, which must succeed.
 pub fn pull(target: &impl Target, args: &[&str]) -> Pulled {
-    let mut all = vec!["--json", "oci", "pull"];
+    let mut all = vec!["--json", "--progress=json", "oci", "pull"];
     all.extend_from_slice(args);
     let out = target.run(&all);
     assert!(
@@ -145,9 +145,10 @@ pub fn pull(target: &impl Target, args: &[&str]) -> Pulled {
     parse_pull(&stdout(&out))
 }
 
-/// `cfsctl oci pull ARGS`, which must fail with status 1; its stderr.
+/// `cfsctl oci pull ARGS`, which must fail with status 1; its stderr,
+/// the message alone (progress, which goes to stderr too, is not shown).
 pub fn pull_fails(target: &impl Target, args: &[&str]) -> String {
-    let mut all = vec!["oci", "pull"];
+    let mut all = vec!["--progress=none", "oci", "pull"];
     all.extend_from_slice(args);
     fails(target, &all)
 }
@@ -280,7 +281,12 @@ pub fn typed_pull_refusal(
     source: OwnedFd,
     tag: &str,
 ) -> OciError {
-    typed_refusal_of(daemon, transport, source, None, tag)
+    let params = PullParams {
+        transport: transport.to_owned(),
+        tag: Some(tag.to_owned()),
+        ..PullParams::default()
+    };
+    typed_refusal_of(daemon, &params, source)
 }
 
 /// The typed error of `Pull` of `source`, written as cfsctl takes it
@@ -294,29 +300,25 @@ pub fn typed_source_refusal(daemon: &Daemon, source: &str, tag: &str) -> OciErro
         None => (rest, None),
     };
     let fd = OwnedFd::from(std::fs::File::open(path).expect("opening the source"));
-    typed_refusal_of(daemon, transport, fd, reference, tag)
+    let params = PullParams {
+        transport: transport.to_owned(),
+        reference: reference.map(str::to_owned),
+        tag: Some(tag.to_owned()),
+        ..PullParams::default()
+    };
+    typed_refusal_of(daemon, &params, fd)
 }
 
-fn typed_refusal_of(
-    daemon: &Daemon,
-    transport: &str,
-    source: OwnedFd,
-    reference: Option<&str>,
-    tag: &str,
-) -> OciError {
+/// The typed error of `Pull` with `params` of `source`, as
+/// [`typed_pull_refusal`] gets it.
+pub fn typed_refusal_of(daemon: &Daemon, params: &PullParams, source: OwnedFd) -> OciError {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let mut client = daemon.client().await;
-        let params = PullParams {
-            transport: transport.to_owned(),
-            reference: reference.map(str::to_owned),
-            tag: Some(tag.to_owned()),
-            ..PullParams::default()
-        };
-        let mut replies = client.pull(&params, source).await.expect("Pull was sent");
+        let mut replies = client.pull(params, source).await.expect("Pull was sent");
         while let Some(reply) = replies.next::<PullReply, OciError>().await {
             match reply {
                 Ok((reply, _)) => assert!(reply.result.is_none(), "it succeeded: {reply:?}"),

@@ -790,7 +790,7 @@ fn oci_delta_without_its_source_image_names_the_missing_config() {
     let (err, typed) = refused(&daemon, &spec);
     assert!(err.contains(&fixture.source.config_digest), "{err}");
     assert!(
-        matches!(&typed, OciError::DeltaSourceMissing { config } if *config == fixture.source.config_digest),
+        matches!(&typed, OciError::DeltaSourceMissing { config, .. } if *config == fixture.source.config_digest),
         "{typed:?}"
     );
     // Another image with the same layers is not the source either.

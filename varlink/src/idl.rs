@@ -48,9 +48,10 @@ mod tests {
     use super::*;
     use crate::{
         oci::{
-            ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
-            EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply,
-            MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply, TagParams,
+            AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer,
+            DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
+            ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply,
+            TagParams,
             UntagParams,
         },
         repository::*,
@@ -198,7 +199,10 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
-            OciError::DeltaSourceMissing { config: s() },
+            OciError::DeltaSourceMissing {
+                config: s(),
+                image: Some(s()),
+            },
             OciError::InvalidDelta { reason: s() },
             OciError::TarDiffFailed {
                 layer: s(),
@@ -209,6 +213,11 @@ mod tests {
                 what: s(),
                 limit: 1,
             },
+            OciError::AmbiguousImage {
+                image: s(),
+                matches: vec![s()],
+            },
+            OciError::TagNotFound { tag: s() },
         ];
         for e in &all {
             match e {
@@ -234,7 +243,9 @@ mod tests {
                 | OciError::DeltaSourceMissing { .. }
                 | OciError::InvalidDelta { .. }
                 | OciError::TarDiffFailed { .. }
-                | OciError::LayerTooLarge { .. } => {}
+                | OciError::LayerTooLarge { .. }
+                | OciError::AmbiguousImage { .. }
+                | OciError::TagNotFound { .. } => {}
             }
         }
         all
@@ -366,10 +377,16 @@ mod tests {
             total: 2,
         };
         assert_eq!(keys(&progress), type_fields(&idl, "LayerProgress"));
-        assert_eq!(
-            keys(&PullResult::default()),
-            type_fields(&idl, "PullResult")
-        );
+        let delta = AppliedDelta {
+            source_manifest: Some("sha256:ab".into()),
+            ..AppliedDelta::default()
+        };
+        assert_eq!(keys(&delta), type_fields(&idl, "AppliedDelta"));
+        let result = PullResult {
+            delta: Some(delta),
+            ..PullResult::default()
+        };
+        assert_eq!(keys(&result), type_fields(&idl, "PullResult"));
         let image = Image {
             created: Some("2024-01-01T00:00:00Z".into()),
             image_id: Some("ab".into()),

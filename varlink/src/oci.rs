@@ -68,6 +68,22 @@ pub struct PullResult {
     pub bytes_new: u64,
     /// The repository already held the whole image.
     pub already_present: bool,
+    /// The oci-delta the image was rebuilt from, when the source was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<AppliedDelta>,
+}
+
+/// An oci-delta that a pull applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedDelta {
+    /// The digest of the delta artifact's manifest.
+    pub manifest_digest: String,
+    /// The config digest of the image it was applied against.
+    pub source_config: String,
+    /// That image's manifest digest, when the delta names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_manifest: Option<String>,
 }
 
 /// One reply of `Pull`: progress while more follow, the result last.
@@ -445,11 +461,15 @@ pub enum OciError {
     /// A delta applies to an image the repository does not hold.
     #[serde(rename = "io.cfsd.Oci.DeltaSourceMissing")]
     #[error(
-        "the delta applies to the image with config {config}, which is not in the repository: pull that image first, or pull the full target image"
+        "the delta applies to the image {}with config {config}, which is not in the repository: pull that image first, or pull the full target image",
+        image.as_ref().map(|m| format!("{m} ")).unwrap_or_default()
     )]
     DeltaSourceMissing {
         /// The source image's config digest.
         config: String,
+        /// The source image's manifest digest, when the delta names it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
     },
     /// An oci-delta artifact that breaks the delta format's rules.
     #[serde(rename = "io.cfsd.Oci.InvalidDelta")]
@@ -477,6 +497,25 @@ pub enum OciError {
         what: String,
         /// The limit, in bytes.
         limit: u64,
+    },
+    /// A prefix of a digest or image id names more than one image.
+    #[serde(rename = "io.cfsd.Oci.AmbiguousImage")]
+    #[error(
+        "{image:?} names more than one image ({})",
+        list(matches)
+    )]
+    AmbiguousImage {
+        /// The prefix given.
+        image: String,
+        /// The manifest digests of the images it matches.
+        matches: Vec<String>,
+    },
+    /// No tag of this name exists.
+    #[serde(rename = "io.cfsd.Oci.TagNotFound")]
+    #[error("no tag {tag:?} in the repository")]
+    TagNotFound {
+        /// The tag asked for.
+        tag: String,
     },
 }
 

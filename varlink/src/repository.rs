@@ -185,7 +185,7 @@ pub enum RepositoryError {
     /// The caller may not change the repository.
     #[serde(rename = "io.cfsd.Repository.PermissionDenied")]
     #[error(
-        "permission denied: {method} changes the repository and uid {uid} is neither root nor in the daemon's admin group"
+        "permission denied: uid {uid} may not call {method}, which changes the repository: it needs root or the daemon's admin group, and a daemon that may write the repository's files (a cfsctl --repo of their owner, or root)"
     )]
     PermissionDenied {
         /// The method refused.

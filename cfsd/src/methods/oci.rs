@@ -17,8 +17,9 @@ use cfsd_repo::{
 use cfsd_varlink::{
     idl::OCI_INTERFACE,
     oci::{
-        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod, EmptyReply,
-        Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, MountParams, OciError,
+        AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
+        EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, MountParams,
+        OciError,
         PullParams, PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY,
         TagParams, UntagParams,
     },
@@ -545,6 +546,11 @@ fn wire_report(r: PullReport) -> PullResult {
         objects_present: r.objects_present,
         bytes_new: r.bytes_new,
         already_present: r.already_present,
+        delta: r.delta.map(|d| AppliedDelta {
+            manifest_digest: d.manifest_digest,
+            source_config: d.source_config,
+            source_manifest: d.source_manifest,
+        }),
     }
 }
 
@@ -625,14 +631,18 @@ fn wire_error(e: repo::Error) -> OciError {
         E::InvalidLayer { layer, reason } => OciError::InvalidLayer { layer, reason },
         E::InvalidImage { reason } => OciError::InvalidImage { reason },
         E::MountFailed { image, reason } => OciError::MountFailed { image, reason },
-        E::Storage { operation, reason } => OciError::StorageFailed {
-            operation: operation.to_owned(),
-            reason,
-        },
-        E::DeltaSourceMissing { config } => OciError::DeltaSourceMissing { config },
+        E::Storage { operation, reason } | E::AccessDenied { operation, reason } => {
+            OciError::StorageFailed {
+                operation: operation.to_owned(),
+                reason,
+            }
+        }
+        E::DeltaSourceMissing { config, image } => OciError::DeltaSourceMissing { config, image },
         E::InvalidDelta { reason } => OciError::InvalidDelta { reason },
         E::TarDiff { layer, reason } => OciError::TarDiffFailed { layer, reason },
         E::LayerTooLarge { layer, what, limit } => OciError::LayerTooLarge { layer, what, limit },
+        E::AmbiguousImage { image, matches } => OciError::AmbiguousImage { image, matches },
+        E::TagNotFound { tag } => OciError::TagNotFound { tag },
     }
 }
 

@@ -35,7 +35,7 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, method: &str, params: Option<V
                 if !dry_run {
                     allow(peer, "Gc")?;
                 }
-                gc(daemon, dry_run).await
+                gc(daemon, peer, dry_run).await
             })
             .await
         }
@@ -56,6 +56,23 @@ where
         Ok(p) => method(p).await.into(),
         Err(e @ ServiceError::InvalidParameter { .. }) => Outcome::error(&e),
         Err(e) => Outcome::error(&e),
+    }
+}
+
+/// What the daemon itself may not do, its repository's files being
+/// another user's (a private cfsd of a user who does not own them), is
+/// refused to the caller as PermissionDenied, like what the caller may not
+/// ask for.
+fn denied(e: repo::Error, peer: &Peer, method: &str) -> RepositoryError {
+    match e {
+        repo::Error::AccessDenied { operation, reason } => {
+            tracing::info!(uid = peer.uid, "{operation} failed: {reason}");
+            RepositoryError::PermissionDenied {
+                method: format!("{REPOSITORY_INTERFACE}.{method}"),
+                uid: peer.uid,
+            }
+        }
+        e => wire_error(e),
     }
 }
 
@@ -121,7 +138,7 @@ async fn fsck(daemon: &Daemon, params: FsckParams) -> Result<FsckReply, Reposito
     })
 }
 
-async fn gc(daemon: &Daemon, dry_run: bool) -> Result<GcReply, RepositoryError> {
+async fn gc(daemon: &Daemon, peer: &Peer, dry_run: bool) -> Result<GcReply, RepositoryError> {
     // Collecting waits for imports, tags and mounts in flight (and keeps
     // new ones waiting) so that it never removes what they are adding.
     let _exclusive = if dry_run {
@@ -130,7 +147,9 @@ async fn gc(daemon: &Daemon, dry_run: bool) -> Result<GcReply, RepositoryError> 
         Some(daemon.gc_lock.write().await)
     };
     let repo = open(daemon)?;
-    let report = blocking(move || repo.gc(dry_run)).await?;
+    let report = super::blocking(move || repo.gc(dry_run))
+        .await
+        .map_err(|e| denied(e, peer, "Gc"))?;
     Ok(GcReply {
         dry_run: report.dry_run,
         objects_removed: report.objects_removed,
@@ -202,6 +221,10 @@ fn wire_error(e: repo::Error) -> RepositoryError {
             reason,
         },
         repo::Error::Storage { operation, reason } => RepositoryError::StorageFailed {
+            operation: operation.to_owned(),
+            reason,
+        },
+        repo::Error::AccessDenied { operation, reason } => RepositoryError::StorageFailed {
             operation: operation.to_owned(),
             reason,
         },

@@ -8,7 +8,7 @@ use std::{
 };
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
-use composefs_oci::{ImportStats, OciDigest, layer_content_id};
+use composefs_oci::{OciDigest, layer_content_id};
 use tokio::{sync::Semaphore, task::JoinSet};
 
 use super::{
@@ -26,6 +26,7 @@ use crate::{
         manifest::LayerPlan,
         pull::blocking,
         source::{Layout, check_size},
+        split::Tally,
     },
 };
 
@@ -37,7 +38,7 @@ pub(crate) struct Rebuilt<H> {
     /// Each layer's diff_id and stream, in config order.
     pub refs: Vec<(OciDigest, H)>,
     /// What storing the rebuilt layers wrote and found present.
-    pub stats: ImportStats,
+    pub stats: Tally<H>,
     /// Layers that were in the repository already.
     pub present: u64,
 }
@@ -111,6 +112,7 @@ async fn source_image<H: FsVerityHashValue>(
     if present.is_none() {
         return Err(Error::DeltaSourceMissing {
             config: delta.source_config.to_string(),
+            image: delta.source_manifest.as_ref().map(Digest::to_string),
         });
     }
     if let Some(layer) = missing.first() {
@@ -153,7 +155,7 @@ async fn run<H: FsVerityHashValue>(
     jobs: usize,
     progress: &Progress,
     streams: &mut HashMap<Digest, H>,
-) -> Result<ImportStats, Error> {
+) -> Result<Tally<H>, Error> {
     let slots = Arc::new(Semaphore::new(jobs.max(1)));
     let mut tasks = JoinSet::new();
     for (plan, rebuild) in work {
@@ -173,11 +175,11 @@ async fn run<H: FsVerityHashValue>(
             job.rebuild(repo, layout, progress).await
         });
     }
-    let mut stats = ImportStats::default();
+    let mut stats = Tally::default();
     while let Some(joined) = tasks.join_next().await {
         let (diff_id, stream, layer_stats) =
             joined.map_err(|e| Error::storage("rebuilding a layer", io::Error::other(e)))??;
-        stats.merge(&layer_stats);
+        stats.merge(layer_stats);
         streams.insert(diff_id, stream);
     }
     Ok(stats)
@@ -207,7 +209,7 @@ impl<H: FsVerityHashValue> Job<H> {
         repo: Arc<Store<H>>,
         layout: Arc<Layout>,
         progress: Progress,
-    ) -> Result<(Digest, H, ImportStats), Error> {
+    ) -> Result<(Digest, H, Tally<H>), Error> {
         let blob = layout.blob(&self.rebuild.blob)?;
         let what = format!("delta layer {}", self.rebuild.blob);
         check_size(blob.len(), self.rebuild.size, &what)?;

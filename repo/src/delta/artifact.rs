@@ -25,6 +25,9 @@ pub(crate) const TAR_DIFF: &str = "application/vnd.tar-diff";
 pub(crate) const CONTENT: &str = "io.github.containers.delta.content";
 /// The config digest of the image the delta was made against.
 pub(crate) const SOURCE_CONFIG: &str = "io.github.containers.delta.source-config";
+/// The manifest digest of the image the delta was made against; oci-delta
+/// writes it, but only the config digest is required.
+pub(crate) const SOURCE_MANIFEST: &str = "io.github.containers.delta.source";
 /// On an `image-layer`: the digest of the target manifest's layer it
 /// rebuilds.
 pub(crate) const TO: &str = "io.github.containers.delta.to";
@@ -63,6 +66,11 @@ pub(crate) struct Rebuild {
 /// A parsed and checked delta artifact.
 #[derive(Debug)]
 pub(crate) struct Delta {
+    /// The delta artifact's own manifest digest.
+    pub manifest: Digest,
+    /// The manifest digest of the image the delta applies to, when the
+    /// delta names it.
+    pub source_manifest: Option<Digest>,
     /// The target image's manifest digest.
     pub target: Digest,
     /// The target image's manifest, byte for byte.
@@ -108,11 +116,18 @@ impl Delta {
             .get(SOURCE_CONFIG)
             .ok_or_else(|| invalid(format!("{what} has no {SOURCE_CONFIG} annotation")))?;
         let source_config = Digest::parse(source, SOURCE_CONFIG)?;
+        // Only informative: a malformed one is ignored, not refused.
+        let source_manifest = manifest
+            .annotations
+            .get(SOURCE_MANIFEST)
+            .and_then(|m| Digest::parse(m, SOURCE_MANIFEST).ok());
         let embedded = Embedded::find(&manifest.layers)?;
         let (target, target_manifest, target_doc) = embedded.target_manifest(layout)?;
         embedded.check_config(&target_doc)?;
         let rebuilds = rebuilds(&manifest.layers, &target_doc)?;
         Ok(Delta {
+            manifest: digest.clone(),
+            source_manifest,
             target,
             target_manifest,
             source_config,

@@ -414,7 +414,7 @@ async fn a_delta_needs_its_source_image() {
         .unwrap_err();
     let expected = fixture.source.config_digest().to_string();
     assert!(
-        matches!(err, Error::DeltaSourceMissing { ref config } if *config == expected),
+        matches!(err, Error::DeltaSourceMissing { ref config, .. } if *config == expected),
         "{err}"
     );
     assert!(err.to_string().contains(&expected));

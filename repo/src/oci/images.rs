@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use composefs::{
     fsverity::FsVerityHashValue, generic_tree::OciTransformOptions, repository::Repository as Store,
 };
-use composefs_oci::{OciDigest, oci_image::OciImage};
+use composefs_oci::oci_image::OciImage;
 
 use super::{
     digest::Digest,
@@ -83,7 +83,7 @@ impl Repository {
     pub fn untag(&self, tag: &str) -> Result<(), Error> {
         with_store!(self.store(), s => {
             if !tags(s)?.iter().any(|(name, _)| name == tag) {
-                return Err(Error::ImageNotFound { image: tag.to_owned() });
+                return Err(Error::TagNotFound { tag: tag.to_owned() });
             }
             composefs_oci::oci_image::untag_image(s, tag)
                 .map_err(|e| Error::storage("untagging", e))?;
@@ -214,8 +214,10 @@ fn tags<H: FsVerityHashValue>(repo: &Store<H>) -> Result<Vec<(String, String)>, 
         .collect())
 }
 
-/// Open the image a tag or `sha256:` manifest digest (with or without a
-/// leading `@`) names.
+/// Open the image `image` names: a tag, a `sha256:` manifest digest (with
+/// or without a leading `@`), or failing those a unique prefix of a
+/// manifest digest (with or without `sha256:`) or of an image id, as the
+/// IMAGE ID column of `cfsctl oci images` shows it.
 pub(crate) fn open<H: FsVerityHashValue>(
     repo: &Store<H>,
     image: &str,
@@ -224,21 +226,76 @@ pub(crate) fn open<H: FsVerityHashValue>(
         image: image.to_owned(),
     };
     let digest_text = image.strip_prefix('@').unwrap_or(image);
-    if digest_text.starts_with("sha256:") {
+    let tags = tags(repo)?;
+    if tags.iter().any(|(name, _)| name == image) {
+        return OciImage::open_ref(repo, image).map_err(|e| Error::storage("opening the image", e));
+    }
+    let full_digest = digest_text
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64);
+    let digest = if full_digest {
         // A malformed digest names no image: no tag can be shaped so.
-        let digest: OciDigest = Digest::parse(digest_text, "the image name")
-            .map_err(|_| not_found())?
-            .to_oci();
-        let verity = composefs_oci::oci_image::has_manifest(repo, &digest)
-            .map_err(|e| Error::storage("looking up the image", e))?
-            .ok_or_else(not_found)?;
-        return OciImage::open(repo, &digest, Some(&verity))
-            .map_err(|e| Error::storage("opening the image", e));
+        Digest::parse(digest_text, "the image name").map_err(|_| not_found())?
+    } else {
+        by_prefix(repo, &tags, image)?.ok_or_else(not_found)?
+    };
+    let digest = digest.to_oci();
+    let verity = composefs_oci::oci_image::has_manifest(repo, &digest)
+        .map_err(|e| Error::storage("looking up the image", e))?
+        .ok_or_else(not_found)?;
+    OciImage::open(repo, &digest, Some(&verity)).map_err(|e| Error::storage("opening the image", e))
+}
+
+/// The fewest hex digits a prefix must have to name an image: fewer
+/// would too easily name one by accident.
+const MIN_PREFIX: usize = 4;
+
+/// The manifest digest of the one tagged image whose manifest digest or
+/// image id starts with `prefix`; `None` when none does or `prefix` is
+/// no hex prefix; [`Error::AmbiguousImage`] when several do.
+fn by_prefix<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    tags: &[(String, String)],
+    prefix: &str,
+) -> Result<Option<Digest>, Error> {
+    let (hex, digests_only) = match prefix.strip_prefix("sha256:") {
+        Some(hex) => (hex, true),
+        None => (prefix, false),
+    };
+    let is_hex = hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hex.len() < MIN_PREFIX || !is_hex {
+        return Ok(None);
     }
-    if !tags(repo)?.iter().any(|(name, _)| name == image) {
-        return Err(not_found());
+    let mut matches: Vec<String> = Vec::new();
+    for (name, manifest) in tags {
+        if matches.contains(manifest) {
+            continue;
+        }
+        let by_manifest = manifest
+            .strip_prefix("sha256:")
+            .is_some_and(|m| m.starts_with(hex));
+        let by_id = !digests_only
+            && OciImage::open_ref(repo, name).ok().is_some_and(|i| {
+                i.image_ref(repo.erofs_version())
+                    .is_some_and(|id| id.to_hex().starts_with(hex))
+            });
+        if by_manifest || by_id {
+            matches.push(manifest.clone());
+        }
     }
-    OciImage::open_ref(repo, image).map_err(|e| Error::storage("opening the image", e))
+    match &matches[..] {
+        [] => Ok(None),
+        [only] => Digest::parse(only, "a stored tag").map(Some),
+        _ => {
+            matches.sort();
+            Err(Error::AmbiguousImage {
+                image: prefix.to_owned(),
+                matches,
+            })
+        }
+    }
 }
 
 fn list<H: FsVerityHashValue>(repo: &Store<H>) -> Result<Vec<ImageSummary>, Error> {

@@ -8,14 +8,14 @@ use std::{
 };
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
-use composefs_oci::{ImportStats, layer_content_id};
+use composefs_oci::layer_content_id;
 
 use super::{
     archive::Pread,
     digest::Hashing,
     manifest::{Compression, LayerPlan},
     source::{Layout, check_size},
-    split::{self, SplitError},
+    split::{self, SplitError, Tally},
 };
 use crate::Error;
 
@@ -27,7 +27,7 @@ pub(crate) struct Imported<H> {
     /// The layer stream's object id.
     pub stream: H,
     /// What the import wrote and found present.
-    pub stats: ImportStats,
+    pub stats: Tally<H>,
 }
 
 /// Import the layer `plan` from `layout`; `progress` is told the blob bytes

@@ -24,6 +24,6 @@ pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
 pub use platform::Platform;
-pub use pull::{LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
+pub use pull::{AppliedDelta, LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
 pub use source::Source;
 pub use split::LayerLimits;

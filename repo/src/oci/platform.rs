@@ -44,6 +44,39 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Check that the image `config` (its JSON, already verified) is for
+    /// this platform: an index entry's platform is only a claim, and a
+    /// single manifest makes none, so the config decides. A mismatch is
+    /// [`Error::PlatformNotFound`], naming the platform the image is for.
+    pub(crate) fn check_config(&self, config: &[u8]) -> Result<(), Error> {
+        #[derive(serde::Deserialize)]
+        struct Config {
+            #[serde(default)]
+            os: String,
+            #[serde(default)]
+            architecture: String,
+            variant: Option<String>,
+        }
+        let config: Config = serde_json::from_slice(config).map_err(|e| Error::InvalidJson {
+            what: "the image config".to_owned(),
+            reason: e.to_string(),
+        })?;
+        if self.matches(&config.os, &config.architecture, config.variant.as_deref()) {
+            return Ok(());
+        }
+        let has = Platform {
+            os: config.os,
+            architecture: config.architecture,
+            variant: config.variant,
+        };
+        Err(Error::PlatformNotFound {
+            platform: self.to_string(),
+            available: vec![has.to_string()],
+        })
+    }
+}
+
 impl FromStr for Platform {
     type Err = Error;
 
@@ -97,5 +130,27 @@ mod tests {
         for bad in ["linux", "linux/", "/amd64", "a/b/c/d"] {
             assert!(bad.parse::<Platform>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_config_decides_the_platform() {
+        let amd64 = br#"{"os":"linux","architecture":"amd64","rootfs":{}}"#;
+        let arm: Platform = "linux/arm64".parse().unwrap();
+        match arm.check_config(amd64) {
+            Err(Error::PlatformNotFound {
+                platform,
+                available,
+            }) => {
+                assert_eq!(platform, "linux/arm64");
+                assert_eq!(available, ["linux/amd64"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let any_amd64: Platform = "linux/amd64".parse().unwrap();
+        assert!(any_amd64.check_config(amd64).is_ok());
+        let v8 = br#"{"os":"linux","architecture":"arm64","variant":"v8"}"#;
+        assert!(arm.check_config(v8).is_ok());
+        let v7: Platform = "linux/arm64/v7".parse().unwrap();
+        assert!(v7.check_config(v8).is_err());
     }
 }

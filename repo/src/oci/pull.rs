@@ -21,6 +21,7 @@ use super::{
     layer::{self, Imported},
     manifest::{self, LayerPlan, Resolved},
     source::{Layout, Source},
+    split::Tally,
 };
 use crate::{Error, Repository, repository::with_store};
 
@@ -98,6 +99,19 @@ pub struct PullReport {
     pub bytes_new: u64,
     /// The image was already there under this tag; nothing was done.
     pub already_present: bool,
+    /// The oci-delta the image was rebuilt from, if it was.
+    pub delta: Option<AppliedDelta>,
+}
+
+/// An oci-delta that a pull applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedDelta {
+    /// The delta artifact's manifest digest.
+    pub manifest_digest: String,
+    /// The config digest of the image it was applied against.
+    pub source_config: String,
+    /// That image's manifest digest, when the delta names it.
+    pub source_manifest: Option<String>,
 }
 
 /// A progress sink shared by the layer tasks.
@@ -143,6 +157,11 @@ impl Repository {
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
         let layout = Layout::open(source)?;
         let resolved = manifest::resolve(&layout, options.reference.as_deref(), &platform)?;
+        // Asked for by name, the platform must be the image's own, whatever
+        // the index claims or when there is no index entry to choose from.
+        if let Some(asked) = &options.platform {
+            asked.check_config(&resolved.config)?;
+        }
         let tag = options
             .tag
             .clone()
@@ -204,11 +223,10 @@ impl Pull {
                     self.progress.clone(),
                 )
                 .await?;
-                let mut totals = Totals {
+                let totals = Totals {
                     layers_present: rebuilt.present,
-                    ..Totals::default()
+                    objects: rebuilt.stats,
                 };
-                totals.add(&rebuilt.stats);
                 (rebuilt.refs, totals)
             }
             None => self.import_layers(&repo).await?,
@@ -259,7 +277,7 @@ impl Pull {
         }
         let totals = Totals {
             layers_present: self.resolved.layers.len() as u64,
-            ..Totals::default()
+            ..Totals::<H>::default()
         };
         Ok(Some(self.report(id.to_hex(), totals, true)))
     }
@@ -269,7 +287,7 @@ impl Pull {
     async fn import_layers<H: FsVerityHashValue>(
         &self,
         repo: &Arc<Store<H>>,
-    ) -> Result<(Vec<(composefs_oci::OciDigest, H)>, Totals), Error> {
+    ) -> Result<(Vec<(composefs_oci::OciDigest, H)>, Totals<H>), Error> {
         let mut totals = Totals::default();
         let mut streams: HashMap<String, H> = HashMap::new();
         let mut scheduled = HashSet::new();
@@ -298,7 +316,7 @@ impl Pull {
         while let Some(joined) = tasks.join_next().await {
             let (diff_id, imported) = joined
                 .map_err(|e| Error::storage("importing a layer", std::io::Error::other(e)))??;
-            totals.add(&imported.stats);
+            totals.objects.merge(imported.stats);
             streams.insert(diff_id, imported.stream);
         }
         let refs = self
@@ -379,7 +397,12 @@ impl Pull {
             })
     }
 
-    fn report(&self, image_id: String, totals: Totals, already_present: bool) -> PullReport {
+    fn report<H: FsVerityHashValue>(
+        &self,
+        image_id: String,
+        totals: Totals<H>,
+        already_present: bool,
+    ) -> PullReport {
         PullReport {
             manifest_digest: self.resolved.manifest_digest.to_string(),
             config_digest: self.resolved.config_digest.to_string(),
@@ -387,29 +410,33 @@ impl Pull {
             tag: self.tag.clone(),
             layers: self.resolved.layers.len() as u64,
             layers_present: totals.layers_present,
-            objects_new: totals.objects_new,
-            objects_present: totals.objects_present,
-            bytes_new: totals.bytes_new,
+            objects_new: totals.objects.objects_new(),
+            objects_present: totals.objects.objects_present(),
+            bytes_new: totals.objects.bytes_new(),
             already_present,
+            delta: self.resolved.delta.as_ref().map(|d| AppliedDelta {
+                manifest_digest: d.manifest.to_string(),
+                source_config: d.source_config.to_string(),
+                source_manifest: d.source_manifest.as_ref().map(ToString::to_string),
+            }),
         }
     }
 }
 
 /// What the layer imports added up to.
-#[derive(Debug, Default, Clone, Copy)]
-struct Totals {
+#[derive(Debug)]
+struct Totals<H> {
     layers_present: u64,
-    objects_new: u64,
-    objects_present: u64,
-    bytes_new: u64,
+    /// Every object the imported layers refer to, once each.
+    objects: Tally<H>,
 }
 
-impl Totals {
-    fn add(&mut self, stats: &composefs_oci::ImportStats) {
-        self.objects_new +=
-            stats.objects_copied + stats.objects_reflinked + stats.objects_hardlinked;
-        self.objects_present += stats.objects_already_present;
-        self.bytes_new += stats.bytes_copied + stats.bytes_reflinked + stats.bytes_hardlinked;
+impl<H> Default for Totals<H> {
+    fn default() -> Self {
+        Totals {
+            layers_present: 0,
+            objects: Tally::default(),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod limits;
 mod objects;
 
 use std::{
+    collections::HashMap,
     io::{self, Write},
     sync::{
         Arc,
@@ -27,7 +28,7 @@ use composefs::{
     fsverity::FsVerityHashValue,
     repository::{ObjectStoreMethod, Repository as Store},
 };
-use composefs_oci::{ImportStats, LAYER_CONTENT_TYPE};
+use composefs_oci::LAYER_CONTENT_TYPE;
 use tar_core::{
     HEADER_SIZE,
     parse::{ParseEvent, ParsedEntry, Parser},
@@ -166,7 +167,7 @@ pub(crate) fn split<H: FsVerityHashValue>(
     cancel: &Cancel,
     limits: &LayerLimits,
     pulled: PullTally,
-) -> Result<(H, ImportStats, Digest), SplitError> {
+) -> Result<(H, Tally<H>, Digest), SplitError> {
     let mut splitter = Splitter {
         input: Input::new(rx, limits, pulled),
         rules: EntryRules::new(),
@@ -216,20 +217,17 @@ enum Entry {
 fn store_stream<H: FsVerityHashValue>(
     objects: Objects<H>,
     entries: Vec<Entry>,
-) -> anyhow::Result<(H, ImportStats)> {
+) -> anyhow::Result<(H, Tally<H>)> {
     let repo = objects.repo().clone();
     let stored = objects.finish()?;
     let mut stream = repo.create_stream(LAYER_CONTENT_TYPE)?;
-    let mut stats = ImportStats::default();
+    let mut stats = Tally::default();
     for entry in entries {
         match entry {
-            Entry::Inline(data) => {
-                stats.bytes_inlined += data.len() as u64;
-                stream.write_inline(&data);
-            }
+            Entry::Inline(data) => stream.write_inline(&data),
             Entry::External(ticket, size) => {
                 let (id, method) = stored.get(ticket);
-                count(&mut stats, *method, size);
+                stats.record(id, *method, size);
                 stream.add_external_size(size);
                 stream.write_reference(id.clone())?;
             }
@@ -238,21 +236,56 @@ fn store_stream<H: FsVerityHashValue>(
     Ok((stream.done()?, stats))
 }
 
-fn count(stats: &mut ImportStats, method: ObjectStoreMethod, size: u64) {
-    match method {
-        ObjectStoreMethod::AlreadyPresent => stats.objects_already_present += 1,
-        ObjectStoreMethod::Copied => {
-            stats.objects_copied += 1;
-            stats.bytes_copied += size;
+/// The objects an import refers to, each counted once however many files
+/// share it: whether this import wrote it, and its size.
+#[derive(Debug, Clone)]
+pub(crate) struct Tally<H> {
+    objects: HashMap<H, (bool, u64)>,
+}
+
+impl<H> Default for Tally<H> {
+    fn default() -> Self {
+        Tally {
+            objects: HashMap::new(),
         }
-        ObjectStoreMethod::Reflinked => {
-            stats.objects_reflinked += 1;
-            stats.bytes_reflinked += size;
+    }
+}
+
+impl<H: FsVerityHashValue> Tally<H> {
+    /// Count a reference to `id`, stored by `method`. An object that any
+    /// reference wrote is new, even if another found it present: that
+    /// one came after the write, in this file or a concurrent layer.
+    pub(crate) fn record(&mut self, id: &H, method: ObjectStoreMethod, size: u64) {
+        let written = !matches!(method, ObjectStoreMethod::AlreadyPresent);
+        let entry = self.objects.entry(id.clone()).or_insert((false, size));
+        entry.0 |= written;
+    }
+
+    /// Add the counts of another import of the same pull.
+    pub(crate) fn merge(&mut self, other: Tally<H>) {
+        for (id, (written, size)) in other.objects {
+            let entry = self.objects.entry(id).or_insert((false, size));
+            entry.0 |= written;
         }
-        ObjectStoreMethod::Hardlinked => {
-            stats.objects_hardlinked += 1;
-            stats.bytes_hardlinked += size;
-        }
+    }
+
+    /// Distinct objects written.
+    pub(crate) fn objects_new(&self) -> u64 {
+        self.objects.values().filter(|(new, _)| *new).count() as u64
+    }
+
+    /// Distinct objects that were in the repository before.
+    pub(crate) fn objects_present(&self) -> u64 {
+        self.objects.values().filter(|(new, _)| !*new).count() as u64
+    }
+
+    /// Bytes of the distinct objects written.
+    pub(crate) fn bytes_new(&self) -> u64 {
+        self.objects
+            .values()
+            .filter(|(new, _)| *new)
+            .map(|(_, size)| size)
+            .sum()
     }
 }
 
