@@ -146,7 +146,10 @@ async fn gc(daemon: &Daemon, peer: &Peer, dry_run: bool) -> Result<GcReply, Repo
     } else {
         Some(daemon.gc_lock.write().await)
     };
-    let repo = open(daemon)?;
+    // A daemon that may not even open the repository (a private cfsd of
+    // a user who does not own it) refuses as it would refuse the call.
+    let repo = tokio::task::block_in_place(|| daemon.dir.repository())
+        .map_err(|e| denied(e, peer, "Gc"))?;
     let report = super::blocking(move || repo.gc(dry_run))
         .await
         .map_err(|e| denied(e, peer, "Gc"))?;
