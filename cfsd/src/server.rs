@@ -7,7 +7,7 @@ use rustix::process::Gid;
 use tokio::{
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::{RwLock, Semaphore, watch},
+    sync::{Semaphore, watch},
     task::JoinSet,
 };
 
@@ -15,6 +15,7 @@ use crate::{
     admission::{Admissions, Limits},
     connection::{self, Conn},
     listen::Socket,
+    methods,
 };
 
 /// How long in-flight calls may take to finish after SIGTERM.
@@ -48,20 +49,18 @@ pub struct Daemon {
     pub max_message: usize,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
-    /// Keeps GC from running while content is being added or used:
-    /// imports, tagging and mounting hold it shared, a collecting Gc
-    /// exclusively. Objects an import has written but not yet referenced
-    /// look unreferenced to GC, so the two must never overlap.
-    pub gc_lock: Arc<RwLock<()>>,
 }
 
 /// Serve `socket` until shutdown, idle exit, or (for a connected socket)
-/// the client hanging up.
+/// the client hanging up. With `refusal` (the repository is another
+/// process's), a connected client's first call gets it and nothing is
+/// served.
 pub async fn run(
     dir: RepositoryDir,
     config: Config,
     socket: Socket,
     signals: Signals,
+    refusal: Option<cfsd_repo::Error>,
 ) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(signals.stop(stop));
@@ -71,16 +70,22 @@ pub async fn run(
         client_timeout: config.client_timeout,
         max_message: config.max_message,
         shutdown,
-        gc_lock: Arc::new(RwLock::new(())),
     });
     match socket {
         Socket::Connected(stream) => {
             stream.set_nonblocking(true)?;
             // The one client that spawned this daemon needs no slot.
-            if let Some((conn, peer)) =
-                connection::open(&daemon, UnixStream::from_std(stream)?).await
-            {
-                connection::serve(daemon, conn, peer).await;
+            let Some((conn, peer)) = connection::open(&daemon, UnixStream::from_std(stream)?).await
+            else {
+                return Ok(());
+            };
+            match refusal {
+                None => connection::serve(daemon, conn, peer).await,
+                Some(refusal) => {
+                    let message = refusal.to_string();
+                    connection::refuse(conn, methods::repository::wire_error(refusal)).await;
+                    anyhow::bail!("{message}");
+                }
             }
             Ok(())
         }

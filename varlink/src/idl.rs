@@ -123,6 +123,16 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            RepositoryError::RepositoryInUse {
+                path: s(),
+                pid: 1,
+                owner: s(),
+                address: Some(s()),
+            },
+            RepositoryError::RepositoryBusy {
+                operation: s(),
+                holders: vec![s()],
+            },
         ];
         for e in &all {
             match e {
@@ -134,7 +144,9 @@ mod tests {
                 | RepositoryError::PermissionDenied { .. }
                 | RepositoryError::MessageTooLarge { .. }
                 | RepositoryError::TooManyConnections { .. }
-                | RepositoryError::StorageFailed { .. } => {}
+                | RepositoryError::StorageFailed { .. }
+                | RepositoryError::RepositoryInUse { .. }
+                | RepositoryError::RepositoryBusy { .. } => {}
             }
         }
         all

@@ -122,13 +122,7 @@ async fn fsck(daemon: &Daemon, params: FsckParams) -> Result<FsckReply, Reposito
 }
 
 async fn gc(daemon: &Daemon, dry_run: bool) -> Result<GcReply, RepositoryError> {
-    // Collecting waits for imports, tags and mounts in flight (and keeps
-    // new ones waiting) so that it never removes what they are adding.
-    let _exclusive = if dry_run {
-        None
-    } else {
-        Some(daemon.gc_lock.write().await)
-    };
+    // The repository keeps collections clear of work in flight.
     let repo = open(daemon)?;
     let report = blocking(move || repo.gc(dry_run)).await?;
     Ok(GcReply {
@@ -175,7 +169,8 @@ fn wire_info(info: repo::RepositoryInfo) -> RepositoryInfo {
     }
 }
 
-fn wire_error(e: repo::Error) -> RepositoryError {
+/// Every repository error as the interface's typed error.
+pub fn wire_error(e: repo::Error) -> RepositoryError {
     let path = |p: std::path::PathBuf| p.display().to_string();
     match e {
         repo::Error::NotInitialized { path: p } => {
@@ -205,6 +200,20 @@ fn wire_error(e: repo::Error) -> RepositoryError {
             operation: operation.to_owned(),
             reason,
         },
+        repo::Error::RepositoryInUse {
+            path: p,
+            pid,
+            owner,
+            address,
+        } => RepositoryError::RepositoryInUse {
+            path: path(p),
+            pid,
+            owner,
+            address,
+        },
+        repo::Error::RepositoryBusy { operation, holders } => {
+            RepositoryError::RepositoryBusy { operation, holders }
+        }
         // Only OCI operations fail in other ways, and io.cfsd.Oci has
         // their typed errors; should one reach here, its message is kept.
         other => RepositoryError::StorageFailed {
