@@ -14,6 +14,7 @@ mod listen;
 mod methods;
 mod owner;
 mod server;
+mod work;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 

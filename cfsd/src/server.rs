@@ -16,6 +16,7 @@ use crate::{
     connection::{self, Conn},
     listen::Socket,
     methods,
+    work::Work,
 };
 
 /// How long in-flight calls may take to finish after SIGTERM.
@@ -158,7 +159,10 @@ impl Gate {
             Ok(slot) => {
                 let daemon = daemon.clone();
                 self.clients.spawn(async move {
-                    connection::serve(daemon, conn, peer).await;
+                    let work = Work::default();
+                    work.scope(connection::serve(daemon, conn, peer)).await;
+                    // The slot is free only once the work is gone too.
+                    work.stopped().await;
                     drop(slot);
                 });
             }

@@ -59,7 +59,7 @@ pub async fn handle(
         "ComputeId" => run(params, |p| compute_id(daemon, p)).await,
         "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
         // Read-only: it writes only to the file the caller handed over.
-        "CreateDelta" => run(params, |p| create_delta(daemon, p, fds)).await,
+        "CreateDelta" => run(params, |p| create_delta(daemon, peer, p, fds)).await,
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -158,18 +158,30 @@ fn is_readable(fd: &OwnedFd, kind: FileType) -> bool {
 
 /// `CreateDelta`: the output is the call's first fd, which must be a
 /// regular file open for writing; the daemon opens nothing itself.
+///
+/// The daemon writes as root, past the peer's quota and the blocks kept
+/// for root, so an unprivileged peer's output must be a file it owns:
+/// writing to any other file it may open would spend someone else's
+/// space. Checking the owner is simpler than writing with the peer's
+/// credentials, which would need a thread of the peer's uid per call.
 async fn create_delta(
     daemon: &Daemon,
+    peer: &Peer,
     params: CreateDeltaParams,
     fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
+    let owned =
+        |fd: &OwnedFd| peer.uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == peer.uid);
     let out = fds
         .into_iter()
         .next()
-        .filter(is_writable_file)
+        .filter(|fd| is_writable_file(fd) && owned(fd))
         .ok_or_else(|| OciError::MissingFd {
             method: format!("{OCI_INTERFACE}.CreateDelta"),
-            expected: "the output as a regular file opened for writing".to_owned(),
+            expected: format!(
+                "the output as a regular file that uid {} owns, opened for writing",
+                peer.uid
+            ),
         })?;
     let repo = open(daemon)?;
     let options = CreateOptions {
@@ -183,7 +195,10 @@ async fn create_delta(
     // Reading holds off no GC (see cfsd_repo::coordination).
     let cancel = CancelOnDrop::default();
     let cancelled = cancel.0.clone();
+    // Keeps this connection's slot taken until the encoder has stopped.
+    let share = crate::work::Work::share();
     let report = blocking(move || {
+        let _share = share;
         let (source, target, out) = (&params.source, &params.target, File::from(out));
         repo.create_delta_cancellable(source, target, out, options, &cancelled)
     })
