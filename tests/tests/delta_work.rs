@@ -18,7 +18,7 @@ use cfsd_tests::{
 /// A daemon nobody may reach, holding `src` and `dst`; `dst` changes one
 /// large layer, so that encoding it is one long round.
 fn daemon_with_images(dst_mib: usize) -> Daemon {
-    let daemon = Daemon::start_for_nobody(&["--gc-wait", "2"]);
+    let daemon = Daemon::start_for_nobody(&[]);
     let out = daemon.cfsctl(&["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let base = Layer::new(
