@@ -149,6 +149,7 @@ fn a_hung_up_create_delta_stops_soon_and_leaves_no_scratch() {
         scratch_fds(&daemon) == (0, 0)
     });
     let stopped = since.elapsed();
+    eprintln!("whole encoding {whole:?}; stopped {stopped:?} after the hang-up");
     assert!(
         stopped < whole / 3,
         "the work went on for {stopped:?} after the hang-up; all of it takes {whole:?}"
