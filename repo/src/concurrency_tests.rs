@@ -72,8 +72,8 @@ fn pull_on_thread(
 /// Several threads pull three images, three threads each, while another
 /// collects in a loop. The first import of image 0 stops at its first
 /// progress report until the two other pulls of image 0 are seen waiting
-/// for it (so the pulls overlapped), and while it is stopped the
-/// collector is seen refused because of exactly that pull.
+/// for it (so the pulls overlapped) and the collector has been refused
+/// because of exactly that pull (so GC overlapped the import).
 #[test]
 fn threads_pull_the_same_and_different_images_while_another_collects() {
     let (_dir, repo) = new_repo();
@@ -81,17 +81,22 @@ fn threads_pull_the_same_and_different_images_while_another_collects() {
     let images: Vec<TestImage> = (0..3).map(|k| image(k * 40, 20 + k as usize)).collect();
     let manifest0 = Digest::of(&images[0].manifest).to_string();
     let pulling = AtomicBool::new(true);
+    let gc_met_import = std::sync::Arc::new(AtomicBool::new(false));
     let (reports, (collected, busy_for_import)) = std::thread::scope(|s| {
         let mut pulls = Vec::new();
         for (k, image) in images.iter().enumerate() {
             for j in 0..3 {
                 let (repo, archive) = (repo.clone(), image.archive(None));
                 let (waiter, manifest0) = (repo.clone(), manifest0.clone());
+                let gc_met = gc_met_import.clone();
                 let first = k == 0;
                 pulls.push(s.spawn(move || {
                     let progress = move |p: crate::oci::LayerProgress| {
                         if first && p.stage == Stage::Importing && p.done == 0 {
-                            wait_until(|| waiter.pulls_waiting(&manifest0) == 2);
+                            wait_until(|| {
+                                waiter.pulls_waiting(&manifest0) == 2
+                                    && gc_met.load(Ordering::SeqCst)
+                            });
                         }
                     };
                     (
@@ -109,6 +114,7 @@ fn threads_pull_the_same_and_different_images_while_another_collects() {
                     Err(Error::RepositoryBusy { holders, .. }) => {
                         if holders.contains(&format!("a pull of {manifest0}")) {
                             busy_for_import += 1;
+                            gc_met_import.store(true, Ordering::SeqCst);
                         }
                     }
                     // Mount tables with names that are not UTF-8, which
