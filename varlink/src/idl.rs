@@ -51,8 +51,7 @@ mod tests {
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer,
             DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
             ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply,
-            TagParams,
-            UntagParams,
+            TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -125,6 +124,16 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            RepositoryError::RepositoryInUse {
+                path: s(),
+                pid: 1,
+                owner: s(),
+                address: Some(s()),
+            },
+            RepositoryError::RepositoryBusy {
+                operation: s(),
+                holders: vec![s()],
+            },
         ];
         for e in &all {
             match e {
@@ -136,7 +145,9 @@ mod tests {
                 | RepositoryError::PermissionDenied { .. }
                 | RepositoryError::MessageTooLarge { .. }
                 | RepositoryError::TooManyConnections { .. }
-                | RepositoryError::StorageFailed { .. } => {}
+                | RepositoryError::StorageFailed { .. }
+                | RepositoryError::RepositoryInUse { .. }
+                | RepositoryError::RepositoryBusy { .. } => {}
             }
         }
         all

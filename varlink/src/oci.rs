@@ -500,10 +500,7 @@ pub enum OciError {
     },
     /// A prefix of a digest or image id names more than one image.
     #[serde(rename = "io.cfsd.Oci.AmbiguousImage")]
-    #[error(
-        "{image:?} names more than one image ({})",
-        list(matches)
-    )]
+    #[error("{image:?} names more than one image ({})", list(matches))]
     AmbiguousImage {
         /// The prefix given.
         image: String,
