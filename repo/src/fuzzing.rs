@@ -186,6 +186,7 @@ pub async fn import_layer(
         },
         diff_id: Digest::parse(diff_id, "the diff_id")?,
         pulled: Default::default(),
+        hold: Default::default(),
     };
     let layout = Arc::new(Layout::open(Source::Archive(archive_of(
         &plan.blob, blob,

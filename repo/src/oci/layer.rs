@@ -60,7 +60,11 @@ pub(crate) async fn store<H: FsVerityHashValue>(
 ) -> Result<Imported<H>, Error> {
     let (mut pipe, tar) = split::pipe();
     let piping = plan.clone();
+    // Both threads keep GC off until they return, even if this future is
+    // dropped before then.
+    let (hold, held) = (plan.hold.get().cloned(), plan.hold.get().cloned());
     let producer = tokio::task::spawn_blocking(move || {
+        let _hold = hold;
         produce(&mut pipe)?;
         pipe.close().map_err(|e| pipe_error(&piping, e))
     });
@@ -70,8 +74,10 @@ pub(crate) async fn store<H: FsVerityHashValue>(
     let splitting = repo.clone();
     let limits = split::LayerLimits::installed();
     let pulled = plan.pulled.clone();
-    let splitter =
-        tokio::task::spawn_blocking(move || split::split(tar, splitting, &cancel, &limits, pulled));
+    let splitter = tokio::task::spawn_blocking(move || {
+        let _hold = held;
+        split::split(tar, splitting, &cancel, &limits, pulled)
+    });
     let (produced, split) = tokio::join!(producer, splitter);
     let produced =
         produced.map_err(|e| Error::storage("producing a layer", io::Error::other(e)))?;

@@ -118,7 +118,15 @@ pub(crate) struct LayerPlan {
     pub diff_id: Digest,
     /// The tar bytes of every layer of this pull so far, shared by them.
     pub pulled: crate::oci::split::PullTally,
+    /// The pull's hold on GC, shared by its layers once the pull has it:
+    /// the threads that store a layer keep it until they have returned,
+    /// which after a cancelled pull is later than the pull itself.
+    pub hold: PullHold,
 }
+
+/// See [`LayerPlan::hold`].
+pub(crate) type PullHold =
+    std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::coordination::Hold>>>;
 
 /// The image chosen from a source, its manifest and config verified.
 #[derive(Debug)]
@@ -336,6 +344,7 @@ fn plan_layers(layers: &[Descriptor], rootfs: &RootFs) -> Result<Vec<LayerPlan>,
         });
     }
     let pulled = crate::oci::split::PullTally::default();
+    let hold = PullHold::default();
     layers
         .iter()
         .zip(&rootfs.diff_ids)
@@ -352,6 +361,7 @@ fn plan_layers(layers: &[Descriptor], rootfs: &RootFs) -> Result<Vec<LayerPlan>,
                 compression,
                 diff_id: Digest::parse(diff_id, "rootfs.diff_ids")?,
                 pulled: pulled.clone(),
+                hold: hold.clone(),
             })
         })
         .collect()

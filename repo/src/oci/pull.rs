@@ -192,6 +192,10 @@ impl Repository {
         let manifest = prepared.manifest_digest();
         let _turn = self.pulls().turn(&manifest).await;
         let hold = Arc::new(self.hold_async(format!("a pull of {manifest}")).await?);
+        if let Some(plan) = prepared.resolved.layers.first() {
+            // Every layer's plan shares this one slot.
+            let _ = plan.hold.set(hold.clone());
+        }
         let job = Pull {
             layout: prepared.layout,
             resolved: prepared.resolved,
