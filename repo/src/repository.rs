@@ -224,6 +224,20 @@ impl Repository {
         Ok(GcReport::new(false, &result))
     }
 
+    /// Refuse a change to a repository on a read-only filesystem with the
+    /// kind of failure it is: composefs says so only in words.
+    pub(crate) fn ensure_writable(&self, operation: &'static str) -> Result<()> {
+        let st = rustix::fs::statvfs(&self.path)
+            .map_err(|e| Error::storage(operation, std::io::Error::from(e)))?;
+        if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(Error::storage(
+                operation,
+                std::io::Error::from(rustix::io::Errno::ROFS),
+            ));
+        }
+        Ok(())
+    }
+
     /// The ids of this repository's images that are mounted now.
     fn mounted_images(&self) -> Result<std::collections::BTreeSet<String>> {
         let mounted = mounts::mounted_images(&self.path.join("objects"))

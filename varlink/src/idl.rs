@@ -51,8 +51,7 @@ mod tests {
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer,
             DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
             ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply,
-            TagParams,
-            UntagParams,
+            TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -125,6 +124,18 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            RepositoryError::NoSpace {
+                operation: s(),
+                reason: s(),
+            },
+            RepositoryError::ReadOnlyFilesystem {
+                operation: s(),
+                reason: s(),
+            },
+            RepositoryError::IoError {
+                operation: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -136,7 +147,10 @@ mod tests {
                 | RepositoryError::PermissionDenied { .. }
                 | RepositoryError::MessageTooLarge { .. }
                 | RepositoryError::TooManyConnections { .. }
-                | RepositoryError::StorageFailed { .. } => {}
+                | RepositoryError::StorageFailed { .. }
+                | RepositoryError::NoSpace { .. }
+                | RepositoryError::ReadOnlyFilesystem { .. }
+                | RepositoryError::IoError { .. } => {}
             }
         }
         all
@@ -218,6 +232,18 @@ mod tests {
                 matches: vec![s()],
             },
             OciError::TagNotFound { tag: s() },
+            OciError::NoSpace {
+                operation: s(),
+                reason: s(),
+            },
+            OciError::ReadOnlyFilesystem {
+                operation: s(),
+                reason: s(),
+            },
+            OciError::IoError {
+                operation: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -245,7 +271,10 @@ mod tests {
                 | OciError::TarDiffFailed { .. }
                 | OciError::LayerTooLarge { .. }
                 | OciError::AmbiguousImage { .. }
-                | OciError::TagNotFound { .. } => {}
+                | OciError::TagNotFound { .. }
+                | OciError::NoSpace { .. }
+                | OciError::ReadOnlyFilesystem { .. }
+                | OciError::IoError { .. } => {}
             }
         }
         all

@@ -500,10 +500,7 @@ pub enum OciError {
     },
     /// A prefix of a digest or image id names more than one image.
     #[serde(rename = "io.cfsd.Oci.AmbiguousImage")]
-    #[error(
-        "{image:?} names more than one image ({})",
-        list(matches)
-    )]
+    #[error("{image:?} names more than one image ({})", list(matches))]
     AmbiguousImage {
         /// The prefix given.
         image: String,
@@ -516,6 +513,33 @@ pub enum OciError {
     TagNotFound {
         /// The tag asked for.
         tag: String,
+    },
+    /// The repository's filesystem is full, or its quota used up.
+    #[serde(rename = "io.cfsd.Oci.NoSpace")]
+    #[error("{operation} failed: no space left in the repository's filesystem: {reason}")]
+    NoSpace {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The repository's filesystem is mounted read-only.
+    #[serde(rename = "io.cfsd.Oci.ReadOnlyFilesystem")]
+    #[error("{operation} failed: the repository's filesystem is read-only: {reason}")]
+    ReadOnlyFilesystem {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The device under the repository failed to read or write.
+    #[serde(rename = "io.cfsd.Oci.IoError")]
+    #[error("{operation} failed: an I/O error on the repository's device: {reason}")]
+    IoError {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
     },
 }
 

@@ -70,6 +70,7 @@ impl Repository {
     /// Give `image` the tag `tag`, moving the tag if it named another.
     pub fn tag(&self, image: &str, tag: &str) -> Result<(), Error> {
         check_tag(tag)?;
+        self.ensure_writable("tagging")?;
         with_store!(self.store(), s => {
             let found = open(s, image)?;
             check_tag_names(tag, found.manifest_digest().as_ref())?;
