@@ -51,7 +51,12 @@ impl Daemon {
                 "CFSD_LOG",
                 std::env::var("CFSD_LOG").unwrap_or_else(|_| "error".into()),
             )
+            // It dies with this process (see cfsd's owner.rs), and it never
+            // holds our stdout: `out=$(cfsctl --repo R gc)` returns when
+            // cfsctl does.
+            .env("CFSD_PARENT_PID", std::process::id().to_string())
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .fd_mappings(vec![FdMapping {
                 parent_fd: OwnedFd::from(theirs),
                 child_fd: 3,

@@ -91,10 +91,13 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(until_signalled(run(cli))) {
         Ok(code) => code,
         Err(e) => {
             report(&Failure::of(&e), json);
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -107,6 +110,55 @@ fn report(failure: &Failure, json: bool) {
     if json {
         println!("{}", failure.wire);
     }
+}
+
+/// Run `work` until it ends or SIGINT or SIGTERM arrives; then stop at
+/// once with 128 + the signal's number, as a shell reports. Returning
+/// drops the connection, and a private cfsd dies with this process.
+async fn until_signalled(
+    work: impl Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        result = work => result,
+        _ = term.recv() => {
+            eprintln!("cfsctl: terminated");
+            Ok(ExitCode::from(128 + 15))
+        }
+        _ = int.recv() => {
+            eprintln!("cfsctl: interrupted");
+            Ok(ExitCode::from(128 + 2))
+        }
+    }
+}
+
+/// What to do about an error, when cfsctl knows better than the message.
+fn hint(e: &anyhow::Error) -> Option<String> {
+    use cfsd_varlink::{CallError, oci::OciError, repository::RepositoryError};
+    let in_use = e.chain().find_map(|cause| {
+        let connection = cause
+            .downcast_ref::<CallError<RepositoryError>>()
+            .and_then(|c| match c {
+                CallError::Connection(r) | CallError::Interface(r) => Some(r),
+                _ => None,
+            })
+            .or_else(|| match cause.downcast_ref::<CallError<OciError>>() {
+                Some(CallError::Connection(r)) => Some(r),
+                _ => None,
+            });
+        match connection {
+            Some(RepositoryError::RepositoryInUse { address, .. }) => Some(address.clone()),
+            _ => None,
+        }
+    })?;
+    Some(match in_use {
+        Some(address) => format!(
+            "a daemon already serves this repository; reach it with `cfsctl --address {address}` instead of --repo"
+        ),
+        None => "another process has this repository open; wait for it to end, or reach its daemon with --address".to_owned(),
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -12,12 +12,13 @@ mod framing;
 mod hangup;
 mod listen;
 mod methods;
+mod owner;
 mod server;
 mod work;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use cfsd_repo::{Error as RepoError, Repository, RepositoryDir, VerityPolicy};
+use cfsd_repo::{Error as RepoError, Owner, Repository, RepositoryDir, VerityPolicy};
 use cfsd_varlink::Address;
 use clap::Parser;
 
@@ -111,6 +112,13 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     client_timeout: u64,
 
+    /// How long a garbage collection waits for imports, tag changes and
+    /// mounts in flight, and for other processes that have the repository
+    /// open, before it answers io.cfsd.Repository.RepositoryBusy. Such
+    /// work never waits for a collection that is still waiting.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    gc_wait: u64,
+
     /// Log level filter (error, warn, info, debug, trace).
     #[arg(long, env = "CFSD_LOG", default_value = "info")]
     log: String,
@@ -138,7 +146,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     } else {
         VerityPolicy::BestEffort
     };
-    let dir = open_repository(&args, policy)?;
+    // A private daemon (cfsctl's, on fd 3) never outlives its cfsctl.
+    if std::env::var_os("CFSD_PARENT_PID").is_some() {
+        owner::die_with_parent()?;
+    }
+    cfsd_repo::coordination::set_default_gc_wait(Duration::from_secs(args.gc_wait));
+    let owner = owner::describe(args.address.as_ref());
+    let (dir, refusal) = match open_repository(&args, policy, &owner)? {
+        Ok(dir) => (dir, None),
+        // Only the one client of a private daemon can be told why, typed.
+        Err(in_use) if owner.address.is_none() => {
+            (RepositoryDir::new(args.repo.clone(), policy), Some(in_use))
+        }
+        Err(in_use) => return Err(anyhow::anyhow!("{in_use}; refusing to serve it too")),
+    };
     cfsd_repo::oci::LayerLimits {
         max_layer_size: args.max_layer_size,
         max_layer_metadata: args.max_layer_metadata,
@@ -179,7 +200,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Binding changes the process umask for a moment; the runtime's
         // threads exist but create no files yet.
         let socket = listen::acquire(args.address.as_ref(), socket_group)?;
-        server::run(dir, config, socket, signals).await
+        server::run(dir, config, socket, signals, refusal).await
     });
     // Dropping the runtime would wait for every blocking thread, and one
     // stuck in a read that never returns would keep cfsd from exiting.
@@ -196,8 +217,15 @@ const EXIT_WAIT: Duration = Duration::from_millis(500);
 /// when it runs without fs-verity. The daemon keeps it open, so this is
 /// the only open; a directory without a repository yet is opened when
 /// Init creates it.
-fn open_repository(args: &Args, policy: VerityPolicy) -> anyhow::Result<RepositoryDir> {
-    match Repository::open(&args.repo, policy) {
+///
+/// A repository another process serves is the inner error: only that
+/// process may serve it.
+fn open_repository(
+    args: &Args,
+    policy: VerityPolicy,
+    owner: &Owner,
+) -> anyhow::Result<Result<RepositoryDir, RepoError>> {
+    match Repository::open_as(&args.repo, policy, owner) {
         Ok(repo) => {
             if let cfsd_repo::VerityStatus::Insecure(reason) = repo.verity() {
                 tracing::warn!(
@@ -205,13 +233,16 @@ fn open_repository(args: &Args, policy: VerityPolicy) -> anyhow::Result<Reposito
                     args.repo.display()
                 );
             }
-            Ok(RepositoryDir::from_open(repo, policy))
+            Ok(Ok(RepositoryDir::from_open(repo, policy)))
         }
+        Err(e @ RepoError::RepositoryInUse { .. }) => Ok(Err(e)),
         Err(e @ RepoError::VerityRequired { .. }) => Err(anyhow::anyhow!(
             "{e}; refusing to serve it (--require-verity)"
         )),
         // Init creates a missing repository; other problems are reported
         // to each caller as typed errors.
-        Err(_) => Ok(RepositoryDir::new(args.repo.clone(), policy)),
+        Err(_) => Ok(Ok(
+            RepositoryDir::new(args.repo.clone(), policy).owned_by(owner.clone())
+        )),
     }
 }

@@ -7,7 +7,7 @@ use rustix::process::Gid;
 use tokio::{
     net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
-    sync::{RwLock, Semaphore, watch},
+    sync::{Semaphore, watch},
     task::JoinSet,
 };
 
@@ -15,7 +15,8 @@ use crate::{
     admission::{Admissions, Limits, Subuids},
     connection::{self, Conn},
     listen::Socket,
-    work::WorkLimits,
+    methods,
+    work::{Work, WorkLimits},
 };
 
 /// How the daemon was asked to run.
@@ -52,11 +53,6 @@ pub struct Daemon {
     pub max_message: usize,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
-    /// Keeps GC from running while content is being added or used:
-    /// imports, tagging and mounting hold it shared, a collecting Gc
-    /// exclusively. Objects an import has written but not yet referenced
-    /// look unreferenced to GC, so the two must never overlap.
-    pub gc_lock: Arc<RwLock<()>>,
     /// The subordinate uid ranges, whose uids count against their owner.
     pub subuids: Subuids,
     /// The calls each account runs, and their blocking threads.
@@ -64,12 +60,15 @@ pub struct Daemon {
 }
 
 /// Serve `socket` until shutdown, idle exit, or (for a connected socket)
-/// the client hanging up.
+/// the client hanging up. With `refusal` (the repository is another
+/// process's), a connected client's first call gets it and nothing is
+/// served.
 pub async fn run(
     dir: RepositoryDir,
     config: Config,
     socket: Socket,
     signals: Signals,
+    refusal: Option<cfsd_repo::Error>,
 ) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(signals.stop(stop));
@@ -79,7 +78,6 @@ pub async fn run(
         client_timeout: config.client_timeout,
         max_message: config.max_message,
         shutdown,
-        gc_lock: Arc::new(RwLock::new(())),
         subuids: config.subuids.clone(),
         work: WorkLimits::new(config.max_blocking_per_uid),
     });
@@ -87,16 +85,21 @@ pub async fn run(
         Socket::Connected(stream) => {
             stream.set_nonblocking(true)?;
             // The one client that spawned this daemon needs no slot.
+            let Some((conn, peer)) = connection::open(&daemon, UnixStream::from_std(stream)?).await
+            else {
+                return Ok(());
+            };
+            if let Some(refusal) = refusal {
+                let message = refusal.to_string();
+                connection::refuse(conn, methods::repository::wire_error(refusal)).await;
+                anyhow::bail!("{message}");
+            }
             let mut clients = JoinSet::new();
-            if let Some((conn, peer)) =
-                connection::open(&daemon, UnixStream::from_std(stream)?).await
-            {
-                let mut shutdown = daemon.shutdown.clone();
-                clients.spawn(connection::serve(daemon, conn, peer));
-                tokio::select! {
-                    _ = clients.join_next() => {}
-                    _ = shutdown.changed() => {}
-                }
+            let mut shutdown = daemon.shutdown.clone();
+            clients.spawn(connection::serve(daemon, conn, peer));
+            tokio::select! {
+                _ = clients.join_next() => {}
+                _ = shutdown.changed() => {}
             }
             finish(clients, config.shutdown_grace).await;
             Ok(())
@@ -170,7 +173,10 @@ impl Gate {
             Ok(slot) => {
                 let daemon = daemon.clone();
                 self.clients.spawn(async move {
-                    connection::serve(daemon, conn, peer).await;
+                    let work = Work::default();
+                    work.scope(connection::serve(daemon, conn, peer)).await;
+                    // The slot is free only once the work is gone too.
+                    work.stopped().await;
                     drop(slot);
                 });
             }

@@ -19,12 +19,19 @@
 //! blocking thread drops its share only when it has really returned, so
 //! a stuck thread keeps counting after its caller stopped waiting.
 
+//!
+//! A connection's slot, too, is freed only once the blocking work it
+//! started has actually stopped ([`Work`]): a call whose client hangs up
+//! is dropped, but blocking work it started (a CreateDelta encoding on a
+//! thread) runs on until it notices it is cancelled, and until then it
+//! still costs the daemon threads, memory and scratch space.
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedSemaphorePermit, RwLock, Semaphore};
 
 /// The size of the runtime's blocking pool (tokio's default, stated so
 /// that the share below is a share of something known).
@@ -119,6 +126,54 @@ impl Caller {
 /// work outside any call).
 pub fn share() -> Option<Arc<Permit>> {
     CALLER.try_with(|c| c.permit.clone()).ok().flatten()
+}
+
+tokio::task_local! {
+    static CONNECTION: Work;
+}
+
+/// The work of one connection: each piece holds a share until it stops.
+#[derive(Debug, Clone, Default)]
+pub struct Work(Arc<RwLock<()>>);
+
+/// A share of a connection's [`Work`]: move it into the blocking work.
+pub type Share = OwnedRwLockReadGuard<()>;
+
+impl Work {
+    /// Run `serving` as this connection's task, so that [`Work::share`]
+    /// finds it.
+    pub async fn scope<F: Future>(&self, serving: F) -> F::Output {
+        CONNECTION.scope(self.clone(), serving).await
+    }
+
+    /// A share of the current connection's work, if there is one.
+    pub fn share() -> Option<Share> {
+        CONNECTION
+            .try_with(|work| work.0.clone().try_read_owned().ok())
+            .ok()
+            .flatten()
+    }
+
+    /// Wait until every share has been dropped.
+    pub async fn stopped(&self) {
+        drop(self.0.write().await);
+    }
+}
+
+/// What blocking work holds while it runs: its call's permit and its
+/// connection's share, each given back only when the work has returned.
+#[derive(Debug)]
+pub struct Held {
+    _permit: Option<Arc<Permit>>,
+    _share: Option<Share>,
+}
+
+/// The permit and share the current call's blocking work must hold.
+pub fn hold() -> Held {
+    Held {
+        _permit: share(),
+        _share: Work::share(),
+    }
 }
 
 #[cfg(test)]

@@ -222,6 +222,31 @@ pub enum Error {
         /// The refusal, with its causes.
         reason: String,
     },
+    /// Another process serves the repository: only one may, since
+    /// collections in one cannot see the imports of another.
+    #[error(
+        "the repository at {} is in use by process {pid} ({owner})",
+        path.display()
+    )]
+    RepositoryInUse {
+        /// The repository directory.
+        path: PathBuf,
+        /// The process that has it open, 0 when unknown.
+        pid: u32,
+        /// What that process said it is, e.g. the socket it serves.
+        owner: String,
+        /// The socket that process serves, if it said.
+        address: Option<String>,
+    },
+    /// A collection could not start in time: work it must not disturb
+    /// kept going, so it gave up rather than wait without bound.
+    #[error("{operation} gave up waiting for: {}", holders.join("; "))]
+    RepositoryBusy {
+        /// What could not start.
+        operation: String,
+        /// What holds the repository.
+        holders: Vec<String>,
+    },
 }
 
 impl Error {

@@ -8,6 +8,9 @@
 //! same version can read what is written here and the other way round.
 
 mod algorithm;
+#[cfg(test)]
+mod concurrency_tests;
+pub mod coordination;
 mod delta;
 mod error;
 mod fsck;
@@ -16,6 +19,7 @@ pub mod fuzzing;
 mod gc;
 pub mod mounts;
 pub mod oci;
+mod owner;
 mod privacy;
 mod repository;
 #[cfg(test)]
@@ -28,6 +32,7 @@ pub use delta::create::{CreateOptions, DeltaMethod, DeltaReport, LayerDelta};
 pub use error::{DiskFault, Error};
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
+pub use owner::Owner;
 pub use repository::{Repository, RepositoryDir, RepositoryInfo};
 pub use usage::Usage;
 pub use verity::{VerityPolicy, VerityStatus};

@@ -1,8 +1,11 @@
 //! Opening, creating and describing the repository.
 
 use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
 };
 
 use composefs::{
@@ -12,7 +15,10 @@ use composefs::{
 use rustix::fs::{CWD, Mode, OFlags};
 
 use crate::{
-    Error, FsckReport, GcReport, HashAlgorithm, Result, Usage, VerityPolicy, VerityStatus, mounts,
+    Error, FsckReport, HashAlgorithm, Result, Usage, VerityPolicy, VerityStatus,
+    coordination::{Coordinator, Hold, Pulls},
+    mounts,
+    owner::{self, Owner, OwnerLock},
     privacy, usage, verity,
 };
 
@@ -52,22 +58,87 @@ pub struct RepositoryInfo {
 }
 
 /// An open composefs repository.
-#[derive(Debug)]
+///
+/// Its methods may be called from many threads at once: the handle
+/// coordinates garbage collection with the imports, tag changes and
+/// mounts in flight, and lets identical pulls share one import (see
+/// [`crate::coordination`]). Every open of one directory in a process
+/// shares one handle, and only one process may have it open (see
+/// [`crate::owner`]).
+#[derive(Debug, Clone)]
 pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     path: PathBuf,
     algorithm: HashAlgorithm,
     verity: VerityStatus,
     store: AnyStore,
+    coordinator: Arc<Coordinator>,
+    pulls: Pulls,
+    _owner: OwnerLock,
 }
+
+/// The repositories open in this process, by device and inode.
+type OpenRepositories = HashMap<(u64, u64), Weak<Inner>>;
+
+/// Every [`Repository`] open in this process.
+static OPEN: Mutex<Option<OpenRepositories>> = Mutex::new(None);
 
 impl Repository {
     /// Open the repository at `path`, refusing it under
-    /// [`VerityPolicy::Required`] unless fs-verity is enforced.
+    /// [`VerityPolicy::Required`] unless fs-verity is enforced. This
+    /// process is recorded as its owner by its command line.
     pub fn open(path: &Path, policy: VerityPolicy) -> Result<Self> {
+        Self::open_as(path, policy, &Owner::this_process())
+    }
+
+    /// [`Repository::open`], recording `owner` as what holds it, or
+    /// [`Error::RepositoryInUse`] if another process does.
+    pub fn open_as(path: &Path, policy: VerityPolicy, owner: &Owner) -> Result<Self> {
         let algorithm = existing_algorithm(path)?.ok_or_else(|| Error::NotInitialized {
             path: path.to_owned(),
         })?;
         privacy::ensure_private(path)?;
+        let dir = open_dir(path)?;
+        let key = rustix::fs::fstat(&dir)
+            .map(|st| (st.st_dev, st.st_ino))
+            .map_err(|e| {
+                Error::storage("opening the repository directory", std::io::Error::from(e))
+            })?;
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        let open = open.get_or_insert_with(HashMap::new);
+        open.retain(|_, inner| inner.strong_count() > 0);
+        if let Some(inner) = open.get(&key).and_then(Weak::upgrade) {
+            let repo = Repository { inner };
+            repo.check_policy(policy)?;
+            return Ok(repo);
+        }
+        let lock = owner::take(&dir, path, owner)?;
+        let repo = Self::open_store(path, algorithm, lock)?;
+        repo.check_policy(policy)?;
+        open.insert(key, Arc::downgrade(&repo.inner));
+        repo.finish_interrupted_gc()?;
+        Ok(repo)
+    }
+
+    /// Refuse an insecure repository under [`VerityPolicy::Required`].
+    fn check_policy(&self, policy: VerityPolicy) -> Result<()> {
+        if let (VerityPolicy::Required, VerityStatus::Insecure(reason)) =
+            (policy, &self.inner.verity)
+        {
+            return Err(Error::VerityRequired {
+                path: self.inner.path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Open composefs's store at `path`, this process owning it by `lock`.
+    fn open_store(path: &Path, algorithm: HashAlgorithm, lock: OwnerLock) -> Result<Self> {
         let unreadable = |e: RepositoryOpenError| match e {
             RepositoryOpenError::MetadataMissing => Error::NotInitialized {
                 path: path.to_owned(),
@@ -90,20 +161,17 @@ impl Repository {
         } else {
             VerityStatus::Enforced
         };
-        if let (VerityPolicy::Required, VerityStatus::Insecure(reason)) = (policy, &verity) {
-            return Err(Error::VerityRequired {
+        Ok(Repository {
+            inner: Arc::new(Inner {
                 path: path.to_owned(),
-                reason: reason.clone(),
-            });
-        }
-        let repo = Repository {
-            path: path.to_owned(),
-            algorithm,
-            verity,
-            store,
-        };
-        repo.finish_interrupted_gc()?;
-        Ok(repo)
+                algorithm,
+                verity,
+                store,
+                coordinator: Arc::default(),
+                pulls: Pulls::default(),
+                _owner: lock,
+            }),
+        })
     }
 
     /// Create a repository at `path` with `algorithm`, or open the one
@@ -116,6 +184,16 @@ impl Repository {
         algorithm: HashAlgorithm,
         policy: VerityPolicy,
     ) -> Result<(Self, bool)> {
+        Self::init_as(path, algorithm, policy, &Owner::this_process())
+    }
+
+    /// [`Repository::init`], recording `owner` as what holds it.
+    pub fn init_as(
+        path: &Path,
+        algorithm: HashAlgorithm,
+        policy: VerityPolicy,
+        owner: &Owner,
+    ) -> Result<(Self, bool)> {
         privacy::create_root(path)?;
         if let Some(existing) = existing_algorithm(path)? {
             if existing != algorithm {
@@ -125,7 +203,7 @@ impl Repository {
                     requested: algorithm.to_string(),
                 });
             }
-            return Ok((Self::open(path, policy)?, false));
+            return Ok((Self::open_as(path, policy, owner)?, false));
         }
         let mut config = RepositoryConfig::new(algorithm.0);
         if let Err(reason) = verity::probe(path) {
@@ -150,34 +228,58 @@ impl Repository {
             }
         }
         .map_err(|e| Error::storage("initialising the repository", e))?;
-        Ok((Self::open(path, policy)?, created))
+        Ok((Self::open_as(path, policy, owner)?, created))
     }
 
     /// The repository directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// The typed composefs store.
     pub(crate) fn store(&self) -> &AnyStore {
-        &self.store
+        &self.inner.store
     }
 
     /// Whether fs-verity protects the repository.
     pub fn verity(&self) -> &VerityStatus {
-        &self.verity
+        &self.inner.verity
+    }
+
+    /// Set how long a collection waits for imports, tag changes and
+    /// mounts in flight before it fails with [`Error::RepositoryBusy`];
+    /// [`crate::coordination::DEFAULT_GC_WAIT`] unless set.
+    pub fn set_gc_wait(&self, wait: Duration) {
+        self.inner.coordinator.set_gc_wait(wait);
+    }
+
+    /// Keep collections off while the work `what` runs; see
+    /// [`crate::coordination`].
+    pub(crate) fn hold(&self, what: impl Into<String>) -> Hold {
+        self.inner.coordinator.hold(what)
+    }
+
+    /// [`Repository::hold`] from async code.
+    pub(crate) async fn hold_async(&self, what: String) -> Result<Hold> {
+        self.inner.coordinator.hold_async(what).await
+    }
+
+    /// The pulls in flight, so that identical ones share an import.
+    pub(crate) fn pulls(&self) -> &Pulls {
+        &self.inner.pulls
     }
 
     /// Describe the repository and count what it holds.
     pub fn info(&self) -> Result<RepositoryInfo> {
         let count = |e| Error::storage("counting the repository's contents", e);
+        let path = &self.inner.path;
         Ok(RepositoryInfo {
-            path: self.path.clone(),
-            algorithm: self.algorithm,
-            verity: self.verity.clone(),
-            objects: usage::objects(&self.path).map_err(count)?,
-            streams: usage::entries(&self.path.join("streams")).map_err(count)?,
-            images: usage::entries(&self.path.join("images")).map_err(count)?,
+            path: path.clone(),
+            algorithm: self.inner.algorithm,
+            verity: self.inner.verity.clone(),
+            objects: usage::objects(path).map_err(count)?,
+            streams: usage::entries(&path.join("streams")).map_err(count)?,
+            images: usage::entries(&path.join("images")).map_err(count)?,
         })
     }
 
@@ -187,7 +289,7 @@ impl Repository {
     /// Must run inside a tokio runtime: composefs spreads the object
     /// checks over blocking threads.
     pub async fn fsck(&self, metadata_only: bool) -> Result<FsckReport> {
-        let result = with_store!(&self.store, s => if metadata_only {
+        let result = with_store!(self.store(), s => if metadata_only {
             s.fsck_metadata_only().await
         } else {
             s.fsck().await
@@ -196,38 +298,15 @@ impl Repository {
         Ok(FsckReport::from(&result))
     }
 
-    /// Remove the objects and dangling references that no image or stream
-    /// needs; with `dry_run`, only report them. Blocks on disk work.
-    ///
-    /// Every image that is still mounted is a root, wherever and by
-    /// whichever process it was mounted: see [`crate::mounts`].
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        let mounted = self.mounted_images()?;
-        let roots: Vec<&str> = mounted.iter().map(String::as_str).collect();
-        if dry_run {
-            let result = with_store!(&self.store, s => s.gc_dry_run(&roots))
-                .map_err(|e| Error::storage("collecting garbage", e))?;
-            return Ok(GcReport::new(true, &result));
-        }
-        // composefs removes unreferenced objects before the stream and
-        // image names that point at them; a crash in between leaves names
-        // whose objects are gone, which a later pull would trust. The
-        // marker makes the next open finish the collection first.
-        let marker = self.path.join(GC_MARKER);
-        durable_create(&marker).map_err(|e| Error::storage("marking a collection", e))?;
-        let result = with_store!(&self.store, s => s.gc(&roots))
-            .map_err(|e| Error::storage("collecting garbage", e))?;
-        // The marker may go only once every removal is on disk.
-        with_store!(&self.store, s => s.sync())
-            .map_err(|e| Error::storage("syncing the repository", e))?;
-        std::fs::remove_file(&marker).map_err(|e| Error::storage("ending a collection", e))?;
-        Ok(GcReport::new(false, &result))
+    /// How long a collection waits for holders.
+    pub(crate) fn inner_gc_wait(&self) -> Duration {
+        self.inner.coordinator.gc_wait()
     }
 
     /// Refuse a change to a repository on a read-only filesystem with the
     /// kind of failure it is: composefs says so only in words.
     pub(crate) fn ensure_writable(&self, operation: &'static str) -> Result<()> {
-        let st = rustix::fs::statvfs(&self.path)
+        let st = rustix::fs::statvfs(self.path())
             .map_err(|e| Error::storage(operation, std::io::Error::from(e)))?;
         if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
             return Err(Error::storage(
@@ -238,39 +317,67 @@ impl Repository {
         Ok(())
     }
 
-    /// The ids of this repository's images that are mounted now.
-    fn mounted_images(&self) -> Result<std::collections::BTreeSet<String>> {
-        let mounted = mounts::mounted_images(&self.path.join("objects"))
-            .map_err(|e| Error::storage("finding the mounted images", e))?;
-        if !mounted.is_empty() {
-            tracing::info!(?mounted, "keeping the images that are mounted");
-        }
-        Ok(mounted)
+    /// Run `collect` once no holder runs; see [`crate::coordination`].
+    pub(crate) fn coordinate_collection<T>(
+        &self,
+        collect: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.inner
+            .coordinator
+            .collect("collecting garbage", collect)
     }
 
-    /// Finish a collection that a crash interrupted, if one did.
-    fn finish_interrupted_gc(&self) -> Result<()> {
-        if !self.path.join(GC_MARKER).exists() {
-            return Ok(());
+    /// Keep `hold` until the detached `mount` appears in a mount table,
+    /// where GC finds it, or [`ATTACH_WAIT`] has passed: a client that
+    /// never attaches its mount delays GC by at most that long.
+    pub(crate) fn hold_until_attached(&self, mount: &OwnedFd, hold: Hold) {
+        let id = match mounts::mount_id(mount) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!("no mount id for a new mount, GC is not held off: {e}");
+                return;
+            }
+        };
+        let watch = move || {
+            let deadline = std::time::Instant::now() + ATTACH_WAIT;
+            while std::time::Instant::now() < deadline {
+                match mounts::is_attached(id) {
+                    Ok(true) => break,
+                    Ok(false) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        tracing::warn!("cannot tell whether mount {id} is attached: {e}");
+                        break;
+                    }
+                }
+            }
+            drop(hold);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("cfsd-mount-watch".into())
+            .spawn(watch)
+        {
+            tracing::warn!("cannot watch a new mount, GC is not held off: {e}");
         }
-        tracing::warn!(
-            "a garbage collection of {} was interrupted; finishing it",
-            self.path.display()
-        );
-        self.gc(false).map(|_| ())
+    }
+
+    /// How many pulls of `manifest` wait for another's import of it.
+    #[cfg(test)]
+    pub(crate) fn pulls_waiting(&self, manifest: &str) -> usize {
+        self.inner.pulls.waiting(manifest)
     }
 }
 
-/// Present while a collection runs; see [`Repository::gc`].
-const GC_MARKER: &str = ".cfsd-gc-running";
+/// How long GC waits for a client to attach a mount it was handed.
+pub const ATTACH_WAIT: Duration = Duration::from_secs(10);
 
-/// Create `path` and make it and its name durable.
-fn durable_create(path: &Path) -> std::io::Result<()> {
-    std::fs::File::create(path)?.sync_all()?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+/// The repository directory at `path`, open for reading (and locking).
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::storage("opening the repository directory", std::io::Error::from(e)))
 }
 
 /// The algorithm recorded in the repository at `path`, or `None` when
@@ -314,6 +421,7 @@ fn insecure_reason(path: &Path) -> String {
 pub struct RepositoryDir {
     path: PathBuf,
     policy: VerityPolicy,
+    owner: Owner,
     open: Mutex<Option<Arc<Repository>>>,
 }
 
@@ -323,15 +431,23 @@ impl RepositoryDir {
         RepositoryDir {
             path,
             policy,
+            owner: Owner::this_process(),
             open: Mutex::new(None),
         }
+    }
+
+    /// Record `owner` as what holds the repository once it is opened.
+    pub fn owned_by(mut self, owner: Owner) -> Self {
+        self.owner = owner;
+        self
     }
 
     /// The directory of `repo`, already open, served under `policy`.
     pub fn from_open(repo: Repository, policy: VerityPolicy) -> Self {
         RepositoryDir {
-            path: repo.path.clone(),
+            path: repo.path().to_owned(),
             policy,
+            owner: Owner::this_process(),
             open: Mutex::new(Some(Arc::new(repo))),
         }
     }
@@ -347,7 +463,7 @@ impl RepositoryDir {
         if let Some(repo) = &*open {
             return Ok(repo.clone());
         }
-        let repo = Arc::new(Repository::open(&self.path, self.policy)?);
+        let repo = Arc::new(Repository::open_as(&self.path, self.policy, &self.owner)?);
         *open = Some(repo.clone());
         Ok(repo)
     }
@@ -356,7 +472,7 @@ impl RepositoryDir {
     /// Returns whether it was created.
     pub fn init(&self, algorithm: HashAlgorithm) -> Result<(Arc<Repository>, bool)> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (repo, created) = Repository::init(&self.path, algorithm, self.policy)?;
+        let (repo, created) = Repository::init_as(&self.path, algorithm, self.policy, &self.owner)?;
         let repo = Arc::new(repo);
         *open = Some(repo.clone());
         Ok((repo, created))

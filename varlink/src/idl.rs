@@ -124,6 +124,16 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            RepositoryError::RepositoryInUse {
+                path: s(),
+                pid: 1,
+                owner: s(),
+                address: Some(s()),
+            },
+            RepositoryError::RepositoryBusy {
+                operation: s(),
+                holders: vec![s()],
+            },
             RepositoryError::NoSpace {
                 operation: s(),
                 reason: s(),
@@ -148,6 +158,8 @@ mod tests {
                 | RepositoryError::MessageTooLarge { .. }
                 | RepositoryError::TooManyConnections { .. }
                 | RepositoryError::StorageFailed { .. }
+                | RepositoryError::RepositoryInUse { .. }
+                | RepositoryError::RepositoryBusy { .. }
                 | RepositoryError::NoSpace { .. }
                 | RepositoryError::ReadOnlyFilesystem { .. }
                 | RepositoryError::IoError { .. } => {}

@@ -227,6 +227,29 @@ pub enum RepositoryError {
         /// Why it failed.
         reason: String,
     },
+    /// Another process serves the repository; any call may get this.
+    #[serde(rename = "io.cfsd.Repository.RepositoryInUse")]
+    #[error("the repository at {path} is in use by process {pid} ({owner})")]
+    RepositoryInUse {
+        /// The repository directory.
+        path: String,
+        /// The process that has it, 0 when unknown.
+        pid: u32,
+        /// What that process says it is.
+        owner: String,
+        /// The socket it serves, if it said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// A collection could not start in time, because of the work listed.
+    #[serde(rename = "io.cfsd.Repository.RepositoryBusy")]
+    #[error("{operation} gave up waiting for: {}", holders.join("; "))]
+    RepositoryBusy {
+        /// What could not start.
+        operation: String,
+        /// What holds the repository.
+        holders: Vec<String>,
+    },
     /// The repository's filesystem is full, or its quota used up.
     #[serde(rename = "io.cfsd.Repository.NoSpace")]
     #[error("{operation} failed: no space left in the repository's filesystem: {reason}")]

@@ -7,15 +7,15 @@ pub mod service;
 /// Run disk work on a blocking thread, so that other clients' calls are
 /// answered meanwhile. A task that panicked is a storage failure.
 ///
-/// The thread holds a share of the call's permit ([`crate::work`])
-/// until the work has returned, even when the caller stops waiting for
-/// it before then.
+/// The thread holds its call's permit and its connection's share
+/// ([`crate::work::hold`]) until the work has returned, even when the
+/// caller stops waiting for it before then.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> cfsd_repo::Result<T> + Send + 'static,
 ) -> cfsd_repo::Result<T> {
-    let permit = crate::work::share();
+    let held = crate::work::hold();
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _held = held;
         work()
     })
     .await

@@ -1,17 +1,15 @@
 //! `io.cfsd.Oci`: pull, list, describe, name, remove and mount images.
 
 use std::{
-    collections::HashMap,
     fs::File,
     os::fd::{AsFd, OwnedFd},
-    sync::{Arc, LazyLock, Mutex, Weak},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
 };
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cfsd_repo::{
-    self as repo, CreateOptions, DeltaReport, DiskFault, Repository, mounts,
+    self as repo, CreateOptions, DeltaReport, DiskFault, Repository,
     oci::{ImageDetails, ImageSummary, Platform, PullOptions, PullReport, Source},
 };
 use cfsd_varlink::{
@@ -27,7 +25,7 @@ use rustix::fs::{AtFlags, FileType, OFlags, StatxFlags};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::{
-    sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard, OwnedRwLockReadGuard, mpsc},
+    sync::{Notify, mpsc},
     task::JoinHandle,
 };
 
@@ -61,7 +59,7 @@ pub async fn handle(
         "ComputeId" => run(params, |p| compute_id(daemon, p)).await,
         "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
         // Read-only: it writes only to the file the caller handed over.
-        "CreateDelta" => run(params, |p| create_delta(daemon, p, fds)).await,
+        "CreateDelta" => run(params, |p| create_delta(daemon, peer, p, fds)).await,
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -118,25 +116,17 @@ async fn pull(
         repo::Repository::prepare_pull(source, &options)
     })
     .await?;
-    // The import's threads count as this call's; the permit goes with
-    // the task, which may outlive the call.
-    let permit = crate::work::share();
-    let key = prepared.manifest_digest();
-    let gc_lock = daemon.gc_lock.clone();
+    // The import's threads count as this call's and this connection's;
+    // they go with the task, which may outlive the call.
+    let held = crate::work::hold();
     let pending = Arc::new(Pending::default());
     let progress = {
         let pending = pending.clone();
         move |p: repo::oci::LayerProgress| pending.push(p)
     };
-    // Both guards are held until the import has finished or been
-    // cancelled, inside the task that does it. A pull of an image another
-    // pull is importing waits for it, then finds the image present and
-    // only tags it; its turn comes before the GC lock, so that waiting
-    // does not hold off GC.
+    // The repository coordinates this pull with GC and identical pulls.
     let work = tokio::spawn(async move {
-        let _permit = permit;
-        let _turn = PULLS.turn(key).await;
-        let _shared = gc_lock.read_owned().await;
+        let _held = held;
         repo.pull_prepared(prepared, progress).await
     });
     let (replies, receiver) = mpsc::channel(STREAM_QUEUE);
@@ -176,33 +166,6 @@ fn source(transport: &str, fds: Vec<OwnedFd>) -> Result<Source, OciError> {
     })
 }
 
-/// The pulls in this daemon, by the manifest digest each imports.
-static PULLS: LazyLock<InFlight> = LazyLock::new(InFlight::default);
-
-/// One turn per image: identical pulls run one after the other, so the
-/// later ones find the image complete and do no work.
-#[derive(Debug, Default)]
-struct InFlight(Mutex<HashMap<String, Weak<AsyncMutex<()>>>>);
-
-impl InFlight {
-    /// Wait for the pulls of `key` before this one to end.
-    async fn turn(&self, key: String) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut keys = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            keys.retain(|_, turn| turn.strong_count() > 0);
-            match keys.get(&key).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    let lock = Arc::new(AsyncMutex::new(()));
-                    keys.insert(key, Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
-    }
-}
-
 /// Whether `fd` is of `kind` and open for reading. An `O_PATH` fd is
 /// refused: it would let the daemon read what the client could not. The
 /// type comes from the kernel's cache (`AT_STATX_DONT_SYNC`): this runs
@@ -225,18 +188,30 @@ fn is_readable(fd: &OwnedFd, kind: FileType) -> bool {
 
 /// `CreateDelta`: the output is the call's first fd, which must be a
 /// regular file open for writing; the daemon opens nothing itself.
+///
+/// The daemon writes as root, past the peer's quota and the blocks kept
+/// for root, so an unprivileged peer's output must be a file it owns:
+/// writing to any other file it may open would spend someone else's
+/// space. Checking the owner is simpler than writing with the peer's
+/// credentials, which would need a thread of the peer's uid per call.
 async fn create_delta(
     daemon: &Daemon,
+    peer: &Peer,
     params: CreateDeltaParams,
     fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
+    let owned =
+        |fd: &OwnedFd| peer.uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == peer.uid);
     let out = fds
         .into_iter()
         .next()
-        .filter(is_writable_file)
+        .filter(|fd| is_writable_file(fd) && owned(fd))
         .ok_or_else(|| OciError::MissingFd {
             method: format!("{OCI_INTERFACE}.CreateDelta"),
-            expected: "the output as a regular file opened for writing".to_owned(),
+            expected: format!(
+                "the output as a regular file that uid {} owns, opened for writing",
+                peer.uid
+            ),
         })?;
     let repo = open(daemon)?;
     let options = CreateOptions {
@@ -247,14 +222,12 @@ async fn create_delta(
         },
         reference: params.reference,
     };
-    // GC must not remove the images' content while it is read. The lock
-    // goes with the work, which runs on after this future is dropped (the
-    // client hung up) until it notices it is cancelled.
-    let shared = daemon.gc_lock.clone().read_owned().await;
+    // Reading holds off no GC (see cfsd_repo::coordination).
     let cancel = CancelOnDrop::default();
     let cancelled = cancel.0.clone();
+    // blocking() keeps this connection's slot taken until the encoder
+    // has stopped.
     let report = blocking(move || {
-        let _shared = shared;
         let (source, target, out) = (&params.source, &params.target, File::from(out));
         repo.create_delta_cancellable(source, target, out, options, &cancelled)
     })
@@ -448,21 +421,18 @@ async fn inspect(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciErr
 
 async fn tag(daemon: &Daemon, params: TagParams) -> Result<Outcome, OciError> {
     let repo = open(daemon)?;
-    let _shared = daemon.gc_lock.read().await;
     blocking(move || repo.tag(&params.image, &params.tag)).await?;
     Ok(Outcome::reply(&EmptyReply {}))
 }
 
 async fn untag(daemon: &Daemon, params: UntagParams) -> Result<Outcome, OciError> {
     let repo = open(daemon)?;
-    let _shared = daemon.gc_lock.read().await;
     blocking(move || repo.untag(&params.tag)).await?;
     Ok(Outcome::reply(&EmptyReply {}))
 }
 
 async fn remove(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
     let repo = open(daemon)?;
-    let _shared = daemon.gc_lock.read().await;
     let untagged = blocking(move || repo.remove(&params.image)).await?;
     Ok(Outcome::reply(&RemoveReply { untagged }))
 }
@@ -477,49 +447,17 @@ async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, Oci
 /// the access table before the call got here.
 async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError> {
     let repo = open(daemon)?;
-    let shared = daemon.gc_lock.clone().read_owned().await;
     let options = repo::oci::MountOptions {
         allow_setuid: params.allow_setuid.unwrap_or(false),
         allow_devices: params.allow_devices.unwrap_or(false),
     };
+    // The repository keeps GC off until the client has attached it.
     let mount = blocking(move || repo.mount(&params.image, options)).await?;
-    // GC finds mounted images in the kernel's mount tables, but the client
-    // has yet to attach this one: until it does, it is in none of them.
-    match mounts::mount_id(&mount) {
-        Ok(id) => {
-            tokio::spawn(hold_until_attached(id, shared));
-        }
-        Err(e) => tracing::warn!("no mount id for a new mount, GC is not held off: {e}"),
-    }
     // The reply is empty; the mount travels beside it.
     Ok(Outcome::Reply(
         Value::Object(Default::default()),
         vec![mount],
     ))
-}
-
-/// How long GC waits for a client to attach a mount it was handed. A
-/// client that never attaches it only delays GC by this much.
-const ATTACH_WAIT: Duration = Duration::from_secs(10);
-
-/// Keep GC off (by holding `shared`) until the mount `id` appears in a
-/// mount table, or [`ATTACH_WAIT`] has passed.
-async fn hold_until_attached(id: u64, shared: OwnedRwLockReadGuard<()>) {
-    let deadline = Instant::now() + ATTACH_WAIT;
-    while Instant::now() < deadline {
-        let attached = tokio::task::spawn_blocking(move || mounts::is_attached(id))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        match attached {
-            Ok(true) => break,
-            Ok(false) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(e) => {
-                tracing::warn!("cannot tell whether mount {id} is attached: {e}");
-                break;
-            }
-        }
-    }
-    drop(shared);
 }
 
 fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
@@ -653,6 +591,12 @@ fn wire_error(e: repo::Error) -> OciError {
         E::LayerTooLarge { layer, what, limit } => OciError::LayerTooLarge { layer, what, limit },
         E::AmbiguousImage { image, matches } => OciError::AmbiguousImage { image, matches },
         E::TagNotFound { tag } => OciError::TagNotFound { tag },
+        // Only a lazy open (the repository was created after the daemon
+        // started) or a GC meets these; io.cfsd.Repository has them typed.
+        e @ (E::RepositoryInUse { .. } | E::RepositoryBusy { .. }) => OciError::StorageFailed {
+            operation: "opening the repository".to_owned(),
+            reason: e.to_string(),
+        },
     }
 }
 

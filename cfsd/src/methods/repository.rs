@@ -139,14 +139,11 @@ async fn fsck(daemon: &Daemon, params: FsckParams) -> Result<FsckReply, Reposito
 }
 
 async fn gc(daemon: &Daemon, peer: &Peer, dry_run: bool) -> Result<GcReply, RepositoryError> {
-    // Collecting waits for imports, tags and mounts in flight (and keeps
-    // new ones waiting) so that it never removes what they are adding.
-    let _exclusive = if dry_run {
-        None
-    } else {
-        Some(daemon.gc_lock.write().await)
-    };
-    let repo = open(daemon)?;
+    // The repository keeps collections clear of work in flight. A daemon
+    // that may not even open the repository (a private cfsd of a user who
+    // does not own it) refuses as it would refuse the call.
+    let repo = tokio::task::block_in_place(|| daemon.dir.repository())
+        .map_err(|e| denied(e, peer, "Gc"))?;
     let report = super::blocking(move || repo.gc(dry_run))
         .await
         .map_err(|e| denied(e, peer, "Gc"))?;
@@ -194,7 +191,8 @@ fn wire_info(info: repo::RepositoryInfo) -> RepositoryInfo {
     }
 }
 
-fn wire_error(e: repo::Error) -> RepositoryError {
+/// Every repository error as the interface's typed error.
+pub fn wire_error(e: repo::Error) -> RepositoryError {
     let path = |p: std::path::PathBuf| p.display().to_string();
     match e {
         repo::Error::NotInitialized { path: p } => {
@@ -239,6 +237,20 @@ fn wire_error(e: repo::Error) -> RepositoryError {
             operation: operation.to_owned(),
             reason,
         },
+        repo::Error::RepositoryInUse {
+            path: p,
+            pid,
+            owner,
+            address,
+        } => RepositoryError::RepositoryInUse {
+            path: path(p),
+            pid,
+            owner,
+            address,
+        },
+        repo::Error::RepositoryBusy { operation, holders } => {
+            RepositoryError::RepositoryBusy { operation, holders }
+        }
         // Only OCI operations fail in other ways, and io.cfsd.Oci has
         // their typed errors; should one reach here, its message is kept.
         other => RepositoryError::StorageFailed {

@@ -71,6 +71,7 @@ impl Repository {
     pub fn tag(&self, image: &str, tag: &str) -> Result<(), Error> {
         check_tag(tag)?;
         self.ensure_writable("tagging")?;
+        let _hold = self.hold(format!("tagging {image} as {tag}"));
         with_store!(self.store(), s => {
             let found = open(s, image)?;
             check_tag_names(tag, found.manifest_digest().as_ref())?;
@@ -82,6 +83,7 @@ impl Repository {
 
     /// Remove the tag `tag`. The content stays until garbage collection.
     pub fn untag(&self, tag: &str) -> Result<(), Error> {
+        let _hold = self.hold(format!("untagging {tag}"));
         with_store!(self.store(), s => {
             if !tags(s)?.iter().any(|(name, _)| name == tag) {
                 return Err(Error::TagNotFound { tag: tag.to_owned() });
@@ -95,6 +97,7 @@ impl Repository {
     /// Remove every tag of `image`; return them. The content stays until
     /// garbage collection.
     pub fn remove(&self, image: &str) -> Result<Vec<String>, Error> {
+        let _hold = self.hold(format!("removing {image}"));
         with_store!(self.store(), s => {
             let digest = open(s, image)?.manifest_digest().to_string();
             let removed: Vec<String> = tags(s)?
@@ -128,9 +131,12 @@ impl Repository {
     }
 
     /// A detached, read-only mount of `image`, to be attached by whoever
-    /// receives it; `nosuid` and `nodev` unless `options` allow them.
+    /// receives it; `nosuid` and `nodev` unless `options` allow them. GC
+    /// keeps the image until it is attached (see
+    /// [`Repository::hold_until_attached`]), then while it is mounted.
     pub fn mount(&self, image: &str, options: MountOptions) -> Result<OwnedFd, Error> {
-        with_store!(self.store(), s => {
+        let hold = self.hold(format!("a mount of {image} not yet attached"));
+        let mount = with_store!(self.store(), s => {
             let found = open(s, image)?;
             found
                 .erofs_image_ref(s, false)
@@ -139,7 +145,9 @@ impl Repository {
                     image: image.to_owned(),
                     reason: format!("{e:#}"),
                 })
-        })
+        })?;
+        self.hold_until_attached(&mount, hold);
+        Ok(mount)
     }
 }
 

@@ -23,7 +23,7 @@ use super::{
     source::{Layout, Source},
     split::Tally,
 };
-use crate::{Error, Repository, repository::with_store};
+use crate::{Error, Repository, coordination::Hold, repository::with_store};
 
 /// How to pull.
 #[derive(Debug, Clone, Default)]
@@ -186,12 +186,19 @@ impl Repository {
         prepared: PreparedPull,
         progress: impl Fn(LayerProgress) + Send + Sync + 'static,
     ) -> Result<PullReport, Error> {
+        // A pull of an image another pull is importing waits for it, then
+        // finds the image present and only tags it. Its turn comes before
+        // its hold, so that waiting does not hold off GC.
+        let manifest = prepared.manifest_digest();
+        let _turn = self.pulls().turn(&manifest).await;
+        let hold = Arc::new(self.hold_async(format!("a pull of {manifest}")).await?);
         let job = Pull {
             layout: prepared.layout,
             resolved: prepared.resolved,
             tag: prepared.tag,
             jobs: prepared.jobs,
             progress: Arc::new(progress),
+            hold,
         };
         with_store!(self.store(), store => job.run(store.clone()).await)
     }
@@ -204,6 +211,9 @@ struct Pull {
     tag: String,
     jobs: usize,
     progress: Progress,
+    /// Keeps GC off; the blocking work that names the image keeps a
+    /// share, since it runs on if this pull is dropped.
+    hold: Arc<Hold>,
 }
 
 impl Pull {
@@ -234,7 +244,9 @@ impl Pull {
         let resolved = self.resolved.clone();
         let tag = self.tag.clone();
         let finalising = repo.clone();
+        let hold = self.hold.clone();
         blocking(move || {
+            let _hold = hold;
             composefs_oci::layer_sync::finalize_oci_image(
                 &finalising,
                 &resolved.manifest,

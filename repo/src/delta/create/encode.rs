@@ -11,6 +11,7 @@ use std::{
     fs::File,
     io::{self, Seek, Write},
     os::unix::fs::FileExt,
+    sync::atomic::AtomicBool,
 };
 
 use composefs::{
@@ -123,6 +124,7 @@ pub(crate) fn encode<H: FsVerityHashValue>(
     index: &SourceIndex<H>,
     method: DeltaMethod,
     out: impl Write,
+    cancelled: &AtomicBool,
 ) -> io::Result<Encoded> {
     let header = match method {
         DeltaMethod::Zstd => HEADER_V2,
@@ -143,6 +145,7 @@ pub(crate) fn encode<H: FsVerityHashValue>(
         ops: Ops(&mut ops),
         done: 0,
         encoded: Encoded::default(),
+        cancelled,
     };
     encoder.files()?;
     let end = tar.metadata()?.len();
@@ -184,6 +187,8 @@ struct Encoder<'a, H: FsVerityHashValue, W: Write> {
     /// How far into the tar the ops reach.
     done: u64,
     encoded: Encoded,
+    /// Set once the delta is no longer wanted; checked before each file.
+    cancelled: &'a AtomicBool,
 }
 
 impl<'a, H: FsVerityHashValue, W: Write> Encoder<'a, H, W> {
@@ -192,6 +197,7 @@ impl<'a, H: FsVerityHashValue, W: Write> Encoder<'a, H, W> {
     fn files(&mut self) -> io::Result<()> {
         let mut archive = tar::Archive::new(self.tar);
         for entry in archive.entries_with_seek()? {
+            super::layers::cancelled(self.cancelled)?;
             let entry = entry?;
             let kind = entry.header().entry_type();
             let size = entry.size();

@@ -5,6 +5,7 @@
 use std::{
     fs::File,
     io::{self, BufWriter, Seek, Write},
+    path::Path,
     sync::{
         Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -55,6 +56,13 @@ pub(super) struct Shared<'a, H: FsVerityHashValue> {
     pub index: &'a SourceIndex<H>,
     /// How changed files are encoded.
     pub method: DeltaMethod,
+    /// Set once the delta is no longer wanted: every loop and every
+    /// write checks it, so the work stops within one buffer's worth.
+    pub cancelled: &'a AtomicBool,
+    /// Where scratch files go: the repository's own directory, so that
+    /// they use its filesystem (not a tmpfs, which is RAM), as unnamed
+    /// `O_TMPFILE`s that vanish the moment the work stops.
+    pub scratch: &'a Path,
 }
 
 impl<H: FsVerityHashValue> Shared<'_, H> {
@@ -70,7 +78,10 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
                 scope.spawn(|| {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= work.len() || failed.load(Ordering::Relaxed) {
+                        if i >= work.len()
+                            || failed.load(Ordering::Relaxed)
+                            || self.cancelled.load(Ordering::Relaxed)
+                        {
                             return;
                         }
                         let result = self.encode_one(&work[i]);
@@ -106,13 +117,14 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
         let storage = |e: io::Error| Error::storage("encoding a layer", e);
         let tar = self.layer_tar(work)?;
         let tar_size = tar.metadata().map_err(storage)?.len();
-        let mut diff = tempfile::tempfile().map_err(storage)?;
+        let mut diff = self.scratch_file().map_err(storage)?;
         let encoded = encode::encode(
             &tar,
             self.image,
             self.index,
             self.method,
-            BufWriter::new(&mut diff),
+            BufWriter::new(Cancellable(&mut diff, self.cancelled)),
+            self.cancelled,
         )
         .map_err(storage)?;
         let diff_size = diff.metadata().map_err(storage)?.len();
@@ -130,7 +142,7 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
         // Only when the diff is no smaller than the original blob can the
         // whole layer win; recompressing costs a pass over the tar.
         if diff_size >= work.blob_size.min(tar_size)
-            && let Some(whole) = recompress(&tar, diff_size).map_err(storage)?
+            && let Some(whole) = self.recompress(&tar, diff_size).map_err(storage)?
         {
             report = LayerDelta {
                 method: "zstd".to_owned(),
@@ -156,9 +168,10 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
     /// file, with its diff_id checked.
     fn layer_tar(&self, work: &Work) -> Result<File, Error> {
         let storage = |e: io::Error| Error::storage("rebuilding a layer tar", e);
-        let mut file = tempfile::tempfile().map_err(storage)?;
+        let mut file = self.scratch_file().map_err(storage)?;
         {
-            let mut out = HashingWriter::new(BufWriter::new(&mut file));
+            let cancellable = Cancellable(&mut file, self.cancelled);
+            let mut out = HashingWriter::new(BufWriter::new(cancellable));
             composefs_oci::oci_image::layer_tar(self.repo, &work.diff_id.to_oci(), &mut out)
                 .map_err(|e| Error::storage("rebuilding a layer tar", e))?;
             let (digest, inner) = out.into_parts();
@@ -172,17 +185,57 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
     }
 }
 
-/// The tar compressed with zstd, if that is smaller than `limit` bytes.
-pub(super) fn recompress(tar: &File, limit: u64) -> io::Result<Option<File>> {
-    let mut whole = tempfile::tempfile()?;
+impl<H: FsVerityHashValue> Shared<'_, H> {
+    /// An unnamed scratch file on the repository's filesystem.
+    fn scratch_file(&self) -> io::Result<File> {
+        tempfile::tempfile_in(self.scratch)
+    }
+
+    /// [`recompress`] into a scratch file.
+    fn recompress(&self, tar: &File, limit: u64) -> io::Result<Option<File>> {
+        recompress(tar, limit, self.scratch_file()?, self.cancelled)
+    }
+}
+
+/// The tar compressed with zstd into `whole`, if that is smaller than
+/// `limit` bytes.
+pub(super) fn recompress(
+    tar: &File,
+    limit: u64,
+    mut whole: File,
+    cancelled: &AtomicBool,
+) -> io::Result<Option<File>> {
     let mut reader = io::BufReader::new(tar);
     io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
-    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(&mut whole), encode::LEVEL)?;
+    let out = BufWriter::new(Cancellable(&mut whole, cancelled));
+    let mut encoder = zstd::stream::write::Encoder::new(out, encode::LEVEL)?;
     encoder.include_checksum(true)?;
     io::copy(&mut reader, &mut encoder)?;
     encoder.finish()?.flush()?;
     let size = whole.metadata()?.len();
     Ok((size < limit).then_some(whole))
+}
+
+/// A writer that fails once `.1` is set: the delta is no longer wanted.
+struct Cancellable<'a, W>(W, &'a AtomicBool);
+
+impl<W: Write> Write for Cancellable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        cancelled(self.1)?;
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// An error once `flag` is set.
+pub(super) fn cancelled(flag: &AtomicBool) -> io::Result<()> {
+    if flag.load(Ordering::Relaxed) {
+        return Err(io::Error::other("cancelled: the caller went away"));
+    }
+    Ok(())
 }
 
 /// The sha256 of a whole file.

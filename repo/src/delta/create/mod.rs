@@ -142,8 +142,10 @@ impl Repository {
     }
 
     /// [`Repository::create_delta`] that gives up once `cancelled` is
-    /// set: it checks before each round of `jobs` layers and before
-    /// writing anything to `out`, which stays untouched when it gives up.
+    /// set: every encoding loop and every write to a scratch file checks
+    /// it, so the work stops within one buffer's worth, and `out` stays
+    /// untouched when it gives up. Scratch files are unnamed files in the
+    /// repository's directory, gone when the work ends.
     pub fn create_delta_cancellable(
         &self,
         source: &str,
@@ -161,7 +163,8 @@ impl Repository {
             n => n,
         };
         with_store!(self.store(), s => {
-            let job = Create { source, target, jobs, method: options.method, reference, cancelled };
+            let scratch = self.path();
+            let job = Create { source, target, jobs, method: options.method, reference, cancelled, scratch };
             job.run(s, out)
         })
     }
@@ -190,6 +193,8 @@ struct Create<'a> {
     method: DeltaMethod,
     reference: String,
     cancelled: &'a AtomicBool,
+    /// Where scratch files go; see [`Shared::scratch`].
+    scratch: &'a std::path::Path,
 }
 
 impl Create<'_> {
@@ -215,6 +220,8 @@ impl Create<'_> {
                 image: &image,
                 index: &index,
                 method: self.method,
+                cancelled: self.cancelled,
+                scratch: self.scratch,
             };
             self.encode(&shared, &work)?
         };
@@ -254,7 +261,10 @@ impl Create<'_> {
         let mut carried = Vec::with_capacity(work.len());
         for round in work.chunks(self.jobs.max(1)) {
             self.go_on()?;
-            carried.extend(shared.encode_all(round, self.jobs)?);
+            // A cancelled encoder fails mid-layer; say why.
+            let encoded = shared.encode_all(round, self.jobs);
+            self.go_on()?;
+            carried.extend(encoded?);
         }
         Ok(carried)
     }

@@ -472,8 +472,24 @@ fn a_whole_layer_is_recompressed_only_when_smaller() {
     let tar = tar_of(&[file("usr/zeros", &vec![0u8; 1 << 20])]);
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(&tar).unwrap();
-    assert!(recompress(&file, 100).unwrap().is_none());
-    let mut whole = recompress(&file, tar.len() as u64).unwrap().unwrap();
+    assert!(
+        recompress(
+            &file,
+            100,
+            tempfile::tempfile().unwrap(),
+            &AtomicBool::new(false)
+        )
+        .unwrap()
+        .is_none()
+    );
+    let mut whole = recompress(
+        &file,
+        tar.len() as u64,
+        tempfile::tempfile().unwrap(),
+        &AtomicBool::new(false),
+    )
+    .unwrap()
+    .unwrap();
     whole.seek(std::io::SeekFrom::Start(0)).unwrap();
     assert_eq!(zstd::decode_all(whole).unwrap(), tar);
 }
