@@ -159,6 +159,9 @@ pub enum Error {
         operation: &'static str,
         /// Why it failed, with its causes.
         reason: String,
+        /// What kind of failure the system reported, for callers that
+        /// act on it (free space, remount, replace a disk).
+        fault: DiskFault,
     },
     /// A delta applies to an image the repository does not hold.
     #[error(
@@ -248,52 +251,144 @@ pub enum Error {
 
 impl Error {
     /// A storage failure of `operation`, keeping the whole cause chain of
-    /// `err` in the message since it is what a person needs to act on.
+    /// `err` in the message since it is what a person needs to act on,
+    /// and the kind of failure the system reported.
     pub(crate) fn storage(operation: &'static str, err: impl Into<StorageCause>) -> Self {
         let cause = err.into();
-        if cause.denied {
-            return Error::AccessDenied {
+        match cause.fault {
+            None => Error::AccessDenied {
                 operation,
                 reason: cause.text,
-            };
+            },
+            Some(fault) => Error::Storage {
+                operation,
+                reason: cause.text,
+                fault,
+            },
         }
+    }
+
+    /// A storage failure that no system call reported: a broken invariant,
+    /// or a task that died.
+    pub(crate) fn internal(operation: &'static str, reason: String) -> Self {
         Error::Storage {
             operation,
-            reason: cause.text,
+            reason,
+            fault: DiskFault::Other,
         }
     }
 }
 
-/// The text of an underlying error with all its causes, and whether the
-/// kernel refused access (EACCES, EPERM).
+/// The kinds of storage failure a caller acts on differently. ENOSPC,
+/// EROFS and EIO read alike as text; they are kept apart up to the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskFault {
+    /// The filesystem is full, or the quota used up (ENOSPC, EDQUOT).
+    NoSpace,
+    /// The filesystem is mounted read-only (EROFS).
+    ReadOnly,
+    /// The device failed to read or write (EIO).
+    Io,
+    /// Any other failure.
+    #[default]
+    Other,
+}
+
+/// What one errno means for a storage error: a [`DiskFault`], or `None`
+/// for the kernel refusing access (EACCES, EPERM).
+fn classify(errno: rustix::io::Errno) -> Option<DiskFault> {
+    use rustix::io::Errno;
+    Some(match errno {
+        Errno::ACCESS | Errno::PERM => return None,
+        Errno::NOSPC | Errno::DQUOT => DiskFault::NoSpace,
+        Errno::ROFS => DiskFault::ReadOnly,
+        Errno::IO => DiskFault::Io,
+        _ => DiskFault::Other,
+    })
+}
+
+/// The errno of the first system error in `chain`.
+fn first_errno<'a>(
+    mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> Option<rustix::io::Errno> {
+    chain.find_map(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .map(rustix::io::Errno::from_raw_os_error)
+            .or_else(|| e.downcast_ref::<rustix::io::Errno>().copied())
+    })
+}
+
+/// The text of an underlying error with all its causes, and what kind of
+/// failure it was: `None` when the kernel refused access.
 #[derive(Debug)]
 pub(crate) struct StorageCause {
     text: String,
-    denied: bool,
+    fault: Option<DiskFault>,
+}
+
+impl StorageCause {
+    fn new(text: String, errno: Option<rustix::io::Errno>) -> Self {
+        StorageCause {
+            text,
+            fault: errno.map_or(Some(DiskFault::Other), classify),
+        }
+    }
 }
 
 impl From<std::io::Error> for StorageCause {
     fn from(e: std::io::Error) -> Self {
-        StorageCause {
-            denied: e.kind() == std::io::ErrorKind::PermissionDenied,
-            text: e.to_string(),
-        }
+        let errno = e
+            .raw_os_error()
+            .map(rustix::io::Errno::from_raw_os_error)
+            .or_else(|| {
+                // An io::Error that wraps another error (composefs makes such)
+                // may carry the errno further down.
+                let inner = e
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static));
+                first_errno(std::iter::successors(inner, |e| e.source()))
+            });
+        StorageCause::new(e.to_string(), errno)
     }
 }
 
 impl From<anyhow::Error> for StorageCause {
     fn from(e: anyhow::Error) -> Self {
-        let denied = e.chain().any(|cause| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
-                || cause.downcast_ref::<rustix::io::Errno>().is_some_and(|e| {
-                    matches!(*e, rustix::io::Errno::ACCESS | rustix::io::Errno::PERM)
-                })
-        });
-        StorageCause {
-            text: format!("{e:#}"),
-            denied,
-        }
+        StorageCause::new(format!("{e:#}"), first_errno(e.chain()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::io::Errno;
+
+    use super::*;
+
+    fn fault(cause: impl Into<StorageCause>) -> Option<DiskFault> {
+        cause.into().fault
+    }
+
+    #[test]
+    fn the_kind_of_a_disk_failure_survives_wrapping() {
+        // The numbers of Linux's ENOSPC and EROFS, written out so that the
+        // test does not lean on the mapping it checks.
+        assert_eq!(
+            fault(std::io::Error::from_raw_os_error(28)),
+            Some(DiskFault::NoSpace)
+        );
+        let ro = anyhow::Error::from(std::io::Error::from_raw_os_error(30))
+            .context("writing an object")
+            .context("storing a layer");
+        assert_eq!(fault(ro), Some(DiskFault::ReadOnly));
+        let eio = anyhow::Error::from(Errno::IO).context("reading");
+        assert_eq!(fault(eio), Some(DiskFault::Io));
+        let quota = std::io::Error::other(Errno::DQUOT);
+        assert_eq!(fault(quota), Some(DiskFault::NoSpace));
+        assert_eq!(fault(anyhow::Error::from(Errno::ACCESS)), None);
+        assert_eq!(
+            fault(std::io::Error::other("no errno at all")),
+            Some(DiskFault::Other)
+        );
     }
 }

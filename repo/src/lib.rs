@@ -29,7 +29,7 @@ pub mod verity;
 
 pub use algorithm::HashAlgorithm;
 pub use delta::create::{CreateOptions, DeltaMethod, DeltaReport, LayerDelta};
-pub use error::Error;
+pub use error::{DiskFault, Error};
 pub use fsck::{FsckProblem, FsckReport};
 pub use gc::GcReport;
 pub use owner::Owner;

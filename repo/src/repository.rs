@@ -303,6 +303,20 @@ impl Repository {
         self.inner.coordinator.gc_wait()
     }
 
+    /// Refuse a change to a repository on a read-only filesystem with the
+    /// kind of failure it is: composefs says so only in words.
+    pub(crate) fn ensure_writable(&self, operation: &'static str) -> Result<()> {
+        let st = rustix::fs::statvfs(self.path())
+            .map_err(|e| Error::storage(operation, std::io::Error::from(e)))?;
+        if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Err(Error::storage(
+                operation,
+                std::io::Error::from(rustix::io::Errno::ROFS),
+            ));
+        }
+        Ok(())
+    }
+
     /// Run `collect` once no holder runs; see [`crate::coordination`].
     pub(crate) fn coordinate_collection<T>(
         &self,

@@ -134,6 +134,18 @@ mod tests {
                 operation: s(),
                 holders: vec![s()],
             },
+            RepositoryError::NoSpace {
+                operation: s(),
+                reason: s(),
+            },
+            RepositoryError::ReadOnlyFilesystem {
+                operation: s(),
+                reason: s(),
+            },
+            RepositoryError::IoError {
+                operation: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -147,7 +159,10 @@ mod tests {
                 | RepositoryError::TooManyConnections { .. }
                 | RepositoryError::StorageFailed { .. }
                 | RepositoryError::RepositoryInUse { .. }
-                | RepositoryError::RepositoryBusy { .. } => {}
+                | RepositoryError::RepositoryBusy { .. }
+                | RepositoryError::NoSpace { .. }
+                | RepositoryError::ReadOnlyFilesystem { .. }
+                | RepositoryError::IoError { .. } => {}
             }
         }
         all
@@ -229,6 +244,18 @@ mod tests {
                 matches: vec![s()],
             },
             OciError::TagNotFound { tag: s() },
+            OciError::NoSpace {
+                operation: s(),
+                reason: s(),
+            },
+            OciError::ReadOnlyFilesystem {
+                operation: s(),
+                reason: s(),
+            },
+            OciError::IoError {
+                operation: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -256,7 +283,10 @@ mod tests {
                 | OciError::TarDiffFailed { .. }
                 | OciError::LayerTooLarge { .. }
                 | OciError::AmbiguousImage { .. }
-                | OciError::TagNotFound { .. } => {}
+                | OciError::TagNotFound { .. }
+                | OciError::NoSpace { .. }
+                | OciError::ReadOnlyFilesystem { .. }
+                | OciError::IoError { .. } => {}
             }
         }
         all

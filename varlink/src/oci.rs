@@ -514,6 +514,33 @@ pub enum OciError {
         /// The tag asked for.
         tag: String,
     },
+    /// The repository's filesystem is full, or its quota used up.
+    #[serde(rename = "io.cfsd.Oci.NoSpace")]
+    #[error("{operation} failed: no space left in the repository's filesystem: {reason}")]
+    NoSpace {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The repository's filesystem is mounted read-only.
+    #[serde(rename = "io.cfsd.Oci.ReadOnlyFilesystem")]
+    #[error("{operation} failed: the repository's filesystem is read-only: {reason}")]
+    ReadOnlyFilesystem {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The device under the repository failed to read or write.
+    #[serde(rename = "io.cfsd.Oci.IoError")]
+    #[error("{operation} failed: an I/O error on the repository's device: {reason}")]
+    IoError {
+        /// What was being done.
+        operation: String,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.

@@ -23,6 +23,7 @@ async fn blocking<T: Send + 'static>(
         Err(cfsd_repo::Error::Storage {
             operation: "repository task",
             reason: e.to_string(),
+            fault: cfsd_repo::DiskFault::Other,
         })
     })
 }

@@ -9,7 +9,7 @@ use std::{
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cfsd_repo::{
-    self as repo, CreateOptions, DeltaReport, Repository,
+    self as repo, CreateOptions, DeltaReport, DiskFault, Repository,
     oci::{ImageDetails, ImageSummary, Platform, PullOptions, PullReport, Source},
 };
 use cfsd_varlink::{
@@ -568,12 +568,23 @@ fn wire_error(e: repo::Error) -> OciError {
         E::InvalidLayer { layer, reason } => OciError::InvalidLayer { layer, reason },
         E::InvalidImage { reason } => OciError::InvalidImage { reason },
         E::MountFailed { image, reason } => OciError::MountFailed { image, reason },
-        E::Storage { operation, reason } | E::AccessDenied { operation, reason } => {
-            OciError::StorageFailed {
-                operation: operation.to_owned(),
-                reason,
+        E::Storage {
+            operation,
+            reason,
+            fault,
+        } => {
+            let operation = operation.to_owned();
+            match fault {
+                DiskFault::NoSpace => OciError::NoSpace { operation, reason },
+                DiskFault::ReadOnly => OciError::ReadOnlyFilesystem { operation, reason },
+                DiskFault::Io => OciError::IoError { operation, reason },
+                DiskFault::Other => OciError::StorageFailed { operation, reason },
             }
         }
+        E::AccessDenied { operation, reason } => OciError::StorageFailed {
+            operation: operation.to_owned(),
+            reason,
+        },
         E::DeltaSourceMissing { config, image } => OciError::DeltaSourceMissing { config, image },
         E::InvalidDelta { reason } => OciError::InvalidDelta { reason },
         E::TarDiff { layer, reason } => OciError::TarDiffFailed { layer, reason },

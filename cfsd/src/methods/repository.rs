@@ -218,10 +218,21 @@ pub fn wire_error(e: repo::Error) -> RepositoryError {
             path: path(p),
             reason,
         },
-        repo::Error::Storage { operation, reason } => RepositoryError::StorageFailed {
-            operation: operation.to_owned(),
+        repo::Error::Storage {
+            operation,
             reason,
-        },
+            fault,
+        } => {
+            let operation = operation.to_owned();
+            match fault {
+                repo::DiskFault::NoSpace => RepositoryError::NoSpace { operation, reason },
+                repo::DiskFault::ReadOnly => {
+                    RepositoryError::ReadOnlyFilesystem { operation, reason }
+                }
+                repo::DiskFault::Io => RepositoryError::IoError { operation, reason },
+                repo::DiskFault::Other => RepositoryError::StorageFailed { operation, reason },
+            }
+        }
         repo::Error::AccessDenied { operation, reason } => RepositoryError::StorageFailed {
             operation: operation.to_owned(),
             reason,

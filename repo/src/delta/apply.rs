@@ -136,9 +136,11 @@ async fn source_image<H: FsVerityHashValue>(
             repo.erofs_version(),
         )
         .map_err(|e| Error::storage("looking up the delta's source image", e))?
-        .ok_or_else(|| Error::Storage {
-            operation: "looking up the delta's source image",
-            reason: format!("config {source_config} has no EROFS image; pull it again"),
+        .ok_or_else(|| {
+            Error::internal(
+                "looking up the delta's source image",
+                format!("config {source_config} has no EROFS image; pull it again"),
+            )
         })?;
         Ok(Some(Arc::new(SourceImage::load(repo, &image)?)))
     })
@@ -256,9 +258,11 @@ impl<H: FsVerityHashValue> Job<H> {
     }
 
     fn apply_tar_diff(&self, blob: &mut impl Read, out: &mut dyn Write) -> Result<(), Error> {
-        let source = self.source.as_deref().ok_or_else(|| Error::Storage {
-            operation: "rebuilding a layer",
-            reason: "the source image was not loaded".to_owned(),
+        let source = self.source.as_deref().ok_or_else(|| {
+            Error::internal(
+                "rebuilding a layer",
+                "the source image was not loaded".to_owned(),
+            )
         })?;
         tardiff::apply(blob, source, out).map_err(|e| match e {
             TarDiffError::Output(e) => pipe_error(&self.plan, e),

@@ -70,6 +70,7 @@ impl Repository {
     /// Give `image` the tag `tag`, moving the tag if it named another.
     pub fn tag(&self, image: &str, tag: &str) -> Result<(), Error> {
         check_tag(tag)?;
+        self.ensure_writable("tagging")?;
         let _hold = self.hold(format!("tagging {image} as {tag}"));
         with_store!(self.store(), s => {
             let found = open(s, image)?;

@@ -156,10 +156,10 @@ pub(crate) fn decompress_into(
 
 /// The pipe into the splitter broke: the splitter stopped reading.
 pub(crate) fn pipe_error(plan: &LayerPlan, e: io::Error) -> Error {
-    Error::Storage {
-        operation: "streaming a layer into the repository",
-        reason: format!("layer {}: {e}", plan.blob),
-    }
+    Error::internal(
+        "streaming a layer into the repository",
+        format!("layer {}: {e}", plan.blob),
+    )
 }
 
 /// The splitter's failure: the tar is malformed, or writing failed.

@@ -407,9 +407,11 @@ impl Pull {
         image
             .image_ref(repo.erofs_version())
             .map(|id| id.to_hex())
-            .ok_or_else(|| Error::Storage {
-                operation: "building the image",
-                reason: format!("no EROFS image is linked to {}", self.tag),
+            .ok_or_else(|| {
+                Error::internal(
+                    "building the image",
+                    format!("no EROFS image is linked to {}", self.tag),
+                )
             })
     }
 

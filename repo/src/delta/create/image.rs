@@ -116,9 +116,11 @@ pub(super) fn source_image<H: FsVerityHashValue>(
     let image = images::open(repo, name)?;
     let erofs = image
         .image_ref(repo.erofs_version())
-        .ok_or_else(|| Error::Storage {
-            operation: "reading the source image",
-            reason: format!("{name} has no EROFS image; pull it again"),
+        .ok_or_else(|| {
+            Error::internal(
+                "reading the source image",
+                format!("{name} has no EROFS image; pull it again"),
+            )
         })?
         .clone();
     SourceImage::load(repo.clone(), &erofs)

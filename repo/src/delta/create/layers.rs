@@ -103,10 +103,10 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
             }
         }
         if carried.len() != work.len() {
-            return Err(Error::Storage {
-                operation: "encoding a layer",
-                reason: "a layer was not encoded".to_owned(),
-            });
+            return Err(Error::internal(
+                "encoding a layer",
+                "a layer was not encoded".to_owned(),
+            ));
         }
         Ok(carried)
     }

@@ -272,10 +272,10 @@ impl Create<'_> {
     /// An error once the delta is no longer wanted.
     fn go_on(&self) -> Result<(), Error> {
         if self.cancelled.load(Ordering::Relaxed) {
-            return Err(Error::Storage {
-                operation: "creating a delta",
-                reason: "cancelled: the caller went away".to_owned(),
-            });
+            return Err(Error::internal(
+                "creating a delta",
+                "cancelled: the caller went away".to_owned(),
+            ));
         }
         Ok(())
     }
