@@ -28,9 +28,14 @@ impl LoopFs {
         let image = tempfile::tempdir().unwrap();
         let file = image.path().join("fs.img");
         run(Command::new("truncate").args(["-s", "64M"]).arg(&file));
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&file));
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&file));
         std::fs::create_dir_all(mountpoint).unwrap();
-        run(Command::new("mount").args(["-o", "loop"]).arg(&file).arg(mountpoint));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&file)
+            .arg(mountpoint));
         LoopFs {
             mountpoint: mountpoint.to_owned(),
             _image: image,
@@ -46,7 +51,10 @@ impl LoopFs {
 
 impl Drop for LoopFs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
     }
 }
 
@@ -93,7 +101,11 @@ fn a_pull_that_fills_the_disk_is_no_space_and_succeeds_after_gc() {
         }
         other => panic!("not NoSpace: {other:?}"),
     }
-    assert_eq!(published(&daemon.repo()), before, "a full pull published something");
+    assert_eq!(
+        published(&daemon.repo()),
+        before,
+        "a full pull published something"
+    );
     let fsck = json(&daemon, &["fsck"]);
     assert_eq!(fsck["ok"], true, "{fsck}");
 
