@@ -14,7 +14,7 @@
 
 use std::{
     fs::File,
-    io::{Read, Seek, Write},
+    io::{Read, Write},
     os::fd::{AsFd, OwnedFd},
     path::Path,
 };
@@ -72,27 +72,20 @@ pub(crate) struct OwnerLock {
 /// Take the repository at `dir` (an open directory at `path`) for this
 /// process, or say who has it.
 pub(crate) fn take(dir: &OwnedFd, path: &Path, owner: &Owner) -> Result<OwnerLock, Error> {
-    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    // The lock is held on a read-only descriptor, so that a daemon does
+    // not keep its repository's filesystem from being remounted
+    // read-only; the record is written through a second one.
+    let flags = OFlags::RDONLY | OFlags::CREATE | OFlags::CLOEXEC | OFlags::NOFOLLOW;
     let fd = match rustix::fs::openat(dir, LOCK_FILE, flags, Mode::from_raw_mode(0o600)) {
         Ok(fd) => fd,
-        // A repository on a read-only filesystem can still be served for
-        // reading; lock the file if it is there, to keep writers out.
-        Err(Errno::ROFS | Errno::ACCESS | Errno::PERM) => {
-            match rustix::fs::openat(
-                dir,
-                LOCK_FILE,
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => return lock(File::from(fd), path, None),
-                Err(e) => {
-                    tracing::warn!(
-                        "cannot create {LOCK_FILE} in {}: {e}; other processes are not kept out",
-                        path.display()
-                    );
-                    return Ok(OwnerLock { _file: None });
-                }
-            }
+        // A repository on a read-only filesystem without the file can
+        // still be served for reading.
+        Err(e @ (Errno::ROFS | Errno::ACCESS | Errno::PERM)) => {
+            tracing::warn!(
+                "cannot create {LOCK_FILE} in {}: {e}; other processes are not kept out",
+                path.display()
+            );
+            return Ok(OwnerLock { _file: None });
         }
         Err(e) => {
             return Err(Error::storage(
@@ -101,11 +94,7 @@ pub(crate) fn take(dir: &OwnedFd, path: &Path, owner: &Owner) -> Result<OwnerLoc
             ));
         }
     };
-    lock(File::from(fd), path, Some(owner))
-}
-
-/// Lock `file`; record `owner` in it when given.
-fn lock(mut file: File, path: &Path, owner: Option<&Owner>) -> Result<OwnerLock, Error> {
+    let mut file = File::from(fd);
     match rustix::fs::flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(Errno::WOULDBLOCK) => return Err(in_use(&mut file, path)),
@@ -116,21 +105,26 @@ fn lock(mut file: File, path: &Path, owner: Option<&Owner>) -> Result<OwnerLock,
             ));
         }
     }
-    if let Some(owner) = owner {
-        let record = Record {
-            pid: std::process::id(),
-            owner: owner.description.clone(),
-            address: owner.address.clone(),
-        };
-        let write = |file: &mut File| -> std::io::Result<()> {
-            file.set_len(0)?;
-            file.rewind()?;
-            serde_json::to_writer(&mut *file, &record)?;
-            file.write_all(b"\n")
-        };
-        write(&mut file).map_err(|e| Error::storage("recording the repository's owner", e))?;
+    if let Err(e) = record(dir, owner) {
+        // Read-only: the lock still keeps other daemons out.
+        tracing::warn!("cannot record this daemon in {LOCK_FILE}: {e}");
     }
     Ok(OwnerLock { _file: Some(file) })
+}
+
+/// Write who holds the lock into the lock file, through a descriptor of
+/// its own that is closed at once.
+fn record(dir: &OwnedFd, owner: &Owner) -> std::io::Result<()> {
+    let flags = OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    let mut file = File::from(rustix::fs::openat(dir, LOCK_FILE, flags, Mode::empty())?);
+    let record = Record {
+        pid: std::process::id(),
+        owner: owner.description.clone(),
+        address: owner.address.clone(),
+    };
+    file.set_len(0)?;
+    serde_json::to_writer(&mut file, &record)?;
+    file.write_all(b"\n")
 }
 
 /// The refusal for a repository whose lock file `file` someone holds.

@@ -176,7 +176,8 @@ async fn one_peers_stuck_reads_hold_at_most_its_share_and_root_is_served() {
     for peer in peers {
         let out = peer.wait_with_output().unwrap();
         let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(reply["error"], "io.cfsd.Oci.StorageFailed", "{reply}");
+        // The stalled reads were failed with EIO, and say so.
+        assert_eq!(reply["error"], "io.cfsd.Oci.IoError", "{reply}");
     }
     assert!(eventually(Duration::from_secs(10), || threads_in_syscall(
         pid, &READS
