@@ -91,6 +91,14 @@ struct Args {
     /// io.cfsd.Oci.LayerTooLarge. The default is 256 GiB.
     #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::oci::LayerLimits::DEFAULT_MAX_PULL_SIZE)]
     max_pull_size: u64,
+
+    /// The most bytes one CreateDelta may write to scratch files (in the
+    /// repository's directory) in all; past that it fails with
+    /// io.cfsd.Oci.NoSpace. With --max-blocking-per-uid this bounds the
+    /// disk one peer's deltas take. The default is 64 GiB.
+    #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::CreateOptions::DEFAULT_MAX_SCRATCH)]
+    max_delta_scratch: u64,
+
     /// The most calls of any one uid other than root and the daemon's
     /// own that run at once, with their disk threads; more calls wait for
     /// their turn. A thread stuck in a read that never returns keeps its
@@ -188,6 +196,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         subuids: admission::Subuids::load(&args.subuid_file)?,
         max_blocking_per_uid: args.max_blocking_per_uid,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        max_delta_scratch: args.max_delta_scratch,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(work::BLOCKING_THREADS)

@@ -38,6 +38,8 @@ pub struct Config {
     pub max_blocking_per_uid: usize,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// The scratch bytes one CreateDelta may write.
+    pub max_delta_scratch: u64,
 }
 
 /// What every connection shares.
@@ -51,6 +53,8 @@ pub struct Daemon {
     pub client_timeout: Duration,
     /// The most bytes of one message, not counting its NUL.
     pub max_message: usize,
+    /// The scratch bytes one CreateDelta may write.
+    pub max_delta_scratch: u64,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// The subordinate uid ranges, whose uids count against their owner.
@@ -77,6 +81,7 @@ pub async fn run(
         admin_group: config.admin_group,
         client_timeout: config.client_timeout,
         max_message: config.max_message,
+        max_delta_scratch: config.max_delta_scratch,
         shutdown,
         subuids: config.subuids.clone(),
         work: WorkLimits::new(config.max_blocking_per_uid),

@@ -313,10 +313,19 @@ fn first_errno<'a>(
 ) -> Option<rustix::io::Errno> {
     chain.find_map(|e| {
         e.downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::raw_os_error)
-            .map(rustix::io::Errno::from_raw_os_error)
+            .and_then(errno_of)
             .or_else(|| e.downcast_ref::<rustix::io::Errno>().copied())
     })
+}
+
+/// The errno `e` carries; a limit of cfsd's own that stands for a full
+/// disk (`StorageFull` without an errno) counts as ENOSPC.
+fn errno_of(e: &std::io::Error) -> Option<rustix::io::Errno> {
+    match e.raw_os_error() {
+        Some(errno) => Some(rustix::io::Errno::from_raw_os_error(errno)),
+        None if e.kind() == std::io::ErrorKind::StorageFull => Some(rustix::io::Errno::NOSPC),
+        None => None,
+    }
 }
 
 /// The text of an underlying error with all its causes, and what kind of
@@ -338,17 +347,14 @@ impl StorageCause {
 
 impl From<std::io::Error> for StorageCause {
     fn from(e: std::io::Error) -> Self {
-        let errno = e
-            .raw_os_error()
-            .map(rustix::io::Errno::from_raw_os_error)
-            .or_else(|| {
-                // An io::Error that wraps another error (composefs makes such)
-                // may carry the errno further down.
-                let inner = e
-                    .get_ref()
-                    .map(|inner| inner as &(dyn std::error::Error + 'static));
-                first_errno(std::iter::successors(inner, |e| e.source()))
-            });
+        let errno = errno_of(&e).or_else(|| {
+            // An io::Error that wraps another error (composefs makes such)
+            // may carry the errno further down.
+            let inner = e
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+            first_errno(std::iter::successors(inner, |e| e.source()))
+        });
         StorageCause::new(e.to_string(), errno)
     }
 }

@@ -47,7 +47,12 @@ fn versions() -> (Image, Image) {
 
 /// Both versions pulled into `daemon` as `v1` and `v2`.
 fn daemon_with_versions() -> (Daemon, BuiltImage, BuiltImage, Vec<Written>) {
-    let daemon = Daemon::start_initialised(&[]);
+    daemon_with_versions_and(&[])
+}
+
+/// [`daemon_with_versions`], cfsd given `args`.
+fn daemon_with_versions_and(args: &[&str]) -> (Daemon, BuiltImage, BuiltImage, Vec<Written>) {
+    let daemon = Daemon::start_initialised(args);
     let (v1, v2) = versions();
     let mut written = Vec::new();
     let mut built = Vec::new();
@@ -227,4 +232,32 @@ fn delta_create_by_either_method_applies_to_exactly_the_target() {
         succeeds(&updater, &["oci", "images"]);
     }
     assert_ne!(blobs[0], blobs[1], "--method changed nothing in the delta");
+}
+
+/// The scratch space one CreateDelta may take is bounded: past it the
+/// delta fails as a full disk does, writes nothing, and leaves no scratch.
+#[test]
+fn delta_create_stops_at_its_scratch_budget_as_no_space() {
+    let (daemon, _v1, _v2, _written) = daemon_with_versions_and(&["--max-delta-scratch", "100000"]);
+    let before = tree(&daemon.repo());
+    let out = daemon.dir().join("delta.tar");
+    let dest = format!("oci-archive:{}", out.display());
+    let mut all = vec!["--json", "oci", "delta", "create", "v1", "v2"];
+    all.push(&dest);
+    let failed = cfsd_tests::ocictl::Target::run(&daemon, &all);
+    assert_eq!(failed.status.code(), Some(1));
+    let line: Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(line["error"], "io.cfsd.Oci.NoSpace", "{line}");
+    let reason = line["parameters"]["reason"].as_str().unwrap();
+    assert!(reason.contains("--max-delta-scratch"), "{reason}");
+    // cfsctl removes the output it created for a delta that failed.
+    assert!(
+        std::fs::metadata(&out).map_or(true, |m| m.len() == 0),
+        "the delta wrote output"
+    );
+    assert_eq!(
+        tree(&daemon.repo()),
+        before,
+        "scratch or other files were left"
+    );
 }

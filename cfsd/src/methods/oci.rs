@@ -221,6 +221,7 @@ async fn create_delta(
             DeltaMethod::Bsdiff => repo::DeltaMethod::Bsdiff,
         },
         reference: params.reference,
+        max_scratch: daemon.max_delta_scratch,
     };
     // Reading holds off no GC (see cfsd_repo::coordination).
     let cancel = CancelOnDrop::default();

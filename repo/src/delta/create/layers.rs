@@ -8,7 +8,7 @@ use std::{
     path::Path,
     sync::{
         Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -63,6 +63,9 @@ pub(super) struct Shared<'a, H: FsVerityHashValue> {
     /// they use its filesystem (not a tmpfs, which is RAM), as unnamed
     /// `O_TMPFILE`s that vanish the moment the work stops.
     pub scratch: &'a Path,
+    /// The scratch bytes this delta may still write: a bound on the disk
+    /// one CreateDelta can take, whoever asks for it.
+    pub scratch_left: &'a AtomicU64,
 }
 
 impl<H: FsVerityHashValue> Shared<'_, H> {
@@ -123,7 +126,10 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
             self.image,
             self.index,
             self.method,
-            BufWriter::new(Cancellable(&mut diff, self.cancelled)),
+            BufWriter::new(Budgeted(
+                Cancellable(&mut diff, self.cancelled),
+                self.scratch_left,
+            )),
             self.cancelled,
         )
         .map_err(storage)?;
@@ -170,7 +176,7 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
         let storage = |e: io::Error| Error::storage("rebuilding a layer tar", e);
         let mut file = self.scratch_file().map_err(storage)?;
         {
-            let cancellable = Cancellable(&mut file, self.cancelled);
+            let cancellable = Budgeted(Cancellable(&mut file, self.cancelled), self.scratch_left);
             let mut out = HashingWriter::new(BufWriter::new(cancellable));
             composefs_oci::oci_image::layer_tar(self.repo, &work.diff_id.to_oci(), &mut out)
                 .map_err(|e| Error::storage("rebuilding a layer tar", e))?;
@@ -192,8 +198,14 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
     }
 
     /// [`recompress`] into a scratch file.
+    /// Its size is charged to the scratch budget once it is written: at
+    /// most one compressed layer beyond it.
     fn recompress(&self, tar: &File, limit: u64) -> io::Result<Option<File>> {
-        recompress(tar, limit, self.scratch_file()?, self.cancelled)
+        let whole = recompress(tar, limit, self.scratch_file()?, self.cancelled)?;
+        if let Some(file) = &whole {
+            charge(self.scratch_left, file.metadata()?.len())?;
+        }
+        Ok(whole)
     }
 }
 
@@ -229,6 +241,33 @@ impl<W: Write> Write for Cancellable<'_, W> {
         self.0.flush()
     }
 }
+
+/// A writer that fails once the scratch budget `.1` is spent.
+struct Budgeted<'a, W>(W, &'a AtomicU64);
+
+impl<W: Write> Write for Budgeted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        charge(self.1, buf.len() as u64)?;
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Take `n` bytes from the scratch budget `left`, or fail as a full disk
+/// does: for this delta, there is no more room.
+fn charge(left: &AtomicU64, n: u64) -> io::Result<()> {
+    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(n))
+        .map(|_| ())
+        .map_err(|_| io::Error::new(io::ErrorKind::StorageFull, ScratchSpent))
+}
+
+/// The scratch budget of one delta is spent.
+#[derive(Debug, thiserror::Error)]
+#[error("the delta needs more scratch space than cfsd allows one delta (--max-delta-scratch)")]
+struct ScratchSpent;
 
 /// An error once `flag` is set.
 pub(super) fn cancelled(flag: &AtomicBool) -> io::Result<()> {

@@ -22,7 +22,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -85,6 +85,14 @@ pub struct CreateOptions {
     /// archive's index; the target's tag when it is a plain one, else
     /// `latest`.
     pub reference: Option<String>,
+    /// The most bytes its scratch files may take in all; past that the
+    /// delta fails as if the disk were full.
+    pub max_scratch: u64,
+}
+
+impl CreateOptions {
+    /// The scratch budget when none is given: 64 GiB.
+    pub const DEFAULT_MAX_SCRATCH: u64 = 64 << 30;
 }
 
 /// What a changed layer became in the delta.
@@ -164,7 +172,17 @@ impl Repository {
         };
         with_store!(self.store(), s => {
             let scratch = self.path();
-            let job = Create { source, target, jobs, method: options.method, reference, cancelled, scratch };
+            let scratch_left = AtomicU64::new(options.max_scratch);
+            let job = Create {
+                source,
+                target,
+                jobs,
+                method: options.method,
+                reference,
+                cancelled,
+                scratch,
+                scratch_left: &scratch_left,
+            };
             job.run(s, out)
         })
     }
@@ -195,6 +213,8 @@ struct Create<'a> {
     cancelled: &'a AtomicBool,
     /// Where scratch files go; see [`Shared::scratch`].
     scratch: &'a std::path::Path,
+    /// See [`Shared::scratch_left`].
+    scratch_left: &'a AtomicU64,
 }
 
 impl Create<'_> {
@@ -222,6 +242,7 @@ impl Create<'_> {
                 method: self.method,
                 cancelled: self.cancelled,
                 scratch: self.scratch,
+                scratch_left: self.scratch_left,
             };
             self.encode(&shared, &work)?
         };

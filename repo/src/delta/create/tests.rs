@@ -199,6 +199,7 @@ async fn round_trip(source: &TestImage, target: &TestImage) -> Vec<DeltaReport> 
             jobs: 2,
             method,
             reference: None,
+            max_scratch: CreateOptions::DEFAULT_MAX_SCRATCH,
         };
         let report = repo
             .create_delta("source", "target", out.try_clone().unwrap(), options)
