@@ -75,7 +75,7 @@ impl FromStr for DeltaMethod {
 }
 
 /// How to create a delta.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CreateOptions {
     /// How many layers to encode at once; the number of cores when 0.
     pub jobs: usize,
@@ -93,6 +93,19 @@ pub struct CreateOptions {
 impl CreateOptions {
     /// The scratch budget when none is given: 64 GiB.
     pub const DEFAULT_MAX_SCRATCH: u64 = 64 << 30;
+}
+
+impl Default for CreateOptions {
+    /// One job per core, zstd, the default reference, and
+    /// [`CreateOptions::DEFAULT_MAX_SCRATCH`].
+    fn default() -> Self {
+        CreateOptions {
+            jobs: 0,
+            method: DeltaMethod::default(),
+            reference: None,
+            max_scratch: Self::DEFAULT_MAX_SCRATCH,
+        }
+    }
 }
 
 /// What a changed layer became in the delta.
