@@ -64,6 +64,20 @@ pub fn filesystem_has_verity(dir: &Path) -> bool {
     out.status.success()
 }
 
+/// Attach at `dir` a mount that `io.cfsd.Oci.Mount` handed out detached,
+/// as cfsctl does in its own mount namespace.
+pub fn attach_mount(detached: &std::os::fd::OwnedFd, dir: &Path) {
+    use std::os::fd::AsFd;
+    rustix::mount::move_mount(
+        detached.as_fd(),
+        "",
+        rustix::fs::CWD,
+        dir,
+        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .expect("attaching the handed-out mount");
+}
+
 /// A running `cfsd` serving a fresh repository directory on its own
 /// socket. It is killed when dropped.
 #[derive(Debug)]

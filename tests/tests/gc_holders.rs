@@ -2,8 +2,6 @@
 //! that is not yet attached, tag changes still go through at once, and
 //! GC gives up after `--gc-wait`, naming what it waited for.
 
-use std::os::fd::AsFd;
-
 use cfsd_tests::{
     Daemon,
     oci::{Layout, Written, everything_image},
@@ -60,14 +58,7 @@ fn tags_go_through_while_gc_waits_for_an_unattached_mount() {
     }
     let mountpoint = daemon.dir().join("mnt");
     std::fs::create_dir(&mountpoint).unwrap();
-    rustix::mount::move_mount(
-        detached.as_fd(),
-        "",
-        rustix::fs::CWD,
-        &mountpoint,
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .unwrap();
+    cfsd_tests::attach_mount(&detached, &mountpoint);
     let reply = gc.receive().expect("GC reply");
     let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
     assert!(reply["parameters"]["objectsRemoved"].is_u64(), "{reply}");

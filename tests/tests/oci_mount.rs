@@ -4,10 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::{
-        fd::AsFd,
-        unix::fs::{FileTypeExt, MetadataExt},
-    },
+    os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -441,14 +438,7 @@ fn gc_waits_for_a_handed_out_mount_to_be_attached() {
     let holders = busy["parameters"]["holders"].to_string();
     assert!(holders.contains("not yet attached"), "{holders}");
     assert_eq!(object_count(&daemon.repo()), objects, "GC removed objects");
-    rustix::mount::move_mount(
-        detached.as_fd(),
-        "",
-        rustix::fs::CWD,
-        &mountpoint,
-        rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .unwrap();
+    cfsd_tests::attach_mount(&detached, &mountpoint);
     // Attached, it is in the mount table, a root of the next GC.
     let report = json(&daemon, &["gc"]);
     let _mounted = Mounted(mountpoint.clone());
