@@ -30,6 +30,15 @@ type Repo = Arc<Store<Sha256HashValue>>;
 struct Memory {
     blobs: HashMap<Digest, Vec<u8>>,
     opened: Mutex<Vec<Digest>>,
+    /// Yield each blob as a registry reader would after its connection
+    /// broke at this offset and it resumed from `at - back`.
+    resumed: Option<Resume>,
+}
+
+#[derive(Clone, Copy)]
+struct Resume {
+    at: usize,
+    back: usize,
 }
 
 impl LayerSource<Sha256HashValue> for Memory {
@@ -40,7 +49,13 @@ impl LayerSource<Sha256HashValue> for Memory {
     fn open(&self, blob: &Blob) -> Result<Box<dyn Read + Send>, Error> {
         self.opened.lock().unwrap().push(blob.digest.clone());
         let bytes = self.blobs.get(&blob.digest).cloned().unwrap_or_default();
-        Ok(Box::new(Cursor::new(bytes)))
+        Ok(match self.resumed {
+            None => Box::new(Cursor::new(bytes)),
+            Some(Resume { at, back }) => {
+                let again = bytes[at - back..].to_vec();
+                Box::new(Cursor::new(bytes[..at].to_vec()).chain(Cursor::new(again)))
+            }
+        })
     }
 
     fn unpack(
@@ -205,6 +220,33 @@ async fn a_blob_whose_tar_is_not_its_diff_id_names_nothing() {
     );
     assert_eq!(named(&repo, &wrong), None);
     assert_nothing_named(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_blob_is_checked_across_the_resume() {
+    let tar = tar_of("a", 1);
+    let layer = plan(&tar);
+    // The pipeline's digest runs over the bytes as the reader yields
+    // them: a resume at the right offset is the blob, one a byte early is
+    // not, whatever the tar parser makes of it.
+    for (back, verifies) in [(0, true), (1, false)] {
+        let (dir, repo) = repository();
+        let source = Arc::new(Memory {
+            blobs: [(layer.blob.clone(), tar.clone())].into(),
+            resumed: Some(Resume { at: 3000, back }),
+            ..Memory::default()
+        });
+        let (progress, _) = recorder();
+        let brought = bring_in(&repo, source, std::slice::from_ref(&layer), 1, &progress).await;
+        match brought {
+            Ok(_) => assert!(verifies, "a resume one byte early was taken"),
+            Err(Error::DigestMismatch { what, .. }) if !verifies => {
+                assert!(what.starts_with("digest of layer"), "{what}");
+                assert_nothing_named(&dir);
+            }
+            Err(e) => panic!("resumed {back} early: {e}"),
+        }
+    }
 }
 
 /// No stream of any name exists in the repository of `dir`.
