@@ -54,10 +54,25 @@ ok "the damaged object fails to read: $(cat /tmp/read.err)"
 start_cfsd --require-verity
 fsck_names "$busybox_name" "raw disk"
 read_fails busybox:demo /bin/busybox
-cfsctl --json oci pull oci-archive:/fixtures/busybox.tar:demo busybox:demo >/tmp/pull.out 2>&1 || true
-echo "# a fresh pull answered: $(cat /tmp/pull.out)"
-cfsctl --json fsck > /tmp/fsck.out 2>&1 || true
-echo "# fsck after the pull: $(cat /tmp/fsck.out)"
+# A pull of an image that is already present reads none of its objects
+# (an update to an image already held costs nothing), so it changes
+# nothing here: the damage stays, answered by EIO, and fsck still names it.
+present=$(cfsctl --json --progress none oci pull oci-archive:/fixtures/busybox.tar:demo busybox:demo)
+expect "a fresh pull of the present image answers alreadyPresent" true "$(echo "$present" | jq -r .result.alreadyPresent)"
+fsck_names "$busybox_name" "after a fresh pull"
+# The repair: remove what refers to the damaged object, let GC remove it,
+# and pull again, which writes it anew.
+cfsctl oci rm busybox:v2 >/dev/null
+cfsctl oci rm busybox:demo >/dev/null
+cfsctl gc >/dev/null
+[ ! -e "$busybox_object" ] || fail "gc kept the damaged object"
+cfsctl --progress none oci pull oci-archive:/fixtures/busybox.tar:demo busybox:demo >/dev/null
+expect "after rm, gc and a pull, fsck is clean" true "$(cfsctl --json fsck | jq -r .ok)"
+mkdir -p /mnt/image
+cfsctl oci mount busybox:demo /mnt/image >/dev/null || fail "mount the repaired image"
+cmp "/mnt/image/bin/busybox" /bin/busybox || fail "the repaired busybox differs from Debian's"
+ok "the repaired image serves Debian's busybox again"
+umount /mnt/image
 stop_cfsd
 
 echo "# 2. an object replaced by a same-named file without fs-verity"
@@ -75,6 +90,14 @@ remount
 start_cfsd --require-verity
 fsck_names "$busybox_name" "object without verity"
 read_fails busybox:demo /bin/busybox
+# v2 holds the same busybox: its import finds the object unsealed and
+# refuses, rather than trusting it by its name.
+if cfsctl --progress none oci pull oci-archive:/fixtures/busybox.tar:demo-v2 busybox:v2 2>/tmp/pull.err; then
+    fail "a pull trusted the unsealed object"
+fi
+grep -q "not sealed with its digest" /tmp/pull.err || fail "the refusal does not say why: $(cat /tmp/pull.err)"
+ok "a pull that needs the unsealed object is refused: $(cat /tmp/pull.err)"
+expect "nothing was tagged" "busybox:demo" "$(cfsctl --json oci images | jq -r '[.images[].name] | join(" ")')"
 stop_cfsd
 
 echo "# 3. an image swapped for another valid object"

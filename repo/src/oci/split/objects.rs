@@ -7,7 +7,7 @@
 use std::{
     fs::File,
     io::Write,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
         Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -16,8 +16,9 @@ use std::{
     thread::JoinHandle,
 };
 
+use anyhow::Context;
 use composefs::{
-    fsverity::{FsVerityHashValue, compute_verity},
+    fsverity::{FsVerityHashValue, compute_verity, enable_verity_maybe_copy, ensure_verity_equal},
     repository::{ObjectStoreMethod, Repository as Store},
 };
 use rustix::{
@@ -256,31 +257,30 @@ impl Budget {
 
 /// Store `data` as an object, unless an object of its digest is already
 /// there.
+///
+/// The digest is computed once, here. Where fs-verity is enforced the
+/// kernel computes it again as it enables verity, and that is the check:
+/// the object is named only if the kernel's measurement equals ours. An
+/// object already there is trusted only if the kernel measures it to its
+/// name, never by its size, which a power cut can leave right over zeros.
 fn store_object<H: FsVerityHashValue>(repo: &Store<H>, data: &[u8]) -> anyhow::Result<Stored<H>> {
-    if !repo.is_insecure() {
-        // The kernel measures every object as it enables fs-verity;
-        // composefs's own path does that and checks the result.
-        let present = present(repo, &compute_verity(data), data.len())?;
-        let id = repo.ensure_object(data)?;
-        return Ok((id, stored_as(present)));
-    }
     let id: H = compute_verity(data);
-    if present(repo, &id, data.len())? {
+    let objects = repo.objects_dir()?;
+    let sealed = !repo.is_insecure();
+    let present = if sealed {
+        sealed_present(objects, &id)?
+    } else {
+        present(repo, &id, data.len())?
+    };
+    if present {
         return Ok((id, ObjectStoreMethod::AlreadyPresent));
     }
-    let method = write_object(repo.objects_dir()?, &id, data)?;
+    let method = write_object(objects, &id, data, sealed)?;
     Ok((id, method))
 }
 
-fn stored_as(present: bool) -> ObjectStoreMethod {
-    if present {
-        ObjectStoreMethod::AlreadyPresent
-    } else {
-        ObjectStoreMethod::Copied
-    }
-}
-
-/// Whether the object `id` of `size` bytes is in the repository.
+/// Whether the object `id` of an insecure repository, `size` bytes long,
+/// is there. Without fs-verity, only fsck's hashing can tell more.
 fn present<H: FsVerityHashValue>(repo: &Store<H>, id: &H, size: usize) -> anyhow::Result<bool> {
     match statat(
         repo.objects_dir()?,
@@ -293,13 +293,34 @@ fn present<H: FsVerityHashValue>(repo: &Store<H>, id: &H, size: usize) -> anyhow
     }
 }
 
-/// Write a new object of an insecure repository: an anonymous file, named
-/// only once it is complete. Without fs-verity there is nothing to enable,
-/// so the file is written once and linked from its writable descriptor.
+/// Whether the object `id` is there with fs-verity measuring to `id`.
+fn sealed_present<H: FsVerityHashValue>(objects: &OwnedFd, id: &H) -> anyhow::Result<bool> {
+    let path = id.to_object_pathname();
+    match openat(
+        objects,
+        &path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            ensure_verity_equal(&fd, id)
+                .with_context(|| format!("the object {path} is not sealed with its digest"))?;
+            Ok(true)
+        }
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Write a new object: an anonymous file, named only once it is complete
+/// and, with `seal`, once fs-verity is enabled on it with the digest `id`.
+/// Without fs-verity the file is written once and linked from its
+/// writable descriptor.
 fn write_object<H: FsVerityHashValue>(
     objects: &OwnedFd,
     id: &H,
     data: &[u8],
+    seal: bool,
 ) -> anyhow::Result<ObjectStoreMethod> {
     let dir = id.to_object_dir();
     let tmpfile = |dir: &str| {
@@ -322,12 +343,39 @@ fn write_object<H: FsVerityHashValue>(
     };
     let mut file = File::from(fd);
     file.write_all(data)?;
+    if seal {
+        file = seal_object(objects, file, id)?;
+    }
     match link(&file, objects, &id.to_object_pathname()) {
         Ok(()) => Ok(ObjectStoreMethod::Copied),
         // Another import stored the same content first.
         Err(Errno::EXIST) => Ok(ObjectStoreMethod::AlreadyPresent),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Enable fs-verity on the anonymous `file` and check that the kernel
+/// measures it as `id`. fs-verity refuses a file that is open for
+/// writing, so this returns a read-only descriptor of it (or of a copy,
+/// if some other descriptor still writes to it).
+fn seal_object<H: FsVerityHashValue>(
+    objects: &OwnedFd,
+    file: File,
+    id: &H,
+) -> anyhow::Result<File> {
+    let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let read_only = openat(
+        CWD,
+        by_fd.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    drop(file);
+    let sealed = enable_verity_maybe_copy::<H>(objects, read_only.as_fd())
+        .context("enabling fs-verity on a new object")?
+        .unwrap_or(read_only);
+    ensure_verity_equal(&sealed, id).context("the kernel measured a new object differently")?;
+    Ok(File::from(sealed))
 }
 
 /// Whether linking by descriptor (`AT_EMPTY_PATH`) works here: it needs
