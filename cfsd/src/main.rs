@@ -6,10 +6,12 @@
 
 mod access;
 mod admission;
+mod call_log;
 mod connection;
 mod dispatch;
 mod framing;
 mod hangup;
+mod journal;
 mod listen;
 mod methods;
 mod owner;
@@ -142,11 +144,7 @@ fn main() -> ExitCode {
     if let Some(dir) = &args.generate_manuals {
         return write_manuals(dir);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    journal::install(&args.log);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
