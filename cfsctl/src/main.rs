@@ -22,7 +22,7 @@ use crate::{failure::Failure, render::ProgressMode};
 
 /// Manage a composefs repository through the cfsd daemon.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = cfsd_varlink::version::VERSION, about)]
 struct Cli {
     /// The daemon's socket, e.g. unix:/run/cfsd/cfsd.sock. Defaults to
     /// $CFSD_ADDRESS, then the system socket.
@@ -75,6 +75,13 @@ enum Command {
     Oci {
         #[command(subcommand)]
         command: oci::OciCommand,
+    },
+    /// Write cfsctl's man pages under DIR/man and its bash, zsh and fish
+    /// completions under DIR/completions; see docs/cli.md.
+    #[command(hide = true)]
+    GenerateManuals {
+        /// Where to write, e.g. target.
+        dir: std::path::PathBuf,
     },
 }
 
@@ -166,6 +173,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         json: cli.json,
         progress: cli.progress,
     };
+    if let Command::GenerateManuals { dir } = &cli.command {
+        return write_manuals(dir);
+    }
     // Unmounting is this process's own business: no daemon is needed.
     if let Command::Oci {
         command: oci::OciCommand::Umount { dir },
@@ -181,7 +191,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fsck { metadata_only } => repository::fsck(client, out, metadata_only).await?,
         Command::Gc { dry_run } => repository::gc(client, out, dry_run).await?,
         Command::Oci { command } => oci::run(client, out, command).await?,
+        Command::GenerateManuals { dir } => write_manuals(&dir)?,
     };
     daemon.close().await?;
     Ok(code)
+}
+
+/// Write the man pages and completions of cfsctl, naming each file.
+fn write_manuals(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    for file in cfsd_manuals::write(Cli::command(), cfsd_manuals::Section::Commands, dir)? {
+        println!("{}", file.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ use zlink::{Connection, Reply, tokio::unix::Stream};
 
 use crate::{
     access::Peer,
+    call_log::CallLog,
     dispatch::{self, Incoming, Outcome, Streamed},
     framing::Limited,
     hangup::Hangup,
@@ -119,6 +120,7 @@ pub async fn serve(daemon: Arc<Daemon>, mut conn: Conn, peer: Peer) {
             finish_unanswered(outcome).await;
             continue;
         }
+        let log = CallLog::start(&peer, &call.method().method);
         // Dropping a call's work cancels it: nobody is left to answer.
         let outcome = tokio::select! {
             outcome = dispatch::handle(&daemon, &peer, call.method(), fds) => outcome,
@@ -131,6 +133,7 @@ pub async fn serve(daemon: Arc<Daemon>, mut conn: Conn, peer: Peer) {
             conn: &mut conn,
             timeout: daemon.client_timeout,
             hangup: &hangup,
+            log: &log,
         };
         if let Err(e) = replier.answer(outcome, more).await {
             tracing::debug!(uid = peer.uid, "cannot reply, closing: {e}");
@@ -158,6 +161,7 @@ struct Replier<'c> {
     conn: &'c mut Conn,
     timeout: Duration,
     hangup: &'c Hangup,
+    log: &'c CallLog,
 }
 
 impl Replier<'_> {
@@ -195,6 +199,7 @@ impl Replier<'_> {
     }
 
     async fn single(&mut self, outcome: Outcome) -> zlink::Result<()> {
+        self.log.finished(&outcome);
         match outcome {
             Outcome::Reply(params, fds) => self.reply(params, fds, false).await,
             Outcome::Error(error) => {

@@ -6,10 +6,12 @@
 
 mod access;
 mod admission;
+mod call_log;
 mod connection;
 mod dispatch;
 mod framing;
 mod hangup;
+mod journal;
 mod listen;
 mod methods;
 mod owner;
@@ -24,7 +26,7 @@ use clap::Parser;
 
 /// Serve a composefs repository over varlink.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = cfsd_varlink::version::VERSION, about)]
 struct Args {
     /// The repository directory. It need not exist yet: Init creates it.
     #[arg(long, env = "CFSD_REPO", default_value = "/sysroot/composefs")]
@@ -130,19 +132,40 @@ struct Args {
     /// Log level filter (error, warn, info, debug, trace).
     #[arg(long, env = "CFSD_LOG", default_value = "info")]
     log: String,
+
+    /// Write cfsd's man page under DIR/man and its bash, zsh and fish
+    /// completions under DIR/completions, then exit; see docs/cli.md.
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_manuals: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Some(dir) = &args.generate_manuals {
+        return write_manuals(dir);
+    }
+    journal::install(&args.log);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cfsd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Write the man page and completions of cfsd, naming each file.
+fn write_manuals(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    match cfsd_manuals::write(Args::command(), cfsd_manuals::Section::Administration, dir) {
+        Ok(files) => {
+            for file in files {
+                println!("{}", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cfsd: writing manuals under {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }

@@ -14,6 +14,7 @@ pub mod idl;
 pub mod oci;
 pub mod repository;
 pub mod service;
+pub mod version;
 
 pub use address::Address;
 pub use client::{CallError, Client};

@@ -23,7 +23,7 @@ fn info() -> ServiceInfo {
     ServiceInfo {
         vendor: "cfsd".to_owned(),
         product: "cfsd composefs repository daemon".to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
+        version: cfsd_varlink::version::VERSION.to_owned(),
         url: String::new(),
         interfaces: idl::INTERFACES
             .iter()
