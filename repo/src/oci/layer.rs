@@ -11,10 +11,9 @@ use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use composefs_oci::layer_content_id;
 
 use super::{
-    archive::Pread,
     digest::Hashing,
     manifest::{Compression, LayerPlan},
-    source::{Layout, check_size},
+    source::Layout,
     split::{self, SplitError, Tally},
 };
 use crate::Error;
@@ -38,8 +37,7 @@ pub(crate) async fn import<H: FsVerityHashValue>(
     plan: LayerPlan,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Imported<H>, Error> {
-    let blob = layout.blob(&plan.blob)?;
-    check_size(blob.len(), plan.size, &format!("layer {}", plan.blob))?;
+    let blob = layout.layer(&plan.blob, plan.size)?;
     let unpacking = plan.clone();
     let what = format!("diff_id of layer {}", plan.blob);
     store(repo, &plan, what, move |out| {
@@ -107,14 +105,17 @@ pub(crate) async fn store<H: FsVerityHashValue>(
 
 /// Decompress `blob` into `out`, then check the blob's digest.
 fn unpack(
-    blob: Pread,
+    blob: impl Read,
     plan: &LayerPlan,
     out: &mut dyn Write,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), Error> {
-    let damaged = |e: io::Error| Error::InvalidLayer {
-        layer: plan.blob.to_string(),
-        reason: e.to_string(),
+    // A registry's failure keeps its kind; anything else is damaged data.
+    let damaged = |e: io::Error| {
+        crate::registry::registry_failure(e).unwrap_or_else(|e| Error::InvalidLayer {
+            layer: plan.blob.to_string(),
+            reason: e.to_string(),
+        })
     };
     let mut compressed = Hashing::new(Reporting::new(blob, progress));
     decompress_into(plan.compression, &mut compressed, out, plan, damaged)?;

@@ -1,5 +1,6 @@
 //! Where an image comes from: an `oci-archive:` tar or an `oci:` directory,
-//! each handed over as an open file descriptor by the client.
+//! each handed over as an open file descriptor by the client, or a
+//! `docker://` registry the daemon reaches itself.
 
 use std::{
     fs::File,
@@ -28,6 +29,19 @@ pub enum Source {
     Archive(File),
     /// An `oci:` layout directory.
     Directory(OwnedFd),
+    /// A `docker://` image, admitted by the policy, not yet contacted.
+    Registry(Box<crate::registry::Registry>),
+}
+
+impl Source {
+    /// The descriptor the client passed, for a local source.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Source::Archive(file) => Some(file.as_fd()),
+            Source::Directory(dir) => Some(dir.as_fd()),
+            Source::Registry(_) => None,
+        }
+    }
 }
 
 /// An opened source that blobs can be read from, from many threads.
@@ -35,6 +49,7 @@ pub enum Source {
 pub(crate) enum Layout {
     Archive(Archive),
     Directory(Arc<OwnedFd>),
+    Registry(Arc<crate::registry::remote::Remote>),
 }
 
 impl Layout {
@@ -43,6 +58,10 @@ impl Layout {
         let layout = match source {
             Source::Archive(file) => Layout::Archive(Archive::index(file)?),
             Source::Directory(dir) => Layout::Directory(Arc::new(dir)),
+            Source::Registry(registry) => {
+                let remote = crate::registry::remote::Remote::connect(*registry)?;
+                return Ok(Layout::Registry(Arc::new(remote)));
+            }
         };
         layout.check_marker()?;
         Ok(layout)
@@ -70,12 +89,26 @@ impl Layout {
 
     /// `index.json`, as raw bytes.
     pub(crate) fn index(&self) -> Result<Vec<u8>, Error> {
+        if let Layout::Registry(remote) = self {
+            return Ok(remote.index());
+        }
         let reader = self
             .file("index.json")?
             .ok_or_else(|| Error::InvalidSource {
                 reason: "there is no index.json".to_owned(),
             })?;
         read_limited(reader, "index.json")
+    }
+
+    /// A reader of the layer blob `digest`, checked to be `size` bytes
+    /// long; from a registry, streamed from the connection.
+    pub(crate) fn layer(&self, digest: &Digest, size: u64) -> Result<Box<dyn Read + Send>, Error> {
+        if let Layout::Registry(remote) = self {
+            return Ok(crate::registry::layer_reader(remote, digest, size));
+        }
+        let blob = self.blob(digest)?;
+        check_size(blob.len(), size, &format!("layer {digest}"))?;
+        Ok(Box::new(blob))
     }
 
     /// A reader of the blob `digest`, and its length on disk.
@@ -99,9 +132,15 @@ impl Layout {
                 reason: format!("{size} bytes is more than the {MAX_JSON} allowed"),
             });
         }
-        let blob = self.blob(digest)?;
-        check_size(blob.len(), size, what)?;
-        let bytes = read_limited(blob, what)?;
+        let bytes = match self {
+            Layout::Registry(remote) => remote.document(digest, size, what)?,
+            _ => {
+                let blob = self.blob(digest)?;
+                check_size(blob.len(), size, what)?;
+                read_limited(blob, what)?
+            }
+        };
+        check_size(bytes.len() as u64, size, what)?;
         digest.verify(&Digest::of(&bytes), format!("digest of {what}"))?;
         Ok(bytes)
     }
@@ -111,6 +150,12 @@ impl Layout {
         match self {
             Layout::Archive(archive) => Ok(archive.open(path)),
             Layout::Directory(dir) => open_beneath(dir, path),
+            Layout::Registry(_) => Err(Error::InvalidSource {
+                reason: format!(
+                    "{path} is read from a layout; oci-delta artifacts from a registry \
+                     are not supported yet"
+                ),
+            }),
         }
     }
 }
