@@ -320,6 +320,14 @@ pub enum Cut {
         /// Answer bytes passed before the cut.
         after: usize,
     },
+    /// Answer this many such requests with HTTP `status` and an empty
+    /// body, instead of passing them on.
+    Status {
+        /// How many requests to answer so.
+        count: usize,
+        /// The HTTP status, e.g. 503.
+        status: u16,
+    },
 }
 
 /// A TCP proxy in front of a plain-HTTP registry, which cuts connections
@@ -340,15 +348,17 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (count, after, vanish) = match cut {
-            Cut::Times { count, after } => (count, after, false),
-            Cut::Vanish { after } => (1, after, true),
+        let (count, after, vanish, status) = match cut {
+            Cut::Times { count, after } => (count, after, false, None),
+            Cut::Vanish { after } => (1, after, true, None),
+            Cut::Status { count, status } => (count, 0, false, Some(status)),
         };
         let watch = Watch {
             blob: blob.to_owned(),
             cuts_left: Arc::new(AtomicUsize::new(count)),
             after,
             vanish,
+            status,
             heads: heads.clone(),
             stop: stop.clone(),
         };
@@ -391,6 +401,7 @@ struct Watch {
     cuts_left: Arc<AtomicUsize>,
     after: usize,
     vanish: bool,
+    status: Option<u16>,
     heads: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
@@ -405,24 +416,38 @@ impl Watch {
             (client.try_clone().unwrap(), server.try_clone().unwrap());
         let forward = self.clone();
         let arming = armed.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 16 << 10];
-            while let Ok(n @ 1..) = from_client.read(&mut buf) {
-                // Requests here are GETs and HEADs: each read is heads.
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                for head in text.split("\r\n\r\n").filter(|h| !h.is_empty()) {
-                    if head.contains(&forward.blob) && take(&forward.cuts_left) {
-                        arming.store(true, Ordering::SeqCst);
-                    }
-                    forward.heads.lock().unwrap().push(head.to_owned());
+        std::thread::spawn(move || forward.requests(&mut from_client, &mut to_server, &arming));
+        self.answer(client, server, &armed);
+    }
+
+    /// Pass the client's requests on, recording their heads; arm the cut
+    /// or answer with the injected status when one names the blob.
+    fn requests(&self, client: &mut TcpStream, server: &mut TcpStream, armed: &AtomicBool) {
+        let mut buf = vec![0u8; 16 << 10];
+        while let Ok(n @ 1..) = client.read(&mut buf) {
+            // Requests here are GETs and HEADs: each read is heads.
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let mut answered = false;
+            for head in text.split("\r\n\r\n").filter(|h| !h.is_empty()) {
+                self.heads.lock().unwrap().push(head.to_owned());
+                if !head.contains(&self.blob) || !take(&self.cuts_left) {
+                    continue;
                 }
-                if to_server.write_all(&buf[..n]).is_err() {
-                    break;
+                match self.status {
+                    Some(status) => {
+                        let answer =
+                            format!("HTTP/1.1 {status} Injected\r\nContent-Length: 0\r\n\r\n");
+                        let _ = client.write_all(answer.as_bytes());
+                        answered = true;
+                    }
+                    None => armed.store(true, Ordering::SeqCst),
                 }
             }
-            let _ = to_server.shutdown(Shutdown::Write);
-        });
-        self.answer(client, server, &armed);
+            if !answered && server.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = server.shutdown(Shutdown::Write);
     }
 
     /// Pass the server's answers to the client, cutting once armed.

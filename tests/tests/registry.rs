@@ -79,6 +79,55 @@ fn typed_refusal(daemon: &Daemon, reference: &str, authfile: Option<&std::path::
     typed_refusal_with(daemon, &params, fds)
 }
 
+/// Pull `app:v1` through a proxy in front of `registry` that cuts as
+/// `cut` says the answers for `layer`; the image must be `image_id`.
+fn pull_through(
+    daemon: &Daemon,
+    registry: &Registry,
+    layer: &str,
+    cut: Cut,
+    image_id: &str,
+) -> Proxy {
+    let proxy = Proxy::start(registry.port(), layer, cut);
+    let source = docker(&proxy.host(), "app:v1");
+    let pulled = pull(daemon, &[&source, "--tls-verify=false"]);
+    assert_eq!(pulled.str("imageId"), image_id);
+    proxy
+}
+
+/// A plain-HTTP registry holding the big image as `app:v1`, a daemon
+/// for it, its layer's digest, and its image id as pulled elsewhere (so
+/// that this daemon must fetch the layer).
+fn over_http() -> (Registry, Daemon, String, String) {
+    let (registry, daemon, fixture, layer) =
+        pushed(Registry::start_http(), &big_image(Compression::Gzip));
+    let local = pull(
+        &Daemon::start_initialised(&[]),
+        &[&fixture.oci(None), "local"],
+    );
+    (registry, daemon, layer, local.str("imageId").to_owned())
+}
+
+/// The typed error of a Pull of `app:v1` through `proxy`, over HTTP.
+fn refusal_through(daemon: &Daemon, proxy: &Proxy) -> OciError {
+    let params = PullParams {
+        transport: "docker".to_owned(),
+        reference: Some(format!("{}/app:v1", proxy.host())),
+        tls_verify: Some(false),
+        ..PullParams::default()
+    };
+    typed_refusal_with(daemon, &params, Vec::new())
+}
+
+/// The request heads `proxy` saw that fetch `layer`.
+fn blob_gets(proxy: &Proxy, layer: &str) -> Vec<String> {
+    proxy
+        .heads()
+        .into_iter()
+        .filter(|h| h.contains(layer))
+        .collect()
+}
+
 macro_rules! need_registry {
     () => {
         if !registry::available() {
@@ -262,35 +311,15 @@ fn registry_blob_served_with_the_wrong_digest_publishes_nothing() {
 #[test]
 fn registry_connection_cut_mid_blob_resumes_with_a_range_request() {
     need_registry!();
-    let (registry, daemon, fixture, layer) =
-        pushed(Registry::start_http(), &big_image(Compression::Gzip));
-    // Pulled elsewhere, so that this daemon must fetch the layer.
-    let local = pull(
-        &Daemon::start_initialised(&[]),
-        &[&fixture.oci(None), "local"],
-    );
-    let proxy = Proxy::start(
-        registry.port(),
-        &layer,
-        Cut::Times {
-            count: 2,
-            after: 60_000,
-        },
-    );
-    let source = docker(&proxy.host(), "app:v1");
-    let pulled = pull(&daemon, &[&source, "--tls-verify=false"]);
-    assert_eq!(pulled.str("imageId"), local.str("imageId"));
-    let heads = proxy.heads();
-    let blob_gets: Vec<&String> = heads
-        .iter()
-        .filter(|h| h.contains(layer.as_str()))
-        .collect();
-    assert_eq!(
-        blob_gets.len(),
-        3,
-        "one request and two resumes: {blob_gets:#?}"
-    );
-    let resumed = blob_gets[1..]
+    let (registry, daemon, layer, image_id) = over_http();
+    let cut = Cut::Times {
+        count: 2,
+        after: 60_000,
+    };
+    let proxy = pull_through(&daemon, &registry, &layer, cut, &image_id);
+    let gets = blob_gets(&proxy, &layer);
+    assert_eq!(gets.len(), 3, "one request and two resumes: {gets:#?}");
+    let resumed = gets[1..]
         .iter()
         .filter(|h| {
             h.lines().any(|l| {
@@ -299,10 +328,7 @@ fn registry_connection_cut_mid_blob_resumes_with_a_range_request() {
             })
         })
         .count();
-    assert_eq!(
-        resumed, 2,
-        "the resumes ask for the rest only: {blob_gets:#?}"
-    );
+    assert_eq!(resumed, 2, "the resumes ask for the rest only: {gets:#?}");
 }
 
 #[test]
@@ -312,13 +338,7 @@ fn registry_that_vanishes_mid_pull_is_unreachable_and_nothing_is_published() {
         pushed(Registry::start_http(), &big_image(Compression::Gzip));
     let proxy = Proxy::start(registry.port(), &layer, Cut::Vanish { after: 60_000 });
     let before = published(&daemon.repo());
-    let params = PullParams {
-        transport: "docker".to_owned(),
-        reference: Some(format!("{}/app:v1", proxy.host())),
-        tls_verify: Some(false),
-        ..PullParams::default()
-    };
-    match typed_refusal_with(&daemon, &params, Vec::new()) {
+    match refusal_through(&daemon, &proxy) {
         OciError::RegistryUnreachable { registry: host, .. } => assert_eq!(host, proxy.host()),
         other => panic!("{other:?}"),
     }
@@ -444,4 +464,34 @@ fn registry_two_clients_pulling_one_reference_import_it_once() {
         "{:?}",
         results.iter().map(|r| &r.result).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn registry_5xx_and_429_answers_are_retried_a_bounded_number_of_times() {
+    need_registry!();
+    let (registry, daemon, layer, image_id) = over_http();
+    // Two 503s, then the blob: the pull succeeds on the third try.
+    let flaky = Cut::Status {
+        count: 2,
+        status: 503,
+    };
+    let proxy = pull_through(&daemon, &registry, &layer, flaky, &image_id);
+    assert_eq!(blob_gets(&proxy, &layer).len(), 3);
+    // Always 429: the pull gives up after 5 tries, saying what it got.
+    let daemon = daemon_for(&registry, &[]);
+    let busy = Cut::Status {
+        count: usize::MAX,
+        status: 429,
+    };
+    let proxy = Proxy::start(registry.port(), &layer, busy);
+    let before = published(&daemon.repo());
+    match refusal_through(&daemon, &proxy) {
+        OciError::RegistryError { status, what, .. } => {
+            assert_eq!(status, 429);
+            assert!(what.contains(layer.as_str()), "{what}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(blob_gets(&proxy, &layer).len(), 5);
+    assert_eq!(published(&daemon.repo()), before);
 }
