@@ -320,6 +320,12 @@ pub enum Cut {
         /// Answer bytes passed before the cut.
         after: usize,
     },
+    /// Pass `after` bytes of the first such answer, then nothing more,
+    /// keeping the connection open: a registry that hangs.
+    Stall {
+        /// Answer bytes passed before the stall.
+        after: usize,
+    },
     /// Answer this many such requests with HTTP `status` and an empty
     /// body, instead of passing them on.
     Status {
@@ -337,6 +343,8 @@ pub struct Proxy {
     port: u16,
     heads: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -348,17 +356,23 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let heads = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let (connections, closed): (Arc<AtomicUsize>, Arc<AtomicUsize>) = Default::default();
         let (count, after, vanish, status) = match cut {
             Cut::Times { count, after } => (count, after, false, None),
             Cut::Vanish { after } => (1, after, true, None),
             Cut::Status { count, status } => (count, 0, false, Some(status)),
+            Cut::Stall { after } => (1, after, false, None),
         };
+        let stall = matches!(cut, Cut::Stall { .. });
         let watch = Watch {
             blob: blob.to_owned(),
             cuts_left: Arc::new(AtomicUsize::new(count)),
             after,
             vanish,
             status,
+            stall,
+            connections: connections.clone(),
+            closed: closed.clone(),
             heads: heads.clone(),
             stop: stop.clone(),
         };
@@ -375,7 +389,22 @@ impl Proxy {
             }
             // Dropping the listener refuses connections from now on.
         });
-        Proxy { port, heads, stop }
+        Proxy {
+            port,
+            heads,
+            stop,
+            connections,
+            closed,
+        }
+    }
+
+    /// Connections accepted so far, and how many of them the client has
+    /// closed.
+    pub fn connections(&self) -> (usize, usize) {
+        (
+            self.connections.load(Ordering::SeqCst),
+            self.closed.load(Ordering::SeqCst),
+        )
     }
 
     /// `127.0.0.1:PORT` of the proxy.
@@ -402,6 +431,9 @@ struct Watch {
     after: usize,
     vanish: bool,
     status: Option<u16>,
+    stall: bool,
+    connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
@@ -411,6 +443,7 @@ impl Watch {
         let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
             return;
         };
+        self.connections.fetch_add(1, Ordering::SeqCst);
         let armed = Arc::new(AtomicBool::new(false));
         let (mut from_client, mut to_server) =
             (client.try_clone().unwrap(), server.try_clone().unwrap());
@@ -425,6 +458,10 @@ impl Watch {
     fn requests(&self, client: &mut TcpStream, server: &mut TcpStream, armed: &AtomicBool) {
         let mut buf = vec![0u8; 16 << 10];
         while let Ok(n @ 1..) = client.read(&mut buf) {
+            if self.vanish && self.stop.load(Ordering::SeqCst) {
+                // Gone: pooled connections answer nothing more either.
+                break;
+            }
             // Requests here are GETs and HEADs: each read is heads.
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             let mut answered = false;
@@ -447,7 +484,9 @@ impl Watch {
                 break;
             }
         }
-        let _ = server.shutdown(Shutdown::Write);
+        self.closed.fetch_add(1, Ordering::SeqCst);
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
     }
 
     /// Pass the server's answers to the client, cutting once armed.
@@ -467,6 +506,11 @@ impl Watch {
                 if *l == 0 {
                     if self.vanish {
                         self.stop.store(true, Ordering::SeqCst);
+                    }
+                    if self.stall {
+                        // The connection stays open until the client
+                        // closes it (see `requests`).
+                        return;
                     }
                     break;
                 }

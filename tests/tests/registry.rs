@@ -495,3 +495,50 @@ fn registry_5xx_and_429_answers_are_retried_a_bounded_number_of_times() {
     assert_eq!(blob_gets(&proxy, &layer).len(), 5);
     assert_eq!(published(&daemon.repo()), before);
 }
+
+#[test]
+fn registry_pull_whose_client_hangs_up_closes_its_connections_at_once() {
+    need_registry!();
+    let (registry, daemon, layer, _) = over_http();
+    let proxy = Proxy::start(registry.port(), &layer, Cut::Stall { after: 60_000 });
+    let before = published(&daemon.repo());
+    let mut cfsctl = std::process::Command::new(cfsd_tests::bin("cfsctl"))
+        .args([
+            "--address",
+            &daemon.address(),
+            "--progress=none",
+            "oci",
+            "pull",
+        ])
+        .arg(docker(&proxy.host(), "app:v1"))
+        .arg("--tls-verify=false")
+        .spawn()
+        .unwrap();
+    let waited = |done: &dyn Fn() -> bool, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    waited(
+        &|| blob_gets(&proxy, &layer).len() == 1,
+        "the blob was not asked for",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (opened, closed) = proxy.connections();
+    assert!(opened > closed, "no connection is open: {opened} {closed}");
+    cfsctl.kill().unwrap();
+    cfsctl.wait().unwrap();
+    // Well before the 30 s read timeout: the hang-up stopped the reader.
+    waited(
+        &|| {
+            let (opened, closed) = proxy.connections();
+            opened == closed
+        },
+        "the daemon kept its registry connection after the client hung up",
+    );
+    assert_eq!(published(&daemon.repo()), before);
+    let images = daemon.cfsctl(&["oci", "images"]);
+    assert!(images.status.success(), "{}", stderr(&images));
+}

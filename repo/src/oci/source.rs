@@ -49,7 +49,7 @@ impl Source {
 pub(crate) enum Layout {
     Archive(Archive),
     Directory(Arc<OwnedFd>),
-    Registry(Arc<crate::registry::remote::Remote>),
+    Registry(crate::registry::Connected),
 }
 
 impl Layout {
@@ -59,8 +59,9 @@ impl Layout {
             Source::Archive(file) => Layout::Archive(Archive::index(file)?),
             Source::Directory(dir) => Layout::Directory(Arc::new(dir)),
             Source::Registry(registry) => {
-                let remote = crate::registry::remote::Remote::connect(*registry)?;
-                return Ok(Layout::Registry(Arc::new(remote)));
+                return Ok(Layout::Registry(crate::registry::Connected::open(
+                    *registry,
+                )?));
             }
         };
         layout.check_marker()?;
@@ -89,8 +90,8 @@ impl Layout {
 
     /// `index.json`, as raw bytes.
     pub(crate) fn index(&self) -> Result<Vec<u8>, Error> {
-        if let Layout::Registry(remote) = self {
-            return Ok(remote.index());
+        if let Layout::Registry(connected) = self {
+            return Ok(connected.remote.index());
         }
         let reader = self
             .file("index.json")?
@@ -103,8 +104,8 @@ impl Layout {
     /// A reader of the layer blob `digest`, checked to be `size` bytes
     /// long; from a registry, streamed from the connection.
     pub(crate) fn layer(&self, digest: &Digest, size: u64) -> Result<Box<dyn Read + Send>, Error> {
-        if let Layout::Registry(remote) = self {
-            return Ok(crate::registry::layer_reader(remote, digest, size));
+        if let Layout::Registry(connected) = self {
+            return Ok(connected.layer(digest, size));
         }
         let blob = self.blob(digest)?;
         check_size(blob.len(), size, &format!("layer {digest}"))?;
@@ -133,7 +134,7 @@ impl Layout {
             });
         }
         let bytes = match self {
-            Layout::Registry(remote) => remote.document(digest, size, what)?,
+            Layout::Registry(connected) => connected.remote.document(digest, size, what)?,
             _ => {
                 let blob = self.blob(digest)?;
                 check_size(blob.len(), size, what)?;

@@ -57,11 +57,11 @@ impl BlobStream {
         if offset > 0 {
             tracing::info!("resuming {what} at byte {offset}");
         }
-        let response = remote.handle.block_on(remote.retrying(&what, || {
+        let response = remote.until_stopped(remote.retrying(&what, || {
             remote
                 .client
                 .pull_blob_stream_partial(&remote.image, &digest, offset, None)
-        }))?;
+        }))??;
         let (stream, skip) = match response {
             BlobResponse::Partial(stream) => (stream, 0),
             // The registry sent the whole blob: drop what we already have.
@@ -77,7 +77,7 @@ impl BlobStream {
         let Some(body) = self.body.as_mut() else {
             return self.open();
         };
-        let next = self.remote.handle.block_on(body.next());
+        let next = self.remote.until_stopped(body.next())?;
         let cut = match next {
             Some(Ok(mut bytes)) => {
                 let dropped = self.skip.min(bytes.len() as u64);

@@ -153,13 +153,34 @@ pub(crate) fn registry_failure(e: std::io::Error) -> Result<Error, std::io::Erro
     Err(e)
 }
 
-/// A blob reader of this source, for the pipeline.
-pub(crate) fn layer_reader(
-    remote: &std::sync::Arc<remote::Remote>,
-    digest: &crate::oci::digest::Digest,
-    size: u64,
-) -> Box<dyn Read + Send> {
-    Box::new(blob::BlobStream::new(remote.clone(), digest, size))
+/// A registry source as the pipeline holds it. When the pull lets go of
+/// it (done, failed, or dropped because the client hung up), blob readers
+/// still waiting on the network stop at once, closing their connections.
+#[derive(Debug)]
+pub(crate) struct Connected {
+    /// The connected image.
+    pub(crate) remote: std::sync::Arc<remote::Remote>,
+    _stop: tokio::sync::watch::Sender<()>,
+}
+
+impl Connected {
+    /// Connect to `registry` and fetch the document it names. Blocks.
+    pub(crate) fn open(registry: Registry) -> Result<Self, Error> {
+        let (remote, stop) = remote::Remote::connect(registry)?;
+        Ok(Connected {
+            remote: std::sync::Arc::new(remote),
+            _stop: stop,
+        })
+    }
+
+    /// A reader of the layer blob `digest`, for the pipeline.
+    pub(crate) fn layer(
+        &self,
+        digest: &crate::oci::digest::Digest,
+        size: u64,
+    ) -> Box<dyn Read + Send> {
+        Box::new(blob::BlobStream::new(self.remote.clone(), digest, size))
+    }
 }
 
 #[cfg(test)]

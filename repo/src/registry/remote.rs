@@ -16,7 +16,7 @@ use oci_client::{
     },
     secrets::RegistryAuth,
 };
-use tokio::runtime::Handle;
+use tokio::{runtime::Handle, sync::watch};
 
 use super::Registry;
 use crate::{Error, oci::digest::Digest};
@@ -47,6 +47,9 @@ pub(crate) struct Remote {
     pub(super) handle: Handle,
     /// The document the reference named, verified against its digest.
     top: (Digest, Vec<u8>),
+    /// Closed when the pull lets go of this source: blob readers still
+    /// waiting on the network stop then, not at the read timeout.
+    pub(super) stopped: watch::Receiver<()>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -58,19 +61,22 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Connect to the registry and fetch the document `registry` names.
+    /// Connect to the registry and fetch the document `registry` names;
+    /// dropping the sender returned stops the blob readers.
     /// Blocks; call it on a blocking thread of a tokio runtime.
-    pub(crate) fn connect(registry: Registry) -> Result<Self, Error> {
+    pub(crate) fn connect(registry: Registry) -> Result<(Self, watch::Sender<()>), Error> {
         let handle = Handle::try_current().map_err(|e| {
             Error::internal("reaching a registry", format!("no async runtime: {e}"))
         })?;
         let host = registry.image.registry().to_owned();
+        let (stop, stopped) = watch::channel(());
         let mut remote = Remote {
             client: client(&registry, ClientProtocol::Https)?,
             image: registry.image.clone(),
             host,
             handle,
             top: (Digest::of(b""), Vec::new()),
+            stopped,
         };
         let first = remote.manifest(&registry.image, &registry.auth);
         let top = match first {
@@ -88,7 +94,7 @@ impl Remote {
             pinned.verify(&top.0, format!("digest of manifest {pinned}"))?;
         }
         remote.top = top;
-        Ok(remote)
+        Ok((remote, stop))
     }
 
     /// An `index.json` naming only the document the reference named, so
@@ -132,6 +138,21 @@ impl Remote {
             self.client.pull_manifest_raw(image, auth, MANIFEST_TYPES)
         }))?;
         Ok((Digest::of(&bytes), bytes.to_vec()))
+    }
+
+    /// Wait for `work` on the runtime, unless the pull lets go of this
+    /// source first: then the wait ends at once, as a cancelled one.
+    pub(super) fn until_stopped<T>(&self, work: impl Future<Output = T>) -> Result<T, Error> {
+        let mut stopped = self.stopped.clone();
+        self.handle.block_on(async {
+            tokio::select! {
+                done = work => Ok(done),
+                _ = stopped.changed() => Err(Error::storage(
+                    "receiving a blob",
+                    std::io::Error::new(std::io::ErrorKind::Interrupted, "the pull was cancelled"),
+                )),
+            }
+        })
     }
 
     /// Run `attempt` until it succeeds, fails for good, or has been
