@@ -284,7 +284,9 @@ impl Repository {
     }
 
     /// Check the repository. With `metadata_only`, object contents are not
-    /// read and only references are checked.
+    /// read and only references are checked. Otherwise every object is
+    /// read through, which on a repository that enforces fs-verity is what
+    /// makes the kernel check its bytes.
     ///
     /// Must run inside a tokio runtime: composefs spreads the object
     /// checks over blocking threads.
@@ -295,7 +297,20 @@ impl Repository {
             s.fsck().await
         })
         .map_err(|e| Error::storage("checking the repository", e))?;
-        Ok(FsckReport::from(&result))
+        let mut report = FsckReport::from(&result);
+        let path = self.inner.path.clone();
+        let read_objects = !metadata_only && self.inner.verity.is_enforced();
+        report = tokio::task::spawn_blocking(move || {
+            report.check_image_names(&path)?;
+            if read_objects {
+                report.read_objects(&path)?;
+            }
+            Ok::<_, std::io::Error>(report)
+        })
+        .await
+        .map_err(|e| Error::storage("checking the repository", std::io::Error::other(e)))?
+        .map_err(|e| Error::storage("reading the repository's objects", e))?;
+        Ok(report)
     }
 
     /// How long a collection waits for holders.

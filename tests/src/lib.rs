@@ -7,6 +7,7 @@ pub mod oci;
 pub mod ocictl;
 pub mod peer;
 pub mod registry;
+pub mod upstream;
 
 use std::{
     io::{BufRead, BufReader, Write},

@@ -13,6 +13,12 @@
 //! composefs-rs (0.9.4) builds its mounts without these attributes and
 //! takes none from its caller, so the mount is assembled here from its
 //! building blocks instead of through `Repository::mount`.
+//!
+//! Those building blocks are chosen when composefs is compiled: by default
+//! they hand the overlay its layers as file descriptors, which only Linux
+//! 6.13 and later accept (EBADF before). Kernels that updaters run today
+//! (6.12 in Debian's backports and CentOS Stream 10) need the layers named
+//! by path, so the overlay falls back to that at run time; see [`lower`].
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -71,6 +77,24 @@ pub(crate) fn mount_image<H: FsVerityHashValue>(
     // The overlay keeps a private copy of this mount, attributes and all,
     // as its lower layer; nothing else can reach it.
     let lower = prepare_mount(erofs)?;
+    let overlay = overlay(id, verity)?;
+    match overlayfs_set_lower_and_data_fds(overlay.as_fd(), &lower, &[objects.as_fd()]) {
+        Ok(()) => create_overlay(overlay, attributes),
+        Err(rustix::io::Errno::BADF | rustix::io::Errno::INVAL) => {
+            let lower = lower::Parked::park(lower).context("parking the EROFS mount")?;
+            // A context whose layer option failed is not reused.
+            let overlay = self::overlay(id, verity)?;
+            let (lower_path, objects_path) = (lower.path(), lower::fd_path(objects.as_fd()));
+            fsconfig_set_string(overlay.as_fd(), "lowerdir+", lower_path)?;
+            fsconfig_set_string(overlay.as_fd(), "datadir+", objects_path)?;
+            create_overlay(overlay, attributes)
+        }
+        Err(e) => Err(e).context("giving the overlay its layers"),
+    }
+}
+
+/// A new overlay context for image `id`, before its layers are set.
+fn overlay(id: &str, verity: bool) -> anyhow::Result<FsHandle> {
     let overlay = FsHandle::open("overlay")?;
     let fs = overlay.as_fd();
     fsconfig_set_string(fs, "source", format!("composefs:{id}"))?;
@@ -79,7 +103,11 @@ pub(crate) fn mount_image<H: FsVerityHashValue>(
     if verity {
         fsconfig_set_string(fs, "verity", "require")?;
     }
-    overlayfs_set_lower_and_data_fds(fs, &lower, &[objects.as_fd()])?;
+    Ok(overlay)
+}
+
+fn create_overlay(overlay: FsHandle, attributes: MountAttrFlags) -> anyhow::Result<OwnedFd> {
+    let fs = overlay.as_fd();
     fsconfig_create(fs).context("creating the overlay")?;
     Ok(fsmount(fs, FsMountFlags::FSMOUNT_CLOEXEC, attributes)?)
 }
@@ -93,6 +121,55 @@ fn erofs_mount(image: OwnedFd, attributes: MountAttrFlags) -> anyhow::Result<Own
     fsconfig_set_string(fs, "source", format!("/proc/self/fd/{}", image.as_raw_fd()))?;
     fsconfig_create(fs)?;
     Ok(fsmount(fs, FsMountFlags::FSMOUNT_CLOEXEC, attributes)?)
+}
+
+/// Naming a detached mount by path, for kernels before 6.13.
+mod lower {
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+    use rustix::mount::{MoveMountFlags, UnmountFlags, move_mount, unmount};
+
+    /// A detached mount attached, for as long as this lives, on a fresh
+    /// directory that only root can enter. Overlayfs before 6.13 takes
+    /// its layers only as paths, and a detached mount has none.
+    pub(super) struct Parked {
+        dir: tempfile::TempDir,
+    }
+
+    impl Parked {
+        /// Attach `mount`. The overlay that is created while this lives
+        /// keeps its own reference to the mount; dropping this detaches
+        /// the directory's.
+        pub(super) fn park(mount: impl AsFd) -> std::io::Result<Self> {
+            let dir = tempfile::Builder::new().prefix(".cfsd-lower-").tempdir()?;
+            move_mount(
+                mount.as_fd(),
+                "",
+                rustix::fs::CWD,
+                dir.path(),
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )?;
+            Ok(Parked { dir })
+        }
+
+        /// The path the overlay's `lowerdir+` option takes.
+        pub(super) fn path(&self) -> String {
+            self.dir.path().display().to_string()
+        }
+    }
+
+    impl Drop for Parked {
+        fn drop(&mut self) {
+            // Lazily: the overlay made from it holds the mount busy.
+            let _ = unmount(self.dir.path(), UnmountFlags::DETACH);
+        }
+    }
+
+    /// A path that names the directory `fd` is open on, for layer
+    /// options that take paths.
+    pub(super) fn fd_path(fd: BorrowedFd<'_>) -> String {
+        format!("/proc/self/fd/{}", fd.as_raw_fd())
+    }
 }
 
 #[cfg(test)]

@@ -4,16 +4,20 @@
 
 use std::{
     fs::File,
-    io::Read,
+    io::{Read, Write},
     os::fd::{AsFd, OwnedFd},
     sync::Arc,
 };
 
+use composefs::fsverity::FsVerityHashValue;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::{
     archive::{Archive, Pread},
     digest::Digest,
+    layer,
+    manifest::LayerPlan,
+    pipeline::{Blob, LayerSource},
 };
 use crate::Error;
 
@@ -103,12 +107,12 @@ impl Layout {
 
     /// A reader of the layer blob `digest`, checked to be `size` bytes
     /// long; from a registry, streamed from the connection.
-    pub(crate) fn layer(&self, digest: &Digest, size: u64) -> Result<Box<dyn Read + Send>, Error> {
+    fn layer(&self, digest: &Digest, size: u64, what: &str) -> Result<Box<dyn Read + Send>, Error> {
         if let Layout::Registry(connected) = self {
             return Ok(connected.layer(digest, size));
         }
         let blob = self.blob(digest)?;
-        check_size(blob.len(), size, &format!("layer {digest}"))?;
+        check_size(blob.len(), size, what)?;
         Ok(Box::new(blob))
     }
 
@@ -158,6 +162,28 @@ impl Layout {
                 ),
             }),
         }
+    }
+}
+
+/// A layout makes each layer from the image's own blob, read by pread
+/// and decompressed as its media type says.
+impl<H: FsVerityHashValue> LayerSource<H> for Layout {
+    fn blob(&self, layer: &LayerPlan) -> Option<Blob> {
+        Some(Blob::of_layer(layer))
+    }
+
+    fn open(&self, blob: &Blob) -> Result<Box<dyn Read + Send>, Error> {
+        self.layer(&blob.digest, blob.size, &blob.name)
+    }
+
+    fn unpack(
+        &self,
+        layer: &LayerPlan,
+        blob: &Blob,
+        bytes: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        layer::decompress(layer.compression, layer, blob, bytes, out)
     }
 }
 

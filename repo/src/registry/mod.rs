@@ -144,6 +144,18 @@ pub(crate) fn failure(e: std::io::Error) -> Error {
     }
 }
 
+/// Whether `e` is a registry's failure (auth, TLS, connection, status),
+/// as opposed to something wrong with what it sent.
+pub(crate) fn is_registry_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::RegistryAuth { .. }
+            | Error::RegistryTls { .. }
+            | Error::RegistryUnreachable { .. }
+            | Error::RegistryStatus { .. }
+    )
+}
+
 /// The typed error an `io::Error` from a blob stream carries, if it does.
 pub(crate) fn registry_failure(e: std::io::Error) -> Result<Error, std::io::Error> {
     if e.get_ref().is_some_and(|inner| inner.is::<Failure>()) {
