@@ -141,11 +141,6 @@ macro_rules! need_registry {
 fn registry_gzip_zstd_and_zstd_chunked_pulls_give_the_oci_image() {
     need_registry!();
     let registry = Registry::start_https();
-    let fixture = written(&small_image(Compression::Gzip, "from a registry\n"));
-    let local = pull(
-        &Daemon::start_initialised(&[]),
-        &[&fixture.oci(None), "local"],
-    );
     let auth = auth_args(&registry);
     let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
     for (name, flags) in [
@@ -156,8 +151,23 @@ fn registry_gzip_zstd_and_zstd_chunked_pulls_give_the_oci_image() {
             &["--dest-compress-format", "zstd:chunked"][..],
         ),
     ] {
+        // An image of its own each: skopeo would reuse a blob the
+        // registry has already, whatever compression it was asked for.
+        let fixture = written(&small_image(Compression::Gzip, name));
+        let local = pull(
+            &Daemon::start_initialised(&[]),
+            &[&fixture.oci(None), "local"],
+        );
         registry.push(&fixture.oci(None), name, flags);
-        // A daemon of its own each: the layers' diff_ids are the same.
+        // The layer is stored as pushed: gzip, or zstd frames.
+        let repository = name.split(':').next().unwrap();
+        let layer = std::fs::read(&registry.blob_files(repository)[0]).unwrap();
+        let magic: &[u8] = if repository == "gzip" {
+            &[0x1f, 0x8b]
+        } else {
+            &[0x28, 0xb5, 0x2f, 0xfd]
+        };
+        assert!(layer.starts_with(magic), "{name}: {:x?}", &layer[..4]);
         let daemon = daemon_for(&registry, &[]);
         let source = docker(&registry.host(), name);
         let mut args = vec![source.as_str()];
@@ -494,51 +504,4 @@ fn registry_5xx_and_429_answers_are_retried_a_bounded_number_of_times() {
     }
     assert_eq!(blob_gets(&proxy, &layer).len(), 5);
     assert_eq!(published(&daemon.repo()), before);
-}
-
-#[test]
-fn registry_pull_whose_client_hangs_up_closes_its_connections_at_once() {
-    need_registry!();
-    let (registry, daemon, layer, _) = over_http();
-    let proxy = Proxy::start(registry.port(), &layer, Cut::Stall { after: 60_000 });
-    let before = published(&daemon.repo());
-    let mut cfsctl = std::process::Command::new(cfsd_tests::bin("cfsctl"))
-        .args([
-            "--address",
-            &daemon.address(),
-            "--progress=none",
-            "oci",
-            "pull",
-        ])
-        .arg(docker(&proxy.host(), "app:v1"))
-        .arg("--tls-verify=false")
-        .spawn()
-        .unwrap();
-    let waited = |done: &dyn Fn() -> bool, what: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !done() {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
-    waited(
-        &|| blob_gets(&proxy, &layer).len() == 1,
-        "the blob was not asked for",
-    );
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let (opened, closed) = proxy.connections();
-    assert!(opened > closed, "no connection is open: {opened} {closed}");
-    cfsctl.kill().unwrap();
-    cfsctl.wait().unwrap();
-    // Well before the 30 s read timeout: the hang-up stopped the reader.
-    waited(
-        &|| {
-            let (opened, closed) = proxy.connections();
-            opened == closed
-        },
-        "the daemon kept its registry connection after the client hung up",
-    );
-    assert_eq!(published(&daemon.repo()), before);
-    let images = daemon.cfsctl(&["oci", "images"]);
-    assert!(images.status.success(), "{}", stderr(&images));
 }

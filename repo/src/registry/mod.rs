@@ -165,9 +165,11 @@ pub(crate) fn registry_failure(e: std::io::Error) -> Result<Error, std::io::Erro
     Err(e)
 }
 
-/// A registry source as the pipeline holds it. When the pull lets go of
-/// it (done, failed, or dropped because the client hung up), blob readers
-/// still waiting on the network stop at once, closing their connections.
+/// A registry source as the pipeline holds it. When every holder lets go
+/// of it, blob readers still waiting on the network stop at once, closing
+/// their connections. The pipeline's layer producers hold the source
+/// themselves, so a pull dropped on hang-up does not yet reach a reader
+/// that waits on a silent connection: that one stops at the read timeout.
 #[derive(Debug)]
 pub(crate) struct Connected {
     /// The connected image.
