@@ -4,6 +4,7 @@
 //! calls and renders their replies. The repository itself is only ever
 //! touched by the daemon.
 
+mod authfile;
 mod connect;
 mod failure;
 mod mount;

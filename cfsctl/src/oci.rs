@@ -13,7 +13,7 @@ use cfsd_varlink::{
     oci::{
         AppliedDelta, CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, Image,
         InspectReply, MountParams, OciError, PullParams, PullReply, PullResult, TRANSPORT_ARCHIVE,
-        TRANSPORT_DIRECTORY,
+        TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY,
     },
 };
 use clap::{Args, Subcommand, ValueEnum};
@@ -127,8 +127,9 @@ enum MethodArg {
 /// The arguments of `oci pull`.
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// oci:DIR[:REF] or oci-archive:FILE[:REF]. REF picks the manifest by
-    /// its ref.name annotation or sha256: digest.
+    /// oci:DIR[:REF], oci-archive:FILE[:REF] or
+    /// docker://HOST[:PORT]/NAME[:TAG|@sha256:DIGEST]. REF picks the
+    /// manifest by its ref.name annotation or sha256: digest.
     source: String,
     /// The tag to give the image; defaults to SOURCE as given.
     name: Option<String>,
@@ -138,6 +139,14 @@ pub struct PullArgs {
     /// The most layers imported at once (0: one per CPU).
     #[arg(long, value_name = "N")]
     jobs: Option<u64>,
+    /// For docker://: false allows plain HTTP and unverified TLS; true
+    /// verifies even a registry registries.conf marks insecure.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    tls_verify: Option<bool>,
+    /// For docker://: the containers auth.json to use, instead of
+    /// $REGISTRY_AUTH_FILE or the usual containers and Docker places.
+    #[arg(long, value_name = "PATH")]
+    authfile: Option<PathBuf>,
 }
 
 /// Run an `oci` command.
@@ -297,18 +306,34 @@ fn kind_name(kind: FileType) -> &'static str {
 
 /// `cfsctl oci pull`.
 async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Result<ExitCode> {
-    let source = Source::parse(&args.source)?;
-    let fd = source.open(&args.source)?;
+    let (transport, reference, fds) = match args.source.strip_prefix("docker://") {
+        // The daemon reaches the registry; cfsctl hands over only the
+        // caller's credentials.
+        Some(image) => {
+            let auth = crate::authfile::open(args.authfile.as_deref())?;
+            (
+                TRANSPORT_REGISTRY,
+                Some(image.to_owned()),
+                auth.into_iter().collect(),
+            )
+        }
+        None => {
+            let source = Source::parse(&args.source)?;
+            let fd = source.open(&args.source)?;
+            (source.transport, source.reference, vec![fd])
+        }
+    };
     let params = PullParams {
-        transport: source.transport.to_owned(),
-        reference: source.reference,
+        transport: transport.to_owned(),
+        reference,
         // Like composefs-rs's cfsctl: the image is named as it was pulled.
         tag: Some(args.name.unwrap_or(args.source)),
         platform: args.platform,
         jobs: args.jobs,
+        tls_verify: args.tls_verify,
     };
     let mut progress = Progress::new(out);
-    let result = follow(client, &params, fd, &mut progress).await;
+    let result = follow(client, &params, fds, &mut progress).await;
     progress.finish();
     let result = result?;
     if out.json {
@@ -359,10 +384,10 @@ async fn delta_source(client: &mut Client, delta: &AppliedDelta) -> String {
 async fn follow(
     client: &mut Client,
     params: &PullParams,
-    fd: OwnedFd,
+    fds: Vec<OwnedFd>,
     progress: &mut Progress,
 ) -> anyhow::Result<PullResult> {
-    let mut replies = client.pull(params, fd).await?;
+    let mut replies = client.pull_with(params, fds).await?;
     let mut result = None;
     while let Some(reply) = replies.next::<PullReply, OciError>().await {
         let (reply, _) = reply?;

@@ -15,6 +15,7 @@ mod journal;
 mod listen;
 mod methods;
 mod owner;
+mod registry;
 mod server;
 mod work;
 
@@ -129,6 +130,9 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     gc_wait: u64,
 
+    #[command(flatten)]
+    registry: registry::RegistryArgs,
+
     /// Log level filter (error, warn, info, debug, trace).
     #[arg(long, env = "CFSD_LOG", default_value = "info")]
     log: String,
@@ -220,6 +224,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_blocking_per_uid: args.max_blocking_per_uid,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_delta_scratch: args.max_delta_scratch,
+        registry: std::sync::Arc::new(args.registry.settings()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(work::BLOCKING_THREADS)

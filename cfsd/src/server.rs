@@ -40,6 +40,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The scratch bytes one CreateDelta may write.
     pub max_delta_scratch: u64,
+    /// How `docker://` pulls connect and what they may admit.
+    pub registry: Arc<cfsd_repo::registry::RegistrySettings>,
 }
 
 /// What every connection shares.
@@ -55,6 +57,8 @@ pub struct Daemon {
     pub max_message: usize,
     /// The scratch bytes one CreateDelta may write.
     pub max_delta_scratch: u64,
+    /// How `docker://` pulls connect and what they may admit.
+    pub registry: Arc<cfsd_repo::registry::RegistrySettings>,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// The subordinate uid ranges, whose uids count against their owner.
@@ -82,6 +86,7 @@ pub async fn run(
         client_timeout: config.client_timeout,
         max_message: config.max_message,
         max_delta_scratch: config.max_delta_scratch,
+        registry: config.registry.clone(),
         shutdown,
         subuids: config.subuids.clone(),
         work: WorkLimits::new(config.max_blocking_per_uid),

@@ -247,6 +247,88 @@ pub enum Error {
         /// What holds the repository.
         holders: Vec<String>,
     },
+    /// A registry reference that is not `HOST[:PORT]/NAME[:TAG|@DIGEST]`.
+    #[error("invalid registry reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The text given.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A registry setting (auth file, registries.conf, certs.d) that
+    /// cannot be read.
+    #[error("invalid {what}: {reason}")]
+    InvalidRegistryConfig {
+        /// Which setting.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The registry refused the credentials, or asked for some and none
+    /// were given.
+    #[error("registry {registry} refused access: {reason}")]
+    RegistryAuth {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// What the registry answered.
+        reason: String,
+    },
+    /// The registry's TLS certificate could not be verified.
+    #[error("TLS with registry {registry} failed: {reason}")]
+    RegistryTls {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// Why the handshake failed.
+        reason: String,
+    },
+    /// The registry could not be reached, or the connection failed and
+    /// did not come back within the retries.
+    #[error("registry {registry} is unreachable: {reason}")]
+    RegistryUnreachable {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// The last failure.
+        reason: String,
+    },
+    /// The registry answered with an error status, after the retries a
+    /// 5xx or 429 answer gets.
+    #[error("registry {registry} answered HTTP {status} for {what}: {reason}")]
+    RegistryStatus {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// The HTTP status.
+        status: u16,
+        /// What was asked for.
+        what: String,
+        /// The registry's message.
+        reason: String,
+    },
+    /// The signature policy rejects the image.
+    #[error("the signature policy rejects this image (scope {scope})")]
+    PolicyRejected {
+        /// The policy scope that decided.
+        scope: String,
+    },
+    /// The signature policy requires signatures, which cfsd does not
+    /// verify yet: the image is refused rather than admitted unchecked.
+    #[error(
+        "the signature policy requires signatures ({requirement}, scope {scope}); \
+         cfsd does not verify signatures yet, so the image is refused"
+    )]
+    SignatureRequired {
+        /// The policy scope that decided.
+        scope: String,
+        /// The requirement type, e.g. `signedBy`.
+        requirement: String,
+    },
+    /// The signature policy file is missing or does not parse.
+    #[error("invalid signature policy {path}: {reason}")]
+    InvalidPolicy {
+        /// The policy file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {

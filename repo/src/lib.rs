@@ -20,7 +20,9 @@ mod gc;
 pub mod mounts;
 pub mod oci;
 mod owner;
+pub mod policy;
 mod privacy;
+pub mod registry;
 mod repository;
 #[cfg(test)]
 mod test_image;

@@ -312,13 +312,19 @@ pub fn typed_source_refusal(daemon: &Daemon, source: &str, tag: &str) -> OciErro
 /// The typed error of `Pull` with `params` of `source`, as
 /// [`typed_pull_refusal`] gets it.
 pub fn typed_refusal_of(daemon: &Daemon, params: &PullParams, source: OwnedFd) -> OciError {
+    typed_refusal_with(daemon, params, vec![source])
+}
+
+/// The typed error of `Pull` with `params` and `fds` (none, for a
+/// registry pull without an auth file), as [`typed_pull_refusal`] gets it.
+pub fn typed_refusal_with(daemon: &Daemon, params: &PullParams, fds: Vec<OwnedFd>) -> OciError {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let mut client = daemon.client().await;
-        let mut replies = client.pull(params, source).await.expect("Pull was sent");
+        let mut replies = client.pull_with(params, fds).await.expect("Pull was sent");
         while let Some(reply) = replies.next::<PullReply, OciError>().await {
             match reply {
                 Ok((reply, _)) => assert!(reply.result.is_none(), "it succeeded: {reply:?}"),

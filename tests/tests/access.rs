@@ -234,9 +234,18 @@ fn no_method_takes_a_path() {
     // source and target are images in the repository.
     let oci = method_inputs(idl::OCI);
     let inputs = |name: &str| oci.iter().find(|(m, _)| m == name).unwrap().1.clone();
+    // A docker:// pull names an image in a registry, not a path; its
+    // auth file comes as an fd too.
     assert_eq!(
         inputs("Pull"),
-        ["transport", "reference", "tag", "platform", "jobs"]
+        [
+            "transport",
+            "reference",
+            "tag",
+            "platform",
+            "jobs",
+            "tlsVerify"
+        ]
     );
     assert_eq!(
         inputs("CreateDelta"),

@@ -138,10 +138,10 @@ fn cli_json_errors_are_typed_lines_on_stdout() {
     // Failures in cfsctl itself have names of their own.
     let line = error_line(
         &daemon,
-        &["oci", "pull", "docker://example.com/x"],
+        &["oci", "pull", "dir:/x"],
         "io.cfsd.cfsctl.InvalidSource",
     );
-    assert_eq!(line["parameters"]["argument"], "docker://example.com/x");
+    assert_eq!(line["parameters"]["argument"], "dir:/x");
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.tar");
     let source = format!("oci-archive:{}", missing.display());

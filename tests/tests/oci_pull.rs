@@ -491,7 +491,11 @@ fn oci_pull_of_a_missing_source_names_it() {
         &["oci", "pull", &format!("oci-archive:{}", missing.display())],
     );
     assert!(err.contains(&missing.display().to_string()), "{err}");
-    let err = fails(&repo, &["oci", "pull", "docker://example.com/x:1"]);
-    assert!(err.contains("docker"), "{err}");
+    let err = fails(&repo, &["oci", "pull", "dir:/x"]);
+    assert!(err.contains("unknown transport \"dir\""), "{err}");
+    // A registry reference that is not one is refused before any
+    // connection (tests reach no address outside 127.0.0.0/8).
+    let err = fails(&repo, &["oci", "pull", "docker://127.0.0.1:9/Not_Valid:1"]);
+    assert!(err.contains("invalid registry reference"), "{err}");
     assert_eq!(published(&repo.repo_path()), Default::default());
 }

@@ -207,8 +207,18 @@ impl Client {
         params: &PullParams,
         source: OwnedFd,
     ) -> CallResult<Replies<'_>, OciError> {
+        self.pull_with(params, vec![source]).await
+    }
+
+    /// `io.cfsd.Oci.Pull` with any fds: for transport `docker`, none or
+    /// the caller's auth file.
+    pub async fn pull_with(
+        &mut self,
+        params: &PullParams,
+        fds: Vec<OwnedFd>,
+    ) -> CallResult<Replies<'_>, OciError> {
         let method = format!("{}.Pull", crate::idl::OCI_INTERFACE);
-        self.call_more(&method, params, vec![source]).await
+        self.call_more(&method, params, fds).await
     }
 
     /// `io.cfsd.Oci.ListImages`.

@@ -256,6 +256,41 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            OciError::InvalidReference {
+                reference: s(),
+                reason: s(),
+            },
+            OciError::InvalidRegistryConfig {
+                what: s(),
+                reason: s(),
+            },
+            OciError::RegistryAuthFailed {
+                registry: s(),
+                reason: s(),
+            },
+            OciError::RegistryTlsFailed {
+                registry: s(),
+                reason: s(),
+            },
+            OciError::RegistryUnreachable {
+                registry: s(),
+                reason: s(),
+            },
+            OciError::RegistryError {
+                registry: s(),
+                status: 503,
+                what: s(),
+                reason: s(),
+            },
+            OciError::PolicyRejected { scope: s() },
+            OciError::SignatureRequired {
+                scope: s(),
+                requirement: s(),
+            },
+            OciError::InvalidPolicy {
+                path: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -286,7 +321,16 @@ mod tests {
                 | OciError::TagNotFound { .. }
                 | OciError::NoSpace { .. }
                 | OciError::ReadOnlyFilesystem { .. }
-                | OciError::IoError { .. } => {}
+                | OciError::IoError { .. }
+                | OciError::InvalidReference { .. }
+                | OciError::InvalidRegistryConfig { .. }
+                | OciError::RegistryAuthFailed { .. }
+                | OciError::RegistryTlsFailed { .. }
+                | OciError::RegistryUnreachable { .. }
+                | OciError::RegistryError { .. }
+                | OciError::PolicyRejected { .. }
+                | OciError::SignatureRequired { .. }
+                | OciError::InvalidPolicy { .. } => {}
             }
         }
         all
@@ -441,6 +485,7 @@ mod tests {
             tag: Some("t".into()),
             platform: Some("linux/amd64".into()),
             jobs: Some(2),
+            tls_verify: Some(false),
         };
         assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
         let pull_reply = PullReply {

@@ -10,7 +10,12 @@ pub const TRANSPORT_DIRECTORY: &str = "oci";
 /// The transport of an uncompressed tar holding an OCI image layout.
 pub const TRANSPORT_ARCHIVE: &str = "oci-archive";
 
-/// The parameters of `Pull`. The source travels as the call's first fd.
+/// The transport of an image in an OCI registry, which the daemon
+/// reaches itself; the reference is `HOST[:PORT]/NAME[:TAG|@DIGEST]`.
+pub const TRANSPORT_REGISTRY: &str = "docker";
+
+/// The parameters of `Pull`. A local source travels as the call's first
+/// fd; for [`TRANSPORT_REGISTRY`], that fd is an optional auth file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PullParams {
@@ -29,6 +34,11 @@ pub struct PullParams {
     /// The most layers imported at once; `None` or 0 means one per CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jobs: Option<u64>,
+    /// For [`TRANSPORT_REGISTRY`]: `false` allows plain HTTP and
+    /// unverified TLS; `true` verifies even a registry registries.conf
+    /// marks insecure; `None` follows registries.conf.
+    #[serde(default, rename = "tlsVerify", skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
 }
 
 /// How far the import of one layer has come.
@@ -319,7 +329,7 @@ pub enum OciError {
     },
     /// A transport other than `oci` or `oci-archive`.
     #[serde(rename = "io.cfsd.Oci.UnknownTransport")]
-    #[error("unknown transport {transport:?}: use oci:DIR or oci-archive:FILE")]
+    #[error("unknown transport {transport:?}: use oci:DIR, oci-archive:FILE or docker://REFERENCE")]
     UnknownTransport {
         /// The transport given.
         transport: String,
@@ -513,6 +523,93 @@ pub enum OciError {
     TagNotFound {
         /// The tag asked for.
         tag: String,
+    },
+    /// A registry reference that is not `HOST[:PORT]/NAME[:TAG|@DIGEST]`.
+    #[serde(rename = "io.cfsd.Oci.InvalidReference")]
+    #[error("invalid registry reference {reference:?}: {reason}")]
+    InvalidReference {
+        /// The reference given.
+        reference: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An auth file, registries.conf or certs.d entry that cannot be read.
+    #[serde(rename = "io.cfsd.Oci.InvalidRegistryConfig")]
+    #[error("invalid {what}: {reason}")]
+    InvalidRegistryConfig {
+        /// Which file or setting.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The registry refused the credentials, or wanted some.
+    #[serde(rename = "io.cfsd.Oci.RegistryAuthFailed")]
+    #[error("registry {registry} refused access: {reason}")]
+    RegistryAuthFailed {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// What it answered.
+        reason: String,
+    },
+    /// The registry's certificate could not be verified.
+    #[serde(rename = "io.cfsd.Oci.RegistryTlsFailed")]
+    #[error("TLS with registry {registry} failed: {reason}")]
+    RegistryTlsFailed {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// Why the handshake failed.
+        reason: String,
+    },
+    /// The registry could not be reached, or the connection kept failing.
+    #[serde(rename = "io.cfsd.Oci.RegistryUnreachable")]
+    #[error("registry {registry} is unreachable: {reason}")]
+    RegistryUnreachable {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// The last failure.
+        reason: String,
+    },
+    /// The registry answered with an error status, after retries.
+    #[serde(rename = "io.cfsd.Oci.RegistryError")]
+    #[error("registry {registry} answered HTTP {status} for {what}: {reason}")]
+    RegistryError {
+        /// `HOST[:PORT]`.
+        registry: String,
+        /// The HTTP status.
+        status: u16,
+        /// What was asked for.
+        what: String,
+        /// The registry's message.
+        reason: String,
+    },
+    /// The signature policy rejects the image.
+    #[serde(rename = "io.cfsd.Oci.PolicyRejected")]
+    #[error("the signature policy rejects this image (scope {scope})")]
+    PolicyRejected {
+        /// The policy scope that decided.
+        scope: String,
+    },
+    /// The signature policy requires signatures, which the daemon does
+    /// not verify yet, so the image is refused.
+    #[serde(rename = "io.cfsd.Oci.SignatureRequired")]
+    #[error(
+        "the signature policy requires signatures ({requirement}, scope {scope}); \
+         signatures are not verified yet, so the image is refused"
+    )]
+    SignatureRequired {
+        /// The policy scope that decided.
+        scope: String,
+        /// The requirement, e.g. `signedBy`.
+        requirement: String,
+    },
+    /// The signature policy is missing or does not parse.
+    #[serde(rename = "io.cfsd.Oci.InvalidPolicy")]
+    #[error("invalid signature policy {path}: {reason}")]
+    InvalidPolicy {
+        /// The policy file.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The repository's filesystem is full, or its quota used up.
     #[serde(rename = "io.cfsd.Oci.NoSpace")]

@@ -1,6 +1,7 @@
 //! The methods of each interface cfsd serves.
 
 pub mod oci;
+mod registry;
 pub mod repository;
 pub mod service;
 

@@ -18,7 +18,7 @@ use cfsd_varlink::{
         AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
         EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, MountParams,
         OciError, PullParams, PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE,
-        TRANSPORT_DIRECTORY, TagParams, UntagParams,
+        TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY, TagParams, UntagParams,
     },
 };
 use rustix::fs::{AtFlags, FileType, OFlags, StatxFlags};
@@ -103,16 +103,33 @@ async fn pull(
     params: PullParams,
     fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
-    let source = source(&params.transport, fds)?;
-    let options = pull_options(params)?;
+    // A registry is reached only here, for a caller the access table let
+    // through; its reference names the image, not a manifest in a layout.
+    let (source, options) = if params.transport == TRANSPORT_REGISTRY {
+        let request = super::registry::request(&params, fds)?;
+        let options = pull_options(PullParams {
+            reference: None,
+            ..params
+        })?;
+        (Err(request), options)
+    } else {
+        (Ok(source(&params.transport, fds)?), pull_options(params)?)
+    };
     let repo = open(daemon)?;
     let pid = peer.pid;
+    let settings = daemon.registry.clone();
     let prepared = blocking(move || {
-        let fd = match &source {
-            Source::Archive(file) => file.as_fd(),
-            Source::Directory(dir) => dir.as_fd(),
+        let source = match source {
+            Ok(local) => {
+                if let Some(fd) = local.fd() {
+                    repo::oci::check_source_filesystem(fd, Some(pid))?;
+                }
+                local
+            }
+            Err(request) => {
+                Source::Registry(Box::new(repo::registry::Registry::new(&settings, request)?))
+            }
         };
-        repo::oci::check_source_filesystem(fd, Some(pid))?;
         repo::Repository::prepare_pull(source, &options)
     })
     .await?;
@@ -171,7 +188,7 @@ fn source(transport: &str, fds: Vec<OwnedFd>) -> Result<Source, OciError> {
 /// type comes from the kernel's cache (`AT_STATX_DONT_SYNC`): this runs
 /// on the async threads, and `fstat` of a FUSE file may wait for its
 /// server.
-fn is_readable(fd: &OwnedFd, kind: FileType) -> bool {
+pub(super) fn is_readable(fd: &OwnedFd, kind: FileType) -> bool {
     let of_kind = rustix::fs::statx(
         fd,
         "",
@@ -598,6 +615,33 @@ fn wire_error(e: repo::Error) -> OciError {
             operation: "opening the repository".to_owned(),
             reason: e.to_string(),
         },
+        E::InvalidReference { reference, reason } => {
+            OciError::InvalidReference { reference, reason }
+        }
+        E::InvalidRegistryConfig { what, reason } => {
+            OciError::InvalidRegistryConfig { what, reason }
+        }
+        E::RegistryAuth { registry, reason } => OciError::RegistryAuthFailed { registry, reason },
+        E::RegistryTls { registry, reason } => OciError::RegistryTlsFailed { registry, reason },
+        E::RegistryUnreachable { registry, reason } => {
+            OciError::RegistryUnreachable { registry, reason }
+        }
+        E::RegistryStatus {
+            registry,
+            status,
+            what,
+            reason,
+        } => OciError::RegistryError {
+            registry,
+            status,
+            what,
+            reason,
+        },
+        E::PolicyRejected { scope } => OciError::PolicyRejected { scope },
+        E::SignatureRequired { scope, requirement } => {
+            OciError::SignatureRequired { scope, requirement }
+        }
+        E::InvalidPolicy { path, reason } => OciError::InvalidPolicy { path, reason },
     }
 }
 

@@ -76,8 +76,11 @@ fn verify_blob(
     mut hashed: Hashing<Reporting<'_, Box<dyn Read + Send>>>,
     made: Result<(), Error>,
 ) -> Result<(), Error> {
-    if let Err(e @ Error::Storage { .. }) = made {
-        return Err(e);
+    // A failing disk or registry explains a short read, not the blob.
+    let passes_through =
+        |e: &Error| matches!(e, Error::Storage { .. }) || crate::registry::is_registry_error(e);
+    if made.as_ref().is_err_and(passes_through) {
+        return made;
     }
     let drained = io::copy(&mut hashed, &mut io::sink());
     hashed.get_mut().finish();
@@ -91,10 +94,11 @@ fn verify_blob(
 
 /// The blob `digest` cannot be read as what it claims to be.
 pub(crate) fn damaged(digest: &Digest, e: io::Error) -> Error {
-    Error::InvalidLayer {
+    // A registry's failure, carried through the reader, keeps its kind.
+    crate::registry::registry_failure(e).unwrap_or_else(|e| Error::InvalidLayer {
         layer: digest.to_string(),
         reason: e.to_string(),
-    }
+    })
 }
 
 /// Stream the tar that `produce` writes, on a blocking thread, into the

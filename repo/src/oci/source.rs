@@ -1,5 +1,6 @@
 //! Where an image comes from: an `oci-archive:` tar or an `oci:` directory,
-//! each handed over as an open file descriptor by the client.
+//! each handed over as an open file descriptor by the client, or a
+//! `docker://` registry the daemon reaches itself.
 
 use std::{
     fs::File,
@@ -32,6 +33,19 @@ pub enum Source {
     Archive(File),
     /// An `oci:` layout directory.
     Directory(OwnedFd),
+    /// A `docker://` image, admitted by the policy, not yet contacted.
+    Registry(Box<crate::registry::Registry>),
+}
+
+impl Source {
+    /// The descriptor the client passed, for a local source.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Source::Archive(file) => Some(file.as_fd()),
+            Source::Directory(dir) => Some(dir.as_fd()),
+            Source::Registry(_) => None,
+        }
+    }
 }
 
 /// An opened source that blobs can be read from, from many threads.
@@ -39,6 +53,7 @@ pub enum Source {
 pub(crate) enum Layout {
     Archive(Archive),
     Directory(Arc<OwnedFd>),
+    Registry(crate::registry::Connected),
 }
 
 impl Layout {
@@ -47,6 +62,11 @@ impl Layout {
         let layout = match source {
             Source::Archive(file) => Layout::Archive(Archive::index(file)?),
             Source::Directory(dir) => Layout::Directory(Arc::new(dir)),
+            Source::Registry(registry) => {
+                return Ok(Layout::Registry(crate::registry::Connected::open(
+                    *registry,
+                )?));
+            }
         };
         layout.check_marker()?;
         Ok(layout)
@@ -74,12 +94,26 @@ impl Layout {
 
     /// `index.json`, as raw bytes.
     pub(crate) fn index(&self) -> Result<Vec<u8>, Error> {
+        if let Layout::Registry(connected) = self {
+            return Ok(connected.remote.index());
+        }
         let reader = self
             .file("index.json")?
             .ok_or_else(|| Error::InvalidSource {
                 reason: "there is no index.json".to_owned(),
             })?;
         read_limited(reader, "index.json")
+    }
+
+    /// A reader of the layer blob `digest`, checked to be `size` bytes
+    /// long; from a registry, streamed from the connection.
+    fn layer(&self, digest: &Digest, size: u64, what: &str) -> Result<Box<dyn Read + Send>, Error> {
+        if let Layout::Registry(connected) = self {
+            return Ok(connected.layer(digest, size));
+        }
+        let blob = self.blob(digest)?;
+        check_size(blob.len(), size, what)?;
+        Ok(Box::new(blob))
     }
 
     /// A reader of the blob `digest`, and its length on disk.
@@ -103,9 +137,15 @@ impl Layout {
                 reason: format!("{size} bytes is more than the {MAX_JSON} allowed"),
             });
         }
-        let blob = self.blob(digest)?;
-        check_size(blob.len(), size, what)?;
-        let bytes = read_limited(blob, what)?;
+        let bytes = match self {
+            Layout::Registry(connected) => connected.remote.document(digest, size, what)?,
+            _ => {
+                let blob = self.blob(digest)?;
+                check_size(blob.len(), size, what)?;
+                read_limited(blob, what)?
+            }
+        };
+        check_size(bytes.len() as u64, size, what)?;
         digest.verify(&Digest::of(&bytes), format!("digest of {what}"))?;
         Ok(bytes)
     }
@@ -115,6 +155,12 @@ impl Layout {
         match self {
             Layout::Archive(archive) => Ok(archive.open(path)),
             Layout::Directory(dir) => open_beneath(dir, path),
+            Layout::Registry(_) => Err(Error::InvalidSource {
+                reason: format!(
+                    "{path} is read from a layout; oci-delta artifacts from a registry \
+                     are not supported yet"
+                ),
+            }),
         }
     }
 }
@@ -127,9 +173,7 @@ impl<H: FsVerityHashValue> LayerSource<H> for Layout {
     }
 
     fn open(&self, blob: &Blob) -> Result<Box<dyn Read + Send>, Error> {
-        let reader = self.blob(&blob.digest)?;
-        check_size(reader.len(), blob.size, &blob.name)?;
-        Ok(Box::new(reader))
+        self.layer(&blob.digest, blob.size, &blob.name)
     }
 
     fn unpack(

@@ -1,0 +1,51 @@
+//! The daemon's registry options: which files say how `docker://` pulls
+//! connect, which images they may admit, and the admin's credentials.
+
+use std::path::PathBuf;
+
+use cfsd_repo::registry::RegistrySettings;
+
+/// Registry settings, read by the daemon with its own rights; the files a
+/// caller names are never opened here.
+#[derive(Debug, clap::Args)]
+pub struct RegistryArgs {
+    /// The containers-certs.d base directory: DIR/HOST:PORT/*.crt are CA
+    /// certificates trusted for that registry besides the system ones.
+    #[arg(long, value_name = "DIR", default_value = "/etc/containers/certs.d")]
+    certs_dir: PathBuf,
+
+    /// The containers registries.conf: a [[registry]] with insecure = true
+    /// may be reached over plain HTTP or unverified TLS.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/containers/registries.conf"
+    )]
+    registries_conf: PathBuf,
+
+    /// The containers signature policy (policy.json) that decides which
+    /// registry images may be pulled; a missing one refuses every pull.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/containers/policy.json"
+    )]
+    policy: PathBuf,
+
+    /// An admin-owned containers auth.json, used for pulls whose caller
+    /// passes no auth file.
+    #[arg(long, value_name = "PATH")]
+    authfile: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// The settings the repository library takes.
+    pub fn settings(&self) -> RegistrySettings {
+        RegistrySettings {
+            certs_dir: self.certs_dir.clone(),
+            registries_conf: self.registries_conf.clone(),
+            policy: self.policy.clone(),
+            authfile: self.authfile.clone(),
+        }
+    }
+}

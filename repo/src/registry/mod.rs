@@ -1,0 +1,225 @@
+//! `docker://` sources: images in OCI registries, reached by the daemon
+//! itself over HTTPS with the `oci-client` crate.
+//!
+//! Everything that decides whether and how to connect is settled before
+//! the first connection: the reference, the signature policy, TLS
+//! settings (system CAs plus `certs.d`, or insecure when asked for or
+//! marked so in `registries.conf`) and the credentials.
+
+mod auth;
+pub(crate) mod blob;
+pub(crate) mod remote;
+mod settings;
+
+use std::io::Read;
+
+use oci_client::{Reference, client::Certificate, secrets::RegistryAuth};
+
+pub use settings::RegistrySettings;
+
+use crate::{
+    Error,
+    policy::{DockerIdentity, Policy},
+};
+
+/// A registry pull as a caller asks for it.
+#[derive(Debug, Default)]
+pub struct RegistryRequest {
+    /// `HOST[:PORT]/NAME[:TAG|@sha256:DIGEST]`, without `docker://`.
+    pub reference: String,
+    /// `Some(false)`: allow plain HTTP and unverified TLS; `Some(true)`:
+    /// verify even if `registries.conf` marks the registry insecure;
+    /// `None`: as `registries.conf` says.
+    pub tls_verify: Option<bool>,
+    /// The caller's auth file, opened by the caller; the admin's
+    /// (`RegistrySettings::authfile`) when `None`.
+    pub authfile: Option<std::fs::File>,
+}
+
+/// A registry image the policy admits, with everything needed to
+/// connect; nothing has been sent to the registry yet.
+pub struct Registry {
+    image: Reference,
+    auth: RegistryAuth,
+    insecure: bool,
+    certificates: Vec<Certificate>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        f.debug_struct("Registry")
+            .field("image", &self.image.whole())
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Check `request` against the policy and settings. Reads local files
+    /// only: the policy, registries.conf, certs.d and the auth file.
+    pub fn new(settings: &RegistrySettings, request: RegistryRequest) -> Result<Self, Error> {
+        let image = parse_reference(&request.reference)?;
+        let host = image.registry().to_owned();
+        let repository = image.repository().to_owned();
+        Policy::load(&settings.policy)?.admit(&DockerIdentity {
+            registry: host.clone(),
+            repository: repository.clone(),
+            tag: image.tag().map(str::to_owned),
+            digest: image.digest().map(str::to_owned),
+        })?;
+        let insecure = match request.tls_verify {
+            Some(verify) => !verify,
+            None => settings.insecure(&host, &repository)?,
+        };
+        let certificates = settings.certificates(&host)?;
+        let credentials = match (request.authfile, &settings.authfile) {
+            (Some(file), _) => Some(auth::Credentials::read(file, "the auth file passed")?),
+            (None, Some(path)) => {
+                let file = std::fs::File::open(path).map_err(|e| Error::InvalidRegistryConfig {
+                    what: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Some(auth::Credentials::read(file, &path.display().to_string())?)
+            }
+            (None, None) => None,
+        };
+        let auth = match credentials {
+            Some(c) => c.for_image(&host, &repository)?,
+            None => RegistryAuth::Anonymous,
+        };
+        Ok(Registry {
+            image,
+            auth,
+            insecure,
+            certificates,
+        })
+    }
+
+    /// `HOST[:PORT]`.
+    pub fn host(&self) -> &str {
+        self.image.registry()
+    }
+}
+
+/// A reference in the containers `docker://` syntax, without the prefix.
+fn parse_reference(text: &str) -> Result<Reference, Error> {
+    let invalid = |reason: String| Error::InvalidReference {
+        reference: text.to_owned(),
+        reason,
+    };
+    if text.starts_with("//") || text.contains("://") {
+        return Err(invalid("give it without a scheme or leading //".to_owned()));
+    }
+    let image: Reference = text.parse().map_err(|e| invalid(format!("{e}")))?;
+    if let Some(digest) = image.digest() {
+        crate::oci::digest::Digest::parse(digest, "the reference's digest")
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(image)
+}
+
+/// A typed failure carried through `io::Read`, which the pipeline's
+/// readers pass on untouched.
+#[derive(Debug)]
+pub(crate) struct Failure(pub(crate) Error);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The registry failure an `io::Error` from a blob stream carries, or
+/// the error as storage trouble.
+pub(crate) fn failure(e: std::io::Error) -> Error {
+    match registry_failure(e) {
+        Ok(e) => e,
+        Err(e) => Error::RegistryUnreachable {
+            registry: String::new(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Whether `e` is a registry's failure (auth, TLS, connection, status),
+/// as opposed to something wrong with what it sent.
+pub(crate) fn is_registry_error(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::RegistryAuth { .. }
+            | Error::RegistryTls { .. }
+            | Error::RegistryUnreachable { .. }
+            | Error::RegistryStatus { .. }
+    )
+}
+
+/// The typed error an `io::Error` from a blob stream carries, if it does.
+pub(crate) fn registry_failure(e: std::io::Error) -> Result<Error, std::io::Error> {
+    if e.get_ref().is_some_and(|inner| inner.is::<Failure>()) {
+        let inner = e.into_inner().expect("checked above");
+        return Ok(inner.downcast::<Failure>().expect("checked above").0);
+    }
+    Err(e)
+}
+
+/// A registry source as the pipeline holds it. When every holder lets go
+/// of it, blob readers still waiting on the network stop at once, closing
+/// their connections. The pipeline's layer producers hold the source
+/// themselves, so a pull dropped on hang-up does not yet reach a reader
+/// that waits on a silent connection: that one stops at the read timeout.
+#[derive(Debug)]
+pub(crate) struct Connected {
+    /// The connected image.
+    pub(crate) remote: std::sync::Arc<remote::Remote>,
+    _stop: tokio::sync::watch::Sender<()>,
+}
+
+impl Connected {
+    /// Connect to `registry` and fetch the document it names. Blocks.
+    pub(crate) fn open(registry: Registry) -> Result<Self, Error> {
+        let (remote, stop) = remote::Remote::connect(registry)?;
+        Ok(Connected {
+            remote: std::sync::Arc::new(remote),
+            _stop: stop,
+        })
+    }
+
+    /// A reader of the layer blob `digest`, for the pipeline.
+    pub(crate) fn layer(
+        &self,
+        digest: &crate::oci::digest::Digest,
+        size: u64,
+    ) -> Box<dyn Read + Send> {
+        Box::new(blob::BlobStream::new(self.remote.clone(), digest, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_are_the_docker_transport_syntax() {
+        let image = parse_reference("127.0.0.1:5000/team/app:v1").unwrap();
+        assert_eq!(image.registry(), "127.0.0.1:5000");
+        assert_eq!(image.repository(), "team/app");
+        assert_eq!(image.tag(), Some("v1"));
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let pinned = parse_reference(&format!("localhost:1/app@{digest}")).unwrap();
+        assert_eq!(pinned.digest(), Some(digest.as_str()));
+        for bad in [
+            "//127.0.0.1/app",
+            "docker://h/app",
+            "h:1/App",
+            "h:1/app@sha256:abc",
+        ] {
+            assert!(
+                matches!(parse_reference(bad), Err(Error::InvalidReference { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
