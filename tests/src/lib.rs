@@ -6,6 +6,7 @@ pub mod fuse;
 pub mod oci;
 pub mod ocictl;
 pub mod peer;
+pub mod stall;
 
 use std::{
     io::{BufRead, BufReader, Write},

@@ -105,7 +105,7 @@ async fn pull(
 ) -> Result<Outcome, OciError> {
     let source = source(&params.transport, fds)?;
     let options = pull_options(params)?;
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let pid = peer.pid;
     let prepared = blocking(move || {
         let fd = match &source {
@@ -200,20 +200,27 @@ async fn create_delta(
     params: CreateDeltaParams,
     fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
-    let owned =
-        |fd: &OwnedFd| peer.uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == peer.uid);
-    let out = fds
-        .into_iter()
-        .next()
-        .filter(|fd| is_writable_file(fd) && owned(fd))
-        .ok_or_else(|| OciError::MissingFd {
-            method: format!("{OCI_INTERFACE}.CreateDelta"),
-            expected: format!(
-                "the output as a regular file that uid {} owns, opened for writing",
-                peer.uid
-            ),
-        })?;
-    let repo = open(daemon)?;
+    let uid = peer.uid;
+    // fstat of a file on a FUSE filesystem waits for its server, which
+    // the peer may run: off the async threads.
+    let out = super::blocking(move || {
+        let owned =
+            |fd: &OwnedFd| uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == uid);
+        Ok(fds
+            .into_iter()
+            .next()
+            .filter(|fd| is_writable_file(fd) && owned(fd)))
+    })
+    .await
+    .map_err(wire_error)?
+    .ok_or_else(|| OciError::MissingFd {
+        method: format!("{OCI_INTERFACE}.CreateDelta"),
+        expected: format!(
+            "the output as a regular file that uid {} owns, opened for writing",
+            peer.uid
+        ),
+    })?;
+    let repo = open(daemon).await?;
     let options = CreateOptions {
         jobs: capped_jobs(params.jobs),
         method: match params.method.unwrap_or_default() {
@@ -407,7 +414,7 @@ async fn send_progress(
 }
 
 async fn list_images(daemon: &Daemon) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let images = blocking(move || repo.images()).await?;
     Ok(Outcome::reply(&ListImagesReply {
         images: images.into_iter().map(wire_image).collect(),
@@ -415,31 +422,31 @@ async fn list_images(daemon: &Daemon) -> Result<Outcome, OciError> {
 }
 
 async fn inspect(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let details = blocking(move || repo.inspect(&params.image)).await?;
     Ok(Outcome::reply(&wire_details(details)))
 }
 
 async fn tag(daemon: &Daemon, params: TagParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     blocking(move || repo.tag(&params.image, &params.tag)).await?;
     Ok(Outcome::reply(&EmptyReply {}))
 }
 
 async fn untag(daemon: &Daemon, params: UntagParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     blocking(move || repo.untag(&params.tag)).await?;
     Ok(Outcome::reply(&EmptyReply {}))
 }
 
 async fn remove(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let untagged = blocking(move || repo.remove(&params.image)).await?;
     Ok(Outcome::reply(&RemoveReply { untagged }))
 }
 
 async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let image_id = blocking(move || repo.compute_id(&params.image)).await?;
     Ok(Outcome::reply(&ComputeIdReply { image_id }))
 }
@@ -447,7 +454,7 @@ async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, Oci
 /// `Mount`; whether the peer may ask for its options was decided with
 /// the access table before the call got here.
 async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let options = repo::oci::MountOptions {
         allow_setuid: params.allow_setuid.unwrap_or(false),
         allow_devices: params.allow_devices.unwrap_or(false),
@@ -461,8 +468,8 @@ async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError
     ))
 }
 
-fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
-    tokio::task::block_in_place(|| daemon.dir.repository()).map_err(wire_error)
+async fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
+    super::repository(daemon).await.map_err(wire_error)
 }
 
 /// [`super::blocking`], with the interface's error.

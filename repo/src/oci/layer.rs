@@ -38,7 +38,9 @@ pub(crate) async fn import<H: FsVerityHashValue>(
     plan: LayerPlan,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Imported<H>, Error> {
-    let blob = layout.blob(&plan.blob)?;
+    // Opening the blob reads the source, which may be slow.
+    let digest = plan.blob.clone();
+    let blob = super::pull::blocking(move || layout.blob(&digest)).await?;
     check_size(blob.len(), plan.size, &format!("layer {}", plan.blob))?;
     let unpacking = plan.clone();
     let what = format!("diff_id of layer {}", plan.blob);
@@ -99,9 +101,16 @@ pub(crate) async fn store<H: FsVerityHashValue>(
         }
     };
     let name = layer_content_id(&plan.diff_id.to_oci());
-    repo.register_stream(&stream, &name, None)
-        .await
-        .map_err(|e| Error::storage("naming a layer stream", e))?;
+    // Naming syncs the repository and creates a link: disk work, kept
+    // off the async threads so that a slow disk stalls only this layer.
+    let (naming, named) = (repo.clone(), stream.clone());
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(naming.register_stream(&named, &name, None))
+    })
+    .await
+    .map_err(|e| Error::storage("naming a layer stream", io::Error::other(e)))?
+    .map_err(|e| Error::storage("naming a layer stream", e))?;
     Ok(Imported { stream, stats })
 }
 
