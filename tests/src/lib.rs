@@ -7,6 +7,7 @@ pub mod oci;
 pub mod ocictl;
 pub mod peer;
 pub mod stall;
+pub mod stalled;
 
 use std::{
     io::{BufRead, BufReader, Write},

@@ -68,6 +68,10 @@ pub struct PullResult {
     pub bytes_new: u64,
     /// The repository already held the whole image.
     pub already_present: bool,
+    /// This pull waited for an identical one (of the same manifest) that
+    /// was importing the image, and then only tagged it.
+    #[serde(default)]
+    pub shared_import: bool,
     /// The oci-delta the image was rebuilt from, when the source was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<AppliedDelta>,

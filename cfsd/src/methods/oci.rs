@@ -124,13 +124,23 @@ async fn pull(
         let pending = pending.clone();
         move |p: repo::oci::LayerProgress| pending.push(p)
     };
-    // The repository coordinates this pull with GC and identical pulls.
+    // The repository coordinates this pull with GC and identical pulls,
+    // and tells when this one waits for an identical import.
+    let shared = Arc::new(AtomicBool::new(false));
+    let sharing = shared.clone();
+    let manifest = prepared.manifest_digest();
     let work = tokio::spawn(async move {
         let _held = held;
-        repo.pull_prepared(prepared, progress).await
+        let noticed = move || {
+            tracing::info!(%manifest, "pull waits for an identical pull's import");
+            sharing.store(true, Ordering::Relaxed);
+        };
+        let pull = repo.pull_prepared(prepared, progress);
+        repo::coordination::noticing_import_wait(noticed, pull).await
     });
     let (replies, receiver) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(stream_pull(AbortOnDrop(work), pending, replies));
+    let work = AbortOnDrop(work);
+    tokio::spawn(stream_pull(work, shared, pending, replies));
     Ok(Outcome::Stream(receiver))
 }
 
@@ -367,6 +377,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// shutting down), return, which cancels the pull.
 async fn stream_pull(
     mut work: AbortOnDrop<repo::Result<PullReport>>,
+    shared: Arc<AtomicBool>,
     pending: Arc<Pending>,
     replies: mpsc::Sender<Streamed>,
 ) {
@@ -387,7 +398,12 @@ async fn stream_pull(
     let last = match finished {
         Ok(Ok(report)) => Outcome::reply(&PullReply {
             progress: None,
-            result: Some(wire_report(report)),
+            // A pull that waited for one that then failed imported the
+            // image itself: it shared nothing.
+            result: Some({
+                let shared = shared.load(Ordering::Relaxed) && report.already_present;
+                wire_report(report, shared)
+            }),
         }),
         Ok(Err(e)) => Outcome::error(&wire_error(e)),
         Err(e) => Outcome::error(&OciError::StorageFailed {
@@ -479,7 +495,7 @@ async fn blocking<T: Send + 'static>(
     super::blocking(work).await.map_err(wire_error)
 }
 
-fn wire_report(r: PullReport) -> PullResult {
+fn wire_report(r: PullReport, shared_import: bool) -> PullResult {
     PullResult {
         manifest_digest: r.manifest_digest,
         config_digest: r.config_digest,
@@ -491,6 +507,7 @@ fn wire_report(r: PullReport) -> PullResult {
         objects_present: r.objects_present,
         bytes_new: r.bytes_new,
         already_present: r.already_present,
+        shared_import,
         delta: r.delta.map(|d| AppliedDelta {
             manifest_digest: d.manifest_digest,
             source_config: d.source_config,
