@@ -21,8 +21,9 @@ use crate::{
     oci::{
         Archive, Platform, Source,
         digest::Digest,
-        layer,
-        manifest::{self, Compression, LayerPlan},
+        document::Compression,
+        manifest::{self, LayerPlan},
+        pipeline,
         source::Layout,
     },
     repository::with_store,
@@ -193,7 +194,8 @@ pub async fn import_layer(
     )?))?);
     let name = layer_stream_name(diff_id)?;
     with_store!(repo.store(), store => {
-        layer::import(store.clone(), layout, plan, Arc::new(|_| {})).await?;
+        let progress: pipeline::Progress = Arc::new(|_| {});
+        pipeline::bring_in(store, layout, &[plan], 1, &progress).await?;
     });
     Ok(name)
 }

@@ -8,6 +8,7 @@ pub mod ocictl;
 pub mod peer;
 pub mod stall;
 pub mod stalled;
+pub mod upstream;
 
 use std::{
     io::{BufRead, BufReader, Write},

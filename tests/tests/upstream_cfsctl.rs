@@ -3,9 +3,7 @@
 //! what cfsd pulled, and cfsd lists and mounts what upstream pulled, with
 //! the same composefs image id both ways.
 //!
-//! The binary is found at `$CFSD_UPSTREAM_CFSCTL`, else
-//! `/opt/upstream-cfsctl/bin/cfsctl`, where `scripts/setup-deps` installs
-//! it (`cargo install --locked composefs-ctl --version 0.9.4`).
+//! The binary is found as `cfsd_tests::upstream` says.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,39 +14,10 @@ use cfsd_tests::{
     cfsctl,
     oci::{Kind, Layout, Written, everything_image},
     ocictl::{PrivateRepo, Target, json, pull},
-    stderr, stdout,
+    stderr,
+    upstream::{theirs, upstream},
 };
 use serde_json::Value;
-
-fn upstream() -> PathBuf {
-    let path = std::env::var_os("CFSD_UPSTREAM_CFSCTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/upstream-cfsctl/bin/cfsctl"));
-    assert!(
-        path.is_file(),
-        "upstream cfsctl 0.9.4 is not at {}: run scripts/setup-deps, or \
-         `cargo install --locked composefs-ctl --version 0.9.4 --root /opt/upstream-cfsctl`",
-        path.display()
-    );
-    path
-}
-
-/// Run upstream `cfsctl --repo REPO ARGS` and demand success.
-fn theirs(repo: &Path, args: &[&str]) -> String {
-    let out: Output = Command::new(upstream())
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("running upstream cfsctl");
-    assert!(
-        out.status.success(),
-        "upstream cfsctl {args:?} failed:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
-}
 
 /// Mount with `mount`, compare one file with the layout's, unmount.
 fn assert_mount_shows(mount: impl FnOnce(&Path), built_file: &[u8], path: &str) {

@@ -6,13 +6,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Deserialize;
-
 use crate::{
     Error,
     oci::{
         digest::Digest,
-        manifest::{Compression, DOCKER_MANIFEST, OCI_MANIFEST},
+        document::{Compression, DOCKER_MANIFEST, Descriptor, ManifestDoc, OCI_MANIFEST, parse},
         source::Layout,
     },
 };
@@ -82,28 +80,6 @@ pub(crate) struct Delta {
     pub rebuilds: HashMap<Digest, Rebuild>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestDoc {
-    media_type: Option<String>,
-    artifact_type: Option<String>,
-    config: Descriptor,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-}
-
 impl Delta {
     /// Parse the delta artifact manifest `raw` (already verified against
     /// `digest`), and check the target manifest and config it embeds
@@ -121,10 +97,10 @@ impl Delta {
             .annotations
             .get(SOURCE_MANIFEST)
             .and_then(|m| Digest::parse(m, SOURCE_MANIFEST).ok());
-        let embedded = Embedded::find(&manifest.layers)?;
+        let embedded = Embedded::find(manifest.layers())?;
         let (target, target_manifest, target_doc) = embedded.target_manifest(layout)?;
         embedded.check_config(&target_doc)?;
-        let rebuilds = rebuilds(&manifest.layers, &target_doc)?;
+        let rebuilds = rebuilds(manifest.layers(), &target_doc)?;
         Ok(Delta {
             manifest: digest.clone(),
             source_manifest,
@@ -211,7 +187,7 @@ fn rebuilds(
     // A set, so that checking each delta layer's target is one lookup
     // however many layers both manifests list.
     let target_layers = target
-        .layers
+        .layers()
         .iter()
         .map(|l| Digest::parse(&l.digest, "a layer of the target manifest"))
         .collect::<Result<HashSet<_>, _>>()?;
@@ -255,13 +231,6 @@ fn invalid(reason: String) -> Error {
     Error::InvalidDelta { reason }
 }
 
-fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|e| Error::InvalidJson {
-        what: what.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +248,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
+            platform: None,
         }
     }
 
@@ -292,10 +262,12 @@ mod tests {
             media_type: Some(OCI_MANIFEST.to_owned()),
             artifact_type: None,
             config: descriptor(0, "application/vnd.oci.image.config.v1+json", &[]),
-            layers: layers
-                .into_iter()
-                .map(|n| descriptor(n, "application/vnd.oci.image.layer.v1.tar", &[]))
-                .collect(),
+            layers: Some(
+                layers
+                    .into_iter()
+                    .map(|n| descriptor(n, "application/vnd.oci.image.layer.v1.tar", &[]))
+                    .collect(),
+            ),
             annotations: HashMap::new(),
         }
     }

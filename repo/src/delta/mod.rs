@@ -18,7 +18,7 @@ pub(crate) mod create;
 mod source;
 pub(crate) mod tardiff;
 
-pub(crate) use apply::rebuild_layers;
+pub(crate) use apply::DeltaLayers;
 pub(crate) use artifact::{ARTIFACT_TYPE, Delta};
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Importing one layer: the blob is read by pread, decompressed and hashed
-//! on a blocking thread, and streamed straight into the tar splitter; the
-//! stream is named only once both digests are verified.
+//! Fetching one layer for the pipeline: the source's blob is opened,
+//! hashed, turned into a tar and streamed straight into the tar splitter,
+//! all on blocking threads; the stream is named only once the blob's
+//! digest and the tar's diff_id are verified.
 
 use std::{
     io::{self, Read, Write},
@@ -11,10 +12,10 @@ use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use composefs_oci::layer_content_id;
 
 use super::{
-    archive::Pread,
-    digest::Hashing,
-    manifest::{Compression, LayerPlan},
-    source::{Layout, check_size},
+    digest::{Digest, Hashing},
+    document::Compression,
+    manifest::LayerPlan,
+    pipeline::{Blob, LayerSource, Progress, Stage, blocking, tell},
     split::{self, SplitError, Tally},
 };
 use crate::Error;
@@ -30,31 +31,77 @@ pub(crate) struct Imported<H> {
     pub stats: Tally<H>,
 }
 
-/// Import the layer `plan` from `layout`; `progress` is told the blob bytes
-/// read so far.
-pub(crate) async fn import<H: FsVerityHashValue>(
-    repo: Arc<Store<H>>,
-    layout: Arc<Layout>,
-    plan: LayerPlan,
-    progress: Arc<dyn Fn(u64) + Send + Sync>,
-) -> Result<Imported<H>, Error> {
-    // Opening the blob reads the source, which may be slow.
-    let digest = plan.blob.clone();
-    let blob = super::pull::blocking(move || layout.blob(&digest)).await?;
-    check_size(blob.len(), plan.size, &format!("layer {}", plan.blob))?;
-    let unpacking = plan.clone();
-    let what = format!("diff_id of layer {}", plan.blob);
-    store(repo, &plan, what, move |out| {
-        unpack(blob, &unpacking, out, &*progress)
-    })
-    .await
+/// One layer to fetch from a source.
+pub(crate) struct Fetch<H: FsVerityHashValue, S> {
+    /// The repository it goes into.
+    pub repo: Arc<Store<H>>,
+    /// Where it comes from.
+    pub source: Arc<S>,
+    /// The layer.
+    pub plan: LayerPlan,
+    /// The blob the source makes it from.
+    pub blob: Blob,
+    /// Where progress goes.
+    pub progress: Progress,
+}
+
+impl<H: FsVerityHashValue, S: LayerSource<H>> Fetch<H, S> {
+    /// Fetch, verify and name the layer; its diff_id and what was stored.
+    pub(crate) async fn run(self) -> Result<(Digest, Imported<H>), Error> {
+        let (plan, total) = (self.plan.clone(), self.blob.size);
+        tell(&self.progress, &plan, Stage::Importing, 0, total);
+        let (source, blob) = (self.source.clone(), self.blob.clone());
+        let bytes = blocking(move || source.open(&blob)).await?;
+        let reporting = (self.progress.clone(), plan.clone());
+        let tick = move |done| tell(&reporting.0, &reporting.1, Stage::Importing, done, total);
+        let (source, blob) = (self.source.clone(), self.blob.clone());
+        let unpacking = plan.clone();
+        let produce = move |out: &mut dyn Write| {
+            let mut hashed = Hashing::new(Reporting::new(bytes, &tick));
+            let made = source.unpack(&unpacking, &blob, &mut hashed, out);
+            verify_blob(&blob, hashed, made)
+        };
+        let imported = store(self.repo, &plan, self.blob.tar.clone(), produce).await?;
+        tell(&self.progress, &plan, Stage::Done, total, total);
+        Ok((plan.diff_id, imported))
+    }
+}
+
+/// After the source made the tar (`made`) from `hashed`, check that its
+/// input was the blob: a damaged blob explains whatever else went wrong,
+/// so its digest is checked first, over every byte, those after the data
+/// the tar needed included.
+fn verify_blob(
+    blob: &Blob,
+    mut hashed: Hashing<Reporting<'_, Box<dyn Read + Send>>>,
+    made: Result<(), Error>,
+) -> Result<(), Error> {
+    if let Err(e @ Error::Storage { .. }) = made {
+        return Err(e);
+    }
+    let drained = io::copy(&mut hashed, &mut io::sink());
+    hashed.get_mut().finish();
+    let (digest, _) = hashed.finish();
+    blob.digest
+        .verify(&digest, format!("digest of {}", blob.name))?;
+    made?;
+    drained.map_err(|e| damaged(&blob.digest, e))?;
+    Ok(())
+}
+
+/// The blob `digest` cannot be read as what it claims to be.
+pub(crate) fn damaged(digest: &Digest, e: io::Error) -> Error {
+    Error::InvalidLayer {
+        layer: digest.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Stream the tar that `produce` writes, on a blocking thread, into the
 /// splitter, and name the layer stream after `plan`'s diff_id once
 /// `produce` has succeeded (it verifies its own input) and the tar's
 /// digest is that diff_id; `what` names the tar in a mismatch.
-pub(crate) async fn store<H: FsVerityHashValue>(
+async fn store<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     plan: &LayerPlan,
     what: String,
@@ -100,40 +147,41 @@ pub(crate) async fn store<H: FsVerityHashValue>(
             (stream, stats)
         }
     };
-    let name = layer_content_id(&plan.diff_id.to_oci());
-    // Naming syncs the repository and creates a link: disk work, kept
-    // off the async threads so that a slow disk stalls only this layer.
-    let (naming, named) = (repo.clone(), stream.clone());
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        runtime.block_on(naming.register_stream(&named, &name, None))
-    })
-    .await
-    .map_err(|e| Error::storage("naming a layer stream", io::Error::other(e)))?
-    .map_err(|e| Error::storage("naming a layer stream", e))?;
+    name(repo, plan, stream.clone()).await?;
     Ok(Imported { stream, stats })
 }
 
-/// Decompress `blob` into `out`, then check the blob's digest.
-fn unpack(
-    blob: Pread,
+/// Name the verified layer stream `stream`, on a blocking thread that
+/// keeps the pull's hold until it returns: composefs syncs the objects
+/// before it creates the name.
+async fn name<H: FsVerityHashValue>(
+    repo: Arc<Store<H>>,
     plan: &LayerPlan,
-    out: &mut dyn Write,
-    progress: &(dyn Fn(u64) + Send + Sync),
+    stream: H,
 ) -> Result<(), Error> {
-    let damaged = |e: io::Error| Error::InvalidLayer {
-        layer: plan.blob.to_string(),
-        reason: e.to_string(),
-    };
-    let mut compressed = Hashing::new(Reporting::new(blob, progress));
-    decompress_into(plan.compression, &mut compressed, out, plan, damaged)?;
-    // Anything after the compressed stream still counts toward the blob's
-    // digest.
-    io::copy(&mut compressed, &mut io::sink()).map_err(damaged)?;
-    compressed.get_mut().finish();
-    let (blob_digest, _) = compressed.finish();
-    plan.blob
-        .verify(&blob_digest, format!("digest of layer {}", plan.blob))
+    let hold = plan.hold.get().cloned();
+    let name = layer_content_id(&plan.diff_id.to_oci());
+    let runtime = tokio::runtime::Handle::current();
+    blocking(move || {
+        let _hold = hold;
+        runtime
+            .block_on(repo.register_stream(&stream, &name, None))
+            .map_err(|e| Error::storage("naming a layer stream", e))
+    })
+    .await
+}
+
+/// Decompress the bytes of `blob`, compressed as `compression`, into the
+/// tar of `layer`: what a source of compressed layer blobs unpacks with.
+pub(crate) fn decompress(
+    compression: Compression,
+    layer: &LayerPlan,
+    blob: &Blob,
+    bytes: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let damaged = |e| damaged(&blob.digest, e);
+    decompress_into(compression, bytes, out, layer, damaged)
 }
 
 /// Decompress `from` into the pipe `to`, telling read errors (damaged

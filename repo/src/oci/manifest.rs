@@ -2,108 +2,21 @@
 //! platform, and checking the manifest and config against their digests
 //! and each other.
 
-use std::collections::HashMap;
-
-use serde::Deserialize;
-
-use super::{Platform, digest::Digest, source::Layout};
+use super::{
+    Platform,
+    digest::Digest,
+    document::{
+        Compression, ConfigDoc, DOCKER_CONFIG, DOCKER_LIST, DOCKER_MANIFEST, Descriptor, IndexDoc,
+        ManifestDoc, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, PlatformSpec, REF_NAME, RootFs,
+        media_type_of, parse,
+    },
+    source::Layout,
+};
 use crate::Error;
 
-pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// The media type of an OCI image config.
-pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const CONFIGS: &[&str] = &[OCI_CONFIG, "application/vnd.docker.container.image.v1+json"];
-/// The annotation that names a manifest in an index.
-pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONFIGS: &[&str] = &[OCI_CONFIG, DOCKER_CONFIG];
 /// How deep image indexes may nest (an index of indexes of manifests).
 const MAX_NESTING: usize = 4;
-
-/// How a layer blob is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// The compression a layer media type declares, if it is a layer type.
-    pub(crate) fn of_layer(media_type: &str) -> Option<Self> {
-        match media_type {
-            "application/vnd.oci.image.layer.v1.tar"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-            | "application/vnd.docker.image.rootfs.diff.tar" => Some(Compression::None),
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
-                Some(Compression::Gzip)
-            }
-            "application/vnd.oci.image.layer.v1.tar+zstd"
-            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
-            | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(Compression::Zstd),
-            _ => None,
-        }
-    }
-}
-
-/// A content descriptor, as in an index or manifest.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-    platform: Option<PlatformSpec>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct PlatformSpec {
-    os: String,
-    architecture: String,
-    variant: Option<String>,
-}
-
-impl PlatformSpec {
-    fn name(&self) -> String {
-        match &self.variant {
-            Some(v) => format!("{}/{}/{v}", self.os, self.architecture),
-            None => format!("{}/{}", self.os, self.architecture),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct IndexDoc {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestDoc {
-    media_type: Option<String>,
-    artifact_type: Option<String>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConfigDoc {
-    rootfs: RootFs,
-}
-
-#[derive(Debug, Deserialize)]
-struct RootFs {
-    #[serde(rename = "type")]
-    kind: String,
-    diff_ids: Vec<String>,
-}
 
 /// One layer to bring in: its blob and the tar it must decompress to.
 #[derive(Debug, Clone)]
@@ -252,16 +165,6 @@ fn resolve_descriptor(
     }
 }
 
-/// The `mediaType` a document declares about itself.
-fn media_type_of(raw: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Typed {
-        media_type: Option<String>,
-    }
-    serde_json::from_slice::<Typed>(raw).ok()?.media_type
-}
-
 /// Check an image manifest and its config, and plan its layers.
 fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resolved, Error> {
     let what = format!("manifest {manifest_digest}");
@@ -280,6 +183,7 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
             media_type: kind.clone(),
         });
     }
+    let layer_descriptors = manifest.image_layers(&what)?;
     if let Some(own) = &manifest.media_type
         && own != OCI_MANIFEST
         && own != DOCKER_MANIFEST
@@ -303,7 +207,7 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
         &format!("config {config_digest}"),
     )?;
     let config: ConfigDoc = parse(&config_raw, &format!("config {config_digest}"))?;
-    let layers = plan_layers(&manifest.layers, &config.rootfs)?;
+    let layers = plan_layers(layer_descriptors, &config.rootfs)?;
     let (manifest_digest, raw) =
         if manifest.media_type.as_deref() == Some(DOCKER_MANIFEST) || config_type != OCI_CONFIG {
             let converted = docker_to_oci(&raw, &layers)?;
@@ -378,49 +282,11 @@ fn docker_to_oci(raw: &[u8], layers: &[LayerPlan]) -> Result<Vec<u8>, Error> {
     doc["config"]["mediaType"] = OCI_CONFIG.into();
     if let Some(entries) = doc["layers"].as_array_mut() {
         for (entry, plan) in entries.iter_mut().zip(layers) {
-            entry["mediaType"] = match plan.compression {
-                Compression::None => "application/vnd.oci.image.layer.v1.tar",
-                Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-                Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-            }
-            .into();
+            entry["mediaType"] = plan.compression.oci_layer().into();
         }
     }
     serde_json::to_vec(&doc).map_err(|e| Error::InvalidJson {
         what: "the converted manifest".to_owned(),
         reason: e.to_string(),
     })
-}
-
-fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Error> {
-    let invalid = |e: serde_json::Error| Error::InvalidJson {
-        what: what.to_owned(),
-        reason: e.to_string(),
-    };
-    // serde skips the fields `T` ignores without checking their text, but
-    // the document is stored as it is and read again by composefs-oci and
-    // other tools: it must be JSON throughout (valid UTF-8, escapes).
-    serde_json::from_slice::<serde_json::Value>(bytes).map_err(invalid)?;
-    serde_json::from_slice(bytes).map_err(invalid)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Found by the manifest fuzz target: a config with invalid UTF-8 in
-    /// a field cfsd does not read was accepted and stored.
-    #[test]
-    fn documents_must_be_json_throughout() {
-        let rootfs = r#""rootfs":{"type":"layers","diff_ids":[]}"#;
-        let good = format!(r#"{{"os":"linux",{rootfs}}}"#);
-        assert!(parse::<ConfigDoc>(good.as_bytes(), "the config").is_ok());
-        for bad in [&b"{\"os\":\"linu\xff\","[..], b"{\"os\":\"\\ud800\","] {
-            let mut doc = bad.to_vec();
-            doc.extend_from_slice(rootfs.as_bytes());
-            doc.push(b'}');
-            let err = parse::<ConfigDoc>(&doc, "the config").unwrap_err();
-            assert!(matches!(err, Error::InvalidJson { .. }), "{err}");
-        }
-    }
 }

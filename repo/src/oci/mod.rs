@@ -8,13 +8,18 @@
 
 pub(crate) mod archive;
 pub(crate) mod digest;
+pub(crate) mod document;
 pub(crate) mod entry_rules;
 mod filesystem;
 pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
 mod mount;
+pub(crate) mod pipeline;
+#[cfg(test)]
+mod pipeline_tests;
 mod platform;
+mod publish;
 pub(crate) mod pull;
 pub(crate) mod source;
 pub(crate) mod split;
@@ -23,7 +28,8 @@ pub use archive::Archive;
 pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
+pub use pipeline::{LayerProgress, Stage};
 pub use platform::Platform;
-pub use pull::{AppliedDelta, LayerProgress, PreparedPull, PullOptions, PullReport, Stage};
+pub use pull::{AppliedDelta, PreparedPull, PullOptions, PullReport};
 pub use source::Source;
 pub use split::LayerLimits;

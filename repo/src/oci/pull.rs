@@ -6,24 +6,20 @@
 //! composefs-oci's own finalisation, so the result is what upstream
 //! composefs-rs would store.
 
-use std::{
-    collections::{HashMap, HashSet},
-    fmt,
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
-use composefs_oci::{layer_content_id, oci_image::OciImage};
-use tokio::{sync::Semaphore, task::JoinSet};
+use composefs_oci::oci_image::OciImage;
 
 use super::{
     Platform, images,
-    layer::{self, Imported},
-    manifest::{self, LayerPlan, Resolved},
+    manifest::{self, Resolved},
+    pipeline::{self, LayerProgress, Layers, Progress, Stage, blocking},
+    publish::publish,
     source::{Layout, Source},
     split::Tally,
 };
-use crate::{Error, Repository, coordination::Hold, repository::with_store};
+use crate::{Error, Repository, coordination::Hold, delta::DeltaLayers, repository::with_store};
 
 /// How to pull.
 #[derive(Debug, Clone, Default)]
@@ -37,43 +33,6 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// How many layers to import at once; the number of cores when 0.
     pub jobs: usize,
-}
-
-/// Where one layer is in its pull.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Waiting for a free job.
-    Queued,
-    /// Being read, decompressed, verified and stored.
-    Importing,
-    /// Already in the repository: not read at all.
-    Present,
-    /// Imported and verified.
-    Done,
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stage::Queued => "queued",
-            Stage::Importing => "importing",
-            Stage::Present => "present",
-            Stage::Done => "done",
-        })
-    }
-}
-
-/// A progress report about one layer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerProgress {
-    /// The layer blob's digest.
-    pub layer: String,
-    /// What is happening to it.
-    pub stage: Stage,
-    /// Blob bytes read so far.
-    pub done: u64,
-    /// The blob's size.
-    pub total: u64,
 }
 
 /// What a pull did.
@@ -113,9 +72,6 @@ pub struct AppliedDelta {
     /// That image's manifest digest, when the delta names it.
     pub source_manifest: Option<String>,
 }
-
-/// A progress sink shared by the layer tasks.
-pub(crate) type Progress = Arc<dyn Fn(LayerProgress) + Send + Sync>;
 
 /// A pull whose source is open and whose image is chosen and checked,
 /// before anything is read beyond the index, manifest and config.
@@ -222,49 +178,49 @@ struct Pull {
 
 impl Pull {
     async fn run<H: FsVerityHashValue>(self, repo: Arc<Store<H>>) -> Result<PullReport, Error> {
-        if let Some(report) = self.already_present(&repo)? {
+        let job = Arc::new(self);
+        let (looking, store) = (job.clone(), repo.clone());
+        if let Some(report) = blocking(move || looking.already_present(&store)).await? {
             return Ok(report);
         }
-        let (refs, totals) = match &self.resolved.delta {
+        let layers = &job.resolved.layers;
+        let brought = match &job.resolved.delta {
             // oci-delta hook: the layers come from the delta (crate::delta).
             Some(delta) => {
-                let rebuilt = crate::delta::rebuild_layers(
-                    &repo,
-                    &self.layout,
-                    delta,
-                    &self.resolved.layers,
-                    self.jobs,
-                    self.progress.clone(),
-                )
-                .await?;
-                let totals = Totals {
-                    layers_present: rebuilt.present,
-                    objects: rebuilt.stats,
-                };
-                (rebuilt.refs, totals)
+                let source = Arc::new(DeltaLayers::new(job.layout.clone(), delta));
+                pipeline::bring_in(&repo, source, layers, job.jobs, &job.progress).await?
             }
-            None => self.import_layers(&repo).await?,
+            None => {
+                let source = job.layout.clone();
+                pipeline::bring_in(&repo, source, layers, job.jobs, &job.progress).await?
+            }
         };
-        let resolved = self.resolved.clone();
-        let tag = self.tag.clone();
-        let finalising = repo.clone();
-        let hold = self.hold.clone();
-        blocking(move || {
-            let _hold = hold;
-            composefs_oci::layer_sync::finalize_oci_image(
-                &finalising,
+        let Layers {
+            refs,
+            stats,
+            present,
+        } = brought;
+        let publishing = job.clone();
+        let image_id = blocking(move || {
+            let _hold = publishing.hold.clone();
+            let resolved = &publishing.resolved;
+            let id = publish(
+                &repo,
                 &resolved.manifest,
                 &resolved.config,
                 &refs,
-                Some(&tag),
-                None,
+                &publishing.tag,
             )
             .map_err(image_error)?;
-            durable(&finalising)
+            durable(&repo)?;
+            Ok(id.to_hex())
         })
         .await?;
-        let image_id = self.image_id(&repo)?;
-        Ok(self.report(image_id, totals, false))
+        let totals = Totals {
+            layers_present: present,
+            objects: stats,
+        };
+        Ok(job.report(image_id, totals, false))
     }
 
     /// If the repository already holds this image, complete with its EROFS
@@ -289,130 +245,13 @@ impl Pull {
             .map_err(|e| Error::storage("tagging", e))?;
         durable(repo)?;
         for plan in &self.resolved.layers {
-            self.tell(plan, Stage::Present, plan.size);
+            pipeline::tell(&self.progress, plan, Stage::Present, plan.size, plan.size);
         }
         let totals = Totals {
             layers_present: self.resolved.layers.len() as u64,
             ..Totals::<H>::default()
         };
         Ok(Some(self.report(id.to_hex(), totals, true)))
-    }
-
-    /// Import every layer not yet present, `jobs` at a time; return each
-    /// layer's diff_id and stream in config order.
-    async fn import_layers<H: FsVerityHashValue>(
-        &self,
-        repo: &Arc<Store<H>>,
-    ) -> Result<(Vec<(composefs_oci::OciDigest, H)>, Totals<H>), Error> {
-        let mut totals = Totals::default();
-        let mut streams: HashMap<String, H> = HashMap::new();
-        let mut scheduled = HashSet::new();
-        let mut tasks = JoinSet::new();
-        let slots = Arc::new(Semaphore::new(self.jobs));
-        for plan in &self.resolved.layers {
-            let diff_id = plan.diff_id.to_string();
-            // An image may hold the same layer twice; import it once.
-            if !scheduled.insert(diff_id.clone()) {
-                continue;
-            }
-            let existing = repo
-                .has_stream(&layer_content_id(&plan.diff_id.to_oci()))
-                .map_err(|e| Error::storage("looking up a layer", e))?;
-            if let Some(stream) = existing {
-                totals.layers_present += 1;
-                self.tell(plan, Stage::Present, plan.size);
-                streams.insert(diff_id, stream);
-                continue;
-            }
-            self.tell(plan, Stage::Queued, 0);
-            tasks.spawn(self.import_one(repo.clone(), plan.clone(), slots.clone()));
-        }
-        // The first failure ends the pull; dropping the set cancels the
-        // other layers.
-        while let Some(joined) = tasks.join_next().await {
-            let (diff_id, imported) = joined
-                .map_err(|e| Error::storage("importing a layer", std::io::Error::other(e)))??;
-            totals.objects.merge(imported.stats);
-            streams.insert(diff_id, imported.stream);
-        }
-        let refs = self
-            .resolved
-            .layers
-            .iter()
-            .map(|plan| {
-                (
-                    plan.diff_id.to_oci(),
-                    streams[&plan.diff_id.to_string()].clone(),
-                )
-            })
-            .collect();
-        Ok((refs, totals))
-    }
-
-    fn import_one<H: FsVerityHashValue>(
-        &self,
-        repo: Arc<Store<H>>,
-        plan: LayerPlan,
-        slots: Arc<Semaphore>,
-    ) -> impl Future<Output = Result<(String, Imported<H>), Error>> + Send + 'static {
-        let layout = self.layout.clone();
-        let progress = self.progress.clone();
-        async move {
-            let _slot = slots
-                .acquire_owned()
-                .await
-                .map_err(|e| Error::storage("waiting for a job", std::io::Error::other(e)))?;
-            let blob = plan.blob.to_string();
-            let total = plan.size;
-            let report = progress.clone();
-            report(LayerProgress {
-                layer: blob.clone(),
-                stage: Stage::Importing,
-                done: 0,
-                total,
-            });
-            let reading = blob.clone();
-            let tick: Arc<dyn Fn(u64) + Send + Sync> = Arc::new(move |done| {
-                report(LayerProgress {
-                    layer: reading.clone(),
-                    stage: Stage::Importing,
-                    done,
-                    total,
-                })
-            });
-            let imported = layer::import(repo, layout, plan.clone(), tick).await?;
-            progress(LayerProgress {
-                layer: blob,
-                stage: Stage::Done,
-                done: total,
-                total,
-            });
-            Ok((plan.diff_id.to_string(), imported))
-        }
-    }
-
-    fn tell(&self, plan: &LayerPlan, stage: Stage, done: u64) {
-        (self.progress)(LayerProgress {
-            layer: plan.blob.to_string(),
-            stage,
-            done,
-            total: plan.size,
-        });
-    }
-
-    /// The id of the EROFS image the tag now names.
-    fn image_id<H: FsVerityHashValue>(&self, repo: &Store<H>) -> Result<String, Error> {
-        let image = OciImage::open_ref(repo, &self.tag)
-            .map_err(|e| Error::storage("reading back the pulled image", e))?;
-        image
-            .image_ref(repo.erofs_version())
-            .map(|id| id.to_hex())
-            .ok_or_else(|| {
-                Error::internal(
-                    "building the image",
-                    format!("no EROFS image is linked to {}", self.tag),
-                )
-            })
     }
 
     fn report<H: FsVerityHashValue>(
@@ -481,15 +320,6 @@ fn image_error(e: anyhow::Error) -> Error {
             reason: format!("{e:#}"),
         }
     }
-}
-
-/// Run source reading and parsing off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::storage("a repository task", std::io::Error::other(e)))?
 }
 
 #[cfg(test)]

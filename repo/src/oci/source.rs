@@ -3,16 +3,20 @@
 
 use std::{
     fs::File,
-    io::Read,
+    io::{Read, Write},
     os::fd::{AsFd, OwnedFd},
     sync::Arc,
 };
 
+use composefs::fsverity::FsVerityHashValue;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use super::{
     archive::{Archive, Pread},
     digest::Digest,
+    layer,
+    manifest::LayerPlan,
+    pipeline::{Blob, LayerSource},
 };
 use crate::Error;
 
@@ -112,6 +116,30 @@ impl Layout {
             Layout::Archive(archive) => Ok(archive.open(path)),
             Layout::Directory(dir) => open_beneath(dir, path),
         }
+    }
+}
+
+/// A layout makes each layer from the image's own blob, read by pread
+/// and decompressed as its media type says.
+impl<H: FsVerityHashValue> LayerSource<H> for Layout {
+    fn blob(&self, layer: &LayerPlan) -> Option<Blob> {
+        Some(Blob::of_layer(layer))
+    }
+
+    fn open(&self, blob: &Blob) -> Result<Box<dyn Read + Send>, Error> {
+        let reader = self.blob(&blob.digest)?;
+        check_size(reader.len(), blob.size, &blob.name)?;
+        Ok(Box::new(reader))
+    }
+
+    fn unpack(
+        &self,
+        layer: &LayerPlan,
+        blob: &Blob,
+        bytes: &mut dyn Read,
+        out: &mut dyn Write,
+    ) -> Result<(), Error> {
+        layer::decompress(layer.compression, layer, blob, bytes, out)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::{
     },
     oci::{
         digest::Digest,
-        manifest::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME},
+        document::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME},
     },
 };
 

@@ -3,14 +3,16 @@
 
 use std::sync::Arc;
 
-use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
-use serde::Deserialize;
-
 use crate::{
     Error,
     delta::source::SourceImage,
-    oci::{digest::Digest, images},
+    oci::{
+        digest::Digest,
+        document::{ConfigDoc, ManifestDoc, parse},
+        images,
+    },
 };
+use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 
 /// An image of the repository, as the delta needs it.
 pub(super) struct Side {
@@ -24,27 +26,6 @@ pub(super) struct Side {
     pub config: Vec<u8>,
     /// `(blob digest, blob size, diff_id)` of each layer, in order.
     pub layers: Vec<(Digest, u64, Digest)>,
-}
-
-#[derive(Deserialize)]
-struct ManifestDoc {
-    layers: Vec<LayerDoc>,
-}
-
-#[derive(Deserialize)]
-struct LayerDoc {
-    digest: String,
-    size: u64,
-}
-
-#[derive(Deserialize)]
-struct ConfigDoc {
-    rootfs: RootFs,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
 }
 
 impl Side {
@@ -80,20 +61,17 @@ impl Side {
         config: &[u8],
         name: &str,
     ) -> Result<Vec<(Digest, u64, Digest)>, Error> {
-        let json = |e: serde_json::Error| Error::InvalidJson {
-            what: format!("the stored image {name}"),
-            reason: e.to_string(),
-        };
-        let manifest: ManifestDoc = serde_json::from_slice(manifest).map_err(json)?;
-        let config: ConfigDoc = serde_json::from_slice(config).map_err(json)?;
-        if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        let what = format!("the stored image {name}");
+        let manifest: ManifestDoc = parse(manifest, &what)?;
+        let config: ConfigDoc = parse(config, &what)?;
+        let layers = manifest.image_layers(&what)?;
+        if layers.len() != config.rootfs.diff_ids.len() {
             return Err(Error::InvalidJson {
                 what: format!("the stored image {name}"),
                 reason: "its manifest and config disagree on the number of layers".to_owned(),
             });
         }
-        manifest
-            .layers
+        layers
             .iter()
             .zip(&config.rootfs.diff_ids)
             .map(|(layer, diff_id)| {
