@@ -139,6 +139,59 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// What to do about a daemon error, for people: the daemon's messages
+/// describe the problem only, since they reach every client, and which
+/// command would fix it is cfsctl's to say.
+pub fn hint(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|cause| {
+        if let Some(CallError::Interface(e)) = cause.downcast_ref::<CallError<OciError>>() {
+            return oci_hint(e);
+        }
+        match cause.downcast_ref::<CallError<RepositoryError>>() {
+            Some(CallError::Interface(e) | CallError::Connection(e)) => repository_hint(e),
+            _ => None,
+        }
+    })
+}
+
+fn oci_hint(e: &OciError) -> Option<String> {
+    Some(match e {
+        OciError::NotInitialized { .. } => INIT_HINT.to_owned(),
+        OciError::ImageNotFound { .. } => {
+            "`cfsctl oci images` lists the images and their tags".to_owned()
+        }
+        OciError::PlatformNotFound { .. } => {
+            "choose one of them with `cfsctl oci pull --platform OS/ARCH`".to_owned()
+        }
+        OciError::CompressedArchive { compression } => format!(
+            "decompress it first (e.g. `{compression} -d`) and pull the tar with oci-archive:FILE"
+        ),
+        OciError::DeltaSourceMissing { .. } => {
+            "pull that source image first, or pull the full target image".to_owned()
+        }
+        OciError::PermissionDenied { method, .. } if method.ends_with(".Mount") => {
+            "run cfsctl as root".to_owned()
+        }
+        OciError::PermissionDenied { .. } => PRIVILEGE_HINT.to_owned(),
+        _ => return None,
+    })
+}
+
+fn repository_hint(e: &RepositoryError) -> Option<String> {
+    Some(match e {
+        RepositoryError::NotInitialized { .. } => INIT_HINT.to_owned(),
+        RepositoryError::PermissionDenied { .. } => format!(
+            "{PRIVILEGE_HINT}; a daemon started by `cfsctl --repo` runs as you, so only the \
+             owner of the repository's files (or root) can change it that way"
+        ),
+        _ => return None,
+    })
+}
+
+const INIT_HINT: &str = "create it with `cfsctl init`";
+
+const PRIVILEGE_HINT: &str = "run cfsctl as root or as a member of the daemon's admin group";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             report(&Failure::of(&e), json);
-            if let Some(hint) = hint(&e) {
+            if let Some(hint) = hint(&e).or_else(|| failure::hint(&e)) {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE

@@ -418,7 +418,11 @@ fn print_pull(r: &PullResult, delta_source: Option<&str>) {
         println!("Delta:     {} applied", delta.manifest_digest);
         println!("  against: {source}");
     }
-    if r.already_present {
+    if r.shared_import {
+        println!(
+            "An identical pull was importing the image; this one waited for it and only set its tag."
+        );
+    } else if r.already_present {
         println!("The image was already in the repository; only its tag was set.");
     }
 }

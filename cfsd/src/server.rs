@@ -47,8 +47,9 @@ pub struct Config {
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Daemon {
-    /// The repository served.
-    pub dir: RepositoryDir,
+    /// The repository served; shared with the blocking threads that
+    /// open it.
+    pub dir: Arc<RepositoryDir>,
     /// Whose members may change the repository.
     pub admin_group: Option<Gid>,
     /// How long a client may stay silent between calls.
@@ -81,7 +82,7 @@ pub async fn run(
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(signals.stop(stop));
     let daemon = Arc::new(Daemon {
-        dir,
+        dir: Arc::new(dir),
         admin_group: config.admin_group,
         client_timeout: config.client_timeout,
         max_message: config.max_message,

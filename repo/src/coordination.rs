@@ -193,6 +193,25 @@ impl Drop for Running<'_> {
     }
 }
 
+tokio::task_local! {
+    /// Told when the pull of this task waits for an identical one.
+    static IMPORT_WAIT: Arc<dyn Fn() + Send + Sync>;
+}
+
+/// Run `pull` (a [`Repository::pull`](crate::Repository::pull) or
+/// `pull_prepared`), calling `notice` if it waits for another pull of the
+/// same manifest to finish its import; it then finds the image present
+/// and only tags it. A caller uses it to tell its user that the pull
+/// shared an import already in progress, which the report's
+/// `already_present` alone cannot tell from a pull of an image imported
+/// long before.
+pub async fn noticing_import_wait<F: Future>(
+    notice: impl Fn() + Send + Sync + 'static,
+    pull: F,
+) -> F::Output {
+    IMPORT_WAIT.scope(Arc::new(notice), pull).await
+}
+
 /// The pulls in flight, by the manifest digest each imports: identical
 /// pulls take turns, so that the later ones find the image complete and
 /// only tag it. Waiting for a turn is no [`Hold`], so it holds off no
@@ -232,7 +251,14 @@ impl Pulls {
             }
         };
         turn.waiting.fetch_add(1, Ordering::SeqCst);
-        let guard = turn.lock.clone().lock_owned().await;
+        let guard = match turn.lock.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Another pull of this manifest is importing it now.
+                let _ = IMPORT_WAIT.try_with(|notice| notice());
+                turn.lock.clone().lock_owned().await
+            }
+        };
         turn.waiting.fetch_sub(1, Ordering::SeqCst);
         PullTurn {
             _guard: guard,
@@ -254,6 +280,41 @@ impl Pulls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_waiting_for_an_identical_one_is_told_and_a_lone_one_is_not() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pulls = Pulls::default();
+            let told = Arc::new(AtomicUsize::new(0));
+            let telling = |told: &Arc<AtomicUsize>| {
+                let told = told.clone();
+                move || {
+                    told.fetch_add(1, Ordering::SeqCst);
+                }
+            };
+            let first = noticing_import_wait(telling(&told), pulls.turn("m")).await;
+            assert_eq!(told.load(Ordering::SeqCst), 0, "a lone pull waited");
+            // Another manifest does not wait for this one.
+            let other = noticing_import_wait(telling(&told), pulls.turn("n")).await;
+            assert_eq!(told.load(Ordering::SeqCst), 0);
+            let second = noticing_import_wait(telling(&told), pulls.turn("m"));
+            tokio::pin!(second);
+            tokio::select! {
+                biased;
+                _ = &mut second => panic!("the second pull did not wait for the first"),
+                () = tokio::task::yield_now() => {}
+            }
+            assert_eq!(told.load(Ordering::SeqCst), 1);
+            assert_eq!(pulls.waiting("m"), 1);
+            drop(first);
+            let _second = second.await;
+            assert_eq!(told.load(Ordering::SeqCst), 1, "told once");
+            drop(other);
+        });
+    }
 
     #[test]
     fn a_waiting_collection_holds_up_no_holder_and_gives_up_naming_them() {

@@ -67,8 +67,8 @@ pub enum Error {
     },
     /// An `oci-archive:` that is compressed as a whole.
     #[error(
-        "the archive is {compression}-compressed; oci-archive: needs the uncompressed tar \
-         (decompress it first, e.g. with `{compression} -d`)"
+        "the archive is {compression}-compressed; an oci-archive source must be an \
+         uncompressed tar"
     )]
     CompressedArchive {
         /// The compression found.

@@ -30,21 +30,21 @@ use rustix::{
     mount::{MountFlags, UnmountFlags, mount, unmount},
 };
 
-const LOOKUP: u32 = 1;
-const FORGET: u32 = 2;
-const GETATTR: u32 = 3;
-const OPEN: u32 = 14;
-const READ: u32 = 15;
-const STATFS: u32 = 17;
-const RELEASE: u32 = 18;
-const FLUSH: u32 = 25;
-const INIT: u32 = 26;
-const OPENDIR: u32 = 27;
-const READDIR: u32 = 28;
-const RELEASEDIR: u32 = 29;
-const ACCESS: u32 = 34;
-const INTERRUPT: u32 = 36;
-const BATCH_FORGET: u32 = 42;
+pub(crate) const LOOKUP: u32 = 1;
+pub(crate) const FORGET: u32 = 2;
+pub(crate) const GETATTR: u32 = 3;
+pub(crate) const OPEN: u32 = 14;
+pub(crate) const READ: u32 = 15;
+pub(crate) const STATFS: u32 = 17;
+pub(crate) const RELEASE: u32 = 18;
+pub(crate) const FLUSH: u32 = 25;
+pub(crate) const INIT: u32 = 26;
+pub(crate) const OPENDIR: u32 = 27;
+pub(crate) const READDIR: u32 = 28;
+pub(crate) const RELEASEDIR: u32 = 29;
+pub(crate) const ACCESS: u32 = 34;
+pub(crate) const INTERRUPT: u32 = 36;
+pub(crate) const BATCH_FORGET: u32 = 42;
 
 const ENOENT: i32 = 2;
 const EIO: i32 = 5;
@@ -221,22 +221,11 @@ impl Server {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            let mut fds = [PollFd::new(&self.device, PollFlags::IN)];
-            let timeout = rustix::event::Timespec::try_from(Duration::from_millis(50)).unwrap();
-            match poll(&mut fds, Some(&timeout)) {
-                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-                Ok(_) => {}
-                Err(_) => return,
-            }
-            let n = match self.device.read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // ENODEV: unmounted.
-                Err(_) => return,
+            let n = match next_request(&mut self.device, &mut buf, Duration::from_millis(50)) {
+                Next::Request(n) => n,
+                Next::Idle => continue,
+                Next::Gone => return,
             };
-            if n < 40 {
-                continue;
-            }
             let word = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().unwrap());
             let long = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().unwrap());
             let request = Request {
@@ -316,19 +305,54 @@ impl Server {
     }
 
     fn reply(&mut self, unique: u64, reply: Result<Vec<u8>, i32>) {
-        let (error, body) = match reply {
-            Ok(body) => (0, body),
-            Err(errno) => (-errno, Vec::new()),
-        };
-        let mut out = Vec::with_capacity(16 + body.len());
-        out.extend_from_slice(&(16 + body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&error.to_le_bytes());
-        out.extend_from_slice(&unique.to_le_bytes());
-        out.extend_from_slice(&body);
-        // A request interrupted meanwhile is answered ENOENT by the
-        // kernel; nothing to do about it here.
-        let _ = self.device.write_all(&out);
+        send_reply(&mut self.device, unique, reply);
     }
+}
+
+/// What waiting for the kernel's next request gave.
+pub(crate) enum Next {
+    /// A request of this many bytes (at least its header) is in the
+    /// buffer.
+    Request(usize),
+    /// Nothing within the wait.
+    Idle,
+    /// The connection has gone (unmounted or aborted).
+    Gone,
+}
+
+/// Read the next request from `device` into `buf`, waiting at most
+/// `wait`, so that the caller can look at its flags between requests.
+pub(crate) fn next_request(device: &mut File, buf: &mut [u8], wait: Duration) -> Next {
+    let mut fds = [PollFd::new(&*device, PollFlags::IN)];
+    let timeout = rustix::event::Timespec::try_from(wait).unwrap();
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(0) | Err(rustix::io::Errno::INTR) => return Next::Idle,
+        Ok(_) => {}
+        Err(_) => return Next::Gone,
+    }
+    match device.read(buf) {
+        Ok(n) if n >= 40 => Next::Request(n),
+        Ok(_) => Next::Idle,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Next::Idle,
+        // ENODEV: unmounted.
+        Err(_) => Next::Gone,
+    }
+}
+
+/// Answer request `unique` with a body or an errno.
+pub(crate) fn send_reply(device: &mut File, unique: u64, reply: Result<Vec<u8>, i32>) {
+    let (error, body) = match reply {
+        Ok(body) => (0, body),
+        Err(errno) => (-errno, Vec::new()),
+    };
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&(16 + body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&error.to_le_bytes());
+    out.extend_from_slice(&unique.to_le_bytes());
+    out.extend_from_slice(&body);
+    // A request interrupted meanwhile is answered ENOENT by the kernel;
+    // nothing to do about it here.
+    let _ = device.write_all(&out);
 }
 
 /// The fields of `fuse_attr` this filesystem sets.
@@ -373,7 +397,7 @@ fn attr_out(attr: Attr) -> Vec<u8> {
 }
 
 /// `fuse_init_out` (64 bytes) for protocol 7.31, no optional features.
-fn init_out(init_in: &[u8]) -> Vec<u8> {
+pub(crate) fn init_out(init_in: &[u8]) -> Vec<u8> {
     let max_readahead = init_in.get(8..12).unwrap_or(&[0; 4]);
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(&7u32.to_le_bytes());

@@ -7,6 +7,8 @@ pub mod oci;
 pub mod ocictl;
 pub mod peer;
 pub mod registry;
+pub mod stall;
+pub mod stalled;
 pub mod upstream;
 
 use std::{

@@ -6,10 +6,16 @@ use std::process::Command;
 use cfsd_tests::{
     Daemon, bin, cfsctl,
     oci::{Compression, Layout, Written, noise, small_image},
-    ocictl::{PrivateRepo, Target, fails, json, published, pull, typed_pull_refusal},
+    ocictl::{
+        PrivateRepo, Target, fails, json, published, pull, typed_pull_refusal, typed_refusal_of,
+    },
+    peer::{NOBODY, as_nobody, raw_calls_as},
     stderr,
 };
-use cfsd_varlink::oci::OciError;
+use cfsd_varlink::{
+    oci::{OciError, PullParams},
+    repository::RepositoryError,
+};
 
 fn image(content: &str) -> Written {
     let (layout, _) = Layout::single(&small_image(Compression::Gzip, content), None);
@@ -202,6 +208,11 @@ fn cli_messages_a_delta_without_its_source_names_the_source_image() {
     let daemon = Daemon::start_initialised(&[]);
     let err = fails(&daemon, &["oci", "pull", &dest, "b"]);
     assert!(err.contains(source_manifest), "{err}");
+    hinted(
+        &err,
+        "which is not in the repository",
+        &["pull that source image"],
+    );
     assert!(err.contains(pulled_a.str("configDigest")), "{err}");
     let typed = typed_pull_refusal(
         &daemon,
@@ -216,6 +227,7 @@ fn cli_messages_a_delta_without_its_source_names_the_source_image() {
             image: Some(source_manifest.to_owned()),
         }
     );
+    describes_only(&typed.to_string());
 
     // With the source there, the summary says the delta was applied and
     // against which image.
@@ -271,4 +283,142 @@ fn cli_messages_gc_of_a_repository_nobody_may_write_is_permission_denied() {
         stderr(&out)
     );
     assert_eq!(published(&repo.repo_path()), before);
+}
+
+/// A daemon error's text, as every client renders it, describes the
+/// problem and names no command or option of cfsctl's.
+fn describes_only(text: &str) {
+    for advice in ["cfsctl", "--", "oci:DIR", "first", "pick one"] {
+        assert!(
+            !text.contains(advice),
+            "{advice:?} in the wire text {text:?}"
+        );
+    }
+}
+
+/// cfsctl's stderr for a failure: the daemon's text, then a hint line
+/// with `words`.
+fn hinted(err: &str, text: &str, words: &[&str]) {
+    assert!(err.contains(text), "{text:?} not in {err:?}");
+    let hint = err
+        .lines()
+        .find_map(|l| l.strip_prefix("hint: "))
+        .unwrap_or_else(|| panic!("no hint in {err:?}"));
+    for word in words {
+        assert!(hint.contains(word), "{word:?} not in the hint {hint:?}");
+    }
+}
+
+#[test]
+fn cli_messages_wire_texts_describe_the_problem_and_cfsctl_adds_the_hint() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // NotInitialized, from both interfaces.
+    let bare = Daemon::start(&[]);
+    let (info, images) = runtime.block_on(async {
+        let mut client = bare.client().await;
+        (client.info().await, client.list_images().await)
+    });
+    let info = info.expect_err("info of no repository").to_string();
+    let images = images.expect_err("images of no repository").to_string();
+    for text in [&info, &images] {
+        assert!(text.contains("no composefs repository at"), "{text}");
+        describes_only(text);
+    }
+    hinted(&fails(&bare, &["info"]), &info, &["`cfsctl init`"]);
+    hinted(
+        &fails(&bare, &["oci", "images"]),
+        &images,
+        &["`cfsctl init`"],
+    );
+
+    // ImageNotFound.
+    let daemon = Daemon::start_initialised(&[]);
+    let missing = runtime
+        .block_on(async { daemon.client().await.inspect("nothing").await })
+        .expect_err("inspect of no image");
+    assert!(
+        matches!(&missing, cfsd_varlink::CallError::Interface(OciError::ImageNotFound { image }) if image == "nothing"),
+        "{missing:?}"
+    );
+    let text = missing.to_string();
+    describes_only(&text);
+    let err = fails(&daemon, &["oci", "inspect", "nothing"]);
+    hinted(&err, &text, &["`cfsctl oci images`"]);
+
+    // PlatformNotFound.
+    let written = image("platform\n");
+    let params = PullParams {
+        transport: "oci-archive".to_owned(),
+        platform: Some("linux/s390x".to_owned()),
+        tag: Some("p".to_owned()),
+        ..PullParams::default()
+    };
+    let archive = std::fs::File::open(written.archive_path()).unwrap();
+    let typed = typed_refusal_of(&daemon, &params, archive.into());
+    assert!(
+        matches!(&typed, OciError::PlatformNotFound { platform, .. } if platform == "linux/s390x"),
+        "{typed:?}"
+    );
+    describes_only(&typed.to_string());
+    let source = written.archive(None);
+    let err = fails(
+        &daemon,
+        &["oci", "pull", "--platform", "linux/s390x", &source, "p"],
+    );
+    hinted(&err, &typed.to_string(), &["--platform"]);
+
+    // CompressedArchive.
+    let (layout, _) = Layout::single(&small_image(Compression::Gzip, "gz\n"), None);
+    let gzip = daemon.dir().join("image.tar.gz");
+    layout.write_gzip_archive(&gzip);
+    let typed = typed_pull_refusal(
+        &daemon,
+        "oci-archive",
+        std::fs::File::open(&gzip).unwrap().into(),
+        "c",
+    );
+    assert_eq!(
+        typed,
+        OciError::CompressedArchive {
+            compression: "gzip".to_owned()
+        }
+    );
+    describes_only(&typed.to_string());
+    let err = fails(
+        &daemon,
+        &[
+            "oci",
+            "pull",
+            &format!("oci-archive:{}", gzip.display()),
+            "c",
+        ],
+    );
+    hinted(&err, &typed.to_string(), &["`gzip -d`"]);
+
+    // PermissionDenied, as an unprivileged peer of a system daemon.
+    let shared = Daemon::start_for_nobody(&[]);
+    assert!(shared.cfsctl(&["init"]).status.success());
+    let reply = raw_calls_as(
+        &shared,
+        &[],
+        &[serde_json::json!({"method": "io.cfsd.Repository.Gc", "parameters": {}})],
+    );
+    let typed: RepositoryError = serde_json::from_value(reply[0].clone()).unwrap();
+    assert!(
+        matches!(typed, RepositoryError::PermissionDenied { uid: NOBODY, .. }),
+        "{typed:?}"
+    );
+    describes_only(&typed.to_string());
+    let out = as_nobody(&[], bin("cfsctl").to_str().unwrap())
+        .arg("--address")
+        .arg(shared.address())
+        .arg("gc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    hinted(&stderr(&out), &typed.to_string(), &["root", "admin group"]);
 }

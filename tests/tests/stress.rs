@@ -378,6 +378,11 @@ fn eight_clients_pull_while_gc_runs_and_others_list() {
         for r in of_image.iter().filter(|r| r["alreadyPresent"] == true) {
             assert_eq!(r["objectsNew"], 0, "img{image}: {r}");
         }
+        // Only a pull that found the image present can have shared an
+        // import, and the one that imported it shared nothing.
+        for r in &imported {
+            assert_eq!(r["sharedImport"], false, "img{image}: {r}");
+        }
     }
     assert!(gc_failures.is_empty(), "GC failed: {gc_failures:?}");
     assert!(gc_runs > 1, "GC ran {gc_runs} times while pulling");

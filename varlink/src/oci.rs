@@ -78,6 +78,10 @@ pub struct PullResult {
     pub bytes_new: u64,
     /// The repository already held the whole image.
     pub already_present: bool,
+    /// This pull waited for an identical one (of the same manifest) that
+    /// was importing the image, and then only tagged it.
+    #[serde(default)]
+    pub shared_import: bool,
     /// The oci-delta the image was rebuilt from, when the source was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<AppliedDelta>,
@@ -298,7 +302,7 @@ pub struct CreateDeltaReply {
 pub enum OciError {
     /// The directory holds no repository yet.
     #[serde(rename = "io.cfsd.Oci.NotInitialized")]
-    #[error("no composefs repository at {path}: create it with `cfsctl init`")]
+    #[error("no composefs repository at {path}")]
     NotInitialized {
         /// The repository directory.
         path: String,
@@ -329,14 +333,14 @@ pub enum OciError {
     },
     /// A transport other than `oci` or `oci-archive`.
     #[serde(rename = "io.cfsd.Oci.UnknownTransport")]
-    #[error("unknown transport {transport:?}: use oci:DIR, oci-archive:FILE or docker://REFERENCE")]
+    #[error("unknown transport {transport:?}: the transports are oci, oci-archive and docker")]
     UnknownTransport {
         /// The transport given.
         transport: String,
     },
     /// No image has this tag or manifest digest.
     #[serde(rename = "io.cfsd.Oci.ImageNotFound")]
-    #[error("no image {image:?} in the repository (see `cfsctl oci images`)")]
+    #[error("no image {image:?} in the repository")]
     ImageNotFound {
         /// The tag or digest asked for.
         image: String,
@@ -360,7 +364,7 @@ pub enum OciError {
     /// An `oci-archive` compressed as a whole.
     #[serde(rename = "io.cfsd.Oci.CompressedArchive")]
     #[error(
-        "the archive is {compression}-compressed; oci-archive: needs the uncompressed tar (decompress it first)"
+        "the archive is {compression}-compressed; an oci-archive source must be an uncompressed tar"
     )]
     CompressedArchive {
         /// The compression found.
@@ -404,7 +408,7 @@ pub enum OciError {
     /// The source's index has no image for the platform.
     #[serde(rename = "io.cfsd.Oci.PlatformNotFound")]
     #[error(
-        "no image for platform {platform} in the source (it has: {}); pick one with --platform",
+        "no image for platform {platform} in the source (it has: {})",
         list(available)
     )]
     PlatformNotFound {
@@ -471,7 +475,7 @@ pub enum OciError {
     /// A delta applies to an image the repository does not hold.
     #[serde(rename = "io.cfsd.Oci.DeltaSourceMissing")]
     #[error(
-        "the delta applies to the image {}with config {config}, which is not in the repository: pull that image first, or pull the full target image",
+        "the delta applies to the image {}with config {config}, which is not in the repository",
         image.as_ref().map(|m| format!("{m} ")).unwrap_or_default()
     )]
     DeltaSourceMissing {
@@ -713,14 +717,14 @@ mod tests {
     }
 
     #[test]
-    fn errors_read_as_advice() {
+    fn errors_describe_the_problem() {
         let e = OciError::PlatformNotFound {
             platform: "linux/s390x".into(),
             available: vec!["linux/amd64".into(), "linux/arm64".into()],
         };
         assert_eq!(
             e.to_string(),
-            "no image for platform linux/s390x in the source (it has: linux/amd64, linux/arm64); pick one with --platform"
+            "no image for platform linux/s390x in the source (it has: linux/amd64, linux/arm64)"
         );
         let wire = serde_json::to_value(&e).unwrap();
         assert_eq!(wire["error"], "io.cfsd.Oci.PlatformNotFound");

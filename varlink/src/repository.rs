@@ -139,7 +139,7 @@ pub struct GcReply {
 pub enum RepositoryError {
     /// The directory holds no repository yet.
     #[serde(rename = "io.cfsd.Repository.NotInitialized")]
-    #[error("no composefs repository at {path}: create it with `cfsctl init`")]
+    #[error("no composefs repository at {path}")]
     NotInitialized {
         /// The repository directory.
         path: String,
@@ -185,7 +185,7 @@ pub enum RepositoryError {
     /// The caller may not change the repository.
     #[serde(rename = "io.cfsd.Repository.PermissionDenied")]
     #[error(
-        "permission denied: uid {uid} may not call {method}, which changes the repository: it needs root or the daemon's admin group, and a daemon that may write the repository's files (a cfsctl --repo of their owner, or root)"
+        "permission denied: uid {uid} may not call {method}, which changes the repository: it needs root or the daemon's admin group, and a daemon that may write the repository's files (one run by their owner, or by root)"
     )]
     PermissionDenied {
         /// The method refused.

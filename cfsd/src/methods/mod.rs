@@ -1,5 +1,11 @@
 //! The methods of each interface cfsd serves.
 
+use std::sync::Arc;
+
+use cfsd_repo::Repository;
+
+use crate::server::Daemon;
+
 pub mod oci;
 mod registry;
 pub mod repository;
@@ -27,4 +33,12 @@ async fn blocking<T: Send + 'static>(
             fault: cfsd_repo::DiskFault::Other,
         })
     })
+}
+
+/// The daemon's repository. Opening it (on first use, or after Init
+/// created it) reads the disk, so it runs on a blocking thread like any
+/// other disk work.
+async fn repository(daemon: &Daemon) -> cfsd_repo::Result<Arc<Repository>> {
+    let dir = daemon.dir.clone();
+    blocking(move || dir.repository()).await
 }

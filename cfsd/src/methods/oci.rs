@@ -115,7 +115,7 @@ async fn pull(
     } else {
         (Ok(source(&params.transport, fds)?), pull_options(params)?)
     };
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let pid = peer.pid;
     let settings = daemon.registry.clone();
     let prepared = blocking(move || {
@@ -141,13 +141,23 @@ async fn pull(
         let pending = pending.clone();
         move |p: repo::oci::LayerProgress| pending.push(p)
     };
-    // The repository coordinates this pull with GC and identical pulls.
+    // The repository coordinates this pull with GC and identical pulls,
+    // and tells when this one waits for an identical import.
+    let shared = Arc::new(AtomicBool::new(false));
+    let sharing = shared.clone();
+    let manifest = prepared.manifest_digest();
     let work = tokio::spawn(async move {
         let _held = held;
-        repo.pull_prepared(prepared, progress).await
+        let noticed = move || {
+            tracing::info!(%manifest, "pull waits for an identical pull's import");
+            sharing.store(true, Ordering::Relaxed);
+        };
+        let pull = repo.pull_prepared(prepared, progress);
+        repo::coordination::noticing_import_wait(noticed, pull).await
     });
     let (replies, receiver) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(stream_pull(AbortOnDrop(work), pending, replies));
+    let work = AbortOnDrop(work);
+    tokio::spawn(stream_pull(work, shared, pending, replies));
     Ok(Outcome::Stream(receiver))
 }
 
@@ -217,20 +227,27 @@ async fn create_delta(
     params: CreateDeltaParams,
     fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
-    let owned =
-        |fd: &OwnedFd| peer.uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == peer.uid);
-    let out = fds
-        .into_iter()
-        .next()
-        .filter(|fd| is_writable_file(fd) && owned(fd))
-        .ok_or_else(|| OciError::MissingFd {
-            method: format!("{OCI_INTERFACE}.CreateDelta"),
-            expected: format!(
-                "the output as a regular file that uid {} owns, opened for writing",
-                peer.uid
-            ),
-        })?;
-    let repo = open(daemon)?;
+    let uid = peer.uid;
+    // fstat of a file on a FUSE filesystem waits for its server, which
+    // the peer may run: off the async threads.
+    let out = super::blocking(move || {
+        let owned =
+            |fd: &OwnedFd| uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == uid);
+        Ok(fds
+            .into_iter()
+            .next()
+            .filter(|fd| is_writable_file(fd) && owned(fd)))
+    })
+    .await
+    .map_err(wire_error)?
+    .ok_or_else(|| OciError::MissingFd {
+        method: format!("{OCI_INTERFACE}.CreateDelta"),
+        expected: format!(
+            "the output as a regular file that uid {} owns, opened for writing",
+            peer.uid
+        ),
+    })?;
+    let repo = open(daemon).await?;
     let options = CreateOptions {
         jobs: capped_jobs(params.jobs),
         method: match params.method.unwrap_or_default() {
@@ -377,6 +394,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// shutting down), return, which cancels the pull.
 async fn stream_pull(
     mut work: AbortOnDrop<repo::Result<PullReport>>,
+    shared: Arc<AtomicBool>,
     pending: Arc<Pending>,
     replies: mpsc::Sender<Streamed>,
 ) {
@@ -397,7 +415,12 @@ async fn stream_pull(
     let last = match finished {
         Ok(Ok(report)) => Outcome::reply(&PullReply {
             progress: None,
-            result: Some(wire_report(report)),
+            // A pull that waited for one that then failed imported the
+            // image itself: it shared nothing.
+            result: Some({
+                let shared = shared.load(Ordering::Relaxed) && report.already_present;
+                wire_report(report, shared)
+            }),
         }),
         Ok(Err(e)) => Outcome::error(&wire_error(e)),
         Err(e) => Outcome::error(&OciError::StorageFailed {
@@ -424,7 +447,7 @@ async fn send_progress(
 }
 
 async fn list_images(daemon: &Daemon) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let images = blocking(move || repo.images()).await?;
     Ok(Outcome::reply(&ListImagesReply {
         images: images.into_iter().map(wire_image).collect(),
@@ -432,31 +455,31 @@ async fn list_images(daemon: &Daemon) -> Result<Outcome, OciError> {
 }
 
 async fn inspect(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let details = blocking(move || repo.inspect(&params.image)).await?;
     Ok(Outcome::reply(&wire_details(details)))
 }
 
 async fn tag(daemon: &Daemon, params: TagParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     blocking(move || repo.tag(&params.image, &params.tag)).await?;
     Ok(Outcome::reply(&EmptyReply {}))
 }
 
 async fn untag(daemon: &Daemon, params: UntagParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     blocking(move || repo.untag(&params.tag)).await?;
     Ok(Outcome::reply(&EmptyReply {}))
 }
 
 async fn remove(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let untagged = blocking(move || repo.remove(&params.image)).await?;
     Ok(Outcome::reply(&RemoveReply { untagged }))
 }
 
 async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let image_id = blocking(move || repo.compute_id(&params.image)).await?;
     Ok(Outcome::reply(&ComputeIdReply { image_id }))
 }
@@ -464,7 +487,7 @@ async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, Oci
 /// `Mount`; whether the peer may ask for its options was decided with
 /// the access table before the call got here.
 async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let options = repo::oci::MountOptions {
         allow_setuid: params.allow_setuid.unwrap_or(false),
         allow_devices: params.allow_devices.unwrap_or(false),
@@ -478,8 +501,8 @@ async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError
     ))
 }
 
-fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
-    tokio::task::block_in_place(|| daemon.dir.repository()).map_err(wire_error)
+async fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
+    super::repository(daemon).await.map_err(wire_error)
 }
 
 /// [`super::blocking`], with the interface's error.
@@ -489,7 +512,7 @@ async fn blocking<T: Send + 'static>(
     super::blocking(work).await.map_err(wire_error)
 }
 
-fn wire_report(r: PullReport) -> PullResult {
+fn wire_report(r: PullReport, shared_import: bool) -> PullResult {
     PullResult {
         manifest_digest: r.manifest_digest,
         config_digest: r.config_digest,
@@ -501,6 +524,7 @@ fn wire_report(r: PullReport) -> PullResult {
         objects_present: r.objects_present,
         bytes_new: r.bytes_new,
         already_present: r.already_present,
+        shared_import,
         delta: r.delta.map(|d| AppliedDelta {
             manifest_digest: d.manifest_digest,
             source_config: d.source_config,

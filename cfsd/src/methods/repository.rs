@@ -89,7 +89,7 @@ fn allow(peer: &Peer, method: &str) -> Result<(), RepositoryError> {
 }
 
 async fn info(daemon: &Daemon) -> Result<InfoReply, RepositoryError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let info = blocking(move || repo.info()).await?;
     Ok(InfoReply {
         info: wire_info(info),
@@ -103,9 +103,10 @@ async fn init(daemon: &Daemon, params: InitParams) -> Result<InitReply, Reposito
     };
     // The directory is shared by every connection: Init runs on a
     // blocking thread but holds the directory's lock for its duration.
-    let dir = &daemon.dir;
-    let (repo, created) =
-        tokio::task::block_in_place(|| dir.init(algorithm)).map_err(wire_error)?;
+    let dir = daemon.dir.clone();
+    let (repo, created) = super::blocking(move || dir.init(algorithm))
+        .await
+        .map_err(wire_error)?;
     let info = blocking(move || repo.info()).await?;
     Ok(InitReply {
         info: wire_info(info),
@@ -114,7 +115,7 @@ async fn init(daemon: &Daemon, params: InitParams) -> Result<InitReply, Reposito
 }
 
 async fn fsck(daemon: &Daemon, params: FsckParams) -> Result<FsckReply, RepositoryError> {
-    let repo = open(daemon)?;
+    let repo = open(daemon).await?;
     let metadata_only = params.metadata_only.unwrap_or(false);
     let report = repo.fsck(metadata_only).await.map_err(wire_error)?;
     Ok(FsckReply {
@@ -142,7 +143,8 @@ async fn gc(daemon: &Daemon, peer: &Peer, dry_run: bool) -> Result<GcReply, Repo
     // The repository keeps collections clear of work in flight. A daemon
     // that may not even open the repository (a private cfsd of a user who
     // does not own it) refuses as it would refuse the call.
-    let repo = tokio::task::block_in_place(|| daemon.dir.repository())
+    let repo = super::repository(daemon)
+        .await
         .map_err(|e| denied(e, peer, "Gc"))?;
     let report = super::blocking(move || repo.gc(dry_run))
         .await
@@ -156,8 +158,8 @@ async fn gc(daemon: &Daemon, peer: &Peer, dry_run: bool) -> Result<GcReply, Repo
     })
 }
 
-fn open(daemon: &Daemon) -> Result<Arc<Repository>, RepositoryError> {
-    tokio::task::block_in_place(|| daemon.dir.repository()).map_err(wire_error)
+async fn open(daemon: &Daemon) -> Result<Arc<Repository>, RepositoryError> {
+    super::repository(daemon).await.map_err(wire_error)
 }
 
 /// [`super::blocking`], with the interface's error.
