@@ -3,7 +3,8 @@
 # the same disk again with cfsd.phase=check and cfsd.answered=N, N being
 # the number of operations whose answer reached the console before the
 # cut. Phase "run" sets up the state before (busybox:demo), then runs the
-# operations, printing "answered K" after each reply. Phase "check" lets
+# operations, printing "starting K" before each and "answered K" after
+# each reply. Phase "check" lets
 # cfsd recover, checks what survived, and runs the remaining operations.
 . /scenarios/lib.sh
 expected=$(cat /fixtures/ids)
@@ -53,6 +54,7 @@ run)
     echo "cut-window-open"
     k=1
     while [ $k -le $last ]; do
+        echo "starting $k"
         op $k >/dev/null || fail "operation $k"
         echo "answered $k"
         k=$((k + 1))
