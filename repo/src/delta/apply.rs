@@ -149,7 +149,7 @@ impl<H: FsVerityHashValue> DeltaLayers<H> {
             Error::internal(
                 "looking up the delta's source image",
                 format!(
-                    "config {} has no EROFS image; pull it again",
+                    "config {} has no EROFS image: its pull was interrupted before the image was built",
                     self.source_config
                 ),
             )

@@ -97,7 +97,9 @@ pub(super) fn source_image<H: FsVerityHashValue>(
         .ok_or_else(|| {
             Error::internal(
                 "reading the source image",
-                format!("{name} has no EROFS image; pull it again"),
+                format!(
+                    "{name} has no EROFS image: its pull was interrupted before the image was built"
+                ),
             )
         })?
         .clone();
