@@ -8,8 +8,9 @@
 //! through, and counts an object whose read fails as corrupted.
 //!
 //! composefs also checks each image's EROFS but not that `images/ID` links
-//! to the object named ID. An image swapped for another valid image would
-//! pass, and only a later mount would refuse it, so that is checked here.
+//! to the object named ID, nor that a layer stream, named by its diff_id,
+//! still rebuilds the tar of that diff_id. An image or a layer stream
+//! swapped for another valid one would pass, so both are checked here.
 
 use std::{
     fs::File,
@@ -17,7 +18,12 @@ use std::{
     path::Path,
 };
 
-use composefs::repository::{FsckError, FsckResult};
+use composefs::{
+    fsverity::FsVerityHashValue,
+    repository::{FsckError, FsckResult, Repository as Store},
+};
+
+use crate::oci::digest::{Digest, HashingWriter};
 
 /// One inconsistency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,3 +182,53 @@ impl FsckReport {
         Ok(())
     }
 }
+
+impl FsckReport {
+    /// Record every layer stream `streams/oci-layer-sha256:D` whose tar,
+    /// rebuilt from the stream and its objects, does not hash to D: a
+    /// later pull of an image with that layer would build its EROFS from
+    /// the wrong files without reading a byte of the layer.
+    pub(crate) fn check_layer_streams<H: FsVerityHashValue>(
+        &mut self,
+        store: &Store<H>,
+        repo: &Path,
+    ) -> io::Result<()> {
+        let streams = match std::fs::read_dir(repo.join("streams")) {
+            Ok(streams) => streams,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in streams {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let Some(diff_id) = name.strip_prefix(LAYER_STREAM) else {
+                continue;
+            };
+            let Ok(diff_id) = Digest::parse(diff_id, "a layer stream's diff_id") else {
+                continue;
+            };
+            let mut out = HashingWriter::new(io::sink());
+            let problem =
+                match composefs_oci::oci_image::layer_tar(store, &diff_id.to_oci(), &mut out) {
+                    // Unreadable objects are reported on their own already.
+                    Err(_) => None,
+                    Ok(()) => {
+                        let rebuilt = out.finish();
+                        (rebuilt != diff_id)
+                            .then(|| format!("streams/{name}: its tar hashes to {rebuilt}"))
+                    }
+                };
+            if let Some(detail) = problem {
+                self.streams_corrupted += 1;
+                self.problems.push(FsckProblem {
+                    kind: "layer-stream-mismatch".to_owned(),
+                    detail,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the name of a layer's split stream begins: composefs-oci's
+/// `oci-layer-` and the diff_id's algorithm.
+const LAYER_STREAM: &str = "oci-layer-";

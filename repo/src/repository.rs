@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The composefs store behind a repository, for either hash type.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum AnyStore {
     Sha256(Arc<Store<Sha256HashValue>>),
     Sha512(Arc<Store<Sha512HashValue>>),
@@ -300,10 +300,14 @@ impl Repository {
         let mut report = FsckReport::from(&result);
         let path = self.inner.path.clone();
         let read_objects = !metadata_only && self.inner.verity.is_enforced();
+        let store = self.store().clone();
         report = tokio::task::spawn_blocking(move || {
             report.check_image_names(&path)?;
             if read_objects {
                 report.read_objects(&path)?;
+            }
+            if !metadata_only {
+                with_store!(&store, s => report.check_layer_streams(s, &path))?;
             }
             Ok::<_, std::io::Error>(report)
         })

@@ -53,3 +53,34 @@ fn fsck_names_an_image_swapped_for_another_valid_image() {
         assert!(detail.starts_with(&format!("images/{v1}: ")), "{detail}");
     }
 }
+
+#[test]
+fn fsck_names_a_layer_stream_swapped_for_another_valid_stream() {
+    let mut layout = Layout::new();
+    let one = layout.add_image(&image("one"), Some("v1"));
+    let two = layout.add_image(&image("two"), Some("v2"));
+    let written = Written::new(&layout);
+    let repo = PrivateRepo::init("sha256");
+    pull(&repo, &[&written.oci(Some("v1")), "app:v1"]);
+    pull(&repo, &[&written.oci(Some("v2")), "app:v2"]);
+    assert_eq!(json(&repo, &["fsck"])["ok"], true);
+
+    let streams = repo.repo_path().join("streams");
+    let stream = |built: &cfsd_tests::oci::BuiltImage| {
+        streams.join(format!("oci-layer-{}", built.diff_ids[0]))
+    };
+    let other = std::fs::read_link(stream(&two)).unwrap();
+    std::fs::remove_file(stream(&one)).unwrap();
+    std::os::unix::fs::symlink(&other, stream(&one)).unwrap();
+
+    let out = repo.run(&["--json", "fsck"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["streamsCorrupted"], 1, "{report}");
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["kind"], "layer-stream-mismatch", "{report}");
+    let detail = problems[0]["detail"].as_str().unwrap();
+    let expected = format!("streams/oci-layer-{}: ", one.diff_ids[0]);
+    assert!(detail.starts_with(&expected), "{detail}");
+}
