@@ -112,6 +112,43 @@ impl Delta {
     }
 }
 
+/// What a delta artifact manifest says of itself, read from it alone:
+/// enough to decide whether it can be used before anything more of it is
+/// fetched.
+#[derive(Debug)]
+pub(crate) struct Header {
+    /// The config digest of the image it applies to.
+    pub source_config: Digest,
+    /// The digest of the target manifest it embeds.
+    pub target: Digest,
+    /// The bytes of all the blobs it lists.
+    pub blob_bytes: u64,
+}
+
+impl Header {
+    /// Read the header of the delta artifact manifest `raw`, named by
+    /// `digest`.
+    pub(crate) fn read(digest: &Digest, raw: &[u8]) -> Result<Self, Error> {
+        let what = format!("delta manifest {digest}");
+        let manifest: ManifestDoc = parse(raw, &what)?;
+        if manifest.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
+            return Err(invalid(format!(
+                "{what} is not of artifactType {ARTIFACT_TYPE}"
+            )));
+        }
+        let source = manifest
+            .annotations
+            .get(SOURCE_CONFIG)
+            .ok_or_else(|| invalid(format!("{what} has no {SOURCE_CONFIG} annotation")))?;
+        let embedded = Embedded::find(manifest.layers())?;
+        Ok(Header {
+            source_config: Digest::parse(source, SOURCE_CONFIG)?,
+            target: Digest::parse(&embedded.manifest.digest, "the embedded image manifest")?,
+            blob_bytes: manifest.layers().iter().map(|l| l.size).sum(),
+        })
+    }
+}
+
 /// The delta layers that embed the target manifest and config.
 struct Embedded<'m> {
     manifest: &'m Descriptor,
