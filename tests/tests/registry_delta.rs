@@ -398,6 +398,55 @@ fn registry_discovered_delta_of_another_target_is_ignored_with_a_reason() {
 }
 
 #[test]
+fn registry_discovery_takes_the_usable_delta_with_the_fewest_blob_bytes() {
+    need_registry!();
+    let fixture = Fixture::new(Registry::start_https());
+    // The same rebuild with both layers whole: usable, but larger.
+    let parts = vec![
+        (1, Part::Whole(Compression::Zstd)),
+        (2, Part::Whole(Compression::Gzip)),
+    ];
+    let (v1, v2) = (&fixture.v1, &fixture.v2);
+    let larger = push_delta(&fixture.registry, v1, v2, parts, "app:v2-whole");
+    fixture.list_for_v2(&[&larger, &fixture.delta]);
+    let Discovered { pulled, log, .. } = fixture.discover_v2();
+    let found = &pulled.result["deltaDiscovery"];
+    assert_eq!(found["used"], true, "{found}");
+    assert_eq!(found["manifest"], fixture.delta.manifest_digest);
+    assert!(
+        found["reason"].as_str().unwrap().contains("of 2 usable"),
+        "{found}"
+    );
+    fixture.assert_delta_fetched_not_layers(&log);
+    for part in &larger.parts {
+        assert!(blob_requests(&log, part).is_empty(), "{part}: {log:#?}");
+    }
+}
+
+#[test]
+fn registry_discovered_delta_whose_source_is_missing_gives_a_full_pull() {
+    need_registry!();
+    let fixture = Fixture::new(Registry::start_https());
+    fixture.list_for_v2(&[&fixture.delta]);
+    let daemon = fixture.daemon(&[]);
+    let since = fixture.registry.requests().len();
+    let pulled = fixture.pull(&daemon, "app:v2", "v2", &[]);
+    assert_eq!(pulled.str("manifestDigest"), fixture.v2.manifest_digest);
+    let found = &pulled.result["deltaDiscovery"];
+    assert_eq!(found["used"], false, "{found}");
+    let reason = found["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&fixture.v1.config_digest) && reason.contains("not in the repository"),
+        "{reason}"
+    );
+    let log = requests_since(&fixture.registry, since);
+    for part in &fixture.delta.parts {
+        assert!(blob_requests(&log, part).is_empty(), "{part}: {log:#?}");
+    }
+    assert_fsck_clean(&daemon);
+}
+
+#[test]
 fn registry_discovered_delta_with_a_corrupt_blob_falls_back_to_a_full_pull() {
     need_registry!();
     let fixture = Fixture::new(Registry::start_https());

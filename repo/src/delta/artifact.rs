@@ -320,6 +320,37 @@ mod tests {
     }
 
     #[test]
+    fn a_header_names_source_target_and_blob_bytes_of_a_delta_only() {
+        let manifest = |artifact_type: &str| {
+            let layer = |n: u32, media_type: &str, size: u32, content: &str| {
+                serde_json::json!({"mediaType": media_type, "digest": digest(n), "size": size,
+                    "annotations": {CONTENT: content, TO: digest(4)}})
+            };
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": artifact_type,
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                           "digest": digest(9), "size": 2},
+                "layers": [
+                    layer(1, OCI_MANIFEST, 100, "image-manifest"),
+                    layer(2, "application/vnd.oci.image.config.v1+json", 50, "image-config"),
+                    layer(3, TAR_DIFF, 1000, "image-layer"),
+                ],
+                "annotations": {SOURCE_CONFIG: digest(5)},
+            }))
+            .unwrap()
+        };
+        let named = Digest::of(b"delta");
+        let header = Header::read(&named, &manifest(ARTIFACT_TYPE)).unwrap();
+        assert_eq!(header.source_config.to_string(), digest(5));
+        assert_eq!(header.target.to_string(), digest(1));
+        assert_eq!(header.blob_bytes, 1150);
+        let other = Header::read(&named, &manifest("application/x.other")).unwrap_err();
+        assert!(matches!(other, Error::InvalidDelta { .. }), "{other}");
+    }
+
+    #[test]
     fn each_image_layer_rebuilds_the_target_layer_it_names() {
         let layers = [
             image_layer(101, TAR_DIFF, 3),
