@@ -178,12 +178,12 @@ impl Repository {
         mut prepared: PreparedPull,
         progress: impl Fn(LayerProgress) + Send + Sync + 'static,
     ) -> Result<PullReport, Error> {
-        // A pull of an image another pull is importing waits for it, then
-        // finds the image present and only tags it. Its turn comes before
-        // its hold, so that waiting does not hold off GC.
         // Held by this future: a pull dropped on hang-up stops its
         // registry readers at once, wherever their threads are.
         let _stop = prepared.stop.take();
+        // A pull of an image another pull is importing waits for it, then
+        // finds the image present and only tags it. Its turn comes before
+        // its hold, so that waiting does not hold off GC.
         let manifest = prepared.manifest_digest();
         let _turn = self.pulls().turn(&manifest).await;
         let hold = Arc::new(self.hold_async(format!("a pull of {manifest}")).await?);
