@@ -9,7 +9,7 @@ use cfsd_tests::{
     Daemon,
     delta::{DeltaSpec, Encoding, Part, encode_tar_diff, image_files},
     oci::{BuiltImage, Compression, Entry, Image, Layer, Layout, Written, noise},
-    ocictl::{Pulled, json, published, pull, typed_refusal_with},
+    ocictl::{Pulled, json, published, pull, succeeds, typed_refusal_with},
     peer, referrers,
     referrers::Referrer,
     registry,
@@ -492,9 +492,30 @@ fn registry_no_delta_sends_no_discovery_request() {
     fixture.list_for_v2(&[&fixture.delta]);
     let daemon = fixture.daemon_with_v1();
     let since = fixture.registry.requests().len();
-    let pulled = fixture.pull(&daemon, "app:v2", "v2", &["--no-delta"]);
-    assert_eq!(pulled.str("manifestDigest"), fixture.v2.manifest_digest);
-    assert_eq!(pulled.result["deltaDiscovery"]["used"], false);
+    // As people see it: cfsctl says why no delta was used.
+    let source = format!("docker://{}/app:v2", fixture.registry.host());
+    let auth = fixture
+        .registry
+        .auth_file(registry::USER, registry::PASSWORD);
+    let auth = auth.to_str().unwrap();
+    let shown = succeeds(
+        &daemon,
+        &[
+            "--progress=none",
+            "oci",
+            "pull",
+            &source,
+            "v2",
+            "--authfile",
+            auth,
+            "--no-delta",
+        ],
+    );
+    assert!(shown.contains(&fixture.v2.manifest_digest), "{shown}");
+    assert!(
+        shown.contains("Delta discovery: not used: looking for a delta was turned off"),
+        "{shown}"
+    );
     let log = requests_since(&fixture.registry, since);
     assert!(
         !asked_for_referrers(&log, &fixture.v2.manifest_digest),
