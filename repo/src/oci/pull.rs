@@ -273,7 +273,7 @@ impl Pull {
             Some(false) => Some(DeltaDiscovery {
                 used: false,
                 manifest: None,
-                reason: "looking for a delta was turned off (no_delta)".to_owned(),
+                reason: "looking for a delta was turned off (noDelta)".to_owned(),
             }),
             Some(true) => match self.try_found_delta(repo).await? {
                 Ok(done) => return Ok(done),
