@@ -105,25 +105,12 @@ impl FsckReport {
     /// elsewhere composefs's check already hashes every byte.
     pub(crate) fn read_objects(&mut self, repo: &Path) -> io::Result<()> {
         let mut buffer = vec![0u8; 1 << 20];
-        for shard in std::fs::read_dir(repo.join("objects"))? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
+        crate::usage::each_object(repo, |name, object| {
+            if let Err(e) = read_through(&object.path(), &mut buffer) {
+                self.record_unreadable(name, &e);
             }
-            for object in std::fs::read_dir(shard.path())? {
-                let object = object?;
-                if !object.file_type()?.is_file() {
-                    continue;
-                }
-                if let Err(e) = read_through(&object.path(), &mut buffer) {
-                    let name = Path::new("objects")
-                        .join(shard.file_name())
-                        .join(object.file_name());
-                    self.record_unreadable(&name, &e);
-                }
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn record_unreadable(&mut self, name: &Path, e: &io::Error) {
