@@ -1,4 +1,4 @@
-//! `oci pull`, `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`,
+//! `oci pull`, `push` (in `push.rs`), `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`,
 //! `mount` and `delta create`.
 
 use std::{
@@ -33,6 +33,9 @@ use crate::{
 pub enum OciCommand {
     /// Import an image from an OCI layout directory or archive.
     Pull(PullArgs),
+    /// Push an image to a registry: its layers rebuilt and compressed,
+    /// its config as stored.
+    Push(crate::push::PushArgs),
     /// List the images, one line per tag.
     Images,
     /// Describe an image.
@@ -157,6 +160,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         OciCommand::Pull(args) => pull(client, out, args).await,
+        OciCommand::Push(args) => crate::push::push(client, out, args).await,
         OciCommand::Images => images(client, out).await,
         OciCommand::Inspect { image } => inspect(client, out, &image).await,
         OciCommand::Tag { image, tag } => {

@@ -50,8 +50,8 @@ mod tests {
         oci::{
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer,
             DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
-            ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply,
-            TagParams, UntagParams,
+            ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult,
+            PushCompression, PushParams, PushReply, RemoveReply, TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -555,6 +555,18 @@ mod tests {
         assert_eq!(
             keys(&CreateDeltaReply::default()),
             method_fields(&idl, "CreateDelta", true)
+        );
+
+        let push = PushParams {
+            image: "a".into(),
+            reference: "h/n:t".into(),
+            compression: Some(PushCompression::Zstd),
+            tls_verify: Some(true),
+        };
+        assert_eq!(keys(&push), method_fields(&idl, "Push", false));
+        assert_eq!(
+            keys(&PushReply::default()),
+            method_fields(&idl, "Push", true)
         );
 
         assert_errors(&idl, &every_oci_error());

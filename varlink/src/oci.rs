@@ -296,6 +296,55 @@ pub struct CreateDeltaReply {
     pub changed: Vec<DeltaLayer>,
 }
 
+/// How `Push` compresses layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushCompression {
+    /// gzip, which every client reads.
+    #[default]
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
+/// The parameters of `Push`. The caller's auth file, if any, travels as
+/// the call's first fd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushParams {
+    /// The image to push: a tag or manifest digest.
+    pub image: String,
+    /// `HOST[:PORT]/NAME[:TAG]`, without `docker://`; `latest` when no
+    /// tag is given.
+    pub reference: String,
+    /// How layers are compressed; gzip when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<PushCompression>,
+    /// As for `Pull`: `false` allows plain HTTP and unverified TLS,
+    /// `true` verifies even an insecure registry, `None` follows
+    /// registries.conf.
+    #[serde(default, rename = "tlsVerify", skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+}
+
+/// The reply of `Push`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushReply {
+    /// `HOST[:PORT]/NAME:TAG` pushed to.
+    pub reference: String,
+    /// The digest of the manifest pushed.
+    pub manifest_digest: String,
+    /// The digest of the config, as in the repository.
+    pub config_digest: String,
+    /// Layers of the image.
+    pub layers: u64,
+    /// Layers uploaded; the registry had the others.
+    pub layers_uploaded: u64,
+    /// Bytes of the blobs uploaded.
+    pub bytes_uploaded: u64,
+}
+
 /// Every error of `io.cfsd.Oci`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "error", content = "parameters")]
@@ -678,6 +727,7 @@ pub const METHODS: &[&str] = &[
     "ComputeId",
     "Mount",
     "CreateDelta",
+    "Push",
 ];
 
 #[cfg(test)]
