@@ -347,21 +347,17 @@ fn registry_push_with_wrong_credentials_or_a_missing_image_is_refused_typed() {
     assert!(err.contains("refused access"), "{err}");
 }
 
-#[test]
-fn registry_push_by_an_unprivileged_peer_is_refused_before_any_request() {
-    need_registry!();
-    let registry = Registry::start_https();
-    let args = registry.daemon_args();
-    let mut all: Vec<&str> = vec!["--socket-group", "65534"];
-    all.extend(args.iter().map(String::as_str));
-    let daemon = Daemon::start_initialised(&all);
-    let (layout, _) = Layout::single(&two_layers(4), None);
-    let fixture = Written::new(&layout);
-    pull(&daemon, &[&fixture.oci(None), "app:v1"]);
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let requests = all_requests(&registry);
-    let out = peer::as_nobody(&[], cfsd_tests::bin("cfsctl").to_str().unwrap())
+/// A group nobody is given on top, for `--allow-group`.
+const ADMINS: u32 = 4242;
+
+/// `cfsctl --json oci push app:v1 docker://DEST ARGS` run as nobody with
+/// `groups`, from a copy of cfsctl nobody can reach.
+fn push_as_nobody(daemon: &Daemon, groups: &[u32], dest: &str, args: &[&str]) -> Value {
+    let cfsctl = daemon.dir().join("cfsctl");
+    if !cfsctl.exists() {
+        std::fs::copy(cfsd_tests::bin("cfsctl"), &cfsctl).unwrap();
+    }
+    let out = peer::as_nobody(groups, cfsctl.to_str().unwrap())
         .args([
             "--address",
             &daemon.address(),
@@ -370,15 +366,48 @@ fn registry_push_by_an_unprivileged_peer_is_refused_before_any_request() {
             "push",
             "app:v1",
         ])
-        .arg(format!("docker://{}/app:v1", registry.host()))
+        .arg(format!("docker://{dest}"))
+        .args(args)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}; {}", cfsd_tests::stdout(&out), stderr(&out)))
+}
+
+#[test]
+fn registry_push_by_an_unprivileged_peer_is_refused_before_any_request() {
+    need_registry!();
+    let registry = Registry::start_https();
+    let args = registry.daemon_args();
+    let admins = ADMINS.to_string();
+    let mut all: Vec<&str> = vec!["--allow-group", &admins];
+    all.extend(args.iter().map(String::as_str));
+    let daemon = Daemon::start_for_nobody(&all);
+    assert!(daemon.cfsctl(&["init"]).status.success());
+    let (layout, _) = Layout::single(&two_layers(4), None);
+    let fixture = Written::new(&layout);
+    pull(&daemon, &[&fixture.oci(None), "app:v1"]);
+    let dest = format!("{}/app:v1", registry.host());
+    let requests = all_requests(&registry);
+    let reply = push_as_nobody(&daemon, &[], &dest, &[]);
     assert_eq!(reply["error"], "io.cfsd.Oci.PermissionDenied", "{reply}");
     assert_eq!(reply["parameters"]["method"], "io.cfsd.Oci.Push", "{reply}");
     assert_eq!(all_requests(&registry), requests, "the registry was asked");
     assert!(!tagged(&registry, "app", "v1"));
+
+    // A member of the admin group may push, with its own auth file.
+    let auth = daemon.dir().join("auth.json");
+    std::fs::copy(
+        registry.auth_file(registry::USER, registry::PASSWORD),
+        &auth,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let auth = auth.display().to_string();
+    let reply = push_as_nobody(&daemon, &[ADMINS], &dest, &["--authfile", &auth]);
+    assert_eq!(reply["layersUploaded"], 2, "{reply}");
+    assert!(tagged(&registry, "app", "v1"));
 }
 
 #[test]
