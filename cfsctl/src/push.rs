@@ -1,12 +1,13 @@
-//! `oci push`: send an image of the repository to a registry. The daemon
+//! `oci push` and `oci delta create ... docker://`: send an image of the
+//! repository, or a delta between two, to a registry. The daemon
 //! does the network I/O; cfsctl opens only the caller's auth file and
 //! passes it along, as for `oci pull docker://`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{os::fd::OwnedFd, path::PathBuf, process::ExitCode};
 
 use cfsd_varlink::{
     Client,
-    oci::{PushCompression, PushParams, PushReply},
+    oci::{DeltaLayer, PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply},
 };
 use clap::{Args, ValueEnum};
 
@@ -83,4 +84,54 @@ fn print_push(r: &PushReply) {
         r.layers,
         bytes(r.bytes_uploaded)
     );
+}
+
+/// `cfsctl oci delta create SOURCE TARGET docker://...`.
+pub async fn push_delta(
+    client: &mut Client,
+    out: Output,
+    params: &PushDeltaParams,
+    authfile: Option<OwnedFd>,
+) -> anyhow::Result<ExitCode> {
+    let reply = client.push_delta(params, authfile).await?;
+    out.show(&reply, print_push_delta)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_push_delta(r: &PushDeltaReply) {
+    println!("Delta:     {}", r.manifest_digest);
+    println!("Source:    {}", r.source_digest);
+    println!("Target:    {}", r.target_digest);
+    println!(
+        "Pushed:    {} ({} of {} uploaded)",
+        r.reference,
+        bytes(r.bytes_uploaded),
+        bytes(r.delta_bytes)
+    );
+    println!("Referrers: listed under tag {}", r.referrers_tag);
+    if !r.subject_in_registry {
+        println!(
+            "Note:      the registry holds no manifest {} in this repository: clients find \
+             the delta from the target's tag only once it is pushed with its original blobs",
+            r.target_digest
+        );
+    }
+    println!("Layers:    {}/{} changed", r.layers_changed, r.layers);
+    print_layers(&r.changed);
+}
+
+/// One line per layer a delta carries.
+pub fn print_layers(changed: &[DeltaLayer]) {
+    for layer in changed {
+        let short: String = layer.layer.chars().take(19).collect();
+        println!(
+            "  {short}  {:<8}  {} -> {}  ({} copied, {} diffed, {} added)",
+            layer.method,
+            bytes(layer.tar_size),
+            bytes(layer.delta_size),
+            layer.files_copied,
+            layer.files_diffed,
+            layer.files_added
+        );
+    }
 }

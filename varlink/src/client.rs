@@ -9,8 +9,8 @@ use crate::{
     address::Address,
     oci::{
         ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ImageParams, InspectReply,
-        ListImagesReply, MountParams, OciError, PullParams, PushParams, PushReply, RemoveReply,
-        TagParams, UntagParams,
+        ListImagesReply, MountParams, OciError, PullParams, PushDeltaParams, PushDeltaReply,
+        PushParams, PushReply, RemoveReply, TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, RepositoryError,
@@ -294,6 +294,17 @@ impl Client {
         authfile: Option<OwnedFd>,
     ) -> CallResult<PushReply, OciError> {
         let method = format!("{}.Push", crate::idl::OCI_INTERFACE);
+        let fds = authfile.into_iter().collect();
+        self.call(&method, params, fds).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.PushDelta`, with the caller's auth file as `authfile`.
+    pub async fn push_delta(
+        &mut self,
+        params: &PushDeltaParams,
+        authfile: Option<OwnedFd>,
+    ) -> CallResult<PushDeltaReply, OciError> {
+        let method = format!("{}.PushDelta", crate::idl::OCI_INTERFACE);
         let fds = authfile.into_iter().collect();
         self.call(&method, params, fds).await.map(|(r, _)| r)
     }

@@ -51,7 +51,8 @@ mod tests {
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer,
             DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
             ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult,
-            PushCompression, PushParams, PushReply, RemoveReply, TagParams, UntagParams,
+            PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
+            TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -567,6 +568,20 @@ mod tests {
         assert_eq!(
             keys(&PushReply::default()),
             method_fields(&idl, "Push", true)
+        );
+
+        let push_delta = PushDeltaParams {
+            source: "a".into(),
+            target: "b".into(),
+            reference: "h/n:t".into(),
+            jobs: Some(1),
+            method: Some(DeltaMethod::Zstd),
+            tls_verify: Some(false),
+        };
+        assert_eq!(keys(&push_delta), method_fields(&idl, "PushDelta", false));
+        assert_eq!(
+            keys(&PushDeltaReply::default()),
+            method_fields(&idl, "PushDelta", true)
         );
 
         assert_errors(&idl, &every_oci_error());

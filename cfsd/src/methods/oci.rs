@@ -40,8 +40,8 @@ use crate::{
 /// client costs bounded memory and never slows the import.
 const STREAM_QUEUE: usize = 16;
 
-/// Handle `method` of `io.cfsd.Oci`. Only `Pull`, `CreateDelta` and
-/// `Push` take fds; any passed with other calls are closed when this returns.
+/// Handle `method` of `io.cfsd.Oci`. Only `Pull`, `CreateDelta`, `Push`
+/// and `PushDelta` take fds; any passed with other calls are closed when this returns.
 pub async fn handle(
     daemon: &Daemon,
     peer: &Peer,
@@ -63,6 +63,12 @@ pub async fn handle(
         // Sends the repository's content out over the network, which only
         // those who may pull (reach registries) may do.
         "Push" => mutating(peer, method, params, |p| super::push::push(daemon, p, fds)).await,
+        "PushDelta" => {
+            mutating(peer, method, params, |p| {
+                super::push::push_delta(daemon, p, fds)
+            })
+            .await
+        }
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -296,7 +302,7 @@ fn is_writable_file(fd: &OwnedFd) -> bool {
 
 /// The jobs a client asked for, at most one per core; 0 means one per
 /// core.
-fn capped_jobs(jobs: Option<u64>) -> usize {
+pub(super) fn capped_jobs(jobs: Option<u64>) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = usize::try_from(jobs.unwrap_or(0)).unwrap_or(usize::MAX);
     match jobs {
@@ -305,7 +311,7 @@ fn capped_jobs(jobs: Option<u64>) -> usize {
     }
 }
 
-fn wire_delta(r: DeltaReport) -> CreateDeltaReply {
+pub(super) fn wire_delta(r: DeltaReport) -> CreateDeltaReply {
     CreateDeltaReply {
         delta_bytes: r.delta_bytes,
         layers: r.layers,

@@ -8,6 +8,7 @@
 
 mod auth;
 pub(crate) mod blob;
+mod delta_push;
 mod push;
 pub(crate) mod remote;
 mod settings;
@@ -16,6 +17,7 @@ use std::io::Read;
 
 use oci_client::{Reference, client::Certificate, secrets::RegistryAuth};
 
+pub use delta_push::DeltaPushReport;
 pub use push::{PushCompression, PushReport};
 pub use settings::RegistrySettings;
 
@@ -24,7 +26,7 @@ use crate::{
     policy::{DockerIdentity, Policy},
 };
 
-/// A registry pull as a caller asks for it.
+/// A registry pull or push as a caller asks for it.
 #[derive(Debug, Default)]
 pub struct RegistryRequest {
     /// `HOST[:PORT]/NAME[:TAG|@sha256:DIGEST]`, without `docker://`.

@@ -288,30 +288,50 @@ impl Destination {
         })
     }
 
-    /// Rebuild and compress `layer` again, straight into one streamed
-    /// upload; a failed attempt that may pass is tried again from the
-    /// start, as the stream cannot be rewound.
+    /// Rebuild and compress `layer` again, straight into the upload.
     fn upload_layer<H: FsVerityHashValue>(
         &self,
         store: &Arc<Store<H>>,
         layer: &Pushed,
         compression: PushCompression,
     ) -> Result<(), Error> {
-        let remote = &self.remote;
+        let (store, pushed) = (store.clone(), layer.clone());
+        let write = move |out: &mut dyn Write| {
+            let storage = |e: io::Error| Error::storage("compressing a layer", e);
+            let encoder = Compressor::new(compression, out).map_err(storage)?;
+            let (diff_id, original) = (&pushed.diff_id, &pushed.original);
+            let encoder = verified_layer_tar(&store, diff_id, original, encoder)?;
+            encoder.finish().map(drop).map_err(storage)
+        };
         let what = format!("uploading layer {}", layer.digest);
+        self.upload_streamed(&layer.digest, layer.size, &what, Arc::new(write))
+    }
+
+    /// Upload the blob `digest` of `size` bytes that `write` produces, as
+    /// one streamed PUT, `write` running on a thread of its own; a failed
+    /// attempt that may pass is tried again from the start, as a stream
+    /// cannot be rewound.
+    pub(super) fn upload_streamed<F>(
+        &self,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+        write: Arc<F>,
+    ) -> Result<(), Error>
+    where
+        F: Fn(&mut dyn Write) -> Result<(), Error> + Send + Sync + 'static,
+    {
+        let remote = &self.remote;
         // The producer's own failure (the disk, or a cancel), which the
         // upload sees only as a body that broke off.
         let failed: Arc<Mutex<Option<Error>>> = Arc::default();
-        let digest = layer.digest.to_string();
-        let result = remote.until_stopped(remote.retrying(&what, || {
-            let failed = failed.clone();
+        let digest = digest.to_string();
+        let result = remote.until_stopped(remote.retrying(what, || {
             let stopped = self.cancelled.load(Ordering::Relaxed)
                 || failed.lock().unwrap_or_else(|e| e.into_inner()).is_some();
             let body = (!stopped).then(|| {
                 let producer = Producer {
-                    store: store.clone(),
-                    layer: layer.clone(),
-                    compression,
+                    write: write.clone(),
                     cancelled: self.cancelled.clone(),
                     failed: failed.clone(),
                 };
@@ -323,11 +343,11 @@ impl Destination {
                     Some(body) => {
                         remote
                             .client
-                            .push_blob_stream(&remote.image, body, &digest, Some(layer.size))
+                            .push_blob_stream(&remote.image, body, &digest, Some(size))
                             .await
                     }
                     // Not worth trying again: nothing the registry did.
-                    _ => Err(OciDistributionError::GenericError(None)),
+                    None => Err(OciDistributionError::GenericError(None)),
                 }
             }
         }));
@@ -483,21 +503,21 @@ const QUEUED_CHUNKS: usize = 4;
 /// The size of those chunks.
 const CHUNK: usize = 1 << 20;
 
-/// The upload body of one layer: a thread rebuilding and compressing it.
-struct Producer<H: FsVerityHashValue> {
-    store: Arc<Store<H>>,
-    layer: Pushed,
-    compression: PushCompression,
+/// The body of one upload: a thread writing it.
+struct Producer<F> {
+    write: Arc<F>,
     cancelled: Arc<AtomicBool>,
     failed: Arc<Mutex<Option<Error>>>,
 }
 
 type Body = futures_util::stream::BoxStream<'static, Result<Bytes, OciDistributionError>>;
 
-impl<H: FsVerityHashValue> Producer<H> {
-    /// Start the thread; the stream of what it compresses. When the
-    /// upload drops the stream, the thread's next write fails and it
-    /// ends.
+impl<F> Producer<F>
+where
+    F: Fn(&mut dyn Write) -> Result<(), Error> + Send + Sync + 'static,
+{
+    /// Start the thread; the stream of what it writes. When the upload
+    /// drops the stream, the thread's next write fails and it ends.
     fn start(self) -> Body {
         let (sender, receiver) = mpsc::channel(QUEUED_CHUNKS);
         std::thread::spawn(move || {
@@ -520,22 +540,19 @@ impl<H: FsVerityHashValue> Producer<H> {
     }
 
     fn produce(&self, chunks: Chunks) -> Result<(), Error> {
-        let storage = |e: io::Error| Error::storage("compressing a layer", e);
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(cancelled_error());
         }
-        let out = io::BufWriter::with_capacity(CHUNK, chunks);
-        let encoder = Compressor::new(self.compression, out).map_err(storage)?;
-        let layer = &self.layer;
-        let encoder = verified_layer_tar(&self.store, &layer.diff_id, &layer.original, encoder)
+        let mut out = io::BufWriter::with_capacity(CHUNK, chunks);
+        (self.write)(&mut out)
+            .and_then(|()| {
+                out.flush()
+                    .map_err(|e| Error::storage("uploading a blob", e))
+            })
             .map_err(|e| match self.cancelled.load(Ordering::Relaxed) {
                 true => cancelled_error(),
                 false => e,
-            })?;
-        encoder
-            .finish()
-            .and_then(|mut out| out.flush())
-            .map_err(storage)
+            })
     }
 }
 
