@@ -493,3 +493,50 @@ fn registry_that_refuses_uploads_is_a_registry_error_and_nothing_is_tagged() {
     assert!(!tagged(&registry, "app", "v1"));
     assert!(writes(&registry).is_empty(), "{:#?}", writes(&registry));
 }
+
+/// Wait up to `limit` for `done`, panicking with `what` after that.
+fn wait_until(limit: std::time::Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn registry_push_whose_client_hangs_up_lets_go_of_the_registry_and_tags_nothing() {
+    need_registry!();
+    let registry = Registry::start_http();
+    let (daemon, _fixture, _built) = holding(&registry, &two_layers(8));
+    // The first layer's upload is stored, and its answer never comes.
+    let stall = Cut::Stall { after: 0 };
+    let proxy = Proxy::start(registry.port(), "PUT /v2/app/blobs/uploads", stall);
+    let mut client = std::process::Command::new(cfsd_tests::bin("cfsctl"))
+        .args(["--address", &daemon.address(), "oci", "push", "app:v1"])
+        .arg(format!("docker://{}/app:v1", proxy.host()))
+        .arg("--tls-verify=false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stalled = || {
+        proxy
+            .heads()
+            .iter()
+            .any(|h| h.starts_with("PUT /v2/app/blobs/uploads"))
+    };
+    wait_until(std::time::Duration::from_secs(30), "no upload", stalled);
+    client.kill().unwrap();
+    client.wait().unwrap();
+    // The daemon drops its requests, closing every connection it opened,
+    // well before the 30 s a silent connection is given.
+    let all_closed = || {
+        let (opened, closed) = proxy.connections();
+        opened > 0 && opened == closed
+    };
+    let limit = std::time::Duration::from_secs(10);
+    wait_until(limit, "the daemon kept a connection open", all_closed);
+    assert!(!tagged(&registry, "app", "v1"));
+    let images = json(&daemon, &["oci", "images"]);
+    assert_eq!(images["images"][0]["name"], "app:v1");
+}

@@ -166,7 +166,7 @@ impl Destination {
     fn manifest(&self, image: &oci_client::Reference, accepted: &[&str]) -> Result<Vec<u8>, Error> {
         let remote = &self.remote;
         let what = format!("the manifest {}", image.whole());
-        let (bytes, _) = remote.until_stopped(remote.retrying(&what, || {
+        let (bytes, _) = self.until_cancelled(remote.retrying(&what, || {
             remote.client.pull_manifest_raw(image, &self.auth, accepted)
         }))??;
         Ok(bytes.to_vec())

@@ -182,12 +182,12 @@ impl Destination {
         let (host, auth) = (remote.image.registry(), &self.auth);
         let digest = digest.to_string();
         let what = format!("blob {digest}");
-        remote.handle.block_on(async {
+        self.until_cancelled(async {
             remote.client.store_auth_if_needed(host, auth).await;
             remote
                 .retrying(&what, || remote.client.blob_exists(&remote.image, &digest))
                 .await
-        })
+        })?
     }
 
     /// Upload `bytes` as the blob `digest`, unless the registry has it;
@@ -203,7 +203,7 @@ impl Destination {
             digest.to_string(),
             Bytes::copy_from_slice(bytes),
         );
-        remote.until_stopped(remote.retrying(&what, || {
+        self.until_cancelled(remote.retrying(&what, || {
             remote
                 .client
                 .push_blob(&remote.image, body.clone(), &digest)
@@ -225,12 +225,32 @@ impl Destination {
         let content_type = media_type
             .parse()
             .map_err(|_| Error::internal("pushing a manifest", media_type.to_owned()))?;
-        remote.until_stopped(remote.retrying(&what, || {
+        self.until_cancelled(remote.retrying(&what, || {
             remote
                 .client
                 .push_manifest_raw(&image, body.clone(), Clone::clone(&content_type))
         }))??;
         Ok(digest)
+    }
+
+    /// Wait for `work` on the runtime, unless the caller stops wanting the
+    /// push first: a request waiting on a silent registry is dropped then,
+    /// closing its connection, rather than at the read timeout.
+    pub(super) fn until_cancelled<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Error> {
+        let cancelled = &self.cancelled;
+        self.remote.handle.block_on(async {
+            tokio::select! {
+                done = work => Ok(done),
+                () = async {
+                    while !cancelled.load(Ordering::Relaxed) {
+                        tokio::time::sleep(CANCEL_POLL).await;
+                    }
+                } => Err(cancelled_error()),
+            }
+        })
     }
 
     /// An error once the caller no longer wants the push.
@@ -326,7 +346,7 @@ impl Destination {
         // upload sees only as a body that broke off.
         let failed: Arc<Mutex<Option<Error>>> = Arc::default();
         let digest = digest.to_string();
-        let result = remote.until_stopped(remote.retrying(what, || {
+        let result = self.until_cancelled(remote.retrying(what, || {
             let stopped = self.cancelled.load(Ordering::Relaxed)
                 || failed.lock().unwrap_or_else(|e| e.into_inner()).is_some();
             let body = (!stopped).then(|| {
@@ -497,6 +517,9 @@ impl<W: Write> Write for Encoder<W> {
         }
     }
 }
+
+/// How often a request in flight checks whether the push is still wanted.
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How many compressed chunks may wait for the connection.
 const QUEUED_CHUNKS: usize = 4;
