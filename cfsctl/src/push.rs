@@ -78,8 +78,9 @@ fn print_push(r: &PushReply) {
     println!("Pushed:    {}", r.reference);
     println!("Manifest:  {}", r.manifest_digest);
     println!("Config:    {}", r.config_digest);
+    let skipped = r.layers - r.layers_uploaded.min(r.layers);
     println!(
-        "Layers:    {}/{} uploaded ({}); the registry had the others",
+        "Uploaded:  {}/{} layers, {} in all; {skipped} the registry had already",
         r.layers_uploaded,
         r.layers,
         bytes(r.bytes_uploaded)
