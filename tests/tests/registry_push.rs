@@ -248,7 +248,7 @@ fn daemon_for_pull(registry: &Registry) -> Daemon {
 fn registry_push_again_uploads_no_layer_blob() {
     need_registry!();
     let registry = Registry::start_https();
-    let (daemon, _fixture, _built) = holding(&registry, &two_layers(2));
+    let (daemon, _fixture, built) = holding(&registry, &two_layers(2));
     let auth = authfile(&registry);
     let dest = format!("{}/app:v1", registry.host());
     let first = push(&daemon, "app:v1", &dest, &["--authfile", &auth]);
@@ -265,9 +265,15 @@ fn registry_push_again_uploads_no_layer_blob() {
         "two layers and the config: {before:#?}"
     );
 
-    // Again, as another tag of the same repository.
+    // Again, named by its manifest digest, as another tag of the same
+    // repository.
     let again = format!("{}/app:v2", registry.host());
-    let second = push(&daemon, "app:v1", &again, &["--authfile", &auth]);
+    let second = push(
+        &daemon,
+        &built.manifest_digest,
+        &again,
+        &["--authfile", &auth],
+    );
     assert_eq!(second["layersUploaded"], 0);
     assert_eq!(second["bytesUploaded"], 0);
     assert_eq!(second["manifestDigest"], first["manifestDigest"]);
