@@ -104,8 +104,9 @@ impl Repository {
     /// Push the image `image` (a tag or `sha256:` manifest digest) to
     /// `registry`, its layers compressed as `compression`. Reads the
     /// repository only. Blocks; call it on a blocking thread of a tokio
-    /// runtime. Once `cancelled` is set the push stops within a buffer's
-    /// worth, before its manifest.
+    /// runtime. Once `cancelled` is set the push stops, before its
+    /// manifest: a request in flight is dropped within 100 ms, a layer
+    /// being compressed within a buffer's worth.
     pub fn push(
         &self,
         image: &str,
@@ -128,6 +129,8 @@ pub(super) struct Destination {
     /// The tag the manifest is pushed as.
     pub(super) tag: String,
     pub(super) cancelled: Arc<AtomicBool>,
+    /// The remote's stop signal, which only pull's blob readers wait on;
+    /// a push is stopped through `cancelled` instead.
     _stop: watch::Sender<()>,
 }
 
@@ -150,9 +153,9 @@ impl Destination {
         Ok(destination)
     }
 
-    /// Ask the registry for its API root's blob list of nothing: the
-    /// first request settles TLS (or plain HTTP for an insecure registry)
-    /// and whether the credentials are good, before any work is done.
+    /// Ask the registry whether it has the empty blob: this first request
+    /// settles TLS (or plain HTTP for an insecure registry) and whether
+    /// the credentials are good, before any layer is rebuilt.
     fn first_contact(&mut self, registry: &Registry) -> Result<(), Error> {
         let probe = Digest::of(b"");
         match self.has_blob(&probe) {
