@@ -11,7 +11,7 @@ use cfsd_tests::{
     oci::{BuiltImage, Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
     ocictl::{json, pull},
     peer, registry,
-    registry::Registry,
+    registry::{Cut, Proxy, Registry},
     skip, stderr,
 };
 use serde_json::{Value, json};
@@ -54,7 +54,11 @@ fn release(n: u8) -> Image {
 /// A registry; a daemon trusting it that holds releases 0, 1 and 2 as
 /// `v0`, `v1`, `v2`, pulled from layouts; the layouts and what was built.
 fn releases() -> (Registry, Daemon, Vec<Written>, Vec<BuiltImage>) {
-    let registry = Registry::start_https();
+    releases_on(Registry::start_https())
+}
+
+/// [`releases`] on `registry`.
+fn releases_on(registry: Registry) -> (Registry, Daemon, Vec<Written>, Vec<BuiltImage>) {
     let args = registry.daemon_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let daemon = Daemon::start_initialised(&args);
@@ -248,4 +252,39 @@ fn registry_delta_push_by_an_unprivileged_peer_is_refused_before_any_request() {
     assert_eq!(replies[0]["parameters"]["method"], "io.cfsd.Oci.PushDelta");
     let log = std::fs::read_to_string(registry.path("registry.log")).unwrap_or_default();
     assert!(!log.contains(" /v2"), "the registry was asked: {log}");
+}
+
+#[test]
+fn registry_delta_push_refused_by_the_registry_tags_nothing() {
+    need_registry!();
+    let (registry, daemon, _written, built) = releases_on(Registry::start_http());
+    let refuse = Cut::Status {
+        count: usize::MAX,
+        status: 403,
+    };
+    let proxy = Proxy::start(registry.port(), "POST /v2/app/blobs/uploads", refuse);
+    let dest = format!("docker://{}/app:v2-from-v1", proxy.host());
+    let out = daemon.cfsctl(&[
+        "--json",
+        "oci",
+        "delta",
+        "create",
+        "v1",
+        "v2",
+        &dest,
+        "--tls-verify=false",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["error"], "io.cfsd.Oci.RegistryError", "{reply}");
+    assert_eq!(reply["parameters"]["status"], 403, "{reply}");
+    let tags = registry
+        .storage()
+        .join("docker/registry/v2/repositories/app/_manifests/tags");
+    for tag in [
+        "v2-from-v1".to_owned(),
+        format!("sha256-{}", built[2].manifest_hex()),
+    ] {
+        assert!(!tags.join(&tag).exists(), "{tag} was tagged");
+    }
 }
