@@ -23,7 +23,7 @@ use composefs::{
     repository::{FsckError, FsckResult, Repository as Store},
 };
 
-use crate::oci::digest::{Digest, HashingWriter};
+use crate::oci::{digest::Digest, export::rebuild_layer_tar};
 
 /// One inconsistency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,17 +193,12 @@ impl FsckReport {
             let Ok(diff_id) = Digest::parse(diff_id, "a layer stream's diff_id") else {
                 continue;
             };
-            let mut out = HashingWriter::new(io::sink());
-            let problem =
-                match composefs_oci::oci_image::layer_tar(store, &diff_id.to_oci(), &mut out) {
-                    // Unreadable objects are reported on their own already.
-                    Err(_) => None,
-                    Ok(()) => {
-                        let rebuilt = out.finish();
-                        (rebuilt != diff_id)
-                            .then(|| format!("streams/{name}: its tar hashes to {rebuilt}"))
-                    }
-                };
+            let problem = match rebuild_layer_tar(store, &diff_id, io::sink()) {
+                // Unreadable objects are reported on their own already.
+                Err(_) => None,
+                Ok((rebuilt, _)) => (rebuilt != diff_id)
+                    .then(|| format!("streams/{name}: its tar hashes to {rebuilt}")),
+            };
             if let Some(detail) = problem {
                 self.streams_corrupted += 1;
                 self.problems.push(FsckProblem {
