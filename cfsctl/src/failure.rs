@@ -173,6 +173,22 @@ fn oci_hint(e: &OciError) -> Option<String> {
             "run cfsctl as root".to_owned()
         }
         OciError::PermissionDenied { .. } => PRIVILEGE_HINT.to_owned(),
+        OciError::InvalidReference { .. } => {
+            "write it as docker://HOST[:PORT]/NAME[:TAG|@sha256:DIGEST]".to_owned()
+        }
+        OciError::RegistryAuthFailed { .. } => "log in with `podman login` or `skopeo login`, \
+             or name an auth file with `--authfile FILE` (or $REGISTRY_AUTH_FILE)"
+            .to_owned(),
+        OciError::RegistryTlsFailed { registry, .. } => format!(
+            "put the registry's CA certificate in the daemon's certs.d \
+             (/etc/containers/certs.d/{registry}/ca.crt by default), or, for a registry \
+             reached without TLS, pass `--tls-verify=false`"
+        ),
+        OciError::RegistryUnreachable { .. } => {
+            "the daemon, not cfsctl, connects: check that the registry is up and that the \
+             daemon's host can reach it"
+                .to_owned()
+        }
         _ => return None,
     })
 }

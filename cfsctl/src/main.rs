@@ -10,6 +10,7 @@ mod failure;
 mod mount;
 mod oci;
 mod progress;
+mod push;
 mod render;
 mod repository;
 mod writing;

@@ -1,4 +1,4 @@
-//! `oci pull`, `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`,
+//! `oci pull`, `push` (in `push.rs`), `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`,
 //! `mount` and `delta create`.
 
 use std::{
@@ -12,8 +12,8 @@ use cfsd_varlink::{
     Client,
     oci::{
         AppliedDelta, CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, Image,
-        InspectReply, MountParams, OciError, PullParams, PullReply, PullResult, TRANSPORT_ARCHIVE,
-        TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY,
+        InspectReply, MountParams, OciError, PullParams, PullReply, PullResult, PushDeltaParams,
+        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY,
     },
 };
 use clap::{Args, Subcommand, ValueEnum};
@@ -33,6 +33,9 @@ use crate::{
 pub enum OciCommand {
     /// Import an image from an OCI layout directory or archive.
     Pull(PullArgs),
+    /// Push an image to a registry: its layers rebuilt and compressed,
+    /// its config as stored.
+    Push(crate::push::PushArgs),
     /// List the images, one line per tag.
     Images,
     /// Describe an image.
@@ -105,7 +108,9 @@ pub struct CreateArgs {
     /// The image the delta rebuilds: a tag or sha256:<hex> manifest digest.
     target: String,
     /// oci-archive:FILE[:REF]: the archive to write (created or replaced,
-    /// with your own permissions); REF names the delta in its index.
+    /// with your own permissions); REF names the delta in its index. Or
+    /// docker://HOST[:PORT]/NAME[:TAG]: push it there, and list it in
+    /// the referrers index of TARGET's manifest.
     dest: String,
     /// The most layers encoded at once (0: one per CPU).
     #[arg(long, value_name = "N")]
@@ -113,6 +118,14 @@ pub struct CreateArgs {
     /// How a changed file is encoded.
     #[arg(long, value_enum, default_value_t = MethodArg::Zstd)]
     method: MethodArg,
+    /// For docker://: false allows plain HTTP and unverified TLS; true
+    /// verifies even a registry registries.conf marks insecure.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    tls_verify: Option<bool>,
+    /// For docker://: the containers auth.json to use, instead of
+    /// $REGISTRY_AUTH_FILE or the usual containers and Docker places.
+    #[arg(long, value_name = "PATH")]
+    authfile: Option<PathBuf>,
 }
 
 /// `--method` of `oci delta create`.
@@ -161,6 +174,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         OciCommand::Pull(args) => pull(client, out, args).await,
+        OciCommand::Push(args) => crate::push::push(client, out, args).await,
         OciCommand::Images => images(client, out).await,
         OciCommand::Inspect { image } => inspect(client, out, &image).await,
         OciCommand::Tag { image, tag } => {
@@ -443,7 +457,24 @@ async fn create_delta(
     out: Output,
     args: CreateArgs,
 ) -> anyhow::Result<ExitCode> {
-    let usage = "a delta is written as oci-archive:FILE[:REF], e.g. oci-archive:delta.tar";
+    let method = match args.method {
+        MethodArg::Zstd => DeltaMethod::Zstd,
+        MethodArg::Bsdiff => DeltaMethod::Bsdiff,
+    };
+    if let Some(reference) = args.dest.strip_prefix("docker://") {
+        let params = PushDeltaParams {
+            source: args.source,
+            target: args.target,
+            reference: reference.to_owned(),
+            jobs: args.jobs,
+            method: Some(method),
+            tls_verify: args.tls_verify,
+        };
+        let authfile = crate::authfile::open(args.authfile.as_deref())?;
+        return crate::push::push_delta(client, out, &params, authfile).await;
+    }
+    let usage = "a delta is written as oci-archive:FILE[:REF], e.g. oci-archive:delta.tar, \
+                 or pushed to docker://HOST[:PORT]/NAME[:TAG]";
     let dest = Source::parse_as(&args.dest, usage)?;
     if dest.transport != TRANSPORT_ARCHIVE {
         return Err(Local::InvalidSource {
@@ -465,10 +496,7 @@ async fn create_delta(
         source: args.source,
         target: args.target,
         jobs: args.jobs,
-        method: Some(match args.method {
-            MethodArg::Zstd => DeltaMethod::Zstd,
-            MethodArg::Bsdiff => DeltaMethod::Bsdiff,
-        }),
+        method: Some(method),
         reference: dest.reference.clone(),
     };
     let watched = file.try_clone().map_err(|e| Local::OpenFailed {
@@ -495,18 +523,7 @@ fn print_delta(r: &CreateDeltaReply, path: &Path) {
     println!("Target:    {}", r.target_digest);
     println!("Written:   {} to {}", bytes(r.delta_bytes), path.display());
     println!("Layers:    {}/{} changed", r.layers_changed, r.layers);
-    for layer in &r.changed {
-        let short: String = layer.layer.chars().take(19).collect();
-        println!(
-            "  {short}  {:<8}  {} -> {}  ({} copied, {} diffed, {} added)",
-            layer.method,
-            bytes(layer.tar_size),
-            bytes(layer.delta_size),
-            layer.files_copied,
-            layer.files_diffed,
-            layer.files_added
-        );
-    }
+    crate::push::print_layers(&r.changed);
 }
 
 /// `cfsctl oci images`.

@@ -23,7 +23,7 @@ use composefs::{
     repository::{FsckError, FsckResult, Repository as Store},
 };
 
-use crate::oci::digest::{Digest, HashingWriter};
+use crate::oci::{digest::Digest, export::rebuild_layer_tar};
 
 /// One inconsistency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,25 +105,12 @@ impl FsckReport {
     /// elsewhere composefs's check already hashes every byte.
     pub(crate) fn read_objects(&mut self, repo: &Path) -> io::Result<()> {
         let mut buffer = vec![0u8; 1 << 20];
-        for shard in std::fs::read_dir(repo.join("objects"))? {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
+        crate::usage::each_object(repo, |name, object| {
+            if let Err(e) = read_through(&object.path(), &mut buffer) {
+                self.record_unreadable(name, &e);
             }
-            for object in std::fs::read_dir(shard.path())? {
-                let object = object?;
-                if !object.file_type()?.is_file() {
-                    continue;
-                }
-                if let Err(e) = read_through(&object.path(), &mut buffer) {
-                    let name = Path::new("objects")
-                        .join(shard.file_name())
-                        .join(object.file_name());
-                    self.record_unreadable(&name, &e);
-                }
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn record_unreadable(&mut self, name: &Path, e: &io::Error) {
@@ -206,17 +193,12 @@ impl FsckReport {
             let Ok(diff_id) = Digest::parse(diff_id, "a layer stream's diff_id") else {
                 continue;
             };
-            let mut out = HashingWriter::new(io::sink());
-            let problem =
-                match composefs_oci::oci_image::layer_tar(store, &diff_id.to_oci(), &mut out) {
-                    // Unreadable objects are reported on their own already.
-                    Err(_) => None,
-                    Ok(()) => {
-                        let rebuilt = out.finish();
-                        (rebuilt != diff_id)
-                            .then(|| format!("streams/{name}: its tar hashes to {rebuilt}"))
-                    }
-                };
+            let problem = match rebuild_layer_tar(store, &diff_id, io::sink()) {
+                // Unreadable objects are reported on their own already.
+                Err(_) => None,
+                Ok((rebuilt, _)) => (rebuilt != diff_id)
+                    .then(|| format!("streams/{name}: its tar hashes to {rebuilt}")),
+            };
             if let Some(detail) = problem {
                 self.streams_corrupted += 1;
                 self.problems.push(FsckProblem {

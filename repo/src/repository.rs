@@ -359,7 +359,14 @@ impl Repository {
         };
         let watch = move || {
             let deadline = std::time::Instant::now() + ATTACH_WAIT;
-            while std::time::Instant::now() < deadline {
+            loop {
+                if std::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        "mount {id} was not attached within {ATTACH_WAIT:?}; \
+                         GC no longer waits for it and may remove what it serves"
+                    );
+                    break;
+                }
                 match mounts::is_attached(id) {
                     Ok(true) => break,
                     Ok(false) => std::thread::sleep(Duration::from_millis(20)),

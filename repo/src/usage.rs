@@ -21,19 +21,35 @@ impl Usage {
 /// The files of the object store, `objects/XX/REST`.
 pub(crate) fn objects(repo: &Path) -> io::Result<Usage> {
     let mut usage = Usage::default();
+    each_object(repo, |_, object| {
+        usage.add(object.metadata()?.len());
+        Ok(())
+    })?;
+    Ok(usage)
+}
+
+/// Call `visit` with the name (`objects/XX/REST`) and entry of each
+/// regular file of the object store; the first error stops the walk.
+pub(crate) fn each_object(
+    repo: &Path,
+    mut visit: impl FnMut(&Path, &fs::DirEntry) -> io::Result<()>,
+) -> io::Result<()> {
     for shard in read_dir_if_present(&repo.join("objects"))? {
         let shard = shard?;
         if !shard.file_type()?.is_dir() {
             continue;
         }
         for object in fs::read_dir(shard.path())? {
-            let meta = object?.metadata()?;
-            if meta.is_file() {
-                usage.add(meta.len());
+            let object = object?;
+            if object.file_type()?.is_file() {
+                let name = Path::new("objects")
+                    .join(shard.file_name())
+                    .join(object.file_name());
+                visit(&name, &object)?;
             }
         }
     }
-    Ok(usage)
+    Ok(())
 }
 
 /// The named entries of `streams/` or `images/`: each is a link to an

@@ -2,6 +2,7 @@
 //! that must be answered in time while the disk holds a write.
 
 use std::{
+    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -20,14 +21,23 @@ pub struct Stalled {
     /// The filesystem its repository is on.
     pub fs: StallFs,
     _backing: tempfile::TempDir,
+    /// Holds the daemon's stderr (its log), outside the stalled disk.
+    logs: tempfile::TempDir,
 }
 
 impl Stalled {
     /// cfsd with one worker, reachable by nobody, its repository
     /// initialised on the passthrough.
     pub fn start() -> Self {
+        let logs = tempfile::tempdir().unwrap();
+        // The log is also copied to the test's stderr, where nextest shows
+        // it when the test fails.
+        let script = format!(
+            "exec env TOKIO_WORKER_THREADS=1 \"$@\" 2> >(tee {} >&2)",
+            logs.path().join("cfsd.log").display()
+        );
         let daemon = Daemon::start_under(
-            &["env", "TOKIO_WORKER_THREADS=1"],
+            &["bash", "-c", &script, "bash"],
             &["--socket-group", &NOBODY.to_string()],
         );
         use std::os::unix::fs::PermissionsExt;
@@ -41,7 +51,29 @@ impl Stalled {
             daemon,
             fs,
             _backing: backing,
+            logs,
         }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Wait until the daemon has logged a line containing `text`.
+    pub fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                start.elapsed() < timeout,
+                "cfsd did not log {text:?} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.logs.path().join("cfsd.log")
     }
 
     /// `cfsctl --json --progress=json oci pull ARGS`, running.

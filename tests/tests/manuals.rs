@@ -173,7 +173,11 @@ fn shell_completions_complete_and_parse() {
         )
     );
     let bash = completions.join("cfsctl.bash");
-    assert_eq!(bash_completes(&bash, &["cfsctl", "oci", "pu"]), ["pull"]);
+    assert_eq!(bash_completes(&bash, &["cfsctl", "oci", "pul"]), ["pull"]);
+    assert_eq!(
+        bash_completes(&bash, &["cfsctl", "oci", "pu"]),
+        ["pull", "push"]
+    );
     assert_eq!(
         bash_completes(&bash, &["cfsctl", "oci", "delta", "cr"]),
         ["create"]

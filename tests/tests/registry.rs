@@ -246,6 +246,7 @@ fn registry_wrong_or_missing_credentials_are_an_auth_error() {
         ],
     );
     assert!(err.contains("refused access"), "{err}");
+    assert!(err.contains("hint: log in with"), "{err}");
 }
 
 #[test]
@@ -271,6 +272,11 @@ fn registry_untrusted_certificate_is_a_tls_error_unless_verification_is_off() {
     }
     let source = docker(&registry.host(), "app:v1");
     let auth = auth.to_str().unwrap();
+    let err = pull_fails(&daemon, &[&source, "--authfile", auth]);
+    assert!(
+        err.contains(&format!("hint: put the registry's CA certificate in the daemon's certs.d (/etc/containers/certs.d/{}/ca.crt", registry.host())),
+        "{err}"
+    );
     pull(
         &daemon,
         &[&source, "--tls-verify=false", "--authfile", auth],

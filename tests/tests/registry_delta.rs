@@ -7,7 +7,7 @@
 
 use cfsd_tests::{
     Daemon,
-    delta::{DeltaSpec, Encoding, Part, encode_tar_diff, image_files},
+    delta::{ARTIFACT_TYPE, DeltaSpec, Encoding, Part, encode_tar_diff, image_files},
     oci::{BuiltImage, Compression, Entry, Image, Layer, Layout, Written, noise},
     ocictl::{Pulled, json, published, pull, succeeds, typed_refusal_with},
     peer, referrers,
@@ -17,8 +17,6 @@ use cfsd_tests::{
     skip, stderr,
 };
 use cfsd_varlink::oci::{OciError, PullParams};
-
-const ARTIFACT_TYPE: &str = "application/vnd.io.github.containers.oci-delta.v1";
 
 macro_rules! need_registry {
     () => {

@@ -13,6 +13,10 @@
 //!   once;
 //! - listing and inspecting never failed, except with `ImageNotFound` for
 //!   a tag not yet set.
+//!
+//! That the eight clients' identical pulls overlapped is likely, not
+//! certain; a second test makes two of them overlap for sure, holding the
+//! first one's writes, and sees the second wait for it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,6 +25,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 use cfsd_tests::{
@@ -28,6 +33,7 @@ use cfsd_tests::{
     delta::tar_diff_delta,
     oci::{BuiltImage, Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
     ocictl::{PrivateRepo, Target, json, object_count, parse_pull, published, pull, succeeds},
+    stalled::{Stalled, finished_within},
     stderr, stdout,
 };
 use composefs::{fsverity::Sha256HashValue, repository::Repository};
@@ -397,4 +403,69 @@ fn eight_clients_pull_while_gc_runs_and_others_list() {
     succeeds(&daemon, &["gc"]);
     assert_eq!(object_count(&daemon.repo()), reference_objects);
     check_repository(&daemon, &ids, &tags, &fixtures.diff_ids());
+}
+
+/// A pull of an image that arrives while an identical pull is importing
+/// it waits for that import, then only tags the image, and says it shared
+/// the import. The overlap is made certain: the first pull's writes are
+/// held (it is stuck inside its import) until the daemon has logged that
+/// the second one waits for it.
+#[test]
+fn an_identical_pull_arriving_during_an_import_waits_and_shares_it() {
+    let image = Image::new(vec![
+        layer(20, "usr", Compression::Gzip),
+        layer(21, "opt", Compression::None),
+    ]);
+    let (layout, built) = Layout::single(&image, None);
+    let written = Written::new(&layout);
+    let archive = written.archive(None);
+    let stalled = Stalled::start();
+
+    stalled.fs.hold_writes();
+    let mut first = stalled.spawn_pull(&[&archive, "first"]);
+    stalled
+        .fs
+        .wait_for_held_write(Duration::from_secs(60), "the first pull");
+    let mut second = stalled.spawn_pull(&[&archive, "second"]);
+    stalled.wait_for_log(
+        "pull waits for an identical pull's import",
+        Duration::from_secs(60),
+    );
+    // Both are in flight at once: the first is stuck in its import, the
+    // second waits for it.
+    assert!(first.try_wait().unwrap().is_none(), "the first pull ended");
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the second pull ended"
+    );
+    stalled.fs.release();
+
+    let mut results = Vec::new();
+    for (name, child) in [("first", first), ("second", second)] {
+        let out = finished_within(child, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("the {name} pull did not finish"));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let pulled = parse_pull(&stdout(&out));
+        assert_eq!(
+            pulled.str("manifestDigest"),
+            built.manifest_digest,
+            "{name}"
+        );
+        results.push(pulled.result);
+    }
+    let (first, second) = (&results[0], &results[1]);
+    assert_eq!(first["imageId"], second["imageId"]);
+    assert_eq!(first["alreadyPresent"], false, "{first}");
+    assert_eq!(first["sharedImport"], false, "{first}");
+    assert!(first["objectsNew"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(second["alreadyPresent"], true, "{second}");
+    assert_eq!(second["sharedImport"], true, "{second}");
+    assert_eq!(second["objectsNew"], 0, "{second}");
+    // Both tags name the one image, and the store is whole.
+    for tag in ["first", "second"] {
+        let inspected = stalled.answered(&["oci", "inspect", tag]);
+        assert_eq!(inspected["manifestDigest"], built.manifest_digest.as_str());
+    }
+    let fsck = stalled.answered(&["fsck"]);
+    assert_eq!(fsck["ok"], true, "{fsck}");
 }

@@ -4,7 +4,10 @@
 //! disks and fails, printing the guests' consoles, unless every check
 //! inside passed.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use cfsd_tests::{bin, skip, stderr, stdout};
 
@@ -17,11 +20,11 @@ fn harness(script: &str, args: &[&str]) {
         return;
     }
     let top = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let bins = bin("cfsd").parent().unwrap().to_owned();
+    let debug = bin("cfsd").parent().unwrap().to_owned();
     let out = Command::new(top.join("tests/vm").join(script))
         .args(args)
-        .env("CFSD_VM_BINS", &bins)
-        .env("CFSD_VM_WORK", bins.join("vm"))
+        .env("CFSD_VM_BINS", release_bins(top, &debug))
+        .env("CFSD_VM_WORK", debug.join("vm"))
         .output()
         .unwrap_or_else(|e| panic!("running tests/vm/{script}: {e}"));
     print!("{}", stdout(&out));
@@ -30,6 +33,19 @@ fn harness(script: &str, args: &[&str]) {
         "tests/vm/{script} {args:?} failed:\n{}",
         stderr(&out)
     );
+}
+
+/// The directory of the release `cfsd` and `cfsctl`, built now unless
+/// they are current: the guests run what a machine would install, not
+/// the debug build the other tests use.
+fn release_bins(top: &Path, debug: &Path) -> PathBuf {
+    let built = Command::new(env!("CARGO"))
+        .current_dir(top)
+        .args(["build", "--release", "-p", "cfsd", "-p", "cfsctl"])
+        .status()
+        .expect("running cargo build --release");
+    assert!(built.success(), "cargo build --release failed");
+    debug.parent().unwrap().join("release")
 }
 
 fn missing_tools() -> Option<&'static str> {

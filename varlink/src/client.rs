@@ -9,7 +9,8 @@ use crate::{
     address::Address,
     oci::{
         ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ImageParams, InspectReply,
-        ListImagesReply, MountParams, OciError, PullParams, RemoveReply, TagParams, UntagParams,
+        ListImagesReply, MountParams, OciError, PullParams, PushDeltaParams, PushDeltaReply,
+        PushParams, PushReply, RemoveReply, TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, RepositoryError,
@@ -284,6 +285,28 @@ impl Client {
     ) -> CallResult<CreateDeltaReply, OciError> {
         let method = format!("{}.CreateDelta", crate::idl::OCI_INTERFACE);
         self.call(&method, params, vec![out]).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.Push`, with the caller's auth file as `authfile`.
+    pub async fn push(
+        &mut self,
+        params: &PushParams,
+        authfile: Option<OwnedFd>,
+    ) -> CallResult<PushReply, OciError> {
+        let method = format!("{}.Push", crate::idl::OCI_INTERFACE);
+        let fds = authfile.into_iter().collect();
+        self.call(&method, params, fds).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.PushDelta`, with the caller's auth file as `authfile`.
+    pub async fn push_delta(
+        &mut self,
+        params: &PushDeltaParams,
+        authfile: Option<OwnedFd>,
+    ) -> CallResult<PushDeltaReply, OciError> {
+        let method = format!("{}.PushDelta", crate::idl::OCI_INTERFACE);
+        let fds = authfile.into_iter().collect();
+        self.call(&method, params, fds).await.map(|(r, _)| r)
     }
 
     async fn oci<P, R>(

@@ -50,7 +50,8 @@ mod tests {
         oci::{
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
             DeltaLayer, DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
-            ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply,
+            ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult,
+            PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
             TagParams, UntagParams,
         },
         repository::*,
@@ -562,6 +563,32 @@ mod tests {
         assert_eq!(
             keys(&CreateDeltaReply::default()),
             method_fields(&idl, "CreateDelta", true)
+        );
+
+        let push = PushParams {
+            image: "a".into(),
+            reference: "h/n:t".into(),
+            compression: Some(PushCompression::Zstd),
+            tls_verify: Some(true),
+        };
+        assert_eq!(keys(&push), method_fields(&idl, "Push", false));
+        assert_eq!(
+            keys(&PushReply::default()),
+            method_fields(&idl, "Push", true)
+        );
+
+        let push_delta = PushDeltaParams {
+            source: "a".into(),
+            target: "b".into(),
+            reference: "h/n:t".into(),
+            jobs: Some(1),
+            method: Some(DeltaMethod::Zstd),
+            tls_verify: Some(false),
+        };
+        assert_eq!(keys(&push_delta), method_fields(&idl, "PushDelta", false));
+        assert_eq!(
+            keys(&PushDeltaReply::default()),
+            method_fields(&idl, "PushDelta", true)
         );
 
         assert_errors(&idl, &every_oci_error());

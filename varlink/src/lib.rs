@@ -12,6 +12,7 @@ pub mod address;
 pub mod client;
 pub mod idl;
 pub mod oci;
+mod push;
 pub mod repository;
 pub mod service;
 pub mod version;

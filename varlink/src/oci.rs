@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::push::{PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply};
+
 /// The transport of a directory holding an OCI image layout.
 pub const TRANSPORT_DIRECTORY: &str = "oci";
 
@@ -698,6 +700,8 @@ pub const METHODS: &[&str] = &[
     "ComputeId",
     "Mount",
     "CreateDelta",
+    "Push",
+    "PushDelta",
 ];
 
 #[cfg(test)]

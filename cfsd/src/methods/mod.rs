@@ -7,6 +7,7 @@ use cfsd_repo::Repository;
 use crate::server::Daemon;
 
 pub mod oci;
+mod push;
 mod registry;
 pub mod repository;
 pub mod service;

@@ -40,8 +40,8 @@ use crate::{
 /// client costs bounded memory and never slows the import.
 const STREAM_QUEUE: usize = 16;
 
-/// Handle `method` of `io.cfsd.Oci`. Only `Pull` and `CreateDelta` take
-/// fds; any passed with other calls are closed when this returns.
+/// Handle `method` of `io.cfsd.Oci`. Only `Pull`, `CreateDelta`, `Push`
+/// and `PushDelta` take fds; any passed with other calls are closed when this returns.
 pub async fn handle(
     daemon: &Daemon,
     peer: &Peer,
@@ -60,6 +60,15 @@ pub async fn handle(
         "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
         // Read-only: it writes only to the file the caller handed over.
         "CreateDelta" => run(params, |p| create_delta(daemon, peer, p, fds)).await,
+        // Sends the repository's content out over the network, which only
+        // those who may pull (reach registries) may do.
+        "Push" => mutating(peer, method, params, |p| super::push::push(daemon, p, fds)).await,
+        "PushDelta" => {
+            mutating(peer, method, params, |p| {
+                super::push::push_delta(daemon, p, fds)
+            })
+            .await
+        }
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -272,7 +281,7 @@ async fn create_delta(
 
 /// Sets its flag when dropped: the work it stands for is no longer wanted.
 #[derive(Default)]
-struct CancelOnDrop(Arc<AtomicBool>);
+pub(super) struct CancelOnDrop(pub(super) Arc<AtomicBool>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -293,7 +302,7 @@ fn is_writable_file(fd: &OwnedFd) -> bool {
 
 /// The jobs a client asked for, at most one per core; 0 means one per
 /// core.
-fn capped_jobs(jobs: Option<u64>) -> usize {
+pub(super) fn capped_jobs(jobs: Option<u64>) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = usize::try_from(jobs.unwrap_or(0)).unwrap_or(usize::MAX);
     match jobs {
@@ -302,7 +311,7 @@ fn capped_jobs(jobs: Option<u64>) -> usize {
     }
 }
 
-fn wire_delta(r: DeltaReport) -> CreateDeltaReply {
+pub(super) fn wire_delta(r: DeltaReport) -> CreateDeltaReply {
     CreateDeltaReply {
         delta_bytes: r.delta_bytes,
         layers: r.layers,
@@ -502,12 +511,12 @@ async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError
     ))
 }
 
-async fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
+pub(super) async fn open(daemon: &Daemon) -> Result<Arc<Repository>, OciError> {
     super::repository(daemon).await.map_err(wire_error)
 }
 
 /// [`super::blocking`], with the interface's error.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> repo::Result<T> + Send + 'static,
 ) -> Result<T, OciError> {
     super::blocking(work).await.map_err(wire_error)

@@ -21,19 +21,22 @@ pub(super) fn request(params: &PullParams, fds: Vec<OwnedFd>) -> Result<Registry
             reference: String::new(),
             reason: "a docker pull needs HOST[:PORT]/NAME[:TAG|@DIGEST]".to_owned(),
         })?;
-    let authfile = match fds.into_iter().next() {
-        None => None,
-        Some(fd) if super::oci::is_readable(&fd, FileType::RegularFile) => Some(File::from(fd)),
-        Some(_) => {
-            return Err(OciError::MissingFd {
-                method: format!("{OCI_INTERFACE}.Pull"),
-                expected: "the auth file as a regular file opened for reading, or no fd".to_owned(),
-            });
-        }
-    };
     Ok(RegistryRequest {
         reference,
         tls_verify: params.tls_verify,
-        authfile,
+        authfile: authfile(fds, "Pull")?,
     })
+}
+
+/// The caller's auth file for `method`, if it passed one: it must be a
+/// regular file open for reading.
+pub(super) fn authfile(fds: Vec<OwnedFd>, method: &str) -> Result<Option<File>, OciError> {
+    match fds.into_iter().next() {
+        None => Ok(None),
+        Some(fd) if super::oci::is_readable(&fd, FileType::RegularFile) => Ok(Some(File::from(fd))),
+        Some(_) => Err(OciError::MissingFd {
+            method: format!("{OCI_INTERFACE}.{method}"),
+            expected: "the auth file as a regular file opened for reading, or no fd".to_owned(),
+        }),
+    }
 }

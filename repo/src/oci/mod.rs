@@ -10,6 +10,7 @@ pub(crate) mod archive;
 pub(crate) mod digest;
 pub(crate) mod document;
 pub(crate) mod entry_rules;
+pub(crate) mod export;
 mod filesystem;
 pub(crate) mod images;
 pub(crate) mod layer;

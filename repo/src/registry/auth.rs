@@ -24,6 +24,9 @@ struct AuthEntry {
     auth: Option<String>,
     username: Option<String>,
     password: Option<String>,
+    /// An OAuth2 refresh token (Docker's `identitytoken`), which stands
+    /// in for the password when set.
+    identitytoken: Option<String>,
 }
 
 /// Parsed auth.json content.
@@ -80,6 +83,16 @@ impl AuthEntry {
             what: format!("the auth file entry for {key}"),
             reason: reason.to_owned(),
         };
+        // The containers tools trade an identity token for an access token
+        // at the registry's token endpoint (grant_type=refresh_token), a
+        // flow the registry client lacks; Basic with "<token>" would only
+        // be refused by the registry, and anonymous access would hide why.
+        if self.identitytoken.as_deref().is_some_and(|t| !t.is_empty()) {
+            return Err(invalid(
+                "identity tokens (\"identitytoken\") are not supported; \
+                 log in with a user name and password or a registry access token",
+            ));
+        }
         if let (Some(user), Some(password)) = (&self.username, &self.password) {
             return Ok(RegistryAuth::Basic(user.clone(), password.clone()));
         }
@@ -152,6 +165,11 @@ mod tests {
             r#"{"auths": {"h": {"auth": "!!"}}}"#.to_owned(),
             // base64 of "nocolon": no user:password pair.
             r#"{"auths": {"h": {"auth": "bm9jb2xvbg=="}}}"#.to_owned(),
+            // An OAuth2 refresh token, even beside a user:password.
+            format!(
+                r#"{{"auths": {{"h": {{"auth": "{}", "identitytoken": "t"}}}}}}"#,
+                basic("u", "p")
+            ),
         ] {
             let result =
                 Credentials::read(bad.as_bytes(), "auth.json").and_then(|c| c.for_image("h", "r"));

@@ -8,6 +8,8 @@
 
 mod auth;
 pub(crate) mod blob;
+mod delta_push;
+mod push;
 mod referrers;
 pub(crate) mod remote;
 mod settings;
@@ -16,6 +18,8 @@ use std::io::Read;
 
 use oci_client::{Reference, client::Certificate, secrets::RegistryAuth};
 
+pub use delta_push::DeltaPushReport;
+pub use push::{PushCompression, PushReport};
 pub use settings::RegistrySettings;
 
 use crate::{
@@ -23,7 +27,7 @@ use crate::{
     policy::{DockerIdentity, Policy},
 };
 
-/// A registry pull as a caller asks for it.
+/// A registry pull or push as a caller asks for it.
 #[derive(Debug, Default)]
 pub struct RegistryRequest {
     /// `HOST[:PORT]/NAME[:TAG|@sha256:DIGEST]`, without `docker://`.
@@ -61,14 +65,40 @@ impl Registry {
     /// only: the policy, registries.conf, certs.d and the auth file.
     pub fn new(settings: &RegistrySettings, request: RegistryRequest) -> Result<Self, Error> {
         let image = parse_reference(&request.reference)?;
-        let host = image.registry().to_owned();
-        let repository = image.repository().to_owned();
         Policy::load(&settings.policy)?.admit(&DockerIdentity {
-            registry: host.clone(),
-            repository: repository.clone(),
+            registry: image.registry().to_owned(),
+            repository: image.repository().to_owned(),
             tag: image.tag().map(str::to_owned),
             digest: image.digest().map(str::to_owned),
         })?;
+        Self::with_settings(settings, image, request)
+    }
+
+    /// A registry image to push to, `HOST[:PORT]/NAME[:TAG]` (`latest`
+    /// when no tag is given). The signature policy has no say: it decides
+    /// what may be pulled. Reads local files only, as [`Registry::new`].
+    pub fn destination(
+        settings: &RegistrySettings,
+        request: RegistryRequest,
+    ) -> Result<Self, Error> {
+        let image = parse_reference(&request.reference)?;
+        if image.digest().is_some() {
+            return Err(Error::InvalidReference {
+                reference: request.reference,
+                reason: "a push names a tag to set, not a digest".to_owned(),
+            });
+        }
+        Self::with_settings(settings, image, request)
+    }
+
+    /// TLS and credentials for `image`, as the settings and the request say.
+    fn with_settings(
+        settings: &RegistrySettings,
+        image: Reference,
+        request: RegistryRequest,
+    ) -> Result<Self, Error> {
+        let host = image.registry().to_owned();
+        let repository = image.repository().to_owned();
         let insecure = match request.tls_verify {
             Some(verify) => !verify,
             None => settings.insecure(&host, &repository)?,

@@ -68,16 +68,7 @@ impl Remote {
         let handle = Handle::try_current().map_err(|e| {
             Error::internal("reaching a registry", format!("no async runtime: {e}"))
         })?;
-        let host = registry.image.registry().to_owned();
-        let (stop, stopped) = watch::channel(());
-        let mut remote = Remote {
-            client: client(&registry, ClientProtocol::Https)?,
-            image: registry.image.clone(),
-            host,
-            handle,
-            top: (Digest::of(b""), Vec::new()),
-            stopped,
-        };
+        let (mut remote, stop) = Self::unconnected(&registry, handle)?;
         let first = remote.manifest(&registry.image, &registry.auth);
         let top = match first {
             // An insecure registry may speak plain HTTP only.
@@ -94,6 +85,25 @@ impl Remote {
             pinned.verify(&top.0, format!("digest of manifest {pinned}"))?;
         }
         remote.top = top;
+        Ok((remote, stop))
+    }
+
+    /// The image `registry` names, not yet asked for anything: a push
+    /// has no document to fetch first. Dropping the sender returned stops
+    /// the requests waiting in [`Remote::until_stopped`].
+    pub(super) fn unconnected(
+        registry: &Registry,
+        handle: Handle,
+    ) -> Result<(Self, watch::Sender<()>), Error> {
+        let (stop, stopped) = watch::channel(());
+        let remote = Remote {
+            client: client(registry, ClientProtocol::Https)?,
+            image: registry.image.clone(),
+            host: registry.image.registry().to_owned(),
+            handle,
+            top: (Digest::of(b""), Vec::new()),
+            stopped,
+        };
         Ok((remote, stop))
     }
 
@@ -219,6 +229,17 @@ impl Remote {
                     _ => status(400, reason),
                 }
             }
+            // A status that the client turned into an error of its own
+            // (a HEAD has no body to carry a registry error).
+            OciDistributionError::RequestError(e) if e.status().is_some() => {
+                match e.status().map_or(0, |s| s.as_u16()) {
+                    401 => Error::RegistryAuth {
+                        registry,
+                        reason: format!("HTTP 401 for {what}"),
+                    },
+                    code => status(code, e.to_string()),
+                }
+            }
             OciDistributionError::RequestError(e) => connection_error(registry, &e),
             OciDistributionError::IoError(e) => Error::RegistryUnreachable {
                 registry,
@@ -232,7 +253,7 @@ impl Remote {
 }
 
 /// A client for `registry`'s settings over `protocol`.
-fn client(registry: &Registry, protocol: ClientProtocol) -> Result<Client, Error> {
+pub(super) fn client(registry: &Registry, protocol: ClientProtocol) -> Result<Client, Error> {
     let config = ClientConfig {
         protocol,
         accept_invalid_certificates: registry.insecure,
@@ -241,6 +262,9 @@ fn client(registry: &Registry, protocol: ClientProtocol) -> Result<Client, Error
         read_timeout: Some(READ_TIMEOUT),
         connect_timeout: Some(CONNECT_TIMEOUT),
         platform_resolver: None,
+        // A push streams each blob in one PUT whose length it knows,
+        // rather than one PATCH request per 4 MiB chunk.
+        use_monolithic_push: true,
         ..ClientConfig::default()
     };
     Client::try_from(config).map_err(|e| Error::InvalidRegistryConfig {

@@ -16,8 +16,9 @@ pub struct RegistrySettings {
     /// The containers-certs.d base: `DIR/HOST[:PORT]/*.crt` are CAs
     /// trusted for that registry, beside the system store.
     pub certs_dir: PathBuf,
-    /// The containers `registries.conf`; `[[registry]] insecure = true`
-    /// allows plain HTTP and unverified TLS for that registry.
+    /// The containers `registries.conf`, with the drop-ins beside it in
+    /// `registries.conf.d/`; `[[registry]] insecure = true` allows plain
+    /// HTTP and unverified TLS for that registry.
     pub registries_conf: PathBuf,
     /// The containers signature policy.
     pub policy: PathBuf,
@@ -71,20 +72,14 @@ impl RegistrySettings {
     /// an insecure registry. A missing file marks nothing; one that does
     /// not parse is an error, since it may be what allows a registry.
     pub(crate) fn insecure(&self, host: &str, repository: &str) -> Result<bool, Error> {
-        let text = match std::fs::read_to_string(&self.registries_conf) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(invalid(&self.registries_conf, e.to_string())),
-        };
-        let conf: RegistriesConf =
-            toml::from_str(&text).map_err(|e| invalid(&self.registries_conf, e.to_string()))?;
+        let conf = self.registries()?;
         let image = format!("{host}/{repository}");
         // The longest matching prefix decides, as for the containers tools.
         let best = conf
             .registry
             .iter()
             .filter_map(|entry| {
-                let prefix = entry.prefix.as_deref().unwrap_or(&entry.location);
+                let prefix = entry.prefix();
                 prefix_matches(prefix, &image).then_some((prefix.len(), entry.insecure))
             })
             .max_by_key(|(len, _)| *len);
@@ -93,6 +88,42 @@ impl RegistrySettings {
         }
         let v1 = conf.registries.and_then(|r| r.insecure).unwrap_or_default();
         Ok(v1.registries.iter().any(|r| r == host))
+    }
+
+    /// `registries.conf` with the drop-ins of `registries.conf.d/` applied
+    /// in the order of their names, as containers-registries.conf.d(5)
+    /// says: a drop-in's `[[registry]]` replaces the one with the same
+    /// prefix and adds the others.
+    fn registries(&self) -> Result<RegistriesConf, Error> {
+        let mut conf = read_conf(&self.registries_conf)?.unwrap_or_default();
+        let mut dir = self.registries_conf.clone().into_os_string();
+        dir.push(".d");
+        let dir = PathBuf::from(dir);
+        let mut dropins = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(&dir, e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(invalid(&dir, e.to_string())),
+        };
+        dropins.retain(|p| p.extension().is_some_and(|x| x == "conf"));
+        dropins.sort();
+        for path in dropins {
+            let Some(dropin) = read_conf(&path)? else {
+                continue;
+            };
+            for entry in dropin.registry {
+                conf.registry.retain(|e| e.prefix() != entry.prefix());
+                conf.registry.push(entry);
+            }
+            if let Some(list) = dropin.registries.and_then(|r| r.insecure) {
+                let v1 = conf.registries.get_or_insert_with(V1Registries::default);
+                let insecure = v1.insecure.get_or_insert_with(V1List::default);
+                insecure.registries.extend(list.registries);
+            }
+        }
+        Ok(conf)
     }
 
     /// The CA certificates `certs.d` holds for `host` (`HOST[:PORT]`).
@@ -106,7 +137,17 @@ impl RegistrySettings {
         let mut certificates = Vec::new();
         for entry in entries {
             let path = entry.map_err(|e| invalid(&dir, e.to_string()))?.path();
-            // `*.cert`/`*.key` pairs are client certificates, not CAs.
+            // `*.cert`/`*.key` pairs are client certificates, which the
+            // registry client cannot present: connecting without the one
+            // the administrator set up would fail later and less clearly.
+            if path.extension().is_some_and(|x| x == "cert" || x == "key") {
+                return Err(invalid(
+                    &path,
+                    "client certificates (*.cert, *.key) are not supported; \
+                     only CA certificates (*.crt) are"
+                        .to_owned(),
+                ));
+            }
             if path.extension().is_some_and(|x| x == "crt") {
                 let data = std::fs::read(&path).map_err(|e| invalid(&path, e.to_string()))?;
                 certificates.push(Certificate {
@@ -116,6 +157,25 @@ impl RegistrySettings {
             }
         }
         Ok(certificates)
+    }
+}
+
+/// One registries.conf file, or `None` if there is none at `path`.
+fn read_conf(path: &Path) -> Result<Option<RegistriesConf>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(invalid(path, e.to_string())),
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| invalid(path, e.to_string()))
+}
+
+impl RegistryEntry {
+    /// The images the entry is about: `prefix`, or `location` without one.
+    fn prefix(&self) -> &str {
+        self.prefix.as_deref().unwrap_or(&self.location)
     }
 }
 
@@ -184,14 +244,62 @@ mod tests {
     }
 
     #[test]
-    fn only_crt_files_of_the_registry_are_trusted() {
+    fn the_crt_files_of_the_registry_are_trusted_and_client_certificates_refused() {
         let (dir, s) = settings("");
         let host = dir.path().join("certs.d/127.0.0.1:5000");
         std::fs::create_dir_all(&host).unwrap();
         std::fs::write(host.join("ca.crt"), "PEM").unwrap();
-        std::fs::write(host.join("client.cert"), "x").unwrap();
-        std::fs::write(host.join("client.key"), "x").unwrap();
+        std::fs::write(host.join("README"), "x").unwrap();
         assert_eq!(s.certificates("127.0.0.1:5000").unwrap().len(), 1);
         assert!(s.certificates("127.0.0.1:5001").unwrap().is_empty());
+        std::fs::write(host.join("client.cert"), "x").unwrap();
+        match s.certificates("127.0.0.1:5000") {
+            Err(Error::InvalidRegistryConfig { what, reason }) => {
+                assert!(what.ends_with("client.cert"), "{what}");
+                assert!(reason.contains("client certificates"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn drop_ins_apply_in_name_order_replacing_entries_with_the_same_prefix() {
+        let (dir, s) = settings(
+            r#"
+            [[registry]]
+            location = "127.0.0.1:5000"
+            insecure = true
+            [[registry]]
+            location = "127.0.0.1:6000"
+            "#,
+        );
+        let dropins = dir.path().join("registries.conf.d");
+        std::fs::create_dir(&dropins).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dropins.join(name), text).unwrap();
+        // Applied after 10-..., so its entry for :5000 stands.
+        write(
+            "20-secure.conf",
+            "[[registry]]\nlocation = \"127.0.0.1:5000\"\ninsecure = false\n",
+        );
+        write(
+            "10-both.conf",
+            "[[registry]]\nlocation = \"127.0.0.1:5000\"\ninsecure = true\n\
+             [[registry]]\nlocation = \"127.0.0.1:7000\"\ninsecure = true\n",
+        );
+        // Not a .conf file: ignored.
+        write(
+            "30-ignored.conf.bak",
+            "[[registry]]\nlocation = \"127.0.0.1:6000\"\ninsecure = true\n",
+        );
+        assert!(!s.insecure("127.0.0.1:5000", "app").unwrap());
+        assert!(s.insecure("127.0.0.1:7000", "app").unwrap());
+        assert!(!s.insecure("127.0.0.1:6000", "app").unwrap());
+        write("40-broken.conf", "[[registry]\n");
+        match s.insecure("127.0.0.1:5000", "app") {
+            Err(Error::InvalidRegistryConfig { what, .. }) => {
+                assert!(what.ends_with("40-broken.conf"), "{what}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::{
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 
 /// An image of the repository, as the delta needs it.
-pub(super) struct Side {
+pub(crate) struct Side {
     /// The manifest's digest.
     pub manifest_digest: Digest,
     /// The manifest, byte for byte.
@@ -31,7 +31,7 @@ pub(super) struct Side {
 impl Side {
     /// Read `name`'s manifest and config as stored, checked against their
     /// digests, since the delta embeds them byte for byte.
-    pub(super) fn open<H: FsVerityHashValue>(repo: &Store<H>, name: &str) -> Result<Self, Error> {
+    pub(crate) fn open<H: FsVerityHashValue>(repo: &Store<H>, name: &str) -> Result<Self, Error> {
         let image = images::open(repo, name)?;
         if !image.is_container_image() {
             return Err(Error::UnsupportedMediaType {

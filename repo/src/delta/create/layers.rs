@@ -21,7 +21,10 @@ use super::{
 use crate::{
     Error,
     delta::source::SourceImage,
-    oci::digest::{Digest, HashingWriter},
+    oci::{
+        digest::{Digest, HashingWriter},
+        export::verified_layer_tar,
+    },
 };
 
 /// One target layer to carry.
@@ -177,15 +180,10 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
         let mut file = self.scratch_file().map_err(storage)?;
         {
             let cancellable = Budgeted(Cancellable(&mut file, self.cancelled), self.scratch_left);
-            let mut out = HashingWriter::new(BufWriter::new(cancellable));
-            composefs_oci::oci_image::layer_tar(self.repo, &work.diff_id.to_oci(), &mut out)
-                .map_err(|e| Error::storage("rebuilding a layer tar", e))?;
-            let (digest, inner) = out.into_parts();
-            inner.into_inner().map_err(|e| storage(e.into_error()))?;
-            work.diff_id.verify(
-                &digest,
-                format!("diff_id of layer {} rebuilt from the repository", work.blob),
-            )?;
+            let out = BufWriter::new(cancellable);
+            verified_layer_tar(self.repo, &work.diff_id, &work.blob, out)?
+                .into_inner()
+                .map_err(|e| storage(e.into_error()))?;
         }
         Ok(file)
     }

@@ -10,7 +10,7 @@
 
 mod archive;
 mod encode;
-mod image;
+pub(crate) mod image;
 mod layers;
 mod matcher;
 

@@ -12,6 +12,8 @@
 
 mod limits;
 mod objects;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::HashMap,

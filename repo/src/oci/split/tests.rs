@@ -1,0 +1,189 @@
+//! The splitter on its own: what stays inline and what becomes an object,
+//! the large-file path, a second import of the same tar, and the ways a
+//! split stops early.
+
+use std::{io::Write, sync::Arc};
+
+use composefs::{
+    fsverity::{FsVerityHashValue, Sha256HashValue, compute_verity},
+    repository::{Repository as Store, RepositoryConfig},
+};
+use composefs_oci::layer_content_id;
+use rustix::fs::CWD;
+
+use super::{BUFFERED_BYTES, Cancel, LayerLimits, PullTally, SplitError, Tally, pipe, split};
+use crate::oci::digest::Digest;
+
+type Repo = Arc<Store<Sha256HashValue>>;
+
+fn repository() -> (tempfile::TempDir, Repo) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RepositoryConfig::default().set_insecure();
+    let (repo, _) = Store::init_path(CWD, dir.path().join("repo"), config).unwrap();
+    (dir, Arc::new(repo))
+}
+
+/// A tar of regular files, in order.
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        tar.append_data(&mut header, name, *data).unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+/// Split `tar`, written into the pipe by another thread in pieces of
+/// `piece` bytes, as a decompressor would.
+fn split_tar(
+    repo: &Repo,
+    tar: &[u8],
+    limits: &LayerLimits,
+    cancel: &Cancel,
+) -> Result<(Sha256HashValue, Tally<Sha256HashValue>, Digest), SplitError> {
+    let (mut input, rx) = pipe();
+    let bytes = tar.to_vec();
+    let producer = std::thread::spawn(move || {
+        for piece in bytes.chunks(100_003) {
+            if input.write_all(piece).is_err() {
+                return; // the splitter stopped
+            }
+        }
+        let _ = input.close();
+    });
+    let result = split(rx, repo.clone(), cancel, limits, PullTally::default());
+    producer.join().unwrap();
+    result
+}
+
+/// Name `stream` as the layer `diff_id` and rebuild its tar.
+fn rebuilt(repo: &Repo, stream: &Sha256HashValue, diff_id: &Digest) -> Vec<u8> {
+    let name = layer_content_id(&diff_id.to_oci());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(repo.register_stream(stream, &name, None))
+        .unwrap();
+    let mut tar = Vec::new();
+    composefs_oci::oci_image::layer_tar(repo, &diff_id.to_oci(), &mut tar).unwrap();
+    tar
+}
+
+/// Why `result` failed; it must have.
+fn failure<T>(result: Result<T, SplitError>) -> SplitError {
+    match result {
+        Ok(_) => panic!("the split succeeded"),
+        Err(e) => e,
+    }
+}
+
+fn object(repo_dir: &std::path::Path, id: &Sha256HashValue) -> Vec<u8> {
+    let hex = id.to_hex();
+    std::fs::read(
+        repo_dir
+            .join("repo/objects")
+            .join(&hex[..2])
+            .join(&hex[2..]),
+    )
+    .unwrap()
+}
+
+#[test]
+fn files_over_64_bytes_become_objects_and_the_stream_gives_the_tar_back() {
+    let (dir, repo) = repository();
+    let tiny = vec![b't'; 64];
+    let small = vec![b's'; 65];
+    // Over what the splitter holds in memory: the large-file path, which
+    // streams the file to a temporary object file.
+    let large: Vec<u8> = (0..BUFFERED_BYTES + 4097)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let tar = tar_of(&[
+        ("tiny", &tiny),
+        ("small", &small),
+        ("large", &large),
+        ("small-again", &small),
+    ]);
+    let (stream, tally, diff_id) =
+        split_tar(&repo, &tar, &LayerLimits::DEFAULT, &Cancel::default()).unwrap();
+
+    assert_eq!(diff_id, Digest::of(&tar));
+    // Two objects, the repeated file stored once; the 64-byte one inline.
+    assert_eq!(tally.objects_new(), 2);
+    assert_eq!(tally.objects_present(), 0);
+    assert_eq!(tally.bytes_new(), (small.len() + large.len()) as u64);
+    for content in [&small, &large] {
+        let id: Sha256HashValue = compute_verity(content);
+        assert_eq!(&object(dir.path(), &id), content, "object {}", id.to_hex());
+    }
+    assert_eq!(rebuilt(&repo, &stream, &diff_id), tar);
+}
+
+#[test]
+fn a_second_split_of_the_same_tar_writes_no_object_and_gives_the_same_stream() {
+    let (_dir, repo) = repository();
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+    let tar = tar_of(&[("a", &content), ("b", &[b'b'; 100])]);
+    let (first, _, _) = split_tar(&repo, &tar, &LayerLimits::DEFAULT, &Cancel::default()).unwrap();
+    let (second, tally, _) =
+        split_tar(&repo, &tar, &LayerLimits::DEFAULT, &Cancel::default()).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(tally.objects_new(), 0);
+    assert_eq!(tally.objects_present(), 2);
+    assert_eq!(tally.bytes_new(), 0);
+}
+
+#[test]
+fn a_tar_cut_inside_a_file_is_a_tar_fault_with_the_digest_of_what_came() {
+    let (_dir, repo) = repository();
+    let tar = tar_of(&[("a", &[b'a'; 5000])]);
+    let cut = &tar[..512 + 1000];
+    match failure(split_tar(
+        &repo,
+        cut,
+        &LayerLimits::DEFAULT,
+        &Cancel::default(),
+    )) {
+        SplitError::Tar { reason, diff_id } => {
+            assert!(reason.contains("ends in the middle of a file"), "{reason}");
+            assert_eq!(diff_id, Digest::of(cut));
+        }
+        other => panic!("expected a tar fault, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_tar_over_the_layer_size_limit_is_refused_naming_the_limit() {
+    let (_dir, repo) = repository();
+    let tar = tar_of(&[("a", &[b'a'; 50_000])]);
+    let limits = LayerLimits {
+        max_layer_size: 20_000,
+        ..LayerLimits::DEFAULT
+    };
+    match failure(split_tar(&repo, &tar, &limits, &Cancel::default())) {
+        SplitError::Limit(exceeded) => {
+            assert_eq!(exceeded.what, super::limits::UNCOMPRESSED_SIZE);
+            assert_eq!(exceeded.limit, 20_000);
+        }
+        other => panic!("expected the size limit, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_cancelled_split_stops_and_names_nothing() {
+    let (dir, repo) = repository();
+    let tar = tar_of(&[("a", &[b'a'; 5000])]);
+    let cancel = Cancel::default();
+    cancel.cancel();
+    match failure(split_tar(&repo, &tar, &LayerLimits::DEFAULT, &cancel)) {
+        SplitError::Cancelled => {}
+        other => panic!("expected cancellation, got {other:?}"),
+    }
+    let streams = std::fs::read_dir(dir.path().join("repo/streams"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(streams, 0, "a cancelled split named a stream");
+}
