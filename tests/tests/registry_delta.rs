@@ -86,6 +86,7 @@ struct Fixture {
     v1: BuiltImage,
     v2: BuiltImage,
     v1_written: Written,
+    v2_written: Written,
     /// v1 → v2: layer 1 as a tar-diff, layer 2 whole (zstd, so that its
     /// blob is not v2's gzip one), pushed as `app:v2-delta`.
     delta: Delta,
@@ -126,7 +127,8 @@ impl Fixture {
         let (v2_layout, v2) = Layout::single(&v2_image(), None);
         let v1_written = Written::new(&v1_layout);
         registry.push(&v1_written.oci(None), "app:v1", &[]);
-        registry.push(&Written::new(&v2_layout).oci(None), "app:v2", &[]);
+        let v2_written = Written::new(&v2_layout);
+        registry.push(&v2_written.oci(None), "app:v2", &[]);
         let tar_diff = encode_tar_diff(
             &v2.layer_tars[1],
             &image_files(&v1_image),
@@ -142,6 +144,7 @@ impl Fixture {
             v1,
             v2,
             v1_written,
+            v2_written,
             delta,
         }
     }
@@ -699,4 +702,41 @@ fn registry_delta_pull_writes_nothing_but_the_repository_objects() {
         elsewhere.is_empty(),
         "files beside the objects: {elsewhere:#?}"
     );
+}
+
+#[test]
+fn registry_delta_pushed_by_cfsctl_is_found_and_applied() {
+    need_registry!();
+    let fixture = Fixture::new(Registry::start_https());
+    // A publisher holding v1 and v2 makes the delta and pushes it, with
+    // the referrers index, as `oci delta create … docker://` does.
+    let publisher = fixture.daemon_with_v1();
+    pull(&publisher, &[&fixture.v2_written.oci(None), "v2"]);
+    let dest = format!("docker://{}/app:v2-made", fixture.registry.host());
+    let auth = fixture
+        .registry
+        .auth_file(registry::USER, registry::PASSWORD);
+    let auth = auth.to_str().unwrap();
+    let made = json(
+        &publisher,
+        &[
+            "oci",
+            "delta",
+            "create",
+            "v1",
+            "v2",
+            &dest,
+            "--authfile",
+            auth,
+        ],
+    );
+    let made = made["manifestDigest"]
+        .as_str()
+        .expect("a delta digest")
+        .to_owned();
+    let Discovered { daemon, pulled, .. } = fixture.discover_v2();
+    let found = &pulled.result["deltaDiscovery"];
+    assert_eq!(found["used"], true, "{found}");
+    assert_eq!(found["manifest"], made.as_str(), "{found}");
+    assert_fsck_clean(&daemon);
 }
