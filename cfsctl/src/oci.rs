@@ -160,6 +160,10 @@ pub struct PullArgs {
     /// $REGISTRY_AUTH_FILE or the usual containers and Docker places.
     #[arg(long, value_name = "PATH")]
     authfile: Option<PathBuf>,
+    /// For docker://: do not look for an oci-delta of the image in the
+    /// registry; pull its layers.
+    #[arg(long)]
+    no_delta: bool,
 }
 
 /// Run an `oci` command.
@@ -345,6 +349,7 @@ async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Resul
         platform: args.platform,
         jobs: args.jobs,
         tls_verify: args.tls_verify,
+        no_delta: args.no_delta.then_some(true),
     };
     let mut progress = Progress::new(out);
     let result = follow(client, &params, fds, &mut progress).await;
@@ -431,6 +436,10 @@ fn print_pull(r: &PullResult, delta_source: Option<&str>) {
     if let (Some(delta), Some(source)) = (&r.delta, delta_source) {
         println!("Delta:     {} applied", delta.manifest_digest);
         println!("  against: {source}");
+    }
+    if let Some(found) = &r.delta_discovery {
+        let verdict = if found.used { "used" } else { "not used" };
+        println!("Delta discovery: {verdict}: {}", found.reason);
     }
     if r.shared_import {
         println!(

@@ -6,6 +6,7 @@ pub mod fuse;
 pub mod oci;
 pub mod ocictl;
 pub mod peer;
+pub mod referrers;
 pub mod registry;
 pub mod stall;
 pub mod stalled;

@@ -244,7 +244,8 @@ fn no_method_takes_a_path() {
             "tag",
             "platform",
             "jobs",
-            "tlsVerify"
+            "tlsVerify",
+            "noDelta"
         ]
     );
     assert_eq!(

@@ -48,8 +48,8 @@ mod tests {
     use super::*;
     use crate::{
         oci::{
-            AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer,
-            DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
+            AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
+            DeltaLayer, DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
             ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult,
             PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
             TagParams, UntagParams,
@@ -468,8 +468,14 @@ mod tests {
             ..AppliedDelta::default()
         };
         assert_eq!(keys(&delta), type_fields(&idl, "AppliedDelta"));
+        let discovery = DeltaDiscovery {
+            manifest: Some("sha256:cd".into()),
+            ..DeltaDiscovery::default()
+        };
+        assert_eq!(keys(&discovery), type_fields(&idl, "DeltaDiscovery"));
         let result = PullResult {
             delta: Some(delta),
+            delta_discovery: Some(discovery),
             ..PullResult::default()
         };
         assert_eq!(keys(&result), type_fields(&idl, "PullResult"));
@@ -487,6 +493,7 @@ mod tests {
             platform: Some("linux/amd64".into()),
             jobs: Some(2),
             tls_verify: Some(false),
+            no_delta: Some(true),
         };
         assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
         let pull_reply = PullReply {

@@ -41,6 +41,10 @@ pub struct PullParams {
     /// marks insecure; `None` follows registries.conf.
     #[serde(default, rename = "tlsVerify", skip_serializing_if = "Option::is_none")]
     pub tls_verify: Option<bool>,
+    /// For [`TRANSPORT_REGISTRY`]: `true` skips looking for an oci-delta
+    /// of the image; no referrers request is sent.
+    #[serde(default, rename = "noDelta", skip_serializing_if = "Option::is_none")]
+    pub no_delta: Option<bool>,
 }
 
 /// How far the import of one layer has come.
@@ -87,6 +91,22 @@ pub struct PullResult {
     /// The oci-delta the image was rebuilt from, when the source was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<AppliedDelta>,
+    /// For a registry image pulled by its own reference: whether an
+    /// oci-delta found for it was used, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_discovery: Option<DeltaDiscovery>,
+}
+
+/// Whether a registry pull found an oci-delta for its image and used it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaDiscovery {
+    /// The image was rebuilt from the delta.
+    pub used: bool,
+    /// The delta's manifest digest, when one was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Why it was used, or why the image was pulled in full.
+    pub reason: String,
 }
 
 /// An oci-delta that a pull applied.

@@ -15,10 +15,10 @@ use cfsd_repo::{
 use cfsd_varlink::{
     idl::OCI_INTERFACE,
     oci::{
-        AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaLayer, DeltaMethod,
-        EmptyReply, Image, ImageParams, InspectReply, LayerProgress, ListImagesReply, MountParams,
-        OciError, PullParams, PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE,
-        TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY, TagParams, UntagParams,
+        AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
+        DeltaLayer, DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
+        ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply,
+        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY, TagParams, UntagParams,
     },
 };
 use rustix::fs::{AtFlags, FileType, OFlags, StatxFlags};
@@ -351,6 +351,7 @@ fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
         tag: params.tag,
         platform,
         jobs: jobs.min(cores),
+        no_delta: params.no_delta.unwrap_or(false),
     })
 }
 
@@ -538,6 +539,11 @@ fn wire_report(r: PullReport, shared_import: bool) -> PullResult {
             manifest_digest: d.manifest_digest,
             source_config: d.source_config,
             source_manifest: d.source_manifest,
+        }),
+        delta_discovery: r.discovery.map(|d| DeltaDiscovery {
+            used: d.used,
+            manifest: d.manifest,
+            reason: d.reason,
         }),
     }
 }

@@ -89,12 +89,7 @@ impl<H: FsVerityHashValue> LayerSource<H> for DeltaLayers<H> {
         if !tar_diffs && absent.is_empty() {
             return Ok(());
         }
-        // composefs-oci names an image's config stream `oci-config-<digest>`.
-        let config = format!("oci-config-{}", self.source_config);
-        let present = repo
-            .has_stream(&config)
-            .map_err(|e| Error::storage("looking up the delta's source image", e))?;
-        if present.is_none() {
+        if !source_present(repo, &self.source_config)? {
             return Err(Error::DeltaSourceMissing {
                 config: self.source_config.to_string(),
                 image: self.source_manifest.as_ref().map(Digest::to_string),
@@ -133,6 +128,19 @@ impl<H: FsVerityHashValue> LayerSource<H> for DeltaLayers<H> {
             Method::Layer(compression) => layer::decompress(compression, layer, blob, bytes, out),
         }
     }
+}
+
+/// Whether the image whose config is `config`, which a delta applies
+/// to, is in the repository.
+pub(crate) fn source_present<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    config: &Digest,
+) -> Result<bool, Error> {
+    // composefs-oci names an image's config stream `oci-config-<digest>`.
+    let present = repo
+        .has_stream(&format!("oci-config-{config}"))
+        .map_err(|e| Error::storage("looking up the delta's source image", e))?;
+    Ok(present.is_some())
 }
 
 impl<H: FsVerityHashValue> DeltaLayers<H> {

@@ -112,6 +112,43 @@ impl Delta {
     }
 }
 
+/// What a delta artifact manifest says of itself, read from it alone:
+/// enough to decide whether it can be used before anything more of it is
+/// fetched.
+#[derive(Debug)]
+pub(crate) struct Header {
+    /// The config digest of the image it applies to.
+    pub source_config: Digest,
+    /// The digest of the target manifest it embeds.
+    pub target: Digest,
+    /// The bytes of all the blobs it lists.
+    pub blob_bytes: u64,
+}
+
+impl Header {
+    /// Read the header of the delta artifact manifest `raw`, named by
+    /// `digest`.
+    pub(crate) fn read(digest: &Digest, raw: &[u8]) -> Result<Self, Error> {
+        let what = format!("delta manifest {digest}");
+        let manifest: ManifestDoc = parse(raw, &what)?;
+        if manifest.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
+            return Err(invalid(format!(
+                "{what} is not of artifactType {ARTIFACT_TYPE}"
+            )));
+        }
+        let source = manifest
+            .annotations
+            .get(SOURCE_CONFIG)
+            .ok_or_else(|| invalid(format!("{what} has no {SOURCE_CONFIG} annotation")))?;
+        let embedded = Embedded::find(manifest.layers())?;
+        Ok(Header {
+            source_config: Digest::parse(source, SOURCE_CONFIG)?,
+            target: Digest::parse(&embedded.manifest.digest, "the embedded image manifest")?,
+            blob_bytes: manifest.layers().iter().map(|l| l.size).sum(),
+        })
+    }
+}
+
 /// The delta layers that embed the target manifest and config.
 struct Embedded<'m> {
     manifest: &'m Descriptor,
@@ -280,6 +317,37 @@ mod tests {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    #[test]
+    fn a_header_names_source_target_and_blob_bytes_of_a_delta_only() {
+        let manifest = |artifact_type: &str| {
+            let layer = |n: u32, media_type: &str, size: u32, content: &str| {
+                serde_json::json!({"mediaType": media_type, "digest": digest(n), "size": size,
+                    "annotations": {CONTENT: content, TO: digest(4)}})
+            };
+            serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": artifact_type,
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                           "digest": digest(9), "size": 2},
+                "layers": [
+                    layer(1, OCI_MANIFEST, 100, "image-manifest"),
+                    layer(2, "application/vnd.oci.image.config.v1+json", 50, "image-config"),
+                    layer(3, TAR_DIFF, 1000, "image-layer"),
+                ],
+                "annotations": {SOURCE_CONFIG: digest(5)},
+            }))
+            .unwrap()
+        };
+        let named = Digest::of(b"delta");
+        let header = Header::read(&named, &manifest(ARTIFACT_TYPE)).unwrap();
+        assert_eq!(header.source_config.to_string(), digest(5));
+        assert_eq!(header.target.to_string(), digest(1));
+        assert_eq!(header.blob_bytes, 1150);
+        let other = Header::read(&named, &manifest("application/x.other")).unwrap_err();
+        assert!(matches!(other, Error::InvalidDelta { .. }), "{other}");
     }
 
     #[test]

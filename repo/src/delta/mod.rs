@@ -15,6 +15,7 @@
 mod apply;
 mod artifact;
 pub(crate) mod create;
+pub(crate) mod discover;
 mod source;
 pub(crate) mod tardiff;
 

@@ -229,6 +229,19 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
     })
 }
 
+/// `layers` for another attempt of the same pull: its own count of the
+/// pull's size, the pull's GC hold shared.
+pub(crate) fn afresh(layers: &[LayerPlan]) -> Vec<LayerPlan> {
+    let pulled = crate::oci::split::PullTally::default();
+    layers
+        .iter()
+        .map(|plan| LayerPlan {
+            pulled: pulled.clone(),
+            ..plan.clone()
+        })
+        .collect()
+}
+
 /// Pair each layer blob with the diff_id the config gives it.
 fn plan_layers(layers: &[Descriptor], rootfs: &RootFs) -> Result<Vec<LayerPlan>, Error> {
     if rootfs.kind != "layers" {

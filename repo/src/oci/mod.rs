@@ -31,6 +31,6 @@ pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
 pub use pipeline::{LayerProgress, Stage};
 pub use platform::Platform;
-pub use pull::{AppliedDelta, PreparedPull, PullOptions, PullReport};
+pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullReport};
 pub use source::Source;
 pub use split::LayerLimits;

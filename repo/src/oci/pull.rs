@@ -19,7 +19,15 @@ use super::{
     source::{Layout, Source},
     split::Tally,
 };
-use crate::{Error, Repository, coordination::Hold, delta::DeltaLayers, repository::with_store};
+use crate::{
+    Error, Repository,
+    coordination::Hold,
+    delta::{
+        Delta, DeltaLayers,
+        discover::{discover, fall_back_after},
+    },
+    repository::with_store,
+};
 
 /// How to pull.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +41,9 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// How many layers to import at once; the number of cores when 0.
     pub jobs: usize,
+    /// For a registry image: do not look for an oci-delta to pull it by
+    /// (no referrers request is sent).
+    pub no_delta: bool,
 }
 
 /// What a pull did.
@@ -60,6 +71,21 @@ pub struct PullReport {
     pub already_present: bool,
     /// The oci-delta the image was rebuilt from, if it was.
     pub delta: Option<AppliedDelta>,
+    /// For a registry image pulled by its own reference: whether an
+    /// oci-delta found for it was used, and why.
+    pub discovery: Option<DeltaDiscovery>,
+}
+
+/// Whether a registry pull found and used an oci-delta, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaDiscovery {
+    /// The image was rebuilt from a delta.
+    pub used: bool,
+    /// The delta's manifest digest, when one was chosen (used, or tried
+    /// and failed).
+    pub manifest: Option<String>,
+    /// Why it was used, or why the image was pulled in full.
+    pub reason: String,
 }
 
 /// An oci-delta that a pull applied.
@@ -81,6 +107,10 @@ pub struct PreparedPull {
     resolved: Arc<Resolved>,
     tag: String,
     jobs: usize,
+    /// For a registry image: look for a delta (false: `no_delta` asked).
+    discover: Option<bool>,
+    /// Dropped with the pull, it stops the registry's blob readers.
+    stop: Option<crate::registry::Stop>,
 }
 
 impl PreparedPull {
@@ -128,20 +158,29 @@ impl Repository {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        // A registry image asked for by its own reference may come by a
+        // delta; one asked for by a delta's reference already does.
+        let discover =
+            (layout.remote().is_some() && resolved.delta.is_none()).then_some(!options.no_delta);
         Ok(PreparedPull {
+            stop: layout.take_stop(),
             layout: Arc::new(layout),
             resolved: Arc::new(resolved),
             tag,
             jobs,
+            discover,
         })
     }
 
     /// Import and tag the image of `prepared`.
     pub async fn pull_prepared(
         &self,
-        prepared: PreparedPull,
+        mut prepared: PreparedPull,
         progress: impl Fn(LayerProgress) + Send + Sync + 'static,
     ) -> Result<PullReport, Error> {
+        // Held by this future: a pull dropped on hang-up stops its
+        // registry readers at once, wherever their threads are.
+        let _stop = prepared.stop.take();
         // A pull of an image another pull is importing waits for it, then
         // finds the image present and only tags it. Its turn comes before
         // its hold, so that waiting does not hold off GC.
@@ -157,6 +196,7 @@ impl Repository {
             resolved: prepared.resolved,
             tag: prepared.tag,
             jobs: prepared.jobs,
+            discover: prepared.discover,
             progress: Arc::new(progress),
             hold,
         };
@@ -170,6 +210,7 @@ struct Pull {
     resolved: Arc<Resolved>,
     tag: String,
     jobs: usize,
+    discover: Option<bool>,
     progress: Progress,
     /// Keeps GC off; the blocking work that names the image keeps a
     /// share, since it runs on if this pull is dropped.
@@ -183,18 +224,7 @@ impl Pull {
         if let Some(report) = blocking(move || looking.already_present(&store)).await? {
             return Ok(report);
         }
-        let layers = &job.resolved.layers;
-        let brought = match &job.resolved.delta {
-            // oci-delta hook: the layers come from the delta (crate::delta).
-            Some(delta) => {
-                let source = Arc::new(DeltaLayers::new(job.layout.clone(), delta));
-                pipeline::bring_in(&repo, source, layers, job.jobs, &job.progress).await?
-            }
-            None => {
-                let source = job.layout.clone();
-                pipeline::bring_in(&repo, source, layers, job.jobs, &job.progress).await?
-            }
-        };
+        let (brought, route) = job.bring_layers(&repo).await?;
         let Layers {
             refs,
             stats,
@@ -220,7 +250,94 @@ impl Pull {
             layers_present: present,
             objects: stats,
         };
-        Ok(job.report(image_id, totals, false))
+        Ok(job.report(image_id, totals, false, route))
+    }
+
+    /// Bring in the layers: from the delta the source is, from a delta
+    /// found for the image, or from the image's own blobs; a found delta
+    /// that fails is followed by the image's own blobs.
+    async fn bring_layers<H: FsVerityHashValue>(
+        self: &Arc<Self>,
+        repo: &Arc<Store<H>>,
+    ) -> Result<(Layers<H>, Route), Error> {
+        let layers = &self.resolved.layers;
+        // oci-delta hook: the layers come from the delta (crate::delta).
+        if let Some(delta) = &self.resolved.delta {
+            let source = Arc::new(DeltaLayers::new(self.layout.clone(), delta));
+            let brought =
+                pipeline::bring_in(repo, source, layers, self.jobs, &self.progress).await?;
+            return Ok((brought, Route::applied(delta, None)));
+        }
+        let discovery = match self.discover {
+            None => None,
+            Some(false) => Some(DeltaDiscovery {
+                used: false,
+                manifest: None,
+                reason: "looking for a delta was turned off (noDelta)".to_owned(),
+            }),
+            Some(true) => match self.try_found_delta(repo).await? {
+                Ok(done) => return Ok(done),
+                Err(discovery) => Some(discovery),
+            },
+        };
+        let source = self.layout.clone();
+        let brought = pipeline::bring_in(repo, source, layers, self.jobs, &self.progress).await?;
+        Ok((
+            brought,
+            Route {
+                applied: None,
+                discovery,
+            },
+        ))
+    }
+
+    /// Look for a delta of this registry image and apply it. `Ok(Err)`
+    /// says why the image is to be pulled in full: no usable delta, or
+    /// one that failed for a fault of its own, having named nothing that
+    /// is not verified.
+    async fn try_found_delta<H: FsVerityHashValue>(
+        self: &Arc<Self>,
+        repo: &Arc<Store<H>>,
+    ) -> Result<Result<(Layers<H>, Route), DeltaDiscovery>, Error> {
+        let (looking, store) = (self.clone(), repo.clone());
+        let found = blocking(move || {
+            let target = &looking.resolved.manifest_digest;
+            Ok(discover(&looking.layout, &store, target))
+        })
+        .await?;
+        let Some(delta) = found.delta else {
+            return Ok(Err(DeltaDiscovery {
+                used: false,
+                manifest: None,
+                reason: found.reason,
+            }));
+        };
+        let manifest = delta.manifest.to_string();
+        // A fresh count of the pull's size, so that a failed attempt
+        // does not count against the full pull.
+        let layers = manifest::afresh(&self.resolved.layers);
+        let source = Arc::new(DeltaLayers::new(self.layout.clone(), &delta));
+        match pipeline::bring_in(repo, source, &layers, self.jobs, &self.progress).await {
+            Ok(brought) => {
+                let discovery = DeltaDiscovery {
+                    used: true,
+                    manifest: Some(manifest),
+                    reason: found.reason,
+                };
+                Ok(Ok((brought, Route::applied(&delta, Some(discovery)))))
+            }
+            Err(e) if fall_back_after(&e) => {
+                tracing::warn!("delta {manifest} failed, pulling in full: {e}");
+                Ok(Err(DeltaDiscovery {
+                    used: false,
+                    reason: format!(
+                        "delta {manifest} failed, so the image was pulled in full: {e}"
+                    ),
+                    manifest: Some(manifest),
+                }))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// If the repository already holds this image, complete with its EROFS
@@ -251,7 +368,11 @@ impl Pull {
             layers_present: self.resolved.layers.len() as u64,
             ..Totals::<H>::default()
         };
-        Ok(Some(self.report(id.to_hex(), totals, true)))
+        let route = Route {
+            applied: self.resolved.delta.as_ref().map(applied),
+            discovery: None,
+        };
+        Ok(Some(self.report(id.to_hex(), totals, true, route)))
     }
 
     fn report<H: FsVerityHashValue>(
@@ -259,6 +380,7 @@ impl Pull {
         image_id: String,
         totals: Totals<H>,
         already_present: bool,
+        route: Route,
     ) -> PullReport {
         PullReport {
             manifest_digest: self.resolved.manifest_digest.to_string(),
@@ -271,12 +393,34 @@ impl Pull {
             objects_present: totals.objects.objects_present(),
             bytes_new: totals.objects.bytes_new(),
             already_present,
-            delta: self.resolved.delta.as_ref().map(|d| AppliedDelta {
-                manifest_digest: d.manifest.to_string(),
-                source_config: d.source_config.to_string(),
-                source_manifest: d.source_manifest.as_ref().map(ToString::to_string),
-            }),
+            delta: route.applied,
+            discovery: route.discovery,
         }
+    }
+}
+
+/// Which way a pull's layers came.
+#[derive(Debug)]
+struct Route {
+    applied: Option<AppliedDelta>,
+    discovery: Option<DeltaDiscovery>,
+}
+
+impl Route {
+    fn applied(delta: &Delta, discovery: Option<DeltaDiscovery>) -> Self {
+        Route {
+            applied: Some(applied(delta)),
+            discovery,
+        }
+    }
+}
+
+/// What a report says of the delta `d`.
+fn applied(d: &Delta) -> AppliedDelta {
+    AppliedDelta {
+        manifest_digest: d.manifest.to_string(),
+        source_config: d.source_config.to_string(),
+        source_manifest: d.source_manifest.as_ref().map(ToString::to_string),
     }
 }
 

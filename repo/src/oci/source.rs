@@ -72,6 +72,23 @@ impl Layout {
         Ok(layout)
     }
 
+    /// The registry this layout reads, when it is one.
+    pub(crate) fn remote(&self) -> Option<&Arc<crate::registry::remote::Remote>> {
+        match self {
+            Layout::Registry(connected) => Some(&connected.remote),
+            _ => None,
+        }
+    }
+
+    /// For a registry, what stops its blob readers once dropped; the pull
+    /// holds it, so that they stop when the pull does.
+    pub(crate) fn take_stop(&self) -> Option<crate::registry::Stop> {
+        match self {
+            Layout::Registry(connected) => connected.take_stop(),
+            _ => None,
+        }
+    }
+
     /// `oci-layout` must exist and name a version this reader knows.
     fn check_marker(&self) -> Result<(), Error> {
         let missing = || Error::InvalidSource {
@@ -156,10 +173,7 @@ impl Layout {
             Layout::Archive(archive) => Ok(archive.open(path)),
             Layout::Directory(dir) => open_beneath(dir, path),
             Layout::Registry(_) => Err(Error::InvalidSource {
-                reason: format!(
-                    "{path} is read from a layout; oci-delta artifacts from a registry \
-                     are not supported yet"
-                ),
+                reason: format!("{path} is a file of a layout; a registry has no files"),
             }),
         }
     }

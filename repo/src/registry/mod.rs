@@ -10,6 +10,7 @@ mod auth;
 pub(crate) mod blob;
 mod delta_push;
 mod push;
+mod referrers;
 pub(crate) mod remote;
 mod settings;
 
@@ -195,16 +196,25 @@ pub(crate) fn registry_failure(e: std::io::Error) -> Result<Error, std::io::Erro
     Err(e)
 }
 
-/// A registry source as the pipeline holds it. When every holder lets go
-/// of it, blob readers still waiting on the network stop at once, closing
-/// their connections. The pipeline's layer producers hold the source
-/// themselves, so a pull dropped on hang-up does not yet reach a reader
-/// that waits on a silent connection: that one stops at the read timeout.
+/// A registry source as the pipeline holds it. The pipeline's layer
+/// producers and a delta's layers share it, and blocking threads may
+/// hold it after the pull is gone; so what stops its blob readers is not
+/// its drop but the [`Stop`] the pull takes from it (see
+/// [`Connected::take_stop`]), which goes with the pull's future.
 #[derive(Debug)]
 pub(crate) struct Connected {
     /// The connected image.
     pub(crate) remote: std::sync::Arc<remote::Remote>,
-    _stop: tokio::sync::watch::Sender<()>,
+    /// Until the pull takes it: dropped with the source then.
+    stop: std::sync::Mutex<Option<Stop>>,
+}
+
+/// Dropping it stops every blob reader of its source at once: those
+/// waiting on the network return a cancellation, and their connections
+/// close.
+#[derive(Debug)]
+pub(crate) struct Stop {
+    _sender: tokio::sync::watch::Sender<()>,
 }
 
 impl Connected {
@@ -213,8 +223,13 @@ impl Connected {
         let (remote, stop) = remote::Remote::connect(registry)?;
         Ok(Connected {
             remote: std::sync::Arc::new(remote),
-            _stop: stop,
+            stop: std::sync::Mutex::new(Some(Stop { _sender: stop })),
         })
+    }
+
+    /// The pull's means to stop this source's readers, once.
+    pub(crate) fn take_stop(&self) -> Option<Stop> {
+        self.stop.lock().map_or(None, |mut stop| stop.take())
     }
 
     /// A reader of the layer blob `digest`, for the pipeline.

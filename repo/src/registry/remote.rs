@@ -144,9 +144,11 @@ impl Remote {
     /// Fetch the manifest `image` names and its digest, computed here.
     fn manifest(&self, image: &Reference, auth: &RegistryAuth) -> Result<(Digest, Vec<u8>), Error> {
         let what = format!("the manifest of {}", image.whole());
-        let (bytes, _) = self.handle.block_on(self.retrying(&what, || {
+        // A document fetched for a pull that is dropped meanwhile (a
+        // delta's manifest, during discovery) stops as a blob does.
+        let (bytes, _) = self.until_stopped(self.retrying(&what, || {
             self.client.pull_manifest_raw(image, auth, MANIFEST_TYPES)
-        }))?;
+        }))??;
         Ok((Digest::of(&bytes), bytes.to_vec()))
     }
 
