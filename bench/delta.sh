@@ -11,21 +11,17 @@
 #
 #   bench/delta.sh [OUT]   (default bench/out; images built if absent)
 #
-# Env: CFSCTL (default target/release/cfsctl), UPSTREAM, COMPARE=0 to skip
+# Env: CFSCTL and UPSTREAM (see bench/scratch.sh), COMPARE=0 to skip
 # zstd, xdelta3 and bsdiff, BSDIFF=0 to skip only bsdiff (minutes on 2
 # cores). Repositories go on a fresh ext4 loop filesystem (bench/scratch.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/out}
-cfsctl=${CFSCTL:-target/release/cfsctl}
-upstream=${UPSTREAM:-/opt/upstream-cfsctl/bin/cfsctl}
 . bench/scratch.sh
 scratch_fs cfsd-delta 8G
 
-[ -d "$out/v1/oci" ] || bench/build-image.sh "$out/v1"
-[ -d "$out/v2/oci" ] || bench/build-image.sh "$out/v2" vim-tiny,less,iproute2,procps \
-    "bookworm bookworm-updates bookworm-security"
-[ -x "$cfsctl" ] || cargo build --release --bins
+bench_images "$out"
+bench_tools
 
 # Peak extra disk: the most the filesystem's use rose above its use once
 # the command finished, sampled every 20 ms.

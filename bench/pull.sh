@@ -14,15 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image=${1:-bench/out/v1}
-cfsctl=${CFSCTL:-target/release/cfsctl}
-upstream=${UPSTREAM:-$(command -v cfsctl-upstream || echo /opt/upstream-cfsctl/bin/cfsctl)}
 runs=${RUNS:-5}
 . bench/scratch.sh
 scratch_fs cfsd-bench 4G
 
 [ -d "$image/oci" ] || bench/build-image.sh "$image"
-[ -x "$cfsctl" ] || cargo build --release --bins
-[ -x "$upstream" ] || { echo "upstream cfsctl not found at $upstream" >&2; exit 1; }
+bench_tools
 
 # One measurement: wall s, user+sys s, peak RSS KiB, repository bytes.
 measure() {

@@ -26,3 +26,23 @@ scratch_fs() {
     mount -o loop "$scratch_image" "$scratch"
     trap 'umount "$scratch"; rmdir "$scratch"; rm -f "$scratch_image"' EXIT
 }
+
+# bench_tools      sets $cfsctl (CFSCTL, default target/release/cfsctl,
+#                  built if absent) and $upstream (UPSTREAM, default
+#                  upstream cfsctl 0.9.4 as `cargo install --locked
+#                  composefs-ctl --version 0.9.4 --root /opt/upstream-cfsctl`
+#                  puts it), which must exist.
+bench_tools() {
+    cfsctl=${CFSCTL:-target/release/cfsctl}
+    upstream=${UPSTREAM:-$(command -v cfsctl-upstream || echo /opt/upstream-cfsctl/bin/cfsctl)}
+    [ -x "$cfsctl" ] || cargo build --release --bins
+    [ -x "$upstream" ] || { echo "upstream cfsctl not found at $upstream" >&2; exit 1; }
+}
+
+# bench_images OUT builds the Debian v1 and v2 images into OUT/v1 and
+#                  OUT/v2 unless they are there (bench/build-image.sh).
+bench_images() {
+    [ -d "$1/v1/oci" ] || bench/build-image.sh "$1/v1"
+    [ -d "$1/v2/oci" ] || bench/build-image.sh "$1/v2" vim-tiny,less,iproute2,procps \
+        "bookworm bookworm-updates bookworm-security"
+}
