@@ -21,6 +21,21 @@ pub const USER: &str = "alice";
 /// [`USER`]'s password.
 pub const PASSWORD: &str = "wonderland";
 
+/// Return from the test, through [`crate::skip`] (a failure unless
+/// skipping is allowed), when [`available`] says the registry tools are
+/// missing.
+#[macro_export]
+macro_rules! need_registry {
+    () => {
+        if !$crate::registry::available() {
+            $crate::skip(
+                "docker-registry, htpasswd, skopeo or openssl is missing (scripts/setup-deps)",
+            );
+            return;
+        }
+    };
+}
+
 /// Whether the tools the registry tests need are installed; they are
 /// skipped, saying so, where they are not (scripts/setup-deps installs
 /// them).

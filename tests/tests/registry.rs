@@ -12,7 +12,7 @@ use cfsd_tests::{
     ocictl::{published, pull, pull_fails, typed_refusal_with},
     peer, registry,
     registry::{Cut, Proxy, Registry},
-    skip, stderr,
+    stderr,
 };
 use cfsd_varlink::oci::{OciError, PullParams};
 use serde_json::json;
@@ -128,18 +128,9 @@ fn blob_gets(proxy: &Proxy, layer: &str) -> Vec<String> {
         .collect()
 }
 
-macro_rules! need_registry {
-    () => {
-        if !registry::available() {
-            skip("docker-registry, htpasswd, skopeo or openssl is missing (scripts/setup-deps)");
-            return;
-        }
-    };
-}
-
 #[test]
 fn registry_gzip_zstd_and_zstd_chunked_pulls_give_the_oci_image() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let auth = auth_args(&registry);
     let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
@@ -188,7 +179,7 @@ fn registry_gzip_zstd_and_zstd_chunked_pulls_give_the_oci_image() {
 
 #[test]
 fn registry_multi_platform_index_is_chosen_by_platform() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let daemon = daemon_for(&registry, &[]);
     let images = [
@@ -219,7 +210,7 @@ fn registry_multi_platform_index_is_chosen_by_platform() {
 
 #[test]
 fn registry_wrong_or_missing_credentials_are_an_auth_error() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, _fixture, _) = pushed(
         Registry::start_https(),
         &small_image(Compression::Gzip, "secret\n"),
@@ -251,7 +242,7 @@ fn registry_wrong_or_missing_credentials_are_an_auth_error() {
 
 #[test]
 fn registry_untrusted_certificate_is_a_tls_error_unless_verification_is_off() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let fixture = written(&small_image(Compression::Gzip, "tls\n"));
     registry.push(&fixture.oci(None), "app:v1", &[]);
@@ -310,7 +301,7 @@ fn tamper_keeping_gzip_valid(path: &std::path::Path) {
 
 #[test]
 fn registry_blob_served_with_the_wrong_digest_publishes_nothing() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, _fixture, _) =
         pushed(Registry::start_https(), &big_image(Compression::Gzip));
     let layer = registry.blob_files("app").remove(0);
@@ -326,7 +317,7 @@ fn registry_blob_served_with_the_wrong_digest_publishes_nothing() {
 
 #[test]
 fn registry_connection_cut_mid_blob_resumes_with_a_range_request() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, layer, image_id) = over_http();
     let cut = Cut::Times {
         count: 2,
@@ -349,7 +340,7 @@ fn registry_connection_cut_mid_blob_resumes_with_a_range_request() {
 
 #[test]
 fn registry_that_vanishes_mid_pull_is_unreachable_and_nothing_is_published() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, fixture, layer) =
         pushed(Registry::start_http(), &big_image(Compression::Gzip));
     let proxy = Proxy::start(registry.port(), &layer, Cut::Vanish { after: 60_000 });
@@ -365,7 +356,7 @@ fn registry_that_vanishes_mid_pull_is_unreachable_and_nothing_is_published() {
 
 #[test]
 fn registry_policy_reject_and_signature_requirements_are_refused_before_any_request() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let fixture = written(&small_image(Compression::Gzip, "policy\n"));
     registry.push(&fixture.oci(None), "signed/app:v1", &[]);
@@ -421,7 +412,7 @@ fn registry_policy_reject_and_signature_requirements_are_refused_before_any_requ
 
 #[test]
 fn registry_unprivileged_peer_is_refused_before_any_connection() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let fixture = written(&small_image(Compression::Gzip, "nobody\n"));
     registry.push(&fixture.oci(None), "app:v1", &[]);
@@ -449,7 +440,7 @@ fn registry_unprivileged_peer_is_refused_before_any_connection() {
 
 #[test]
 fn registry_two_clients_pulling_one_reference_import_it_once() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, _fixture, _) =
         pushed(Registry::start_https(), &big_image(Compression::Gzip));
     let auth = registry.auth_file(registry::USER, registry::PASSWORD);
@@ -484,7 +475,7 @@ fn registry_two_clients_pulling_one_reference_import_it_once() {
 
 #[test]
 fn registry_5xx_and_429_answers_are_retried_a_bounded_number_of_times() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, layer, image_id) = over_http();
     // Two 503s, then the blob: the pull succeeds on the third try.
     let flaky = Cut::Status {

@@ -18,15 +18,6 @@ use cfsd_tests::{
 };
 use cfsd_varlink::oci::{OciError, PullParams};
 
-macro_rules! need_registry {
-    () => {
-        if !registry::available() {
-            skip("docker-registry, htpasswd, skopeo or openssl is missing (scripts/setup-deps)");
-            return;
-        }
-    };
-}
-
 fn base_layer() -> Layer {
     Layer::new(
         Compression::Gzip,
@@ -277,7 +268,7 @@ fn assert_fsck_clean(daemon: &Daemon) {
 
 #[test]
 fn registry_delta_by_reference_equals_the_full_pull_without_v2_layers() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     let (full_daemon, full) = fixture.full_v2();
     let daemon = fixture.daemon_with_v1();
@@ -307,7 +298,7 @@ fn registry_delta_by_reference_equals_the_full_pull_without_v2_layers() {
 
 #[test]
 fn registry_delta_whose_source_is_missing_is_refused_before_any_layer_blob() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     let daemon = fixture.daemon(&[]);
     let before = published(&daemon.repo());
@@ -342,7 +333,7 @@ fn registry_delta_whose_source_is_missing_is_refused_before_any_layer_blob() {
 
 #[test]
 fn registry_discovery_through_the_tag_schema_fetches_the_delta_not_the_layers() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     fixture.list_for_v2(&[&fixture.delta]);
     let Discovered {
@@ -374,7 +365,7 @@ fn registry_discovery_through_the_tag_schema_fetches_the_delta_not_the_layers() 
 
 #[test]
 fn registry_discovered_delta_of_another_target_is_ignored_with_a_reason() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     // A delta from v1 to an image that is not v2, listed under v2's tag.
     let mut other = v2_image().label("v", "3");
@@ -400,7 +391,7 @@ fn registry_discovered_delta_of_another_target_is_ignored_with_a_reason() {
 
 #[test]
 fn registry_discovery_takes_the_usable_delta_with_the_fewest_blob_bytes() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     // The same rebuild with both layers whole: usable, but larger.
     let parts = vec![
@@ -426,7 +417,7 @@ fn registry_discovery_takes_the_usable_delta_with_the_fewest_blob_bytes() {
 
 #[test]
 fn registry_discovered_delta_whose_source_is_missing_gives_a_full_pull() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     fixture.list_for_v2(&[&fixture.delta]);
     let daemon = fixture.daemon(&[]);
@@ -449,7 +440,7 @@ fn registry_discovered_delta_whose_source_is_missing_gives_a_full_pull() {
 
 #[test]
 fn registry_discovered_delta_with_a_corrupt_blob_falls_back_to_a_full_pull() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     fixture.list_for_v2(&[&fixture.delta]);
     // The registry serves the tar-diff with one byte changed.
@@ -488,7 +479,7 @@ fn registry_discovered_delta_with_a_corrupt_blob_falls_back_to_a_full_pull() {
 
 #[test]
 fn registry_no_delta_sends_no_discovery_request() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     fixture.list_for_v2(&[&fixture.delta]);
     let daemon = fixture.daemon_with_v1();
@@ -533,7 +524,7 @@ fn registry_no_delta_sends_no_discovery_request() {
 
 #[test]
 fn registry_delta_pull_by_an_unprivileged_peer_reaches_no_registry() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     fixture.list_for_v2(&[&fixture.delta]);
     let daemon = fixture.daemon(&["--socket-group", "65534"]);
@@ -568,7 +559,7 @@ fn until(done: &dyn Fn() -> bool, what: &str) {
 
 #[test]
 fn registry_delta_pull_whose_client_hangs_up_closes_its_connections_at_once() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_http());
     let daemon = fixture.daemon_with_v1();
     let before = published(&daemon.repo());
@@ -649,7 +640,7 @@ fn created_files(trace: &str) -> Vec<String> {
 /// rebuilt layer tar anywhere.
 #[test]
 fn registry_delta_pull_writes_nothing_but_the_repository_objects() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     if std::process::Command::new("strace")
         .arg("-V")
         .output()
@@ -706,7 +697,7 @@ fn registry_delta_pull_writes_nothing_but_the_repository_objects() {
 
 #[test]
 fn registry_delta_pushed_by_cfsctl_is_found_and_applied() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let fixture = Fixture::new(Registry::start_https());
     // A publisher holding v1 and v2 makes the delta and pushes it, with
     // the referrers index, as `oci delta create … docker://` does.

@@ -12,22 +12,13 @@ use cfsd_tests::{
     ocictl::{fails, json, pull},
     peer, registry,
     registry::{Cut, Proxy, Registry},
-    skip, stderr,
+    stderr,
 };
 use cfsd_varlink::{
     CallError,
     oci::{OciError, PushCompression, PushParams},
 };
 use serde_json::Value;
-
-macro_rules! need_registry {
-    () => {
-        if !registry::available() {
-            skip("docker-registry, htpasswd, skopeo or openssl is missing (scripts/setup-deps)");
-            return;
-        }
-    };
-}
 
 /// A two-layer image, its second layer big enough that an upload takes
 /// more than one write.
@@ -190,7 +181,7 @@ fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
 
 #[test]
 fn registry_push_gzip_and_zstd_pull_back_to_the_same_image() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let (daemon, _fixture, built) = holding(&registry, &two_layers(1));
     let original = json(&daemon, &["oci", "inspect", "app:v1"]);
@@ -246,7 +237,7 @@ fn daemon_for_pull(registry: &Registry) -> Daemon {
 
 #[test]
 fn registry_push_again_uploads_no_layer_blob() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let (daemon, _fixture, built) = holding(&registry, &two_layers(2));
     let auth = authfile(&registry);
@@ -315,7 +306,7 @@ fn typed_push_refusal(
 
 #[test]
 fn registry_push_with_wrong_credentials_or_a_missing_image_is_refused_typed() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let (daemon, _fixture, _built) = holding(&registry, &two_layers(3));
     let reference = format!("{}/app:v1", registry.host());
@@ -382,7 +373,7 @@ fn push_as_nobody(daemon: &Daemon, groups: &[u32], dest: &str, args: &[&str]) ->
 
 #[test]
 fn registry_push_by_an_unprivileged_peer_is_refused_before_any_request() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let args = registry.daemon_args();
     let admins = ADMINS.to_string();
@@ -418,7 +409,7 @@ fn registry_push_by_an_unprivileged_peer_is_refused_before_any_request() {
 
 #[test]
 fn registry_push_of_a_layer_stream_that_no_longer_rebuilds_its_diff_id_sends_nothing() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let mut layout = Layout::new();
     let one = layout.add_image(&two_layers(5), Some("v1"));
@@ -461,7 +452,7 @@ fn push_through(watched: &str, cut: Cut) -> (Registry, Daemon, OciError) {
 
 #[test]
 fn registry_that_vanishes_mid_push_is_unreachable_and_nothing_is_tagged() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     // The first layer's upload completes in the registry, whose answer
     // never arrives: from then on nothing is there.
     let (registry, daemon, err) =
@@ -483,7 +474,7 @@ fn registry_that_vanishes_mid_push_is_unreachable_and_nothing_is_tagged() {
 
 #[test]
 fn registry_that_refuses_uploads_is_a_registry_error_and_nothing_is_tagged() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let refuse = Cut::Status {
         count: usize::MAX,
         status: 403,
@@ -511,7 +502,7 @@ fn wait_until(limit: std::time::Duration, what: &str, done: impl Fn() -> bool) {
 
 #[test]
 fn registry_push_whose_client_hangs_up_lets_go_of_the_registry_and_tags_nothing() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_http();
     let (daemon, _fixture, _built) = holding(&registry, &two_layers(8));
     // The first layer's upload is stored, and its answer never comes.

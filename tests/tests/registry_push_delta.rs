@@ -12,20 +12,11 @@ use cfsd_tests::{
     ocictl::{json, pull},
     peer, registry,
     registry::{Cut, Proxy, Registry},
-    skip, stderr,
+    stderr,
 };
 use serde_json::{Value, json};
 
 const ARTIFACT_TYPE: &str = "application/vnd.io.github.containers.oci-delta.v1";
-
-macro_rules! need_registry {
-    () => {
-        if !registry::available() {
-            skip("docker-registry, htpasswd, skopeo or openssl is missing (scripts/setup-deps)");
-            return;
-        }
-    };
-}
 
 /// Release `n` of an app: a base layer all releases share, and an app
 /// layer whose big file changes a little from one release to the next.
@@ -141,7 +132,7 @@ fn archive_member(path: &std::path::Path, name: &str) -> Vec<u8> {
 
 #[test]
 fn registry_delta_push_is_listed_in_the_targets_referrers_index() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, written, built) = releases();
     // The target as pulled, with its original blobs and manifest.
     registry.push(&written[2].oci(None), "app:v2", &[]);
@@ -212,7 +203,7 @@ fn registry_delta_push_is_listed_in_the_targets_referrers_index() {
 
 #[test]
 fn registry_delta_push_says_when_the_registry_lacks_the_target_manifest() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, _written, built) = releases();
     // Pushed by cfsd, the target gets a new manifest: the registry never
     // holds the one the delta names.
@@ -235,7 +226,7 @@ fn registry_delta_push_says_when_the_registry_lacks_the_target_manifest() {
 
 #[test]
 fn registry_delta_push_by_an_unprivileged_peer_is_refused_before_any_request() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let args = registry.daemon_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -256,7 +247,7 @@ fn registry_delta_push_by_an_unprivileged_peer_is_refused_before_any_request() {
 
 #[test]
 fn registry_delta_push_refused_by_the_registry_tags_nothing() {
-    need_registry!();
+    cfsd_tests::need_registry!();
     let (registry, daemon, _written, built) = releases_on(Registry::start_http());
     let refuse = Cut::Status {
         count: usize::MAX,

@@ -46,7 +46,7 @@ use crate::{
     delta::create::image::Side,
     oci::{
         digest::{Digest, HashingWriter},
-        document::{OCI_CONFIG, OCI_MANIFEST},
+        document::{Compression, OCI_CONFIG, OCI_MANIFEST},
         export::{Counting, verified_layer_tar},
     },
     repository::with_store,
@@ -67,9 +67,10 @@ impl PushCompression {
     /// The layer media type of this compression.
     pub(crate) fn media_type(self) -> &'static str {
         match self {
-            PushCompression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            PushCompression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            PushCompression::Gzip => Compression::Gzip,
+            PushCompression::Zstd => Compression::Zstd,
         }
+        .oci_layer()
     }
 }
 
