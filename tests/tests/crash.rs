@@ -446,11 +446,21 @@ const GC_MARKED: &str = "gc: marked, nothing removed yet";
 const GC_HALF_DONE: &str = "gc: half done, finished by the restart";
 const GC_DONE: &str = "gc: done";
 
+/// Where a kill of a pull or a GC can land, in the order they come.
+const PULL_PHASES: [&str; 5] = [
+    PULL_NOTHING,
+    PULL_OBJECTS,
+    PULL_STREAMS,
+    PULL_MANIFEST,
+    PULL_TAGGED,
+];
+const GC_PHASES: [&str; 4] = [GC_NOT_BEGUN, GC_MARKED, GC_HALF_DONE, GC_DONE];
+
 /// The phases every run must have killed in.
 const REQUIRED: [&str; 3] = [PULL_STREAMS, PULL_MANIFEST, GC_HALF_DONE];
 
 /// Extra rounds at most, with other delays, to hit a missed phase.
-const RETRIES: usize = 24;
+const RETRIES: usize = 32;
 
 /// What a killed pull of `tag` left, beyond the streams `before`.
 fn phase(
@@ -562,12 +572,20 @@ fn sigkill_at_any_point_leaves_the_old_state_or_the_new_one() {
             crashes.round(&mut daemon, k, fraction * 1.2);
         }
     }
-    // Where a kill lands is a matter of timing: delays that missed a phase
-    // on this machine are followed by others until each phase was hit.
+    // Where a kill lands is a matter of timing, and on a loaded machine a
+    // narrow phase is easily missed: the delay is narrowed down on the
+    // missed phase, between the latest kill that landed before it and the
+    // earliest that landed after it.
     let mut extra = 0;
-    while !crashes.missed().is_empty() && extra < RETRIES {
-        let fraction = ((extra + 1) as f64 * 0.618_034).fract() * 1.2;
-        crashes.round(&mut daemon, extra % kinds, fraction);
+    loop {
+        let missed = crashes.missed();
+        if missed.is_empty() || extra >= RETRIES {
+            break;
+        }
+        let target = missed[extra % missed.len()];
+        let k = extra % kinds;
+        let fraction = crashes.aim(k, target, extra);
+        crashes.round(&mut daemon, k, fraction);
         extra += 1;
     }
     eprintln!(
@@ -595,6 +613,8 @@ struct Crashes<'f> {
     before_streams: BTreeMap<String, String>,
     kills: usize,
     phases: BTreeMap<&'static str, usize>,
+    /// Every kill: the kind of image, the fraction, and where it landed.
+    history: Vec<(usize, f64, &'static str)>,
 }
 
 impl<'f> Crashes<'f> {
@@ -614,6 +634,7 @@ impl<'f> Crashes<'f> {
             before_streams: published(&daemon.repo()).streams,
             kills: 0,
             phases: BTreeMap::new(),
+            history: Vec::new(),
         };
         assert_eq!(
             crashes.check(daemon, After::Other, "start"),
@@ -631,9 +652,41 @@ impl<'f> Crashes<'f> {
             .collect()
     }
 
-    fn landed(&mut self, phase: &'static str) {
+    fn landed(&mut self, k: usize, fraction: f64, phase: &'static str) {
         self.kills += 1;
         *self.phases.entry(phase).or_default() += 1;
+        self.history.push((k, fraction, phase));
+        eprintln!("{} at {fraction:.4}: {phase}", self.fixtures.kinds[k].tag);
+    }
+
+    /// A fraction of kind `k`'s times that should land in `target`: the
+    /// middle of the narrowest gap kills of that kind left around it. A
+    /// little spread, growing with `attempt`, keeps a gap narrower than
+    /// the timing's noise from being tried at one delay only.
+    fn aim(&self, k: usize, target: &'static str, attempt: usize) -> f64 {
+        let order: &[&str] = if PULL_PHASES.contains(&target) {
+            &PULL_PHASES
+        } else {
+            &GC_PHASES
+        };
+        let rank = |phase: &str| order.iter().position(|p| *p == phase);
+        let goal = rank(target).expect("target is in its order");
+        let mine = || {
+            self.history
+                .iter()
+                .filter(move |(kind, _, _)| *kind == k)
+                .filter_map(|(_, f, p)| rank(p).map(|r| (*f, r)))
+        };
+        let hi = mine()
+            .filter(|(_, r)| *r > goal)
+            .map(|(f, _)| f)
+            .fold(1.2, f64::min);
+        let lo = mine()
+            .filter(|(f, r)| *r < goal && *f < hi)
+            .map(|(f, _)| f)
+            .fold(0.0, f64::max);
+        let spread = (hi - lo) * 0.25 * ((attempt as f64 * 0.618_034).fract() - 0.5);
+        (lo + hi) / 2.0 + spread
     }
 
     fn check(&self, daemon: &Daemon, after: After, context: &str) -> BTreeMap<String, String> {
@@ -686,7 +739,7 @@ impl<'f> Crashes<'f> {
         let orphans = removed(&json(daemon, &["gc", "--dry-run"])) as usize;
         let new_objects = after_kill.difference(&self.before).count();
         let landed = phase(daemon, &self.before_streams, &tags, kind.tag, new_objects);
-        self.landed(landed);
+        self.landed(k, fraction, landed);
         if tags.len() == 2 {
             // Nothing names what the killed import wrote: all of it is
             // garbage, and GC would see all of it.
@@ -776,7 +829,7 @@ impl<'f> Crashes<'f> {
             "{context}: what the killed import left was removed before GC"
         );
         let site = kill_during_call(daemon, &gc_call(), delay);
-        self.landed(gc_phase(&site, &garbage, &self.before));
+        self.landed(k, fraction, gc_phase(&site, &garbage, &self.before));
         assert!(site.objects.is_superset(&self.before), "{context}");
         assert_eq!(self.check(daemon, After::Gc, &context), self.before_tags);
         let left = objects(&daemon.repo());
