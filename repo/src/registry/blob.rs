@@ -3,6 +3,12 @@
 //! before the blob does, is resumed with a Range request from the next
 //! byte not yet received; the caller hashes the whole stream, so the
 //! digest covers every byte across resumes.
+//!
+//! The body is received by a task on the runtime that runs ahead of the
+//! reader by up to [`AHEAD`] pieces: the client reads its socket only when
+//! the body is asked for more, so a reader busy inflating would otherwise
+//! leave the connection idle, and wait for a wake-up of the runtime for
+//! every piece.
 
 use std::{
     io::{self, Read},
@@ -12,6 +18,7 @@ use std::{
 use bytes::{Buf, Bytes};
 use futures_util::{StreamExt, stream::BoxStream};
 use oci_client::client::BlobResponse;
+use tokio::sync::mpsc;
 
 use super::{Failure, remote::Remote};
 use crate::{Error, oci::digest::Digest};
@@ -19,6 +26,11 @@ use crate::{Error, oci::digest::Digest};
 /// How many times in a row a blob may be resumed without receiving a
 /// byte before the pull gives up on the registry.
 const MAX_RESUMES: u32 = 5;
+
+/// How many pieces of a body are received ahead of the reader. A piece
+/// is what the client read from its socket at once, at most its read
+/// buffer (hundreds of KiB), so this bounds what a blob holds in memory.
+const AHEAD: usize = 32;
 
 /// One blob being received.
 pub(crate) struct BlobStream {
@@ -29,7 +41,7 @@ pub(crate) struct BlobStream {
     received: u64,
     /// Bytes still to drop from a body that ignored the Range asked for.
     skip: u64,
-    body: Option<BoxStream<'static, io::Result<Bytes>>>,
+    body: Option<mpsc::Receiver<io::Result<Bytes>>>,
     chunk: Bytes,
     /// Resumes since the last byte arrived.
     resumes: u32,
@@ -68,7 +80,7 @@ impl BlobStream {
             BlobResponse::Full(stream) => (stream, offset),
         };
         self.skip = skip;
-        self.body = Some(stream.stream);
+        self.body = Some(receive_ahead(remote, stream.stream));
         Ok(())
     }
 
@@ -77,7 +89,7 @@ impl BlobStream {
         let Some(body) = self.body.as_mut() else {
             return self.open();
         };
-        let next = self.remote.until_stopped(body.next())?;
+        let next = self.remote.until_stopped(body.recv())?;
         let cut = match next {
             Some(Ok(mut bytes)) => {
                 let dropped = self.skip.min(bytes.len() as u64);
@@ -132,6 +144,30 @@ impl Read for BlobStream {
         self.chunk.advance(n);
         Ok(n)
     }
+}
+
+/// Receive `body` on the runtime into a queue of [`AHEAD`] pieces. The
+/// task ends with the body, at its first error, or when the reader lets
+/// go of the queue.
+fn receive_ahead(
+    remote: &Remote,
+    mut body: BoxStream<'static, io::Result<Bytes>>,
+) -> mpsc::Receiver<io::Result<Bytes>> {
+    let (ahead, queue) = mpsc::channel(AHEAD);
+    remote.handle.spawn(async move {
+        loop {
+            let piece = tokio::select! {
+                piece = body.next() => piece,
+                () = ahead.closed() => return,
+            };
+            let Some(piece) = piece else { return };
+            let failed = piece.is_err();
+            if ahead.send(piece).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    queue
 }
 
 fn too_long(digest: &str, size: u64) -> Error {
