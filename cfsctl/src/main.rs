@@ -13,6 +13,7 @@ mod progress;
 mod push;
 mod render;
 mod repository;
+mod transaction;
 mod writing;
 
 use std::process::ExitCode;
@@ -72,6 +73,18 @@ enum Command {
         /// Only report what would be removed.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Hold garbage collection off while COMMAND runs, then exit as it
+    /// does; with no COMMAND, until interrupted. The hold ends with
+    /// cfsctl, however it ends, and `cfsctl info` shows it meanwhile.
+    Transaction {
+        /// Why, as `cfsctl info` and a waiting `cfsctl gc` show it
+        /// (default: the command line).
+        #[arg(long)]
+        reason: Option<String>,
+        /// The command to run while the hold lasts, and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
     },
     /// Pull, list, name, remove and mount OCI images.
     Oci {
@@ -192,6 +205,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info => repository::info(client, out).await?,
         Command::Fsck { metadata_only } => repository::fsck(client, out, metadata_only).await?,
         Command::Gc { dry_run } => repository::gc(client, out, dry_run).await?,
+        Command::Transaction { reason, command } => {
+            transaction::transaction(client, out, reason, command).await?
+        }
         Command::Oci { command } => oci::run(client, out, command).await?,
         Command::GenerateManuals { dir } => write_manuals(&dir)?,
     };

@@ -113,4 +113,7 @@ fn print_info(info: &RepositoryInfo) {
     println!("Objects:    {}", usage(&info.objects));
     println!("Streams:    {}", usage(&info.streams));
     println!("Images:     {}", usage(&info.images));
+    for holder in &info.gc_holders {
+        println!("GC held by: {holder}");
+    }
 }

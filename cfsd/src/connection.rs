@@ -116,14 +116,14 @@ pub async fn serve(daemon: Arc<Daemon>, mut conn: Conn, peer: Peer) {
         };
         let (oneway, more) = (call.oneway(), call.more());
         if oneway {
-            let outcome = dispatch::handle(&daemon, &peer, call.method(), fds).await;
+            let outcome = dispatch::handle(&daemon, &peer, call.method(), fds, false).await;
             finish_unanswered(outcome).await;
             continue;
         }
         let log = CallLog::start(&peer, &call.method().method);
         // Dropping a call's work cancels it: nobody is left to answer.
         let outcome = tokio::select! {
-            outcome = dispatch::handle(&daemon, &peer, call.method(), fds) => outcome,
+            outcome = dispatch::handle(&daemon, &peer, call.method(), fds, more) => outcome,
             () = hangup.closed() => {
                 tracing::info!(uid = peer.uid, "client hung up during {}, cancelled", call.method().method);
                 break;

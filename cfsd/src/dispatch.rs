@@ -84,8 +84,15 @@ pub fn error_value(error: &impl Serialize) -> Value {
     })
 }
 
-/// Route a call to the interface that owns it.
-pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<OwnedFd>) -> Outcome {
+/// Route a call to the interface that owns it; `more` says whether the
+/// client asked for replies that continue.
+pub async fn handle(
+    daemon: &Daemon,
+    peer: &Peer,
+    call: &Incoming,
+    fds: Vec<OwnedFd>,
+    more: bool,
+) -> Outcome {
     let Some((interface, method)) = call.method.rsplit_once('.') else {
         return Outcome::error(&ServiceError::MethodNotFound {
             method: call.method.clone(),
@@ -95,6 +102,11 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, call: &Incoming, fds: Vec<Owne
         return refused;
     }
     let params = call.parameters.clone();
+    if interface == REPOSITORY_INTERFACE && method == "Hold" {
+        // A hold does no disk work and lasts as long as its connection:
+        // it must not take one of its caller's turns for calls.
+        return methods::hold(daemon, peer, params, more).await;
+    }
     // The standard interface does no disk work and waits for no turn.
     let limited = !peer.unlimited() && interface != SERVICE_INTERFACE;
     let caller = crate::work::Caller::admit(limited.then_some(peer.account), &daemon.work).await;

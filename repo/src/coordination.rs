@@ -79,9 +79,11 @@ impl Default for Coordinator {
     }
 }
 
-/// Keeps garbage collection off until dropped; see [`Coordinator`].
+/// Keeps garbage collection of a repository off until dropped, and is
+/// named by its reason meanwhile: in the repository's description, and in
+/// the [`Error::RepositoryBusy`] of a collection that gave up waiting.
 #[derive(Debug)]
-pub(crate) struct Hold {
+pub struct Hold {
     coordinator: Arc<Coordinator>,
     id: u64,
 }
@@ -173,8 +175,7 @@ impl Coordinator {
         collect()
     }
 
-    /// The holders now, for tests and messages.
-    #[cfg(test)]
+    /// The holders now, by the reasons they gave.
     pub(crate) fn holders(&self) -> Vec<String> {
         self.lock().holders.values().cloned().collect()
     }

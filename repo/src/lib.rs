@@ -30,6 +30,7 @@ mod usage;
 pub mod verity;
 
 pub use algorithm::HashAlgorithm;
+pub use coordination::Hold;
 pub use delta::create::{CreateOptions, DeltaMethod, DeltaReport, LayerDelta};
 pub use error::{DiskFault, Error};
 pub use fsck::{FsckProblem, FsckReport};

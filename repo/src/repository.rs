@@ -55,6 +55,9 @@ pub struct RepositoryInfo {
     pub streams: Usage,
     /// EROFS images.
     pub images: Usage,
+    /// What keeps garbage collection off now, by the reasons given: GC
+    /// holds, imports and mounts not yet attached.
+    pub gc_holders: Vec<String>,
 }
 
 /// An open composefs repository.
@@ -264,6 +267,20 @@ impl Repository {
         self.inner.coordinator.hold_async(what).await
     }
 
+    /// Keep garbage collection off for as long as the returned [`Hold`]
+    /// lives, as an updater does between pulling an image and naming it
+    /// in its boot entries. A collection already running is waited for
+    /// first. `reason` names the hold in [`Repository::info`] and in the
+    /// error of a collection that gave up waiting for it.
+    pub async fn hold_gc(&self, reason: String) -> Result<Hold> {
+        self.hold_async(reason).await
+    }
+
+    /// What keeps garbage collection off now, by the reasons given.
+    pub fn gc_holders(&self) -> Vec<String> {
+        self.inner.coordinator.holders()
+    }
+
     /// The pulls in flight, so that identical ones share an import.
     pub(crate) fn pulls(&self) -> &Pulls {
         &self.inner.pulls
@@ -280,6 +297,7 @@ impl Repository {
             objects: usage::objects(path).map_err(count)?,
             streams: usage::entries(&path.join("streams")).map_err(count)?,
             images: usage::entries(&path.join("images")).map_err(count)?,
+            gc_holders: self.gc_holders(),
         })
     }
 

@@ -13,7 +13,8 @@ use crate::{
         PushParams, PushReply, RemoveReply, TagParams, UntagParams,
     },
     repository::{
-        FsckParams, FsckReply, GcParams, GcReply, InfoReply, InitParams, InitReply, RepositoryError,
+        FsckParams, FsckReply, GcParams, GcReply, HoldParams, HoldReply, InfoReply, InitParams,
+        InitReply, RepositoryError,
     },
     service::{DescriptionParams, DescriptionReply, ServiceError, ServiceInfo},
 };
@@ -185,6 +186,26 @@ impl Client {
     /// `io.cfsd.Repository.Gc`.
     pub async fn gc(&mut self, params: &GcParams) -> CallResult<GcReply, RepositoryError> {
         self.repository("Gc", params).await
+    }
+
+    /// `io.cfsd.Repository.Hold`: garbage collection is held off once
+    /// this returns, until the connection closes. The replies that remain
+    /// end only when the daemon lets go of the hold (it closed the
+    /// connection, or failed): wait on them to learn that.
+    pub async fn hold(
+        &mut self,
+        reason: &str,
+    ) -> CallResult<(HoldReply, Replies<'_>), RepositoryError> {
+        let method = format!("{}.Hold", crate::idl::REPOSITORY_INTERFACE);
+        let params = HoldParams {
+            reason: reason.to_owned(),
+        };
+        let mut replies = self.call_more(&method, &params, vec![]).await?;
+        match replies.next::<HoldReply, RepositoryError>().await {
+            Some(Ok((reply, _))) => Ok((reply, replies)),
+            Some(Err(e)) => Err(e),
+            None => Err(CallError::Transport("Hold sent no reply".to_owned())),
+        }
     }
 
     async fn repository<P, R>(&mut self, method: &str, params: &P) -> CallResult<R, RepositoryError>

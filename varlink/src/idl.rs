@@ -407,6 +407,7 @@ mod tests {
             objects: Usage::default(),
             streams: Usage::default(),
             images: Usage::default(),
+            gc_holders: vec!["h".into()],
         };
         assert_eq!(keys(&info), type_fields(&idl, "RepositoryInfo"));
         assert_eq!(keys(&info.verity), type_fields(&idl, "Verity"));
@@ -444,6 +445,12 @@ mod tests {
         };
         assert_eq!(keys(&gc), method_fields(&idl, "Gc", false));
         assert_eq!(keys(&GcReply::default()), method_fields(&idl, "Gc", true));
+        let hold = HoldParams { reason: "r".into() };
+        assert_eq!(keys(&hold), method_fields(&idl, "Hold", false));
+        assert_eq!(
+            keys(&HoldReply::default()),
+            method_fields(&idl, "Hold", true)
+        );
 
         assert_errors(&idl, &every_repository_error());
     }

@@ -37,6 +37,9 @@ pub struct RepositoryInfo {
     pub streams: Usage,
     /// EROFS images.
     pub images: Usage,
+    /// What keeps garbage collection off now, each by its reason.
+    #[serde(rename = "gcHolders", default)]
+    pub gc_holders: Vec<String>,
 }
 
 /// The reply of `Info`.
@@ -131,6 +134,21 @@ pub struct GcReply {
     pub images_pruned: u64,
     /// Dangling stream references removed.
     pub streams_pruned: u64,
+}
+
+/// The parameters of `Hold`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldParams {
+    /// Why garbage collection must wait, for whoever sees the hold.
+    pub reason: String,
+}
+
+/// The reply of `Hold`, once the hold is in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldReply {
+    /// Everything that keeps garbage collection off now, this hold too.
+    pub holders: Vec<String>,
 }
 
 /// Every error of `io.cfsd.Repository`.
@@ -280,4 +298,4 @@ pub enum RepositoryError {
 }
 
 /// The methods of `io.cfsd.Repository`, by their unqualified names.
-pub const METHODS: &[&str] = &["Info", "Init", "Fsck", "Gc"];
+pub const METHODS: &[&str] = &["Info", "Init", "Fsck", "Gc", "Hold"];

@@ -1,11 +1,14 @@
 //! The methods of each interface cfsd serves.
 
+pub use hold::hold;
+
 use std::sync::Arc;
 
 use cfsd_repo::Repository;
 
 use crate::server::Daemon;
 
+mod hold;
 pub mod oci;
 mod push;
 mod registry;

@@ -77,7 +77,7 @@ fn denied(e: repo::Error, peer: &Peer, method: &str) -> RepositoryError {
 }
 
 /// Refuse a mutating method to an unprivileged peer.
-fn allow(peer: &Peer, method: &str) -> Result<(), RepositoryError> {
+pub(super) fn allow(peer: &Peer, method: &str) -> Result<(), RepositoryError> {
     if peer.privileged {
         return Ok(());
     }
@@ -158,7 +158,7 @@ async fn gc(daemon: &Daemon, peer: &Peer, dry_run: bool) -> Result<GcReply, Repo
     })
 }
 
-async fn open(daemon: &Daemon) -> Result<Arc<Repository>, RepositoryError> {
+pub(super) async fn open(daemon: &Daemon) -> Result<Arc<Repository>, RepositoryError> {
     super::repository(daemon).await.map_err(wire_error)
 }
 
@@ -190,6 +190,7 @@ fn wire_info(info: repo::RepositoryInfo) -> RepositoryInfo {
         objects: usage(info.objects),
         streams: usage(info.streams),
         images: usage(info.images),
+        gc_holders: info.gc_holders,
     }
 }
 
