@@ -21,8 +21,14 @@ pub enum Role {
 /// What a call asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Right {
-    /// Reading the repository: listing, describing, checking, deltas.
+    /// Reading the repository: listing, describing, checking.
     Read,
+    /// Reading what the repository's images hold out of it: deltas,
+    /// whose new files are whole image files. The repository is private
+    /// because its objects are images' files, every image's
+    /// `/etc/shadow` among them (see `repo/src/privacy.rs`); this right
+    /// is the same gate over the socket.
+    ReadContent,
     /// Changing the repository: init, pull, tag, untag, remove, gc.
     Change,
     /// Mounting an image read-only, `nosuid` and `nodev`. A mount reaches
@@ -43,6 +49,7 @@ const RIGHTS: &[(Right, &[Role])] = {
     use Role::*;
     &[
         (Right::Read, &[Root, DaemonUser, Admin, Other]),
+        (Right::ReadContent, &[Root, DaemonUser, Admin]),
         (Right::Change, &[Root, DaemonUser, Admin]),
         (Right::Mount, &[Root, DaemonUser]),
         // Not the daemon's own user: a daemon given mount capabilities

@@ -92,6 +92,11 @@ fn an_unprivileged_peer_may_read_but_not_change() {
         ("io.cfsd.Oci.Remove", json!({"image": "kept"})),
         ("io.cfsd.Oci.Mount", json!({"image": "kept"})),
         ("io.cfsd.Repository.Gc", json!({"dryRun": false})),
+        // It changes nothing, but a delta carries whole image files.
+        (
+            "io.cfsd.Oci.CreateDelta",
+            json!({"source": "kept", "target": "kept"}),
+        ),
     ];
     let raw: Vec<Value> = calls
         .iter()

@@ -1,6 +1,7 @@
-//! What an unprivileged CreateDelta may cost: it writes only to a file its
-//! peer owns, keeps its scratch files on the repository's filesystem, and
-//! stops soon after its client hangs up, leaving no scratch behind.
+//! What an admin-group member's CreateDelta may cost (the least trusted
+//! peer that may make deltas): it writes only to a file its peer owns,
+//! keeps its scratch files on the repository's filesystem, and stops soon
+//! after its client hangs up, leaving no scratch behind.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -15,10 +16,14 @@ use cfsd_tests::{
     ocictl, stderr,
 };
 
-/// A daemon nobody may reach, holding `src` and `dst`; `dst` changes one
-/// large layer, so that encoding it is one long round.
+/// The admin group nobody is given on top.
+const ADMINS: &str = "4242";
+
+/// A daemon nobody may reach, admin group [`ADMINS`], holding `src` and
+/// `dst`; `dst` changes one large layer, so that encoding it is one long
+/// round.
 fn daemon_with_images(dst_mib: usize) -> Daemon {
-    let daemon = Daemon::start_for_nobody(&[]);
+    let daemon = Daemon::start_for_nobody(&["--allow-group", ADMINS]);
     let out = daemon.cfsctl(&["init"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let base = Layer::new(
@@ -56,11 +61,12 @@ fn output(daemon: &Daemon, name: &str, uid: u32) -> PathBuf {
     path
 }
 
-/// `cfsctl oci delta create src dst oci-archive:OUT` as uid 65534.
+/// `cfsctl oci delta create src dst oci-archive:OUT` as uid 65534 in
+/// the admin group.
 fn as_nobody(daemon: &Daemon, out: &Path) -> Command {
     let mut command = Command::new("setpriv");
     command
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["--reuid", "65534", "--regid", "65534", "--groups", ADMINS])
         .arg(bin("cfsctl"))
         .args(["--address", &daemon.address(), "oci", "delta", "create"])
         .args(["src", "dst", &format!("oci-archive:{}", out.display())])

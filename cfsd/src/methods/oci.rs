@@ -30,7 +30,7 @@ use tokio::{
 };
 
 use crate::{
-    access::Peer,
+    access::{Peer, Right},
     dispatch::{self, NoParams, Outcome, Streamed},
     server::Daemon,
 };
@@ -58,8 +58,13 @@ pub async fn handle(
         "Remove" => mutating(peer, method, params, |p| remove(daemon, p)).await,
         "ComputeId" => run(params, |p| compute_id(daemon, p)).await,
         "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
-        // Read-only: it writes only to the file the caller handed over.
-        "CreateDelta" => run(params, |p| create_delta(daemon, peer, p, fds)).await,
+        // It changes nothing, but its delta carries image files out.
+        "CreateDelta" => {
+            needing(Right::ReadContent, peer, method, params, |p| {
+                create_delta(daemon, peer, p, fds)
+            })
+            .await
+        }
         // Sends the repository's content out over the network, which only
         // those who may pull (reach registries) may do.
         "Push" => mutating(peer, method, params, |p| super::push::push(daemon, p, fds)).await,
@@ -95,7 +100,24 @@ where
     F: FnOnce(P) -> Fut,
     Fut: Future<Output = Result<Outcome, OciError>>,
 {
-    if peer.privileged {
+    needing(Right::Change, peer, method, params, call).await
+}
+
+/// [`run`] for a method that needs `right`: refused to a peer without it
+/// before its parameters are even read.
+pub(super) async fn needing<P, F, Fut>(
+    right: Right,
+    peer: &Peer,
+    method: &str,
+    params: Option<Value>,
+    call: F,
+) -> Outcome
+where
+    P: DeserializeOwned,
+    F: FnOnce(P) -> Fut,
+    Fut: Future<Output = Result<Outcome, OciError>>,
+{
+    if peer.role.may(right) {
         return run(params, call).await;
     }
     tracing::info!(uid = peer.uid, "refused {OCI_INTERFACE}.{method}");
