@@ -86,6 +86,21 @@ pub enum OciCommand {
         /// Where it is attached.
         dir: PathBuf,
     },
+    /// Write an image's composefs dumpfile (composefs-dump(5)) to stdout,
+    /// as upstream's `cfsctl oci dump` does.
+    Dump {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+    },
+    /// Write a stored layer to stdout: its tar, checked against its
+    /// diff_id, or with --dumpfile the composefs dumpfile of its entries.
+    Layer {
+        /// The layer's diff_id, sha256:<hex>.
+        diff_id: String,
+        /// Write the layer's composefs dumpfile instead of its tar.
+        #[arg(long)]
+        dumpfile: bool,
+    },
     /// Make oci-delta artifacts between images of the repository.
     Delta {
         #[command(subcommand)]
@@ -176,6 +191,10 @@ pub async fn run(
         OciCommand::Pull(args) => pull(client, out, args).await,
         OciCommand::Push(args) => crate::push::push(client, out, args).await,
         OciCommand::Images => images(client, out).await,
+        OciCommand::Dump { image } => crate::export::dump(client, image).await,
+        OciCommand::Layer { diff_id, dumpfile } => {
+            crate::export::layer(client, diff_id, dumpfile).await
+        }
         OciCommand::Inspect { image } => inspect(client, out, &image).await,
         OciCommand::Tag { image, tag } => {
             client.tag(&image, &tag).await?;

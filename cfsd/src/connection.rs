@@ -190,8 +190,8 @@ impl Replier<'_> {
             };
             let Some(streamed) = streamed else { break };
             match streamed {
-                Streamed::More(params) if more => self.reply(params, Vec::new(), true).await?,
-                Streamed::More(_) => {}
+                Streamed::More(params, fds) if more => self.reply(params, fds, true).await?,
+                Streamed::More(..) => {}
                 Streamed::Last(outcome) => return self.single(outcome).await,
             }
         }

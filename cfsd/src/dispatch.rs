@@ -43,9 +43,9 @@ pub enum Outcome {
 /// One reply of a call that streams.
 #[derive(Debug)]
 pub enum Streamed {
-    /// A reply that more replies follow; sent only to a call made with
-    /// `more`.
-    More(Value),
+    /// A reply that more replies follow, and the fds that go with it;
+    /// sent only to a call made with `more`.
+    More(Value, Vec<OwnedFd>),
     /// The call's final reply or error.
     Last(Outcome),
 }
@@ -84,6 +84,16 @@ pub fn error_value(error: &impl Serialize) -> Value {
     })
 }
 
+/// The methods whose first reply continues and carries what the call is
+/// for (a hold in place, a pipe to read): without `more` it would never
+/// reach the client, and a oneway call could not notice its client's
+/// hang-up while it lasts.
+const NEEDS_MORE: &[(&str, &str)] = &[
+    (REPOSITORY_INTERFACE, "Hold"),
+    (OCI_INTERFACE, "Dump"),
+    (OCI_INTERFACE, "ExportLayer"),
+];
+
 /// Route a call to the interface that owns it; `more` says whether the
 /// client asked for replies that continue.
 pub async fn handle(
@@ -102,10 +112,17 @@ pub async fn handle(
         return refused;
     }
     let params = call.parameters.clone();
+    if !more && NEEDS_MORE.contains(&(interface, method)) {
+        return Outcome::error(&ServiceError::InvalidParameter {
+            parameter: format!(
+                "more: {method} answers with replies that continue; call it with more"
+            ),
+        });
+    }
     if interface == REPOSITORY_INTERFACE && method == "Hold" {
         // A hold does no disk work and lasts as long as its connection:
         // it must not take one of its caller's turns for calls.
-        return methods::hold(daemon, peer, params, more).await;
+        return methods::hold(daemon, peer, params).await;
     }
     // The standard interface does no disk work and waits for no turn.
     let limited = !peer.unlimited() && interface != SERVICE_INTERFACE;

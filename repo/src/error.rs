@@ -51,6 +51,21 @@ pub enum Error {
         /// The tag or digest asked for.
         image: String,
     },
+    /// No layer with this diff_id is stored.
+    #[error("no layer {diff_id} in the repository")]
+    LayerNotFound {
+        /// The diff_id asked for.
+        diff_id: String,
+    },
+    /// The writer the caller gave failed: the client stopped reading, or
+    /// closed its end. The repository is not at fault.
+    #[error("{operation} failed: the output failed: {reason}")]
+    OutputFailed {
+        /// What was being written.
+        operation: &'static str,
+        /// How the output failed.
+        reason: String,
+    },
     /// A platform that is not `os/arch[/variant]`.
     #[error("invalid platform {platform:?}: expected os/arch or os/arch/variant")]
     InvalidPlatform {

@@ -8,9 +8,9 @@ use zlink::{Call, Connection, tokio::unix::Stream};
 use crate::{
     address::Address,
     oci::{
-        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ImageParams, InspectReply,
-        ListImagesReply, MountParams, OciError, PullParams, PushDeltaParams, PushDeltaReply,
-        PushParams, PushReply, RemoveReply, TagParams, UntagParams,
+        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ExportReply, ImageParams,
+        InspectReply, ListImagesReply, MountParams, OciError, PullParams, PushDeltaParams,
+        PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, HoldParams, HoldReply, InfoReply, InitParams,
@@ -205,6 +205,30 @@ impl Client {
             Some(Ok((reply, _))) => Ok((reply, replies)),
             Some(Err(e)) => Err(e),
             None => Err(CallError::Transport("Hold sent no reply".to_owned())),
+        }
+    }
+
+    /// `io.cfsd.Oci.Dump` or `ExportLayer` (`method`): the pipe the output
+    /// comes through, and the replies that remain, whose last says how
+    /// much was written once all of it was. Read the pipe to its end while
+    /// waiting for that reply: the daemon gives up on a reader that stops.
+    pub async fn export<P>(
+        &mut self,
+        method: &str,
+        params: &P,
+    ) -> CallResult<(OwnedFd, Replies<'_>), OciError>
+    where
+        P: Serialize + std::fmt::Debug,
+    {
+        let method = format!("{}.{method}", crate::idl::OCI_INTERFACE);
+        let mut replies = self.call_more(&method, params, vec![]).await?;
+        match replies.next::<ExportReply, OciError>().await {
+            Some(Ok((_, fds))) => match fds.into_iter().next() {
+                Some(pipe) => Ok((pipe, replies)),
+                None => Err(CallError::Transport(format!("{method} sent no pipe"))),
+            },
+            Some(Err(e)) => Err(e),
+            None => Err(CallError::Transport(format!("{method} sent no reply"))),
         }
     }
 

@@ -49,10 +49,10 @@ mod tests {
     use crate::{
         oci::{
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
-            DeltaLayer, DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
-            ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult,
-            PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
-            TagParams, UntagParams,
+            DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportLayerParams, ExportReply, Image,
+            ImageParams, InspectReply, LayerFormat, LayerProgress, ListImagesReply, MountParams,
+            OciError, PullParams, PullReply, PullResult, PushCompression, PushDeltaParams,
+            PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -184,6 +184,11 @@ mod tests {
             },
             OciError::UnknownTransport { transport: s() },
             OciError::ImageNotFound { image: s() },
+            OciError::LayerNotFound { diff_id: s() },
+            OciError::OutputFailed {
+                operation: s(),
+                reason: s(),
+            },
             OciError::InvalidPlatform { platform: s() },
             OciError::InvalidTag {
                 tag: s(),
@@ -300,6 +305,8 @@ mod tests {
                 | OciError::MissingFd { .. }
                 | OciError::UnknownTransport { .. }
                 | OciError::ImageNotFound { .. }
+                | OciError::LayerNotFound { .. }
+                | OciError::OutputFailed { .. }
                 | OciError::InvalidPlatform { .. }
                 | OciError::InvalidTag { .. }
                 | OciError::CompressedArchive { .. }
@@ -597,6 +604,21 @@ mod tests {
             keys(&PushDeltaReply::default()),
             method_fields(&idl, "PushDelta", true)
         );
+        let dump = DumpParams { image: "i".into() };
+        assert_eq!(keys(&dump), method_fields(&idl, "Dump", false));
+        let layer = ExportLayerParams {
+            diff_id: "sha256:ab".into(),
+            format: Some(LayerFormat::Dumpfile),
+        };
+        assert_eq!(keys(&layer), method_fields(&idl, "ExportLayer", false));
+        let written = ExportReply { bytes: Some(1) };
+        for method in ["Dump", "ExportLayer"] {
+            assert_eq!(
+                keys(&written),
+                method_fields(&idl, method, true),
+                "{method}"
+            );
+        }
 
         assert_errors(&idl, &every_oci_error());
     }

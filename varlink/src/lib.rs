@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod client;
+mod export;
 pub mod idl;
 pub mod oci;
 mod push;

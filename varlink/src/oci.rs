@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::export::{DumpParams, ExportLayerParams, ExportReply, LayerFormat};
 pub use crate::push::{PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply};
 
 /// The transport of a directory holding an OCI image layout.
@@ -367,6 +368,24 @@ pub enum OciError {
         /// The tag or digest asked for.
         image: String,
     },
+    /// No layer with this diff_id is stored.
+    #[serde(rename = "io.cfsd.Oci.LayerNotFound")]
+    #[error("no layer {diff_id} in the repository")]
+    LayerNotFound {
+        /// The diff_id asked for.
+        #[serde(rename = "diffId")]
+        diff_id: String,
+    },
+    /// The output the call writes into failed: its reader stopped reading
+    /// for longer than the daemon waits, or closed its end.
+    #[serde(rename = "io.cfsd.Oci.OutputFailed")]
+    #[error("{operation} failed: the output failed: {reason}")]
+    OutputFailed {
+        /// What was being written.
+        operation: String,
+        /// How the output failed.
+        reason: String,
+    },
     /// A platform that is not `os/arch[/variant]`.
     #[serde(rename = "io.cfsd.Oci.InvalidPlatform")]
     #[error("invalid platform {platform:?}: expected os/arch or os/arch/variant, e.g. linux/amd64")]
@@ -702,6 +721,8 @@ pub const METHODS: &[&str] = &[
     "CreateDelta",
     "Push",
     "PushDelta",
+    "Dump",
+    "ExportLayer",
 ];
 
 #[cfg(test)]

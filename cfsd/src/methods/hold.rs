@@ -25,19 +25,15 @@ use crate::{
 /// of the repository and every busy error while the hold lasts.
 const MAX_REASON: usize = 200;
 
-/// Handle `Hold`. Made without `more`, the call could never be answered
-/// while the hold lasts, and a oneway one would keep the connection from
-/// noticing its client's hang-up: both are refused.
-pub async fn hold(daemon: &Daemon, peer: &Peer, params: Option<Value>, more: bool) -> Outcome {
+/// Handle `Hold`, which dispatch lets through only when called with
+/// `more`.
+pub async fn hold(daemon: &Daemon, peer: &Peer, params: Option<Value>) -> Outcome {
     let params = match dispatch::params::<HoldParams>(params) {
         Ok(params) => params,
         Err(e) => return Outcome::error(&e),
     };
     if let Err(e) = allow(peer, "Hold") {
         return Outcome::error(&e);
-    }
-    if !more {
-        return invalid("more: Hold lasts until the connection closes; call it with more");
     }
     if let Err(reason) = check_reason(&params.reason) {
         return invalid(&format!("reason: {reason}"));
@@ -59,7 +55,11 @@ pub async fn hold(daemon: &Daemon, peer: &Peer, params: Option<Value>, more: boo
     tokio::spawn(async move {
         let _hold = hold;
         let reply = serde_json::to_value(&reply).unwrap_or_default();
-        if replies.send(Streamed::More(reply)).await.is_ok() {
+        if replies
+            .send(Streamed::More(reply, Vec::new()))
+            .await
+            .is_ok()
+        {
             replies.closed().await;
         }
         tracing::info!("GC hold released: {holder}");

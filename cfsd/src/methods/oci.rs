@@ -74,6 +74,19 @@ pub async fn handle(
             })
             .await
         }
+        // Image files go out through the pipe, as with CreateDelta.
+        "Dump" => {
+            needing(Right::ReadContent, peer, method, params, |p| {
+                super::export::dump(daemon, p)
+            })
+            .await
+        }
+        "ExportLayer" => {
+            needing(Right::ReadContent, peer, method, params, |p| {
+                super::export::export_layer(daemon, p)
+            })
+            .await
+        }
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -473,7 +486,7 @@ async fn send_progress(
             result: None,
         };
         let value = serde_json::to_value(&reply).unwrap_or_default();
-        replies.send(Streamed::More(value)).await?;
+        replies.send(Streamed::More(value, Vec::new())).await?;
     }
     Ok(())
 }
@@ -596,7 +609,7 @@ fn wire_details(d: ImageDetails) -> InspectReply {
 
 /// Every repository error as the interface's typed error. The match is
 /// exhaustive so that a new repository error needs a decision here.
-fn wire_error(e: repo::Error) -> OciError {
+pub(super) fn wire_error(e: repo::Error) -> OciError {
     use repo::Error as E;
     match e {
         E::NotInitialized { path } => OciError::NotInitialized {
@@ -612,6 +625,11 @@ fn wire_error(e: repo::Error) -> OciError {
             reason: e.to_string(),
         },
         E::ImageNotFound { image } => OciError::ImageNotFound { image },
+        E::LayerNotFound { diff_id } => OciError::LayerNotFound { diff_id },
+        E::OutputFailed { operation, reason } => OciError::OutputFailed {
+            operation: operation.to_owned(),
+            reason,
+        },
         E::InvalidPlatform { platform } => OciError::InvalidPlatform { platform },
         E::InvalidTag { tag, reason } => OciError::InvalidTag { tag, reason },
         E::CompressedArchive { compression } => OciError::CompressedArchive { compression },

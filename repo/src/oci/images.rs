@@ -118,14 +118,7 @@ impl Repository {
     /// exactly as upstream `cfsctl oci compute-id` does.
     pub fn compute_id(&self, image: &str) -> Result<String, Error> {
         with_store!(self.store(), s => {
-            let found = open(s, image)?;
-            let fs = composefs_oci::image::create_filesystem(
-                s,
-                found.config_digest(),
-                Some(found.config_verity()),
-                &OciTransformOptions::default(),
-            )
-            .map_err(|e| Error::storage("reading the image's layers", e))?;
+            let fs = filesystem(s, image)?;
             Ok(fs.compute_image_id(s.erofs_version()).to_hex())
         })
     }
@@ -149,6 +142,22 @@ impl Repository {
         self.hold_until_attached(&mount, hold);
         Ok(mount)
     }
+}
+
+/// The filesystem `image` names, merged from its layers as upstream
+/// merges it for `compute-id`, `dump` and its EROFS.
+pub(crate) fn filesystem<H: FsVerityHashValue>(
+    store: &Store<H>,
+    image: &str,
+) -> Result<composefs::tree::FileSystem<H>, Error> {
+    let found = open(store, image)?;
+    composefs_oci::image::create_filesystem(
+        store,
+        found.config_digest(),
+        Some(found.config_verity()),
+        &OciTransformOptions::default(),
+    )
+    .map_err(|e| Error::storage("reading the image's layers", e))
 }
 
 /// Refuse tags that cannot name an image.

@@ -9,6 +9,7 @@
 pub(crate) mod archive;
 pub(crate) mod digest;
 pub(crate) mod document;
+mod dump;
 pub(crate) mod entry_rules;
 pub(crate) mod export;
 mod filesystem;
@@ -26,6 +27,7 @@ pub(crate) mod source;
 pub(crate) mod split;
 
 pub use archive::Archive;
+pub use dump::{LayerFormat, Written};
 pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
