@@ -355,7 +355,7 @@ fn registry_that_vanishes_mid_pull_is_unreachable_and_nothing_is_published() {
 }
 
 #[test]
-fn registry_policy_reject_and_signature_requirements_are_refused_before_any_request() {
+fn registry_policy_reject_and_sigstore_requirements_are_refused_before_any_request() {
     cfsd_tests::need_registry!();
     let registry = Registry::start_https();
     let fixture = written(&small_image(Compression::Gzip, "policy\n"));
@@ -367,7 +367,7 @@ fn registry_policy_reject_and_signature_requirements_are_refused_before_any_requ
         &json!({
             "default": [{"type": "insecureAcceptAnything"}],
             "transports": {"docker": {
-                format!("{host}/signed"): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "/k.gpg"}],
+                format!("{host}/signed"): [{"type": "sigstoreSigned", "keyPath": "/k.pub"}],
                 format!("{host}/other/app:v1"): [{"type": "reject"}],
             }}
         }),
@@ -383,7 +383,7 @@ fn registry_policy_reject_and_signature_requirements_are_refused_before_any_requ
     let requests = registry.requests().len();
     match typed_refusal(&daemon, &format!("{host}/signed/app:v1"), Some(&auth)) {
         OciError::SignatureRequired { scope, requirement } => {
-            assert_eq!(requirement, "signedBy");
+            assert_eq!(requirement, "sigstoreSigned");
             assert!(scope.contains(&format!("{host}/signed")), "{scope}");
         }
         other => panic!("{other:?}"),

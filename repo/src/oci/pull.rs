@@ -44,6 +44,9 @@ pub struct PullOptions {
     /// For a registry image: do not look for an oci-delta to pull it by
     /// (no referrers request is sent).
     pub no_delta: bool,
+    /// `sha256:<hex>`: refuse any image but the one whose manifest (or an
+    /// index leading to it) has this digest; for a delta, its target's.
+    pub digest: Option<String>,
 }
 
 /// What a pull did.
@@ -143,6 +146,12 @@ impl Repository {
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
         let layout = Layout::open(source)?;
         let resolved = manifest::resolve(&layout, options.reference.as_deref(), &platform)?;
+        if let Some(pinned) = &options.digest {
+            resolved.check_pinned(pinned)?;
+        }
+        // Trust: the policy decides on the digest signatures name, before
+        // any layer is fetched.
+        layout.admit(resolved.signed())?;
         // Asked for by name, the platform must be the image's own, whatever
         // the index claims or when there is no index entry to choose from.
         if let Some(asked) = &options.platform {

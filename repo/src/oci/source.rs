@@ -80,6 +80,16 @@ impl Layout {
         }
     }
 
+    /// Admit the image whose manifest has `digest` (a delta's target's,
+    /// for a delta) as the registry's signature policy requires; a
+    /// local source has no policy. Blocks.
+    pub(crate) fn admit(&self, digest: &Digest) -> Result<(), Error> {
+        match self {
+            Layout::Registry(connected) => connected.admit(digest),
+            _ => Ok(()),
+        }
+    }
+
     /// For a registry, what stops its blob readers once dropped; the pull
     /// holds it, so that they stop when the pull does.
     pub(crate) fn take_stop(&self) -> Option<crate::registry::Stop> {

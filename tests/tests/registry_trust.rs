@@ -1,0 +1,248 @@
+//! The signature policy enforced on `docker://` pulls from a real
+//! registry (Debian's docker-registry on 127.0.0.1): GPG simple
+//! signatures made by skopeo `--sign-by` with keys made by Debian's
+//! gnupg, read from a lookaside store that registries.d names, verified
+//! by cfsd with gpgv. Each refusal is typed and names the policy scope;
+//! nothing is published and no layer is fetched before the manifest is
+//! accepted.
+
+use cfsd_tests::{
+    Daemon,
+    oci::{BuiltImage, Compression, Layout, Written, small_image},
+    ocictl::{published, pull, pull_fails, typed_refusal_with},
+    registry::Registry,
+    signing::{Key, Lookaside, push_signed},
+};
+use cfsd_varlink::oci::{OciError, PullParams};
+use serde_json::json;
+
+/// An image of its own (by `content`), written as an OCI layout.
+fn image(content: &str) -> (Written, BuiltImage) {
+    let (layout, built) = Layout::single(&small_image(Compression::Gzip, content), None);
+    (Written::new(&layout), built)
+}
+
+/// The typed error of a Pull of `HOST/name` over plain HTTP.
+fn refusal(daemon: &Daemon, registry: &Registry, name: &str) -> OciError {
+    let params = PullParams {
+        transport: "docker".to_owned(),
+        reference: Some(format!("{}/{name}", registry.host())),
+        tag: Some("refused".to_owned()),
+        tls_verify: Some(false),
+        ..PullParams::default()
+    };
+    typed_refusal_with(daemon, &params, Vec::new())
+}
+
+/// Whether the registry was asked for the blob `digest` after its
+/// first `since` requests (skopeo's pushes ask for blobs too).
+fn fetched(registry: &Registry, since: usize, digest: &str) -> bool {
+    registry.requests()[since..]
+        .iter()
+        .any(|l| l.contains(&format!("/blobs/{digest}")))
+}
+
+/// A `signedBy` requirement trusting the key files `paths`.
+fn signed_by(paths: &[&std::path::Path]) -> serde_json::Value {
+    json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPaths": paths}])
+}
+
+#[test]
+fn registry_gpg_signatures_admit_the_signed_image_and_refuse_each_fault_typed() {
+    cfsd_tests::need_registry!();
+    cfsd_tests::need_gpg!();
+    let registry = Registry::start_http();
+    let (key, stranger) = (Key::new("signer"), Key::new("stranger"));
+    let lookaside = Lookaside::new();
+    let host = registry.host();
+    let (signed, signed_built) = image("signed\n");
+    let (other, other_built) = image("other\n");
+    for name in ["app:v1", "data:v1", "foreign:v1"] {
+        push_signed(&registry, &signed.oci(None), name, &key, &lookaside, None);
+    }
+    // Signed, but under another name than it is pulled by.
+    let elsewhere = format!("{host}/elsewhere:v1");
+    push_signed(
+        &registry,
+        &signed.oci(None),
+        "renamed:v1",
+        &key,
+        &lookaside,
+        Some(&elsewhere),
+    );
+    registry.push(&other.oci(None), "unsigned:v1", &[]);
+    registry.push(&other.oci(None), "other:v1", &[]);
+    // The store serves app's signature for other's manifest.
+    let app = registry.tag_digest("app", "v1");
+    assert_eq!(app, signed_built.manifest_digest);
+    lookaside.copy(
+        ("app", &app),
+        ("other", &registry.tag_digest("other", "v1")),
+    );
+
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = key.public_file(keys.path(), "signer");
+    let untrusted = stranger.public_file(keys.path(), "stranger");
+    let armoured = openssl::base64::encode_block(&key.public(true));
+    let policy = registry.policy(
+        "signed.json",
+        &json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {
+                // Either key will do; the signer's is the second.
+                format!("{host}/app"): signed_by(&[&untrusted, &trusted]),
+                format!("{host}/data"): [{"type": "signedBy", "keyType": "GPGKeys", "keyData": armoured}],
+                format!("{host}/foreign"): signed_by(&[&untrusted]),
+                format!("{host}/renamed"): signed_by(&[&trusted]),
+                format!("{host}/unsigned"): signed_by(&[&trusted]),
+                format!("{host}/other"): signed_by(&[&trusted]),
+                format!("{host}/rejected"): [{"type": "reject"}],
+            }}
+        }),
+    );
+    let daemon = Daemon::start_initialised(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--registries-d",
+        lookaside.registries_d().to_str().unwrap(),
+        "--registries-conf",
+        registry.path("none.conf").to_str().unwrap(),
+    ]);
+    let before = published(&daemon.repo());
+    let pushed = registry.requests().len();
+    let scope = |name: &str| format!("docker \"{host}/{name}\"");
+
+    match refusal(&daemon, &registry, "foreign:v1") {
+        OciError::SignatureUntrusted {
+            scope: s,
+            requirement,
+            reason,
+        } => {
+            assert_eq!((s, requirement.as_str()), (scope("foreign"), "signedBy"));
+            assert!(reason.contains("does not trust"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match refusal(&daemon, &registry, "unsigned:v1") {
+        OciError::SignatureMissing {
+            scope: s, image, ..
+        } => {
+            assert_eq!(s, scope("unsigned"));
+            assert!(image.contains(&other_built.manifest_digest), "{image}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match refusal(&daemon, &registry, "other:v1") {
+        OciError::SignatureDigestMismatch {
+            scope: s,
+            signed,
+            manifest,
+        } => {
+            assert_eq!(s, scope("other"));
+            assert_eq!(signed, signed_built.manifest_digest);
+            assert_eq!(manifest, other_built.manifest_digest);
+        }
+        other => panic!("{other:?}"),
+    }
+    match refusal(&daemon, &registry, "renamed:v1") {
+        OciError::SignatureIdentityMismatch {
+            scope: s,
+            signed,
+            expected,
+        } => {
+            assert_eq!(s, scope("renamed"));
+            assert_eq!(signed, elsewhere);
+            assert_eq!(expected, format!("{host}/renamed:v1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match refusal(&daemon, &registry, "rejected:v1") {
+        OciError::PolicyRejected { scope: s } => assert_eq!(s, scope("rejected")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(published(&daemon.repo()), before, "a refusal published");
+    for layer in signed_built
+        .layer_digests
+        .iter()
+        .chain(&other_built.layer_digests)
+    {
+        assert!(
+            !fetched(&registry, pushed, layer),
+            "layer {layer} was fetched"
+        );
+    }
+    let message = pull_fails(
+        &daemon,
+        &[&format!("docker://{host}/foreign:v1"), "--tls-verify=false"],
+    );
+    assert!(message.contains("hint: the trusted keys"), "{message}");
+
+    // The daemon serves on, and admits what is signed by a trusted key.
+    let pulled = pull(
+        &daemon,
+        &[&format!("docker://{host}/app:v1"), "--tls-verify=false"],
+    );
+    assert_eq!(pulled.str("manifestDigest"), signed_built.manifest_digest);
+    let by_data = pull(
+        &daemon,
+        &[
+            &format!("docker://{host}/data:v1"),
+            "data",
+            "--tls-verify=false",
+        ],
+    );
+    assert_eq!(by_data.str("imageId"), pulled.str("imageId"));
+    // What the refusals above were checked against: an admitted pull
+    // does fetch the layer.
+    assert!(fetched(&registry, pushed, &signed_built.layer_digests[0]));
+}
+
+#[test]
+fn registry_pinned_digest_refuses_another_manifest_before_any_layer() {
+    cfsd_tests::need_registry!();
+    let registry = Registry::start_http();
+    let (fixture, built) = image("pinned\n");
+    registry.push(&fixture.oci(None), "app:v1", &[]);
+    let daemon = Daemon::start_initialised(
+        &registry
+            .daemon_args()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let pushed = registry.requests().len();
+    let params = PullParams {
+        transport: "docker".to_owned(),
+        reference: Some(format!("{}/app:v1", registry.host())),
+        tls_verify: Some(false),
+        digest: Some(wrong.clone()),
+        ..PullParams::default()
+    };
+    match typed_refusal_with(&daemon, &params, Vec::new()) {
+        OciError::PinnedDigestMismatch { pinned, manifest } => {
+            assert_eq!(
+                (pinned, manifest),
+                (wrong.clone(), built.manifest_digest.clone())
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!fetched(&registry, pushed, &built.layer_digests[0]));
+    assert!(published(&daemon.repo()).tags.is_empty());
+    // The same from a layout, through cfsctl.
+    let message = pull_fails(&daemon, &[&fixture.oci(None), "local", "--digest", &wrong]);
+    assert!(message.contains("not the pinned"), "{message}");
+    let source = format!("docker://{}/app:v1", registry.host());
+    let pulled = pull(
+        &daemon,
+        &[
+            &source,
+            "--tls-verify=false",
+            "--digest",
+            &built.manifest_digest,
+        ],
+    );
+    assert_eq!(pulled.str("manifestDigest"), built.manifest_digest);
+    assert!(fetched(&registry, pushed, &built.layer_digests[0]));
+}
