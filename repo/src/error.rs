@@ -309,19 +309,6 @@ pub enum Error {
         /// The policy scope that decided.
         scope: String,
     },
-    /// The signature policy requires a kind of signature that cfsd does
-    /// not verify (`sigstoreSigned`): the image is refused rather than
-    /// admitted unchecked.
-    #[error(
-        "the signature policy requires {requirement} signatures (scope {scope}), which cfsd \
-         does not verify yet, so the image is refused"
-    )]
-    SignatureRequired {
-        /// The policy scope that decided.
-        scope: String,
-        /// The requirement type, e.g. `sigstoreSigned`.
-        requirement: String,
-    },
     /// The policy requires a signature and the image has none.
     #[error(
         "{image} has no signature, and the signature policy requires one ({requirement}, scope {scope})"

@@ -204,3 +204,113 @@ pub fn push_signed(
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+impl Lookaside {
+    /// Say in registries.d that sigstore signatures are attached to the
+    /// images in their registries.
+    pub fn use_sigstore_attachments(&self) {
+        let file = self.registries_d().join("default.yaml");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str("  use-sigstore-attachments: true\n");
+        std::fs::write(file, text).unwrap();
+    }
+}
+
+/// A sigstore key pair, ECDSA P-256 as cosign makes them, made with
+/// OpenSSL. (Debian's skopeo cannot sign with one: its sigstore signing
+/// is disabled by a Debian patch, so the tests sign as cosign would.)
+#[derive(Debug)]
+pub struct SigstoreKey {
+    key: openssl::pkey::PKey<openssl::pkey::Private>,
+}
+
+impl Default for SigstoreKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SigstoreKey {
+    /// A new key pair.
+    pub fn new() -> Self {
+        use openssl::{ec, nid::Nid};
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = openssl::pkey::PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        SigstoreKey { key }
+    }
+
+    /// The public key, PEM, as a policy's keyPath file holds it.
+    pub fn public_pem(&self) -> Vec<u8> {
+        self.key.public_key_to_pem().unwrap()
+    }
+
+    /// A signature of `reference` with manifest `digest`: the payload
+    /// and its base64 ECDSA-SHA256 signature.
+    pub fn sign(&self, reference: &str, digest: &str) -> (Vec<u8>, String) {
+        let payload = serde_json::to_vec(&serde_json::json!({
+            "critical": {
+                "identity": {"docker-reference": reference},
+                "image": {"docker-manifest-digest": digest},
+                "type": "cosign container image signature",
+            },
+            "optional": {"creator": "cfsd tests"},
+        }))
+        .unwrap();
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &self.key).unwrap();
+        let signature = signer.sign_oneshot_to_vec(&payload).unwrap();
+        (payload, openssl::base64::encode_block(&signature))
+    }
+}
+
+/// Attach `signatures` (payload, base64 signature) to the manifest
+/// `digest` of `repository`, as cosign does: an OCI manifest whose
+/// layers are the payloads, pushed with skopeo under the tag
+/// `sha256-<hex>.sig`, digests preserved.
+pub fn attach_sigstore(
+    registry: &crate::registry::Registry,
+    repository: &str,
+    digest: &str,
+    signatures: &[(Vec<u8>, String)],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let digest = crate::oci::sha256_digest(bytes);
+        std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
+        serde_json::json!({"digest": digest, "size": bytes.len()})
+    };
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (payload, signature) in signatures {
+        let mut layer = put(payload);
+        diff_ids.push(layer["digest"].clone());
+        layer["mediaType"] = "application/vnd.dev.cosign.simplesigning.v1+json".into();
+        layer["annotations"] = serde_json::json!({"dev.cosignproject.cosign/signature": signature});
+        layers.push(layer);
+    }
+    let config = serde_json::json!({"architecture": "", "os": "",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let mut config = put(&serde_json::to_vec(&config).unwrap());
+    config["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": layers,
+    }))
+    .unwrap();
+    let mut entry = put(&manifest);
+    entry["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [entry]});
+    std::fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tag = format!("{repository}:{}.sig", digest.replacen(':', "-", 1));
+    let source = format!("oci:{}", dir.path().display());
+    registry.push(&source, &tag, &["--preserve-digests"]);
+}

@@ -2,7 +2,8 @@
 //! registry (Debian's docker-registry on 127.0.0.1): GPG simple
 //! signatures made by skopeo `--sign-by` with keys made by Debian's
 //! gnupg, read from a lookaside store that registries.d names, verified
-//! by cfsd with gpgv. Each refusal is typed and names the policy scope;
+//! by cfsd with gpgv; and sigstore signatures attached in the registry
+//! as cosign attaches them, verified with OpenSSL. Each refusal is typed and names the policy scope;
 //! nothing is published and no layer is fetched before the manifest is
 //! accepted.
 
@@ -11,7 +12,7 @@ use cfsd_tests::{
     oci::{BuiltImage, Compression, Layout, Written, small_image},
     ocictl::{published, pull, pull_fails, typed_refusal_with},
     registry::Registry,
-    signing::{Key, Lookaside, push_signed},
+    signing::{Key, Lookaside, SigstoreKey, attach_sigstore, push_signed},
 };
 use cfsd_varlink::oci::{OciError, PullParams};
 use serde_json::json;
@@ -45,6 +46,98 @@ fn fetched(registry: &Registry, since: usize, digest: &str) -> bool {
 /// A `signedBy` requirement trusting the key files `paths`.
 fn signed_by(paths: &[&std::path::Path]) -> serde_json::Value {
     json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPaths": paths}])
+}
+
+/// A daemon with `policy`, reading signatures as `lookaside`'s
+/// registries.d says, and no registries.conf.
+fn trusting(registry: &Registry, policy: &std::path::Path, lookaside: &Lookaside) -> Daemon {
+    Daemon::start_initialised(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--registries-d",
+        lookaside.registries_d().to_str().unwrap(),
+        "--registries-conf",
+        registry.path("none.conf").to_str().unwrap(),
+    ])
+}
+
+/// The refusals every kind of `requirement` must give, with images
+/// named after them: `foreign` signed by another key, `unsigned`,
+/// `other` served with the signature of `signed`'s manifest, `renamed`
+/// signed as `elsewhere`, and a `rejected` scope. Each is typed and
+/// names its scope; nothing is published and no layer of `signed` or
+/// `other` is asked for. Returns how many requests the registry had
+/// before them.
+fn refusals(
+    daemon: &Daemon,
+    registry: &Registry,
+    requirement: &str,
+    [signed, other]: [&BuiltImage; 2],
+    elsewhere: &str,
+) -> usize {
+    let before = published(&daemon.repo());
+    let pushed = registry.requests().len();
+    let host = registry.host();
+    let scope = |name: &str| format!("docker \"{host}/{name}\"");
+    match refusal(daemon, registry, "foreign:v1") {
+        OciError::SignatureUntrusted {
+            scope: s,
+            requirement: r,
+            reason,
+        } => {
+            assert_eq!((s, r.as_str()), (scope("foreign"), requirement));
+            assert!(reason.contains("trust"), "{reason}");
+        }
+        e => panic!("{e:?}"),
+    }
+    match refusal(daemon, registry, "unsigned:v1") {
+        OciError::SignatureMissing {
+            scope: s,
+            requirement: r,
+            image,
+        } => {
+            assert_eq!((s, r.as_str()), (scope("unsigned"), requirement));
+            assert!(image.contains(&other.manifest_digest), "{image}");
+        }
+        e => panic!("{e:?}"),
+    }
+    match refusal(daemon, registry, "other:v1") {
+        OciError::SignatureDigestMismatch {
+            scope: s,
+            signed: claimed,
+            manifest,
+        } => {
+            assert_eq!(s, scope("other"));
+            assert_eq!(
+                (&claimed, &manifest),
+                (&signed.manifest_digest, &other.manifest_digest)
+            );
+        }
+        e => panic!("{e:?}"),
+    }
+    match refusal(daemon, registry, "renamed:v1") {
+        OciError::SignatureIdentityMismatch {
+            scope: s,
+            signed,
+            expected,
+        } => {
+            assert_eq!((s, signed.as_str()), (scope("renamed"), elsewhere));
+            assert_eq!(expected, format!("{host}/renamed:v1"));
+        }
+        e => panic!("{e:?}"),
+    }
+    match refusal(daemon, registry, "rejected:v1") {
+        OciError::PolicyRejected { scope: s } => assert_eq!(s, scope("rejected")),
+        e => panic!("{e:?}"),
+    }
+    assert_eq!(published(&daemon.repo()), before, "a refusal published");
+    for layer in signed.layer_digests.iter().chain(&other.layer_digests) {
+        assert!(
+            !fetched(registry, pushed, layer),
+            "layer {layer} was fetched"
+        );
+    }
+    pushed
 }
 
 #[test]
@@ -100,77 +193,14 @@ fn registry_gpg_signatures_admit_the_signed_image_and_refuse_each_fault_typed() 
             }}
         }),
     );
-    let daemon = Daemon::start_initialised(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--registries-d",
-        lookaside.registries_d().to_str().unwrap(),
-        "--registries-conf",
-        registry.path("none.conf").to_str().unwrap(),
-    ]);
-    let before = published(&daemon.repo());
-    let pushed = registry.requests().len();
-    let scope = |name: &str| format!("docker \"{host}/{name}\"");
-
-    match refusal(&daemon, &registry, "foreign:v1") {
-        OciError::SignatureUntrusted {
-            scope: s,
-            requirement,
-            reason,
-        } => {
-            assert_eq!((s, requirement.as_str()), (scope("foreign"), "signedBy"));
-            assert!(reason.contains("does not trust"), "{reason}");
-        }
-        other => panic!("{other:?}"),
-    }
-    match refusal(&daemon, &registry, "unsigned:v1") {
-        OciError::SignatureMissing {
-            scope: s, image, ..
-        } => {
-            assert_eq!(s, scope("unsigned"));
-            assert!(image.contains(&other_built.manifest_digest), "{image}");
-        }
-        other => panic!("{other:?}"),
-    }
-    match refusal(&daemon, &registry, "other:v1") {
-        OciError::SignatureDigestMismatch {
-            scope: s,
-            signed,
-            manifest,
-        } => {
-            assert_eq!(s, scope("other"));
-            assert_eq!(signed, signed_built.manifest_digest);
-            assert_eq!(manifest, other_built.manifest_digest);
-        }
-        other => panic!("{other:?}"),
-    }
-    match refusal(&daemon, &registry, "renamed:v1") {
-        OciError::SignatureIdentityMismatch {
-            scope: s,
-            signed,
-            expected,
-        } => {
-            assert_eq!(s, scope("renamed"));
-            assert_eq!(signed, elsewhere);
-            assert_eq!(expected, format!("{host}/renamed:v1"));
-        }
-        other => panic!("{other:?}"),
-    }
-    match refusal(&daemon, &registry, "rejected:v1") {
-        OciError::PolicyRejected { scope: s } => assert_eq!(s, scope("rejected")),
-        other => panic!("{other:?}"),
-    }
-    assert_eq!(published(&daemon.repo()), before, "a refusal published");
-    for layer in signed_built
-        .layer_digests
-        .iter()
-        .chain(&other_built.layer_digests)
-    {
-        assert!(
-            !fetched(&registry, pushed, layer),
-            "layer {layer} was fetched"
-        );
-    }
+    let daemon = trusting(&registry, &policy, &lookaside);
+    let pushed = refusals(
+        &daemon,
+        &registry,
+        "signedBy",
+        [&signed_built, &other_built],
+        &elsewhere,
+    );
     let message = pull_fails(
         &daemon,
         &[&format!("docker://{host}/foreign:v1"), "--tls-verify=false"],
@@ -245,4 +275,82 @@ fn registry_pinned_digest_refuses_another_manifest_before_any_layer() {
     );
     assert_eq!(pulled.str("manifestDigest"), built.manifest_digest);
     assert!(fetched(&registry, pushed, &built.layer_digests[0]));
+}
+
+#[test]
+fn registry_sigstore_signatures_admit_the_signed_image_and_refuse_each_fault_typed() {
+    cfsd_tests::need_registry!();
+    let registry = Registry::start_http();
+    let (key, stranger) = (SigstoreKey::new(), SigstoreKey::new());
+    let lookaside = Lookaside::new();
+    lookaside.use_sigstore_attachments();
+    let host = registry.host();
+    let (signed, signed_built) = image("sigstore\n");
+    let (other, other_built) = image("sigstore other\n");
+    for name in ["app", "foreign", "renamed"] {
+        registry.push(&signed.oci(None), &format!("{name}:v1"), &[]);
+    }
+    for name in ["unsigned", "other"] {
+        registry.push(&other.oci(None), &format!("{name}:v1"), &[]);
+    }
+    let (app, other_digest) = (&signed_built.manifest_digest, &other_built.manifest_digest);
+    // A signature that does not verify comes first: one good one will do.
+    let forged = (
+        key.sign(&format!("{host}/app:v1"), app).0,
+        stranger.sign("x:1/y:z", app).1,
+    );
+    attach_sigstore(
+        &registry,
+        "app",
+        app,
+        &[forged, key.sign(&format!("{host}/app:v1"), app)],
+    );
+    attach_sigstore(
+        &registry,
+        "foreign",
+        app,
+        &[stranger.sign(&format!("{host}/foreign:v1"), app)],
+    );
+    let elsewhere = format!("{host}/elsewhere:v1");
+    attach_sigstore(&registry, "renamed", app, &[key.sign(&elsewhere, app)]);
+    // A signature of app's manifest, served for other's.
+    attach_sigstore(
+        &registry,
+        "other",
+        other_digest,
+        &[key.sign(&format!("{host}/other:v1"), app)],
+    );
+
+    let keys = tempfile::tempdir().unwrap();
+    let public = keys.path().join("sigstore.pub");
+    std::fs::write(&public, key.public_pem()).unwrap();
+    let sigstore = |path: &std::path::Path| json!([{"type": "sigstoreSigned", "keyPath": path}]);
+    let policy = registry.policy(
+        "sigstore.json",
+        &json!({
+            "default": [{"type": "reject"}],
+            "transports": {"docker": {
+                format!("{host}/app"): sigstore(&public),
+                format!("{host}/foreign"): sigstore(&public),
+                format!("{host}/renamed"): sigstore(&public),
+                format!("{host}/unsigned"): sigstore(&public),
+                format!("{host}/other"): sigstore(&public),
+                format!("{host}/rejected"): [{"type": "reject"}],
+            }}
+        }),
+    );
+    let daemon = trusting(&registry, &policy, &lookaside);
+    let pushed = refusals(
+        &daemon,
+        &registry,
+        "sigstoreSigned",
+        [&signed_built, &other_built],
+        &elsewhere,
+    );
+    let pulled = pull(
+        &daemon,
+        &[&format!("docker://{host}/app:v1"), "--tls-verify=false"],
+    );
+    assert_eq!(pulled.str("manifestDigest"), *app);
+    assert!(fetched(&registry, pushed, &signed_built.layer_digests[0]));
 }

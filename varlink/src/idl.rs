@@ -284,10 +284,6 @@ mod tests {
                 reason: s(),
             },
             OciError::PolicyRejected { scope: s() },
-            OciError::SignatureRequired {
-                scope: s(),
-                requirement: s(),
-            },
             OciError::SignatureMissing {
                 scope: s(),
                 requirement: s(),
@@ -358,7 +354,6 @@ mod tests {
                 | OciError::RegistryUnreachable { .. }
                 | OciError::RegistryError { .. }
                 | OciError::PolicyRejected { .. }
-                | OciError::SignatureRequired { .. }
                 | OciError::SignatureMissing { .. }
                 | OciError::SignatureUntrusted { .. }
                 | OciError::SignatureDigestMismatch { .. }

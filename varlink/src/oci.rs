@@ -619,19 +619,6 @@ pub enum OciError {
         /// The policy scope that decided.
         scope: String,
     },
-    /// The signature policy requires a kind of signature the daemon does
-    /// not verify (sigstoreSigned), so the image is refused.
-    #[serde(rename = "io.cfsd.Oci.SignatureRequired")]
-    #[error(
-        "the signature policy requires {requirement} signatures (scope {scope}), which are \
-         not verified yet, so the image is refused"
-    )]
-    SignatureRequired {
-        /// The policy scope that decided.
-        scope: String,
-        /// The requirement, e.g. `sigstoreSigned`.
-        requirement: String,
-    },
     /// The policy requires a signature and the image has none.
     #[serde(rename = "io.cfsd.Oci.SignatureMissing")]
     #[error(

@@ -678,9 +678,6 @@ fn wire_error(e: repo::Error) -> OciError {
             reason,
         },
         E::PolicyRejected { scope } => OciError::PolicyRejected { scope },
-        E::SignatureRequired { scope, requirement } => {
-            OciError::SignatureRequired { scope, requirement }
-        }
         E::SignatureMissing {
             scope,
             requirement,

@@ -6,6 +6,7 @@
 //! settings (system CAs plus `certs.d`, or insecure when asked for or
 //! marked so in `registries.conf`) and the credentials.
 
+pub(crate) mod attachments;
 mod auth;
 pub(crate) mod blob;
 mod delta_push;
@@ -248,7 +249,7 @@ impl Connected {
     /// as the policy requires, before any layer is fetched. Blocks.
     pub(crate) fn admit(&self, digest: &Digest) -> Result<(), Error> {
         match &self.gate {
-            Some(gate) => gate.admit(digest, &self.remote.handle),
+            Some(gate) => gate.admit(digest, &self.remote),
             None => Ok(()),
         }
     }

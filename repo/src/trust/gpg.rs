@@ -11,19 +11,8 @@ use std::{
 
 use base64::Engine;
 
+use super::Refusal;
 use crate::Error;
-
-/// Why a signature was not accepted.
-#[derive(Debug)]
-pub(crate) enum Refusal {
-    /// It is not made by any key the scope trusts, or does not verify.
-    Untrusted(String),
-    /// It is not an OpenPGP signed message at all.
-    Malformed(String),
-    /// `gpgv` could not be run, or its files not written: nothing was
-    /// learnt about the signature.
-    Broken(Error),
-}
 
 /// Verify `signature` against `keys` (OpenPGP public keys, binary or
 /// ASCII-armoured) and return the signed payload.

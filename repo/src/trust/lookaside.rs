@@ -45,7 +45,7 @@ struct Namespace {
     #[serde(rename = "sigstore-staging")]
     _sigstore_staging: Option<String>,
     #[serde(rename = "use-sigstore-attachments")]
-    _use_sigstore_attachments: Option<bool>,
+    use_sigstore_attachments: Option<bool>,
 }
 
 impl Namespace {
@@ -59,6 +59,9 @@ impl Namespace {
 pub(crate) struct Stores {
     /// The lookaside store's directory for the image's repository.
     lookaside: url::Url,
+    /// Whether sigstore signatures are attached to the image in its
+    /// registry (`use-sigstore-attachments`; false unless a scope says).
+    pub sigstore_attachments: bool,
 }
 
 impl Stores {
@@ -77,6 +80,7 @@ impl Stores {
             .iter()
             .find_map(|ns| ns.reading())
             .unwrap_or(BUILTIN_STORE);
+        let attachments = scopes.iter().find_map(|ns| ns.use_sigstore_attachments);
         let invalid = |reason: String| Error::InvalidRegistryConfig {
             what: dir.display().to_string(),
             reason,
@@ -94,7 +98,10 @@ impl Stores {
             identity.repository
         );
         lookaside.set_path(&path);
-        Ok(Stores { lookaside })
+        Ok(Stores {
+            lookaside,
+            sigstore_attachments: attachments.unwrap_or(false),
+        })
     }
 
     /// The signatures the lookaside store holds for the manifest
@@ -265,7 +272,7 @@ mod tests {
         std::fs::write(
             d.join("b.yaml"),
             format!(
-                "docker:\n  reg:5000/team:\n    lookaside: file://{}\n",
+                "docker:\n  reg:5000/team:\n    lookaside: file://{}\n    use-sigstore-attachments: true\n",
                 store.display()
             ),
         )
@@ -273,7 +280,9 @@ mod tests {
         std::fs::write(d.join("ignored.yml.bak"), "{{{").unwrap();
         let other = Stores::of(d, &identity("app")).unwrap();
         assert_eq!(other.lookaside.as_str(), "file:///old/app");
+        assert!(!other.sigstore_attachments);
         let team = Stores::of(d, &identity("team/app")).unwrap();
+        assert!(team.sigstore_attachments);
         let digest = Digest::of(b"manifest");
         let sigs = store.join(format!("team/app@sha256={}", digest.hex()));
         std::fs::create_dir_all(&sigs).unwrap();

@@ -14,22 +14,85 @@ mod identity;
 mod lookaside;
 mod payload;
 pub mod policy;
+mod sigstore;
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 pub use policy::{DockerIdentity, Policy};
 use policy::{Requirement, Signed};
-use tokio::runtime::Handle;
 
-use crate::{Error, oci::digest::Digest};
+use crate::{Error, oci::digest::Digest, registry::remote::Remote};
+
+/// Why one signature was not accepted.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// It is not made by any key the scope trusts, or does not verify.
+    Untrusted(String),
+    /// It is not a signature of the expected form at all.
+    Malformed(String),
+    /// It could not be checked (a tool that does not run, a key that
+    /// does not parse): nothing was learnt about the signature.
+    Broken(Error),
+}
+
+/// The two kinds of signature requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `signedBy`: GPG simple signing, from a lookaside store.
+    SignedBy,
+    /// `sigstoreSigned`: attached to the image in its registry.
+    SigstoreSigned,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::SignedBy => "signedBy",
+            Kind::SigstoreSigned => "sigstoreSigned",
+        }
+    }
+
+    fn payload_type(self) -> &'static str {
+        match self {
+            Kind::SignedBy => payload::SIMPLE_SIGNING,
+            Kind::SigstoreSigned => sigstore::PAYLOAD_TYPE,
+        }
+    }
+}
+
+/// The signatures found for one manifest, of either kind.
+enum Found {
+    Simple(Vec<Vec<u8>>),
+    Attached(Vec<crate::registry::attachments::Attachment>),
+}
+
+impl Found {
+    fn is_empty(&self) -> bool {
+        match self {
+            Found::Simple(list) => list.is_empty(),
+            Found::Attached(list) => list.is_empty(),
+        }
+    }
+
+    /// Each signature's verified payload, or why it was refused.
+    fn payloads(&self, keys: &[Vec<u8>], scope: &str) -> Vec<Result<Vec<u8>, Refusal>> {
+        match self {
+            Found::Simple(list) => list.iter().map(|s| gpg::verify(keys, s)).collect(),
+            Found::Attached(list) => list
+                .iter()
+                .map(|a| sigstore::verify(keys, &a.payload, &a.signature, scope))
+                .collect(),
+        }
+    }
+}
 
 /// The checks a registry image must pass once its manifest is known.
 #[derive(Debug)]
 pub(crate) struct Gate {
     /// The deciding scope, as errors name it.
     scope: String,
-    /// The scope's `signedBy` requirements; each must be met.
-    signed_by: Vec<Signed>,
+    /// The scope's signature requirements; each must be met.
+    required: Vec<(Kind, Signed)>,
     /// The name the image is pulled by.
     pulled: identity::Name,
     stores: lookaside::Stores,
@@ -38,34 +101,30 @@ pub(crate) struct Gate {
 impl Gate {
     /// What `policy` requires of `identity`, with its signature stores
     /// from the registries.d directory `registries_d`: `None` when
-    /// nothing is to be checked. A `reject` scope is refused here, and so
-    /// is `sigstoreSigned`, which is not verified yet.
+    /// nothing is to be checked. A `reject` scope is refused here.
     pub(crate) fn new(
         policy: &Policy,
         identity: &DockerIdentity,
         registries_d: &Path,
     ) -> Result<Option<Self>, Error> {
         let scope = policy.scope_for(identity);
-        let mut signed_by = Vec::new();
+        let mut required = Vec::new();
         for requirement in scope.requirements {
             match requirement {
                 Requirement::AcceptAnything => {}
                 Requirement::Reject => return Err(Error::PolicyRejected { scope: scope.name }),
-                Requirement::SigstoreSigned(_) => {
-                    return Err(Error::SignatureRequired {
-                        scope: scope.name,
-                        requirement: requirement.kind().to_owned(),
-                    });
+                Requirement::SignedBy(signed) => required.push((Kind::SignedBy, signed)),
+                Requirement::SigstoreSigned(signed) => {
+                    required.push((Kind::SigstoreSigned, signed))
                 }
-                Requirement::SignedBy(signed) => signed_by.push(signed),
             }
         }
-        if signed_by.is_empty() {
+        if required.is_empty() {
             return Ok(None);
         }
         Ok(Some(Gate {
             scope: scope.name,
-            signed_by,
+            required,
             pulled: identity::Name::of(identity),
             stores: lookaside::Stores::of(registries_d, identity)?,
         }))
@@ -73,12 +132,25 @@ impl Gate {
 
     /// Admit the image whose manifest (or, for a delta, whose target's
     /// manifest) has `digest` only if every requirement is met by one of
-    /// its signatures. Blocks on reading the signatures; `handle` runs
-    /// the HTTP requests of a lookaside store.
-    pub(crate) fn admit(&self, digest: &Digest, handle: &Handle) -> Result<(), Error> {
-        let signatures = self.stores.signatures(digest, handle)?;
-        for requirement in &self.signed_by {
-            self.met(requirement, digest, &signatures)?;
+    /// its signatures: simple signatures from the lookaside store, and
+    /// sigstore ones attached in `remote`'s repository when registries.d
+    /// says they are. Blocks on reading them.
+    pub(crate) fn admit(&self, digest: &Digest, remote: &Arc<Remote>) -> Result<(), Error> {
+        let (mut simple, mut attached) = (None, None);
+        for (kind, requirement) in &self.required {
+            let found = match kind {
+                Kind::SignedBy => simple.get_or_insert(Found::Simple(
+                    self.stores.signatures(digest, &remote.handle)?,
+                )),
+                Kind::SigstoreSigned => {
+                    let list = match self.stores.sigstore_attachments {
+                        true => remote.attachments(digest)?,
+                        false => Vec::new(),
+                    };
+                    attached.get_or_insert(Found::Attached(list))
+                }
+            };
+            self.met(*kind, requirement, digest, found)?;
         }
         Ok(())
     }
@@ -88,21 +160,22 @@ impl Gate {
     /// a valid signature for another image says more than a foreign one.
     fn met(
         &self,
+        kind: Kind,
         requirement: &Signed,
         digest: &Digest,
-        signatures: &[Vec<u8>],
+        found: &Found,
     ) -> Result<(), Error> {
-        if signatures.is_empty() {
+        if found.is_empty() {
             return Err(Error::SignatureMissing {
                 scope: self.scope.clone(),
-                requirement: "signedBy".to_owned(),
+                requirement: kind.name().to_owned(),
                 image: format!("{} ({digest})", self.pulled),
             });
         }
         let keys = requirement.keys.read(&self.scope)?;
         let mut furthest: Option<(u8, Error)> = None;
-        for signature in signatures {
-            match self.check(requirement, &keys, digest, signature) {
+        for verified in found.payloads(&keys, &self.scope) {
+            match self.check(kind, requirement, digest, verified) {
                 Ok(()) => return Ok(()),
                 Err((rank, e)) if furthest.as_ref().is_none_or(|(r, _)| rank > *r) => {
                     furthest = Some((rank, e));
@@ -113,33 +186,34 @@ impl Gate {
         Err(furthest.expect("there was a signature").1)
     }
 
-    /// Check one signature; `Err` ranks how far it came.
+    /// Check one signature, given what verifying it gave; `Err` ranks
+    /// how far it came.
     fn check(
         &self,
+        kind: Kind,
         requirement: &Signed,
-        keys: &[Vec<u8>],
         digest: &Digest,
-        signature: &[u8],
+        verified: Result<Vec<u8>, Refusal>,
     ) -> Result<(), (u8, Error)> {
         let invalid = |reason: String| {
             let scope = self.scope.clone();
             (0, Error::SignatureInvalid { scope, reason })
         };
-        let bytes = gpg::verify(keys, signature).map_err(|refusal| match refusal {
-            gpg::Refusal::Malformed(reason) => invalid(reason),
-            gpg::Refusal::Untrusted(reason) => (
+        let bytes = verified.map_err(|refusal| match refusal {
+            Refusal::Malformed(reason) => invalid(reason),
+            Refusal::Untrusted(reason) => (
                 1,
                 Error::SignatureUntrusted {
                     scope: self.scope.clone(),
-                    requirement: "signedBy".to_owned(),
+                    requirement: kind.name().to_owned(),
                     reason,
                 },
             ),
-            // The machine's fault, not the signature's: it wins, since
-            // no signature could be checked.
-            gpg::Refusal::Broken(e) => (u8::MAX, e),
+            // The machine's or the policy's fault, not the signature's:
+            // it wins, since no signature could be checked.
+            Refusal::Broken(e) => (u8::MAX, e),
         })?;
-        let claim = payload::parse(&bytes, payload::SIMPLE_SIGNING).map_err(invalid)?;
+        let claim = payload::parse(&bytes, kind.payload_type()).map_err(invalid)?;
         if claim.digest != digest.to_string() {
             return Err((
                 2,

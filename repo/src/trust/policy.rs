@@ -24,18 +24,6 @@ pub(crate) enum Requirement {
     SigstoreSigned(Signed),
 }
 
-impl Requirement {
-    /// The requirement's `type`, as the policy names it.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Requirement::AcceptAnything => "insecureAcceptAnything",
-            Requirement::Reject => "reject",
-            Requirement::SignedBy(_) => "signedBy",
-            Requirement::SigstoreSigned(_) => "sigstoreSigned",
-        }
-    }
-}
-
 /// A requirement for a signature: the keys it may be made with, and the
 /// names it may claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
