@@ -151,7 +151,7 @@ impl Repository {
         }
         // Trust: the policy decides on the digest signatures name, before
         // any layer is fetched.
-        layout.admit(resolved.signed())?;
+        layout.admit(resolved.signed(), resolved.delta.is_some())?;
         // Asked for by name, the platform must be the image's own, whatever
         // the index claims or when there is no index entry to choose from.
         if let Some(asked) = &options.platform {

@@ -80,12 +80,12 @@ impl Layout {
         }
     }
 
-    /// Admit the image whose manifest has `digest` (a delta's target's,
-    /// for a delta) as the registry's signature policy requires; a
+    /// Admit the image whose manifest has `digest` (with `delta`, a
+    /// delta's target's) as the registry's signature policy requires; a
     /// local source has no policy. Blocks.
-    pub(crate) fn admit(&self, digest: &Digest) -> Result<(), Error> {
+    pub(crate) fn admit(&self, digest: &Digest, delta: bool) -> Result<(), Error> {
         match self {
-            Layout::Registry(connected) => connected.admit(digest),
+            Layout::Registry(connected) => connected.admit(digest, delta),
             _ => Ok(()),
         }
     }

@@ -245,11 +245,12 @@ impl Connected {
         })
     }
 
-    /// Admit the manifest `digest` (the image's, or a delta's target's)
-    /// as the policy requires, before any layer is fetched. Blocks.
-    pub(crate) fn admit(&self, digest: &Digest) -> Result<(), Error> {
+    /// Admit the manifest `digest` (the image's, or with `delta` a
+    /// delta's target's) as the policy requires, before any layer is
+    /// fetched. Blocks.
+    pub(crate) fn admit(&self, digest: &Digest, delta: bool) -> Result<(), Error> {
         match &self.gate {
-            Some(gate) => gate.admit(digest, &self.remote),
+            Some(gate) => gate.admit(digest, delta, &self.remote),
             None => Ok(()),
         }
     }

@@ -43,6 +43,16 @@ impl Name {
         Ok(name)
     }
 
+    /// The same repository, by `digest` alone: how a delta's target is
+    /// named, since the delta's own tag or digest is not the target's.
+    pub(crate) fn by_digest(&self, digest: String) -> Self {
+        Name {
+            repository: self.repository.clone(),
+            tag: None,
+            digest: Some(digest),
+        }
+    }
+
     /// The image a pull names.
     pub(crate) fn of(identity: &DockerIdentity) -> Self {
         Name {

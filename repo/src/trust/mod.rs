@@ -130,12 +130,23 @@ impl Gate {
         }))
     }
 
-    /// Admit the image whose manifest (or, for a delta, whose target's
-    /// manifest) has `digest` only if every requirement is met by one of
-    /// its signatures: simple signatures from the lookaside store, and
-    /// sigstore ones attached in `remote`'s repository when registries.d
-    /// says they are. Blocks on reading them.
-    pub(crate) fn admit(&self, digest: &Digest, remote: &Arc<Remote>) -> Result<(), Error> {
+    /// Admit the image whose manifest has `digest` only if every
+    /// requirement is met by one of its signatures: simple signatures
+    /// from the lookaside store, and sigstore ones attached in `remote`'s
+    /// repository when registries.d says they are. For a delta (`delta`),
+    /// `digest` is its target's, and the target counts as pulled by that
+    /// digest from the delta's repository: the delta's own tag names the
+    /// delta, not the image. Blocks on reading the signatures.
+    pub(crate) fn admit(
+        &self,
+        digest: &Digest,
+        delta: bool,
+        remote: &Arc<Remote>,
+    ) -> Result<(), Error> {
+        let pulled = match delta {
+            true => self.pulled.by_digest(digest.to_string()),
+            false => self.pulled.clone(),
+        };
         let (mut simple, mut attached) = (None, None);
         for (kind, requirement) in &self.required {
             let found = match kind {
@@ -150,7 +161,7 @@ impl Gate {
                     attached.get_or_insert(Found::Attached(list))
                 }
             };
-            self.met(*kind, requirement, digest, found)?;
+            self.met(*kind, requirement, &pulled, digest, found)?;
         }
         Ok(())
     }
@@ -162,6 +173,7 @@ impl Gate {
         &self,
         kind: Kind,
         requirement: &Signed,
+        pulled: &identity::Name,
         digest: &Digest,
         found: &Found,
     ) -> Result<(), Error> {
@@ -169,13 +181,13 @@ impl Gate {
             return Err(Error::SignatureMissing {
                 scope: self.scope.clone(),
                 requirement: kind.name().to_owned(),
-                image: format!("{} ({digest})", self.pulled),
+                image: format!("{pulled} ({digest})"),
             });
         }
         let keys = requirement.keys.read(&self.scope)?;
         let mut furthest: Option<(u8, Error)> = None;
         for verified in found.payloads(&keys, &self.scope) {
-            match self.check(kind, requirement, digest, verified) {
+            match self.check(kind, requirement, pulled, digest, verified) {
                 Ok(()) => return Ok(()),
                 Err((rank, e)) if furthest.as_ref().is_none_or(|(r, _)| rank > *r) => {
                     furthest = Some((rank, e));
@@ -192,6 +204,7 @@ impl Gate {
         &self,
         kind: Kind,
         requirement: &Signed,
+        pulled: &identity::Name,
         digest: &Digest,
         verified: Result<Vec<u8>, Refusal>,
     ) -> Result<(), (u8, Error)> {
@@ -225,13 +238,13 @@ impl Gate {
             ));
         }
         let signed = identity::Name::parse(&claim.reference).map_err(invalid)?;
-        if !requirement.identity.admits(&self.pulled, &signed) {
+        if !requirement.identity.admits(pulled, &signed) {
             return Err((
                 3,
                 Error::SignatureIdentityMismatch {
                     scope: self.scope.clone(),
                     signed: claim.reference,
-                    expected: requirement.identity.describe(&self.pulled),
+                    expected: requirement.identity.describe(pulled),
                 },
             ));
         }
