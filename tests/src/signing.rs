@@ -314,3 +314,49 @@ pub fn attach_sigstore(
     let source = format!("oci:{}", dir.path().display());
     registry.push(&source, &tag, &["--preserve-digests"]);
 }
+
+/// A directory served over plain HTTP on 127.0.0.1 by Python's
+/// `http.server`: a lookaside store reached over the network. Stopped
+/// on drop.
+#[derive(Debug)]
+pub struct HttpStore {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpStore {
+    /// Serve `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let port = crate::registry::free_port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting python3 -m http.server");
+        let store = HttpStore { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "http.server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        store
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HttpStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

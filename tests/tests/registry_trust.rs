@@ -12,7 +12,7 @@ use cfsd_tests::{
     oci::{BuiltImage, Compression, Layout, Written, small_image},
     ocictl::{published, pull, pull_fails, typed_refusal_with},
     registry::Registry,
-    signing::{Key, Lookaside, SigstoreKey, attach_sigstore, push_signed},
+    signing::{HttpStore, Key, Lookaside, SigstoreKey, attach_sigstore, push_signed},
 };
 use cfsd_varlink::oci::{OciError, PullParams};
 use serde_json::json;
@@ -353,4 +353,57 @@ fn registry_sigstore_signatures_admit_the_signed_image_and_refuse_each_fault_typ
     );
     assert_eq!(pulled.str("manifestDigest"), *app);
     assert!(fetched(&registry, pushed, &signed_built.layer_digests[0]));
+}
+
+#[test]
+fn registry_gpg_signatures_are_read_from_a_lookaside_store_over_http() {
+    cfsd_tests::need_registry!();
+    cfsd_tests::need_gpg!();
+    let registry = Registry::start_http();
+    let key = Key::new("http");
+    let lookaside = Lookaside::new();
+    let (signed, built) = image("http lookaside\n");
+    push_signed(
+        &registry,
+        &signed.oci(None),
+        "app:v1",
+        &key,
+        &lookaside,
+        None,
+    );
+    // The same manifest, never signed in this repository.
+    registry.push(&signed.oci(None), "unsigned:v1", &[]);
+    let server = HttpStore::start(&lookaside.store());
+    let registries_d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        registries_d.path().join("http.yaml"),
+        format!("default-docker:\n  lookaside: {}/\n", server.url()),
+    )
+    .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = key.public_file(keys.path(), "http");
+    let host = registry.host();
+    let policy = registry.policy(
+        "http.json",
+        &json!({"default": signed_by(&[&trusted]), "transports": {}}),
+    );
+    let daemon = Daemon::start_initialised(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--registries-d",
+        registries_d.path().to_str().unwrap(),
+    ]);
+    // A 404 from the store ends the signatures: there are none.
+    match refusal(&daemon, &registry, "unsigned:v1") {
+        OciError::SignatureMissing { scope, image, .. } => {
+            assert_eq!(scope, "default");
+            assert!(image.contains(&built.manifest_digest), "{image}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let pulled = pull(
+        &daemon,
+        &[&format!("docker://{host}/app:v1"), "--tls-verify=false"],
+    );
+    assert_eq!(pulled.str("manifestDigest"), built.manifest_digest);
 }
