@@ -10,7 +10,7 @@
 use cfsd_tests::{
     Daemon,
     oci::{BuiltImage, Compression, Layout, Written, small_image},
-    ocictl::{published, pull, pull_fails, typed_refusal_with},
+    ocictl::{published, pull, pull_fails, succeeds, typed_refusal_with},
     registry::Registry,
     signing::{HttpStore, Key, Lookaside, SigstoreKey, attach_sigstore, push_signed},
 };
@@ -222,6 +222,22 @@ fn registry_gpg_signatures_admit_the_signed_image_and_refuse_each_fault_typed() 
         ],
     );
     assert_eq!(by_data.str("imageId"), pulled.str("imageId"));
+    // The signature that admitted it is kept with it, until it is gone.
+    let hex = &signed_built.manifest_digest["sha256:".len()..];
+    let kept = daemon
+        .repo()
+        .join(format!("signatures/sha256-{hex}/signature-1"));
+    let original = lookaside.signatures("app", &signed_built.manifest_digest);
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        std::fs::read(original.join("signature-1")).unwrap()
+    );
+    succeeds(&daemon, &["oci", "rm", &signed_built.manifest_digest]);
+    succeeds(&daemon, &["gc"]);
+    assert!(
+        !kept.parent().unwrap().exists(),
+        "the signatures outlived the image"
+    );
     // What the refusals above were checked against: an admitted pull
     // does fetch the layer.
     assert!(fetched(&registry, pushed, &signed_built.layer_digests[0]));

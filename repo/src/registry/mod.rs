@@ -247,11 +247,15 @@ impl Connected {
 
     /// Admit the manifest `digest` (the image's, or with `delta` a
     /// delta's target's) as the policy requires, before any layer is
-    /// fetched. Blocks.
-    pub(crate) fn admit(&self, digest: &Digest, delta: bool) -> Result<(), Error> {
+    /// fetched; the signatures that met it, if it asked for any. Blocks.
+    pub(crate) fn admit(
+        &self,
+        digest: &Digest,
+        delta: bool,
+    ) -> Result<Option<crate::trust::Accepted>, Error> {
         match &self.gate {
-            Some(gate) => gate.admit(digest, delta, &self.remote),
-            None => Ok(()),
+            Some(gate) => gate.admit(digest, delta, &self.remote).map(Some),
+            None => Ok(None),
         }
     }
 

@@ -15,11 +15,13 @@ mod lookaside;
 mod payload;
 pub mod policy;
 mod sigstore;
+mod stored;
 
 use std::{path::Path, sync::Arc};
 
 pub use policy::{DockerIdentity, Policy};
 use policy::{Requirement, Signed};
+pub(crate) use stored::{Accepted, prune as prune_stored};
 
 use crate::{Error, oci::digest::Digest, registry::remote::Remote};
 
@@ -71,6 +73,24 @@ impl Found {
         match self {
             Found::Simple(list) => list.is_empty(),
             Found::Attached(list) => list.is_empty(),
+        }
+    }
+
+    /// Add signature `n` to `accepted`, once.
+    fn keep(&self, n: usize, accepted: &mut Accepted) {
+        match self {
+            Found::Simple(list) if !accepted.simple.contains(&list[n]) => {
+                accepted.simple.push(list[n].clone())
+            }
+            Found::Attached(list)
+                if !accepted
+                    .sigstore
+                    .iter()
+                    .any(|a| a.signature == list[n].signature) =>
+            {
+                accepted.sigstore.push(list[n].clone())
+            }
+            _ => {}
         }
     }
 
@@ -142,12 +162,13 @@ impl Gate {
         digest: &Digest,
         delta: bool,
         remote: &Arc<Remote>,
-    ) -> Result<(), Error> {
+    ) -> Result<Accepted, Error> {
         let pulled = match delta {
             true => self.pulled.by_digest(digest.to_string()),
             false => self.pulled.clone(),
         };
         let (mut simple, mut attached) = (None, None);
+        let mut accepted = Accepted::default();
         for (kind, requirement) in &self.required {
             let found = match kind {
                 Kind::SignedBy => simple.get_or_insert(Found::Simple(
@@ -161,12 +182,14 @@ impl Gate {
                     attached.get_or_insert(Found::Attached(list))
                 }
             };
-            self.met(*kind, requirement, &pulled, digest, found)?;
+            let which = self.met(*kind, requirement, &pulled, digest, found)?;
+            found.keep(which, &mut accepted);
         }
-        Ok(())
+        Ok(accepted)
     }
 
-    /// One requirement is met by one signature. Otherwise the refusal
+    /// One requirement is met by one signature, whose place in `found`
+    /// is returned. Otherwise the refusal
     /// is that of the signature which came furthest, as it says most:
     /// a valid signature for another image says more than a foreign one.
     fn met(
@@ -176,7 +199,7 @@ impl Gate {
         pulled: &identity::Name,
         digest: &Digest,
         found: &Found,
-    ) -> Result<(), Error> {
+    ) -> Result<usize, Error> {
         if found.is_empty() {
             return Err(Error::SignatureMissing {
                 scope: self.scope.clone(),
@@ -186,9 +209,9 @@ impl Gate {
         }
         let keys = requirement.keys.read(&self.scope)?;
         let mut furthest: Option<(u8, Error)> = None;
-        for verified in found.payloads(&keys, &self.scope) {
+        for (n, verified) in found.payloads(&keys, &self.scope).into_iter().enumerate() {
             match self.check(kind, requirement, pulled, digest, verified) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(n),
                 Err((rank, e)) if furthest.as_ref().is_none_or(|(r, _)| rank > *r) => {
                     furthest = Some((rank, e));
                 }
