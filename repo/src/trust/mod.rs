@@ -7,7 +7,8 @@
 //! are checked once the manifest is fetched and its digest known, and
 //! before any layer is ([`Gate::admit`]): each must be met by one of the
 //! image's signatures, whose payload names that digest and an identity
-//! the requirement's `signedIdentity` admits for the name pulled.
+//! the requirement's `signedIdentity` admits for the name pulled. The
+//! signatures that met them are kept with the image ([`Accepted`]).
 
 mod gpg;
 mod identity;
