@@ -2,13 +2,13 @@
 //! signature policy.
 //!
 //! What an image's scope requires is settled before any connection
-//! ([`Gate::new`]): a `reject` scope refuses at once, and a scope of
+//! (`Gate::new`): a `reject` scope refuses at once, and a scope of
 //! `insecureAcceptAnything` only needs no check. Signature requirements
 //! are checked once the manifest is fetched and its digest known, and
-//! before any layer is ([`Gate::admit`]): each must be met by one of the
+//! before any layer is (`Gate::admit`): each must be met by one of the
 //! image's signatures, whose payload names that digest and an identity
 //! the requirement's `signedIdentity` admits for the name pulled. The
-//! signatures that met them are kept with the image ([`Accepted`]).
+//! signatures that met them are kept with the image (`Accepted`).
 
 mod gpg;
 mod identity;
