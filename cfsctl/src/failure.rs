@@ -184,6 +184,25 @@ fn oci_hint(e: &OciError) -> Option<String> {
              (/etc/containers/certs.d/{registry}/ca.crt by default), or, for a registry \
              reached without TLS, pass `--tls-verify=false`"
         ),
+        OciError::SignatureMissing { .. } => "signatures are read from the lookaside store \
+             the daemon's registries.d names for the image (/etc/containers/registries.d); \
+             sign the image (e.g. `skopeo copy --sign-by`) and publish its signature there"
+            .to_owned(),
+        OciError::SignatureUntrusted { .. } => "the trusted keys are the keyPath, keyPaths or \
+             keyData of that scope in the daemon's policy.json (/etc/containers/policy.json)"
+            .to_owned(),
+        OciError::SignatureDigestMismatch { .. } => {
+            "the registry serves another manifest than was signed: re-sign the image, \
+             or pull the signed one by its digest"
+                .to_owned()
+        }
+        OciError::SignatureIdentityMismatch { .. } => "the image was signed under another \
+             name: pull it by that name, or set the scope's signedIdentity in policy.json"
+            .to_owned(),
+        OciError::PinnedDigestMismatch { manifest, .. } => format!(
+            "the source holds {manifest}; pull that with `--digest {manifest}` only if you \
+             trust it"
+        ),
         OciError::RegistryUnreachable { .. } => {
             "the daemon, not cfsctl, connects: check that the registry is up and that the \
              daemon's host can reach it"

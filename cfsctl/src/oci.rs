@@ -179,6 +179,10 @@ pub struct PullArgs {
     /// registry; pull its layers.
     #[arg(long)]
     no_delta: bool,
+    /// sha256:<hex>: refuse any image but this one. The manifest, or an
+    /// index leading to it, must have this digest; a delta's target must.
+    #[arg(long, value_name = "DIGEST")]
+    digest: Option<String>,
 }
 
 /// Run an `oci` command.
@@ -369,6 +373,7 @@ async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Resul
         jobs: args.jobs,
         tls_verify: args.tls_verify,
         no_delta: args.no_delta.then_some(true),
+        digest: args.digest,
     };
     let mut progress = Progress::new(out);
     let result = follow(client, &params, fds, &mut progress).await;

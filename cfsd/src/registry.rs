@@ -32,6 +32,16 @@ pub struct RegistryArgs {
     )]
     policy: PathBuf,
 
+    /// The containers-registries.d directory: its *.yaml files name the
+    /// lookaside stores that signatures are read from, per registry,
+    /// namespace or repository.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/etc/containers/registries.d"
+    )]
+    registries_d: PathBuf,
+
     /// An admin-owned containers auth.json, used for pulls whose caller
     /// passes no auth file.
     #[arg(long, value_name = "PATH")]
@@ -45,6 +55,7 @@ impl RegistryArgs {
             certs_dir: self.certs_dir.clone(),
             registries_conf: self.registries_conf.clone(),
             policy: self.policy.clone(),
+            registries_d: self.registries_d.clone(),
             authfile: self.authfile.clone(),
         }
     }

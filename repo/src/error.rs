@@ -324,17 +324,66 @@ pub enum Error {
         /// The policy scope that decided.
         scope: String,
     },
-    /// The signature policy requires signatures, which cfsd does not
-    /// verify yet: the image is refused rather than admitted unchecked.
+    /// The policy requires a signature and the image has none.
     #[error(
-        "the signature policy requires signatures ({requirement}, scope {scope}); \
-         cfsd does not verify signatures yet, so the image is refused"
+        "{image} has no signature, and the signature policy requires one ({requirement}, scope {scope})"
     )]
-    SignatureRequired {
+    SignatureMissing {
         /// The policy scope that decided.
         scope: String,
         /// The requirement type, e.g. `signedBy`.
         requirement: String,
+        /// The image, with its manifest digest.
+        image: String,
+    },
+    /// No signature of the image is made by a key the scope trusts.
+    #[error("no signature is by a key that scope {scope} trusts ({requirement}): {reason}")]
+    SignatureUntrusted {
+        /// The policy scope that decided.
+        scope: String,
+        /// The requirement type, e.g. `signedBy`.
+        requirement: String,
+        /// Why the signature was not accepted.
+        reason: String,
+    },
+    /// A trusted signature vouches for another manifest than the one the
+    /// registry served.
+    #[error("the signature is for manifest {signed}, not {manifest} (scope {scope})")]
+    SignatureDigestMismatch {
+        /// The policy scope that decided.
+        scope: String,
+        /// The digest the signature names.
+        signed: String,
+        /// The manifest's digest.
+        manifest: String,
+    },
+    /// A trusted signature vouches for another image name than the policy
+    /// admits for the name pulled.
+    #[error("the signature is for {signed}, and scope {scope} requires {expected}")]
+    SignatureIdentityMismatch {
+        /// The policy scope that decided.
+        scope: String,
+        /// The name the signature claims.
+        signed: String,
+        /// What the scope's signedIdentity asks for.
+        expected: String,
+    },
+    /// A signature that is not a well-formed signed simple-signing
+    /// document.
+    #[error("an invalid signature (scope {scope}): {reason}")]
+    SignatureInvalid {
+        /// The policy scope that decided.
+        scope: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The pull pinned a manifest digest and the source has another.
+    #[error("the manifest is {manifest}, not the pinned {pinned}")]
+    PinnedDigestMismatch {
+        /// The digest asked for.
+        pinned: String,
+        /// The manifest's digest (a delta's target's, for a delta).
+        manifest: String,
     },
     /// The signature policy file is missing or does not parse.
     #[error("invalid signature policy {path}: {reason}")]

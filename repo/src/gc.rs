@@ -121,6 +121,14 @@ fn collect<H: FsVerityHashValue>(
     let result = store
         .gc(&roots)
         .map_err(|e| Error::storage("collecting garbage", e))?;
+    // Signatures kept for images that are gone go with them.
+    // Only a manifest known to be gone counts: a failed lookup keeps them.
+    crate::trust::prune_stored(path, |digest| {
+        !matches!(
+            composefs_oci::oci_image::has_manifest(store, &digest.to_oci()),
+            Ok(None)
+        )
+    })?;
     drop(exclusive);
     // The marker may go only once every removal is on disk.
     store

@@ -20,12 +20,12 @@ mod gc;
 pub mod mounts;
 pub mod oci;
 mod owner;
-pub mod policy;
 mod privacy;
 pub mod registry;
 mod repository;
 #[cfg(test)]
 mod test_image;
+pub mod trust;
 mod usage;
 pub mod verity;
 

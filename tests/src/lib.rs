@@ -8,6 +8,7 @@ pub mod ocictl;
 pub mod peer;
 pub mod referrers;
 pub mod registry;
+pub mod signing;
 pub mod stall;
 pub mod stalled;
 pub mod upstream;
@@ -39,6 +40,17 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Whether every one of `tools` is on PATH.
+pub fn installed(tools: &[&str]) -> bool {
+    tools.iter().all(|tool| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
 }
 
 /// Give up on a test whose precondition this machine lacks (a kernel

@@ -40,15 +40,7 @@ macro_rules! need_registry {
 /// skipped, saying so, where they are not (scripts/setup-deps installs
 /// them).
 pub fn available() -> bool {
-    ["docker-registry", "htpasswd", "skopeo", "openssl"]
-        .iter()
-        .all(|tool| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+    crate::installed(&["docker-registry", "htpasswd", "skopeo", "openssl"])
 }
 
 /// A running registry; stopped and removed on drop.
@@ -227,6 +219,12 @@ impl Registry {
     /// `skopeo copy [EXTRA] SOURCE docker://HOST/NAME`, with this
     /// registry's CA and credentials given as flags (no global state).
     pub fn push(&self, source: &str, name: &str, extra: &[&str]) {
+        run_output(&mut self.push_command(source, name, extra));
+    }
+
+    /// The `skopeo copy` of [`Registry::push`], not yet run, for a caller
+    /// that adds to its environment (a GNUPGHOME to sign with).
+    pub fn push_command(&self, source: &str, name: &str, extra: &[&str]) -> Command {
         let mut command = Command::new("skopeo");
         command.args(["copy", "--quiet"]).args(extra);
         if self.tls {
@@ -244,7 +242,20 @@ impl Registry {
         command
             .arg(source)
             .arg(format!("docker://{}/{name}", self.host()));
-        run_output(&mut command);
+        command
+    }
+
+    /// The manifest digest the registry's tag `name:tag` points to, read
+    /// from its storage.
+    pub fn tag_digest(&self, name: &str, tag: &str) -> String {
+        let link = self
+            .storage()
+            .join("docker/registry/v2/repositories")
+            .join(name)
+            .join("_manifests/tags")
+            .join(tag)
+            .join("current/link");
+        std::fs::read_to_string(link).unwrap().trim().to_owned()
     }
 
     /// The requests the registry has logged, one line each.
@@ -301,7 +312,7 @@ impl Drop for Registry {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -1050,3 +1050,43 @@ fn oci_delta_embedded_config_must_be_the_target_manifests() {
     );
     still_applies(&daemon, &fixture);
 }
+
+#[test]
+fn oci_delta_pinned_digest_must_be_its_targets_not_its_own() {
+    let fixture = Fixture::one_change();
+    let daemon = daemon_with_source(&fixture);
+    let delta =
+        written(&fixture.spec(fixture.parts(Encoding::AddData, Part::Whole(Compression::Gzip))));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(delta.dir.path().join("layout/index.json")).unwrap())
+            .unwrap();
+    let own = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let before = published(&daemon.repo());
+    // Neither the delta's own manifest nor the image it applies to is the
+    // image it makes.
+    for pinned in [&own, &fixture.source.manifest_digest] {
+        let params = cfsd_varlink::oci::PullParams {
+            transport: TRANSPORT_ARCHIVE.to_owned(),
+            tag: Some("pinned".to_owned()),
+            digest: Some(pinned.clone()),
+            ..Default::default()
+        };
+        let archive = File::open(delta.archive_path()).unwrap();
+        match cfsd_tests::ocictl::typed_refusal_of(&daemon, &params, archive.into()) {
+            OciError::PinnedDigestMismatch {
+                pinned: p,
+                manifest,
+            } => {
+                assert_eq!((&p, &manifest), (pinned, &fixture.target.manifest_digest));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(published(&daemon.repo()), before, "a refusal published");
+    let target = &fixture.target.manifest_digest;
+    let pulled = pull(
+        &daemon,
+        &[&delta.archive(None), "target", "--digest", target],
+    );
+    assert_eq!(pulled.str("manifestDigest"), *target);
+}

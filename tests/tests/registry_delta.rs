@@ -14,6 +14,7 @@ use cfsd_tests::{
     referrers::Referrer,
     registry,
     registry::{Cut, Proxy, Registry},
+    signing::{Key, Lookaside, push_signed},
     skip, stderr,
 };
 use cfsd_varlink::oci::{OciError, PullParams};
@@ -730,4 +731,97 @@ fn registry_delta_pushed_by_cfsctl_is_found_and_applied() {
     assert_eq!(found["used"], true, "{found}");
     assert_eq!(found["manifest"], made.as_str(), "{found}");
     assert_fsck_clean(&daemon);
+}
+
+#[test]
+fn registry_delta_is_admitted_by_its_targets_signature_named_or_discovered() {
+    cfsd_tests::need_registry!();
+    cfsd_tests::need_gpg!();
+    let fixture = Fixture::new(Registry::start_https());
+    let registry = &fixture.registry;
+    let (key, lookaside) = (Key::new("delta"), Lookaside::new());
+    // v2 signed where it is, in app; the same delta in other, where no
+    // signature of v2 is.
+    push_signed(
+        registry,
+        &fixture.v2_written.oci(None),
+        "app:v2",
+        &key,
+        &lookaside,
+        None,
+    );
+    let parts = vec![
+        (1, Part::Whole(Compression::Gzip)),
+        (2, Part::Whole(Compression::Zstd)),
+    ];
+    let unsigned = push_delta(registry, &fixture.v1, &fixture.v2, parts, "other:v2-delta");
+    fixture.list_for_v2(&[&fixture.delta]);
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = key.public_file(keys.path(), "delta");
+    let host = registry.host();
+    let signed_by =
+        serde_json::json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPath": trusted}]);
+    let policy = registry.policy(
+        "delta.json",
+        &serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {
+            format!("{host}/app"): signed_by, format!("{host}/other"): signed_by,
+        }}}),
+    );
+    let certs = registry.certs_dir();
+    let daemon = || {
+        let daemon = Daemon::start_initialised(&[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--registries-d",
+            lookaside.registries_d().to_str().unwrap(),
+            "--certs-dir",
+            certs.to_str().unwrap(),
+        ]);
+        pull(&daemon, &[&fixture.v1_written.oci(None), "v1"]);
+        daemon
+    };
+    let named = daemon();
+    let before = published(&named.repo());
+    let since = registry.requests().len();
+    let auth = registry.auth_file(registry::USER, registry::PASSWORD);
+    let params = PullParams {
+        transport: "docker".to_owned(),
+        reference: Some(format!("{host}/other:v2-delta")),
+        tag: Some("v2".to_owned()),
+        ..PullParams::default()
+    };
+    let fd = std::fs::File::open(&auth).unwrap().into();
+    match typed_refusal_with(&named, &params, vec![fd]) {
+        OciError::SignatureMissing { scope, image, .. } => {
+            assert_eq!(scope, format!("docker \"{host}/other\""));
+            assert_eq!(
+                image,
+                format!("{host}/other@{0} ({0})", fixture.v2.manifest_digest)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(published(&named.repo()), before);
+    let log = requests_since(registry, since);
+    for blob in unsigned.parts.iter().chain(&fixture.v2.layer_digests) {
+        assert!(
+            blob_requests(&log, blob).is_empty(),
+            "{blob} fetched: {log:#?}"
+        );
+    }
+    // Named by its own tag, the delta stands for v2 by v2's digest: the
+    // signature of v2 in the same repository admits it.
+    let pulled = fixture.pull(&named, "app:v2-delta", "v2", &[]);
+    assert_eq!(pulled.str("manifestDigest"), fixture.v2.manifest_digest);
+    assert_eq!(
+        pulled.result["delta"]["manifestDigest"],
+        fixture.delta.manifest_digest
+    );
+    // Found by itself for v2, which its own signature admitted.
+    let pulled = fixture.pull(&daemon(), "app:v2", "v2", &[]);
+    assert_eq!(
+        pulled.result["deltaDiscovery"]["used"], true,
+        "{}",
+        pulled.result
+    );
 }

@@ -289,9 +289,33 @@ mod tests {
                 reason: s(),
             },
             OciError::PolicyRejected { scope: s() },
-            OciError::SignatureRequired {
+            OciError::SignatureMissing {
                 scope: s(),
                 requirement: s(),
+                image: s(),
+            },
+            OciError::SignatureUntrusted {
+                scope: s(),
+                requirement: s(),
+                reason: s(),
+            },
+            OciError::SignatureDigestMismatch {
+                scope: s(),
+                signed: s(),
+                manifest: s(),
+            },
+            OciError::SignatureIdentityMismatch {
+                scope: s(),
+                signed: s(),
+                expected: s(),
+            },
+            OciError::SignatureInvalid {
+                scope: s(),
+                reason: s(),
+            },
+            OciError::PinnedDigestMismatch {
+                pinned: s(),
+                manifest: s(),
             },
             OciError::InvalidPolicy {
                 path: s(),
@@ -337,7 +361,12 @@ mod tests {
                 | OciError::RegistryUnreachable { .. }
                 | OciError::RegistryError { .. }
                 | OciError::PolicyRejected { .. }
-                | OciError::SignatureRequired { .. }
+                | OciError::SignatureMissing { .. }
+                | OciError::SignatureUntrusted { .. }
+                | OciError::SignatureDigestMismatch { .. }
+                | OciError::SignatureIdentityMismatch { .. }
+                | OciError::SignatureInvalid { .. }
+                | OciError::PinnedDigestMismatch { .. }
                 | OciError::InvalidPolicy { .. } => {}
             }
         }
@@ -508,6 +537,7 @@ mod tests {
             jobs: Some(2),
             tls_verify: Some(false),
             no_delta: Some(true),
+            digest: Some("sha256:x".to_owned()),
         };
         assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
         let pull_reply = PullReply {

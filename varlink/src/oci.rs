@@ -46,6 +46,10 @@ pub struct PullParams {
     /// of the image; no referrers request is sent.
     #[serde(default, rename = "noDelta", skip_serializing_if = "Option::is_none")]
     pub no_delta: Option<bool>,
+    /// `sha256:<hex>`: refuse any image but the one whose manifest, or an
+    /// index leading to it, has this digest; for a delta, its target's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// How far the import of one layer has come.
@@ -634,18 +638,71 @@ pub enum OciError {
         /// The policy scope that decided.
         scope: String,
     },
-    /// The signature policy requires signatures, which the daemon does
-    /// not verify yet, so the image is refused.
-    #[serde(rename = "io.cfsd.Oci.SignatureRequired")]
+    /// The policy requires a signature and the image has none.
+    #[serde(rename = "io.cfsd.Oci.SignatureMissing")]
     #[error(
-        "the signature policy requires signatures ({requirement}, scope {scope}); \
-         signatures are not verified yet, so the image is refused"
+        "{image} has no signature, and the signature policy requires one ({requirement}, scope {scope})"
     )]
-    SignatureRequired {
+    SignatureMissing {
         /// The policy scope that decided.
         scope: String,
         /// The requirement, e.g. `signedBy`.
         requirement: String,
+        /// The image, with its manifest digest.
+        image: String,
+    },
+    /// No signature of the image is by a key the scope trusts.
+    #[serde(rename = "io.cfsd.Oci.SignatureUntrusted")]
+    #[error("no signature is by a key that scope {scope} trusts ({requirement}): {reason}")]
+    SignatureUntrusted {
+        /// The policy scope that decided.
+        scope: String,
+        /// The requirement, e.g. `signedBy`.
+        requirement: String,
+        /// Why the signature was not accepted.
+        reason: String,
+    },
+    /// A trusted signature is for another manifest.
+    #[serde(rename = "io.cfsd.Oci.SignatureDigestMismatch")]
+    #[error("the signature is for manifest {signed}, not {manifest} (scope {scope})")]
+    SignatureDigestMismatch {
+        /// The policy scope that decided.
+        scope: String,
+        /// The digest the signature names.
+        signed: String,
+        /// The manifest's digest.
+        manifest: String,
+    },
+    /// A trusted signature is for another image name than the scope
+    /// admits.
+    #[serde(rename = "io.cfsd.Oci.SignatureIdentityMismatch")]
+    #[error("the signature is for {signed}, and scope {scope} requires {expected}")]
+    SignatureIdentityMismatch {
+        /// The policy scope that decided.
+        scope: String,
+        /// The name the signature claims.
+        signed: String,
+        /// What the scope's signedIdentity asks for.
+        expected: String,
+    },
+    /// A signature that is not a well-formed signed simple-signing
+    /// document.
+    #[serde(rename = "io.cfsd.Oci.SignatureInvalid")]
+    #[error("an invalid signature (scope {scope}): {reason}")]
+    SignatureInvalid {
+        /// The policy scope that decided.
+        scope: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The pull pinned a digest and the source's manifest has another.
+    #[serde(rename = "io.cfsd.Oci.PinnedDigestMismatch")]
+    #[error("the manifest is {manifest}, not the pinned {pinned}")]
+    PinnedDigestMismatch {
+        /// The digest asked for.
+        pinned: String,
+        /// The manifest's digest (a delta's target's, for a delta).
+        manifest: String,
     },
     /// The signature policy is missing or does not parse.
     #[serde(rename = "io.cfsd.Oci.InvalidPolicy")]

@@ -387,6 +387,7 @@ fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
         platform,
         jobs: jobs.min(cores),
         no_delta: params.no_delta.unwrap_or(false),
+        digest: params.digest,
     })
 }
 
@@ -717,8 +718,45 @@ pub(super) fn wire_error(e: repo::Error) -> OciError {
             reason,
         },
         E::PolicyRejected { scope } => OciError::PolicyRejected { scope },
-        E::SignatureRequired { scope, requirement } => {
-            OciError::SignatureRequired { scope, requirement }
+        E::SignatureMissing {
+            scope,
+            requirement,
+            image,
+        } => OciError::SignatureMissing {
+            scope,
+            requirement,
+            image,
+        },
+        E::SignatureUntrusted {
+            scope,
+            requirement,
+            reason,
+        } => OciError::SignatureUntrusted {
+            scope,
+            requirement,
+            reason,
+        },
+        E::SignatureDigestMismatch {
+            scope,
+            signed,
+            manifest,
+        } => OciError::SignatureDigestMismatch {
+            scope,
+            signed,
+            manifest,
+        },
+        E::SignatureIdentityMismatch {
+            scope,
+            signed,
+            expected,
+        } => OciError::SignatureIdentityMismatch {
+            scope,
+            signed,
+            expected,
+        },
+        E::SignatureInvalid { scope, reason } => OciError::SignatureInvalid { scope, reason },
+        E::PinnedDigestMismatch { pinned, manifest } => {
+            OciError::PinnedDigestMismatch { pinned, manifest }
         }
         E::InvalidPolicy { path, reason } => OciError::InvalidPolicy { path, reason },
     }

@@ -57,6 +57,35 @@ pub(crate) struct Resolved {
     /// oci-delta hook: set when the source is a delta artifact that
     /// rebuilds this image; its layers then come from the delta.
     pub delta: Option<crate::delta::Delta>,
+    /// The digests of the documents as the source served them, from the
+    /// image manifest (before any Docker conversion) out to the index
+    /// entry that led to it; each commits to the one before. For a
+    /// delta, only its target's manifest: the delta's own documents
+    /// vouch for nothing.
+    pub served: Vec<Digest>,
+}
+
+impl Resolved {
+    /// The digest signatures must name: the outermost document served,
+    /// or a delta's target manifest.
+    pub(crate) fn signed(&self) -> &Digest {
+        self.served
+            .last()
+            .expect("a resolved image has its manifest's digest")
+    }
+
+    /// Refuse an image that `pinned` does not name: it must be the
+    /// digest of one of the documents served ([`Resolved::served`]).
+    pub(crate) fn check_pinned(&self, pinned: &str) -> Result<(), Error> {
+        let pinned = Digest::parse(pinned, "the pinned digest")?;
+        if self.served.contains(&pinned) {
+            return Ok(());
+        }
+        Err(Error::PinnedDigestMismatch {
+            pinned: pinned.to_string(),
+            manifest: self.served[0].to_string(),
+        })
+    }
 }
 
 /// Choose the image that `reference` (a ref name or manifest digest; any
@@ -155,7 +184,11 @@ fn resolve_descriptor(
                 [only] if only.platform.is_none() => only.clone(),
                 _ => by_platform(&entries, platform)?,
             };
-            resolve_descriptor(layout, &chosen, platform, depth + 1)
+            let mut resolved = resolve_descriptor(layout, &chosen, platform, depth + 1)?;
+            if resolved.delta.is_none() {
+                resolved.served.push(digest);
+            }
+            Ok(resolved)
         }
         Some(OCI_MANIFEST | DOCKER_MANIFEST) | None => image(layout, digest, raw),
         Some(other) => Err(Error::UnsupportedMediaType {
@@ -208,6 +241,7 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
     )?;
     let config: ConfigDoc = parse(&config_raw, &format!("config {config_digest}"))?;
     let layers = plan_layers(layer_descriptors, &config.rootfs)?;
+    let served = vec![manifest_digest.clone()];
     let (manifest_digest, raw) =
         if manifest.media_type.as_deref() == Some(DOCKER_MANIFEST) || config_type != OCI_CONFIG {
             let converted = docker_to_oci(&raw, &layers)?;
@@ -226,6 +260,7 @@ fn image(layout: &Layout, manifest_digest: Digest, raw: Vec<u8>) -> Result<Resol
         config: config_raw,
         layers,
         delta: None,
+        served,
     })
 }
 

@@ -44,6 +44,9 @@ pub struct PullOptions {
     /// For a registry image: do not look for an oci-delta to pull it by
     /// (no referrers request is sent).
     pub no_delta: bool,
+    /// `sha256:<hex>`: refuse any image but the one whose manifest (or an
+    /// index leading to it) has this digest; for a delta, its target's.
+    pub digest: Option<String>,
 }
 
 /// What a pull did.
@@ -111,6 +114,8 @@ pub struct PreparedPull {
     discover: Option<bool>,
     /// Dropped with the pull, it stops the registry's blob readers.
     stop: Option<crate::registry::Stop>,
+    /// The signatures that met the policy, kept with the image.
+    signatures: Option<crate::trust::Accepted>,
 }
 
 impl PreparedPull {
@@ -143,6 +148,12 @@ impl Repository {
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
         let layout = Layout::open(source)?;
         let resolved = manifest::resolve(&layout, options.reference.as_deref(), &platform)?;
+        if let Some(pinned) = &options.digest {
+            resolved.check_pinned(pinned)?;
+        }
+        // Trust: the policy decides on the digest signatures name, before
+        // any layer is fetched.
+        let signatures = layout.admit(resolved.signed(), resolved.delta.is_some())?;
         // Asked for by name, the platform must be the image's own, whatever
         // the index claims or when there is no index entry to choose from.
         if let Some(asked) = &options.platform {
@@ -169,6 +180,7 @@ impl Repository {
             tag,
             jobs,
             discover,
+            signatures,
         })
     }
 
@@ -199,6 +211,8 @@ impl Repository {
             discover: prepared.discover,
             progress: Arc::new(progress),
             hold,
+            signatures: prepared.signatures,
+            root: self.path().to_owned(),
         };
         with_store!(self.store(), store => job.run(store.clone()).await)
     }
@@ -215,6 +229,11 @@ struct Pull {
     /// Keeps GC off; the blocking work that names the image keeps a
     /// share, since it runs on if this pull is dropped.
     hold: Arc<Hold>,
+    /// The signatures that met the policy, kept before the image is
+    /// published, so that a published image has them.
+    signatures: Option<crate::trust::Accepted>,
+    /// The repository's directory, where they are kept.
+    root: std::path::PathBuf,
 }
 
 impl Pull {
@@ -234,6 +253,7 @@ impl Pull {
         let image_id = blocking(move || {
             let _hold = publishing.hold.clone();
             let resolved = &publishing.resolved;
+            publishing.keep_signatures()?;
             let id = publish(
                 &repo,
                 &resolved.manifest,
@@ -340,6 +360,14 @@ impl Pull {
         }
     }
 
+    /// Keep the signatures that admitted the image, if any did.
+    fn keep_signatures(&self) -> Result<(), Error> {
+        match &self.signatures {
+            Some(accepted) => accepted.store(&self.root, &self.resolved.manifest_digest),
+            None => Ok(()),
+        }
+    }
+
     /// If the repository already holds this image, complete with its EROFS
     /// image, set the tag and report that; nothing is read or written.
     fn already_present<H: FsVerityHashValue>(
@@ -358,6 +386,7 @@ impl Pull {
         let Some(id) = image.image_ref(repo.erofs_version()) else {
             return Ok(None);
         };
+        self.keep_signatures()?;
         composefs_oci::oci_image::tag_image(repo, &digest, &self.tag)
             .map_err(|e| Error::storage("tagging", e))?;
         durable(repo)?;

@@ -80,6 +80,21 @@ impl Layout {
         }
     }
 
+    /// Admit the image whose manifest has `digest` (with `delta`, a
+    /// delta's target's) as the registry's signature policy requires; a
+    /// local source has no policy. The signatures that met the policy,
+    /// if it asked for any. Blocks.
+    pub(crate) fn admit(
+        &self,
+        digest: &Digest,
+        delta: bool,
+    ) -> Result<Option<crate::trust::Accepted>, Error> {
+        match self {
+            Layout::Registry(connected) => connected.admit(digest, delta),
+            _ => Ok(None),
+        }
+    }
+
     /// For a registry, what stops its blob readers once dropped; the pull
     /// holds it, so that they stop when the pull does.
     pub(crate) fn take_stop(&self) -> Option<crate::registry::Stop> {

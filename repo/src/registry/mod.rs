@@ -6,6 +6,7 @@
 //! settings (system CAs plus `certs.d`, or insecure when asked for or
 //! marked so in `registries.conf`) and the credentials.
 
+pub(crate) mod attachments;
 mod auth;
 pub(crate) mod blob;
 mod delta_push;
@@ -24,7 +25,8 @@ pub use settings::RegistrySettings;
 
 use crate::{
     Error,
-    policy::{DockerIdentity, Policy},
+    oci::digest::Digest,
+    trust::{DockerIdentity, Gate, Policy},
 };
 
 /// A registry pull or push as a caller asks for it.
@@ -48,6 +50,9 @@ pub struct Registry {
     auth: RegistryAuth,
     insecure: bool,
     certificates: Vec<Certificate>,
+    /// The signatures the policy requires, checked once the manifest is
+    /// known; `None` for a push, or when the policy requires none.
+    gate: Option<Gate>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -62,16 +67,24 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// Check `request` against the policy and settings. Reads local files
-    /// only: the policy, registries.conf, certs.d and the auth file.
+    /// only: the policy, registries.d, registries.conf, certs.d and the
+    /// auth file.
     pub fn new(settings: &RegistrySettings, request: RegistryRequest) -> Result<Self, Error> {
         let image = parse_reference(&request.reference)?;
-        Policy::load(&settings.policy)?.admit(&DockerIdentity {
+        let identity = DockerIdentity {
             registry: image.registry().to_owned(),
             repository: image.repository().to_owned(),
             tag: image.tag().map(str::to_owned),
             digest: image.digest().map(str::to_owned),
-        })?;
-        Self::with_settings(settings, image, request)
+        };
+        let gate = Gate::new(
+            &Policy::load(&settings.policy)?,
+            &identity,
+            &settings.registries_d,
+        )?;
+        let mut registry = Self::with_settings(settings, image, request)?;
+        registry.gate = gate;
+        Ok(registry)
     }
 
     /// A registry image to push to, `HOST[:PORT]/NAME[:TAG]` (`latest`
@@ -124,6 +137,7 @@ impl Registry {
             auth,
             insecure,
             certificates,
+            gate: None,
         })
     }
 
@@ -207,6 +221,8 @@ pub(crate) struct Connected {
     pub(crate) remote: std::sync::Arc<remote::Remote>,
     /// Until the pull takes it: dropped with the source then.
     stop: std::sync::Mutex<Option<Stop>>,
+    /// What the policy requires of the image's manifest.
+    gate: Option<Gate>,
 }
 
 /// Dropping it stops every blob reader of its source at once: those
@@ -219,12 +235,28 @@ pub(crate) struct Stop {
 
 impl Connected {
     /// Connect to `registry` and fetch the document it names. Blocks.
-    pub(crate) fn open(registry: Registry) -> Result<Self, Error> {
+    pub(crate) fn open(mut registry: Registry) -> Result<Self, Error> {
+        let gate = registry.gate.take();
         let (remote, stop) = remote::Remote::connect(registry)?;
         Ok(Connected {
             remote: std::sync::Arc::new(remote),
             stop: std::sync::Mutex::new(Some(Stop { _sender: stop })),
+            gate,
         })
+    }
+
+    /// Admit the manifest `digest` (the image's, or with `delta` a
+    /// delta's target's) as the policy requires, before any layer is
+    /// fetched; the signatures that met it, if it asked for any. Blocks.
+    pub(crate) fn admit(
+        &self,
+        digest: &Digest,
+        delta: bool,
+    ) -> Result<Option<crate::trust::Accepted>, Error> {
+        match &self.gate {
+            Some(gate) => gate.admit(digest, delta, &self.remote).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The pull's means to stop this source's readers, once.

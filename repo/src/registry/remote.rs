@@ -44,7 +44,7 @@ pub(crate) struct Remote {
     pub(super) host: String,
     /// The runtime the requests run on; the pipeline reads blobs from
     /// blocking threads, which wait on it.
-    pub(super) handle: Handle,
+    pub(crate) handle: Handle,
     /// The document the reference named, verified against its digest.
     top: (Digest, Vec<u8>),
     /// Closed when the pull lets go of this source: blob readers still
@@ -142,7 +142,11 @@ impl Remote {
     }
 
     /// Fetch the manifest `image` names and its digest, computed here.
-    fn manifest(&self, image: &Reference, auth: &RegistryAuth) -> Result<(Digest, Vec<u8>), Error> {
+    pub(super) fn manifest(
+        &self,
+        image: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<(Digest, Vec<u8>), Error> {
         let what = format!("the manifest of {}", image.whole());
         // A document fetched for a pull that is dropped meanwhile (a
         // delta's manifest, during discovery) stops as a blob does.

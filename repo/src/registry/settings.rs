@@ -1,7 +1,7 @@
 //! What the machine says about registries, read by the daemon from files
 //! the administrator owns: `registries.conf` (which registries are
-//! insecure), the `certs.d` CA directories, the signature policy, and an
-//! optional admin auth file.
+//! insecure), the `certs.d` CA directories, the signature policy and
+//! `registries.d`, and an optional admin auth file.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,9 @@ pub struct RegistrySettings {
     pub registries_conf: PathBuf,
     /// The containers signature policy.
     pub policy: PathBuf,
+    /// The containers-registries.d directory: where the signatures of
+    /// images are kept (lookaside stores, sigstore attachments).
+    pub registries_d: PathBuf,
     /// The admin's auth file, used when the caller passes none.
     pub authfile: Option<PathBuf>,
 }
@@ -32,6 +35,7 @@ impl Default for RegistrySettings {
             certs_dir: "/etc/containers/certs.d".into(),
             registries_conf: "/etc/containers/registries.conf".into(),
             policy: "/etc/containers/policy.json".into(),
+            registries_d: "/etc/containers/registries.d".into(),
             authfile: None,
         }
     }
