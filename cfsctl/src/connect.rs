@@ -125,3 +125,12 @@ fn not_started(e: std::io::Error) -> crate::failure::Local {
         reason,
     }
 }
+
+/// Where `--user` keeps the caller's repository: `$HOME/.var/lib/composefs`,
+/// as upstream cfsctl does, created (private) by `cfsctl --user init`.
+pub fn user_repository() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("--user needs $HOME to find your repository")?;
+    Ok(PathBuf::from(home).join(".var/lib/composefs"))
+}

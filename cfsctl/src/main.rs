@@ -30,13 +30,23 @@ use crate::{failure::Failure, render::ProgressMode};
 struct Cli {
     /// The daemon's socket, e.g. unix:/run/cfsd/cfsd.sock. Defaults to
     /// $CFSD_ADDRESS, then the system socket.
-    #[arg(long, global = true, env = "CFSD_ADDRESS")]
+    #[arg(long, global = true)]
     address: Option<Address>,
 
     /// Use the repository at PATH through a private daemon that lives as
     /// long as this command, instead of a running one.
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "address")]
     repo: Option<std::path::PathBuf>,
+
+    /// Use your own repository, $HOME/.var/lib/composefs (where upstream
+    /// cfsctl --user keeps it), through a private daemon running as you.
+    #[arg(long, global = true, conflicts_with_all = ["address", "repo"])]
+    user: bool,
+
+    /// Use the system's repository (/sysroot/composefs) through the
+    /// system daemon's socket, whatever $CFSD_ADDRESS says.
+    #[arg(long, global = true, conflicts_with_all = ["address", "repo", "user"])]
+    system: bool,
 
     /// Print the result as one JSON line on stdout, or on failure
     /// {"error": NAME, "parameters": {...}}; see docs/cli.md.
@@ -199,7 +209,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return mount::umount(out, dir);
     }
-    let mut daemon = connect::Daemon::connect(cli.address.as_ref(), cli.repo.as_deref()).await?;
+    let repo = match cli.user {
+        true => Some(connect::user_repository()?),
+        false => cli.repo,
+    };
+    // $CFSD_ADDRESS stands for --address only when no other flag says
+    // which repository to use: read here, not by clap, whose conflicts
+    // would count it as given.
+    let address = match (&cli.address, repo.is_some() || cli.system) {
+        (Some(address), _) => Some(address.clone()),
+        (None, false) => std::env::var("CFSD_ADDRESS")
+            .ok()
+            .filter(|a| !a.is_empty())
+            .map(|a| a.parse::<Address>())
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("$CFSD_ADDRESS: {e}"))?,
+        (None, true) => None,
+    };
+    let mut daemon = connect::Daemon::connect(address.as_ref(), repo.as_deref()).await?;
     let client = daemon.client();
     let code = match cli.command {
         Command::Init { algorithm } => repository::init(client, out, algorithm).await?,

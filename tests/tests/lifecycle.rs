@@ -275,6 +275,9 @@ fn system_socket_is_the_last_resort() {
             tries=$((tries + 1)); [ $tries -lt 200 ] || break; sleep 0.05
         done
         echo "daemon-rc=$?"
+        # --system goes there even when $CFSD_ADDRESS names another.
+        CFSD_ADDRESS=unix:/nonexistent.sock "$CFSCTL" --system --json info >"$OUT.system" 2>&1
+        echo "system-rc=$?"
         kill $pid; wait $pid
     "#;
     let out_file = dir.path().join("info.json");
@@ -296,6 +299,44 @@ fn system_socket_is_the_last_resort() {
     assert!(text.contains("daemon-rc=0"), "{text}{}", stderr(&out));
     let json: Value = serde_json::from_slice(&std::fs::read(&out_file).unwrap()).unwrap();
     assert_eq!(json["info"]["path"], repo.display().to_string());
+    assert!(text.contains("system-rc=0"), "{text}");
+    let system = std::fs::read(dir.path().join("info.json.system")).unwrap();
+    let json: Value = serde_json::from_slice(&system).unwrap();
+    assert_eq!(json["info"]["path"], repo.display().to_string());
+}
+
+#[test]
+fn user_is_the_repository_in_home_that_upstream_user_names() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin("cfsctl"))
+            .args(args)
+            .env("HOME", home.path())
+            // $CFSD_ADDRESS gives way to --user.
+            .env("CFSD_ADDRESS", "unix:/nonexistent.sock")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    run(&["--user", "init"]);
+    let repo = home.path().join(".var/lib/composefs");
+    let mode = std::fs::metadata(&repo).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the user's repository is private");
+    let image = cfsd_tests::oci::small_image(cfsd_tests::oci::Compression::Gzip, "mine");
+    let written = cfsd_tests::oci::Written::new(&cfsd_tests::oci::Layout::single(&image, None).0);
+    run(&["--user", "oci", "pull", &written.archive(None), "mine"]);
+    let ours: Value =
+        serde_json::from_slice(&run(&["--user", "--json", "oci", "inspect", "mine"]).stdout)
+            .unwrap();
+    // Upstream cfsctl --user, with the same $HOME, finds the same image.
+    let theirs = std::process::Command::new(cfsd_tests::upstream::upstream())
+        .args(["--user", "oci", "compute-id", "mine"])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(theirs.status.success(), "{}", stderr(&theirs));
+    assert_eq!(stdout(&theirs).trim(), ours["imageId"], "{ours}");
 }
 
 #[test]
