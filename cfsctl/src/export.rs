@@ -1,12 +1,49 @@
-//! `oci dump` and `oci layer`: repository content on stdout, through the
-//! pipe the daemon hands over.
+//! `oci export`, an image into an archive file cfsctl opens; `oci dump`
+//! and `oci layer`, repository content on stdout through the pipe the
+//! daemon hands over.
 
 use std::{fs::File, io::IsTerminal, os::fd::OwnedFd, process::ExitCode};
 
 use cfsd_varlink::{
     Client,
-    oci::{DumpParams, ExportLayerParams, ExportReply, LayerFormat, OciError},
+    oci::{DumpParams, ExportLayerParams, ExportParams, ExportReply, LayerFormat, OciError},
 };
+
+use crate::render::Output;
+
+/// `cfsctl oci export IMAGE oci-archive:FILE[:REF]`.
+pub async fn archive(
+    client: &mut Client,
+    out: Output,
+    image: String,
+    dest: String,
+    compression: crate::push::CompressionArg,
+) -> anyhow::Result<ExitCode> {
+    let usage = "an image is exported as oci-archive:FILE[:REF], e.g. oci-archive:image.tar";
+    let (dest, file) = crate::oci::archive_output(&dest, usage)?;
+    let params = ExportParams {
+        image,
+        compression: Some(compression.wire()),
+        reference: dest.reference.clone(),
+    };
+    let watched = file.try_clone()?;
+    let name = dest.path.display().to_string();
+    let call = client.export_image(&params, file.into());
+    let reply = match crate::writing::while_writing(out, &watched, &name, call).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            // Half an archive is no use to anyone.
+            let _ = std::fs::remove_file(&dest.path);
+            return Err(e.into());
+        }
+    };
+    out.show(&reply, |r| {
+        println!("Manifest: {}", r.manifest_digest);
+        println!("Config:   {}", r.config_digest);
+        println!("Written:  {} to {name}", crate::render::bytes(r.bytes));
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// `cfsctl oci dump IMAGE`.
 pub async fn dump(client: &mut Client, image: String) -> anyhow::Result<ExitCode> {

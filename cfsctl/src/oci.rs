@@ -86,6 +86,19 @@ pub enum OciCommand {
         /// Where it is attached.
         dir: PathBuf,
     },
+    /// Write an image as an OCI archive, its layers compressed again, for
+    /// skopeo, podman or another repository to import.
+    Export {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+        /// oci-archive:FILE[:REF]: the archive to write (created or
+        /// replaced, with your own permissions); REF names the image in
+        /// its index.
+        dest: String,
+        /// How the layers are compressed.
+        #[arg(long, value_enum, default_value_t = crate::push::CompressionArg::Gzip)]
+        compression: crate::push::CompressionArg,
+    },
     /// Write an image's composefs dumpfile (composefs-dump(5)) to stdout,
     /// as upstream's `cfsctl oci dump` does.
     Dump {
@@ -196,6 +209,11 @@ pub async fn run(
         OciCommand::Push(args) => crate::push::push(client, out, args).await,
         OciCommand::Images => images(client, out).await,
         OciCommand::Dump { image } => crate::export::dump(client, image).await,
+        OciCommand::Export {
+            image,
+            dest,
+            compression,
+        } => crate::export::archive(client, out, image, dest, compression).await,
         OciCommand::Layer { diff_id, dumpfile } => {
             crate::export::layer(client, diff_id, dumpfile).await
         }
@@ -246,10 +264,12 @@ pub async fn run(
 
 /// Where `oci pull` reads from, as parsed from SOURCE.
 #[derive(Debug, PartialEq, Eq)]
-struct Source {
+pub(crate) struct Source {
     transport: &'static str,
-    path: PathBuf,
-    reference: Option<String>,
+    /// The file or directory.
+    pub(crate) path: PathBuf,
+    /// The name inside the layout, if given.
+    pub(crate) reference: Option<String>,
 }
 
 impl Source {
@@ -499,23 +519,7 @@ async fn create_delta(
     }
     let usage = "a delta is written as oci-archive:FILE[:REF], e.g. oci-archive:delta.tar, \
                  or pushed to docker://HOST[:PORT]/NAME[:TAG]";
-    let dest = Source::parse_as(&args.dest, usage)?;
-    if dest.transport != TRANSPORT_ARCHIVE {
-        return Err(Local::InvalidSource {
-            argument: args.dest,
-            reason: usage.to_owned(),
-        }
-        .into());
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&dest.path)
-        .map_err(|e| Local::OpenFailed {
-            path: dest.path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let (dest, file) = archive_output(&args.dest, usage)?;
     let params = CreateDeltaParams {
         source: args.source,
         target: args.target,
@@ -539,6 +543,29 @@ async fn create_delta(
     };
     out.show(&reply, |r| print_delta(r, &dest.path))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `oci-archive:FILE[:REF]` that `dest` names, and FILE created or
+/// truncated with the caller's own permissions, for the daemon to write.
+pub(crate) fn archive_output(dest: &str, usage: &str) -> anyhow::Result<(Source, std::fs::File)> {
+    let parsed = Source::parse_as(dest, usage)?;
+    if parsed.transport != TRANSPORT_ARCHIVE {
+        return Err(Local::InvalidSource {
+            argument: dest.to_owned(),
+            reason: usage.to_owned(),
+        }
+        .into());
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&parsed.path)
+        .map_err(|e| Local::OpenFailed {
+            path: parsed.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok((parsed, file))
 }
 
 fn print_delta(r: &CreateDeltaReply, path: &Path) {

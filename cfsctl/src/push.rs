@@ -39,11 +39,21 @@ pub struct PushArgs {
 
 /// `--compression` of `oci push`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum CompressionArg {
+pub enum CompressionArg {
     /// gzip, which every client reads.
     Gzip,
     /// zstd: smaller and faster to decompress.
     Zstd,
+}
+
+impl CompressionArg {
+    /// The wire's compression.
+    pub fn wire(self) -> PushCompression {
+        match self {
+            CompressionArg::Gzip => PushCompression::Gzip,
+            CompressionArg::Zstd => PushCompression::Zstd,
+        }
+    }
 }
 
 /// The registry reference of a `docker://` destination, without the
@@ -63,10 +73,7 @@ pub async fn push(client: &mut Client, out: Output, args: PushArgs) -> anyhow::R
     let params = PushParams {
         image: args.image,
         reference,
-        compression: Some(match args.compression {
-            CompressionArg::Gzip => PushCompression::Gzip,
-            CompressionArg::Zstd => PushCompression::Zstd,
-        }),
+        compression: Some(args.compression.wire()),
         tls_verify: args.tls_verify,
     };
     let reply = client.push(&params, authfile).await?;

@@ -232,3 +232,82 @@ fn a_reader_that_hangs_up_mid_layer_gives_back_its_turn() {
     let whole = large_image().layers[0].tar().len() as u64;
     assert_eq!(last["parameters"]["bytes"], whole, "{last}");
 }
+
+#[test]
+fn an_exported_archive_is_the_same_image_to_skopeo_upstream_and_cfsd() {
+    let image = everything_image();
+    let daemon = daemon_with(&image, &[]);
+    let id = json(&daemon, &["oci", "inspect", "it"])["imageId"].clone();
+    let config = json(&daemon, &["oci", "inspect", "it"])["configDigest"].clone();
+    for compression in ["gzip", "zstd"] {
+        let archive = daemon.dir().join(format!("it-{compression}.tar"));
+        let dest = format!("oci-archive:{}:exported", archive.display());
+        let args = [
+            "--json",
+            "oci",
+            "export",
+            "it",
+            &dest,
+            "--compression",
+            compression,
+        ];
+        let reply: Value = serde_json::from_slice(&ours(&daemon, &args)).unwrap();
+        assert_eq!(reply["configDigest"], config, "{reply}");
+        assert_eq!(
+            reply["bytes"],
+            std::fs::metadata(&archive).unwrap().len(),
+            "{reply}"
+        );
+        // skopeo reads it as an image with the same config.
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}:exported", archive.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo: {}", stderr(&out));
+        let manifest: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(manifest["config"]["digest"], config, "{manifest}");
+        assert_eq!(sha256_digest(&out.stdout), reply["manifestDigest"]);
+        assert!(
+            manifest["layers"][0]["mediaType"]
+                .as_str()
+                .unwrap()
+                .ends_with(compression),
+            "{manifest}"
+        );
+        // Upstream cfsctl and cfsd, each in a fresh repository, import it
+        // as the same composefs image.
+        let theirs_repo = daemon.dir().join(format!("upstream-{compression}"));
+        let run_upstream = |args: &[&str]| {
+            let out = Command::new(upstream())
+                .arg("--repo")
+                .arg(&theirs_repo)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "upstream {args:?}: {}", stderr(&out));
+            out.stdout
+        };
+        run_upstream(&["init", "--insecure"]);
+        run_upstream(&["oci", "pull", &dest, "again"]);
+        let upstream_id = run_upstream(&["oci", "compute-id", "again"]);
+        assert_eq!(
+            String::from_utf8_lossy(&upstream_id).trim(),
+            id,
+            "{compression}"
+        );
+        let fresh = Daemon::start_initialised(&[]);
+        let pulled = pull(&fresh, &[&dest, "again"]);
+        assert_eq!(pulled.str("imageId"), id.as_str().unwrap(), "{compression}");
+    }
+    // Nobody outside the admin group gets the image's files this way.
+    let denied = raw_calls_as(
+        &daemon,
+        &[],
+        &[json!({"method": "io.cfsd.Oci.Export", "parameters": {"image": "it"}})],
+    );
+    assert_eq!(
+        denied[0]["error"], "io.cfsd.Oci.PermissionDenied",
+        "{denied:?}"
+    );
+}

@@ -8,9 +8,10 @@ use zlink::{Call, Connection, tokio::unix::Stream};
 use crate::{
     address::Address,
     oci::{
-        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ExportReply, ImageParams,
-        InspectReply, ListImagesReply, MountParams, OciError, PullParams, PushDeltaParams,
-        PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams, UntagParams,
+        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ExportImageReply,
+        ExportParams, ExportReply, ImageParams, InspectReply, ListImagesReply, MountParams,
+        OciError, PullParams, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
+        TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, HoldParams, HoldReply, InfoReply, InitParams,
@@ -329,6 +330,16 @@ impl Client {
         out: OwnedFd,
     ) -> CallResult<CreateDeltaReply, OciError> {
         let method = format!("{}.CreateDelta", crate::idl::OCI_INTERFACE);
+        self.call(&method, params, vec![out]).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.Export`, writing the archive into `out`.
+    pub async fn export_image(
+        &mut self,
+        params: &ExportParams,
+        out: OwnedFd,
+    ) -> CallResult<ExportImageReply, OciError> {
+        let method = format!("{}.Export", crate::idl::OCI_INTERFACE);
         self.call(&method, params, vec![out]).await.map(|(r, _)| r)
     }
 

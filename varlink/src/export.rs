@@ -47,3 +47,31 @@ pub struct ExportReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
 }
+
+/// The parameters of `Export`. The archive is the call's first fd: a
+/// regular file the caller owns, opened for writing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// The image: a tag, a manifest digest or a unique prefix.
+    pub image: String,
+    /// How its layers are compressed; gzip when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::oci::PushCompression>,
+    /// The name the archive's index gives the image
+    /// (`org.opencontainers.image.ref.name`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// The reply of `Export`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportImageReply {
+    /// The digest of the archive's manifest, new as its layer blobs are.
+    pub manifest_digest: String,
+    /// The digest of the config, the same as in the repository.
+    pub config_digest: String,
+    /// Bytes of the archive.
+    pub bytes: u64,
+}

@@ -49,10 +49,11 @@ mod tests {
     use crate::{
         oci::{
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
-            DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportLayerParams, ExportReply, Image,
-            ImageParams, InspectReply, LayerFormat, LayerProgress, ListImagesReply, MountParams,
-            OciError, PullParams, PullReply, PullResult, PushCompression, PushDeltaParams,
-            PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams, UntagParams,
+            DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportImageReply, ExportLayerParams,
+            ExportParams, ExportReply, Image, ImageParams, InspectReply, LayerFormat,
+            LayerProgress, ListImagesReply, MountParams, OciError, PullParams, PullReply,
+            PullResult, PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply,
+            RemoveReply, TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -641,6 +642,16 @@ mod tests {
             format: Some(LayerFormat::Dumpfile),
         };
         assert_eq!(keys(&layer), method_fields(&idl, "ExportLayer", false));
+        let export = ExportParams {
+            image: "i".into(),
+            compression: Some(PushCompression::Zstd),
+            reference: Some("r".into()),
+        };
+        assert_eq!(keys(&export), method_fields(&idl, "Export", false));
+        assert_eq!(
+            keys(&ExportImageReply::default()),
+            method_fields(&idl, "Export", true)
+        );
         let written = ExportReply { bytes: Some(1) };
         for method in ["Dump", "ExportLayer"] {
             assert_eq!(

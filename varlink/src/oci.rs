@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::export::{DumpParams, ExportLayerParams, ExportReply, LayerFormat};
+pub use crate::export::{
+    DumpParams, ExportImageReply, ExportLayerParams, ExportParams, ExportReply, LayerFormat,
+};
 pub use crate::push::{PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply};
 
 /// The transport of a directory holding an OCI image layout.
@@ -780,6 +782,7 @@ pub const METHODS: &[&str] = &[
     "PushDelta",
     "Dump",
     "ExportLayer",
+    "Export",
 ];
 
 #[cfg(test)]

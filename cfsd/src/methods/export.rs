@@ -1,5 +1,6 @@
-//! `io.cfsd.Oci.Dump` and `ExportLayer`: repository content written into
-//! a pipe the daemon makes and hands to the client.
+//! `io.cfsd.Oci.Export`, an image written as an archive into a file the
+//! client passes; and `Dump` and `ExportLayer`, repository content
+//! written into a pipe the daemon makes and hands to the client.
 //!
 //! The daemon makes the pipe rather than writing into an fd the client
 //! passes, because its own write end can be non-blocking without touching
@@ -19,7 +20,10 @@ use std::{
 };
 
 use cfsd_repo::{self as repo, Repository, oci::LayerFormat};
-use cfsd_varlink::oci::{self as wire, DumpParams, ExportLayerParams, ExportReply, OciError};
+use cfsd_varlink::oci::{
+    self as wire, DumpParams, ExportImageReply, ExportLayerParams, ExportParams, ExportReply,
+    OciError,
+};
 use rustix::{
     event::{PollFd, PollFlags},
     fs::OFlags,
@@ -28,8 +32,9 @@ use rustix::{
 };
 use tokio::sync::mpsc;
 
-use super::oci::{open, wire_error};
+use super::oci::{open, output_file, wire_error};
 use crate::{
+    access::Peer,
     dispatch::{Outcome, Streamed},
     server::Daemon,
 };
@@ -37,10 +42,33 @@ use crate::{
 /// How often a stalled write looks whether its client has gone.
 const STALL_TICK: Duration = Duration::from_millis(100);
 
+/// `Export`: the image as an `oci-archive:`, into the caller's file.
+pub async fn export(
+    daemon: &Daemon,
+    peer: &Peer,
+    params: ExportParams,
+    fds: Vec<OwnedFd>,
+) -> Result<Outcome, OciError> {
+    let out = output_file(peer, fds, "Export").await?;
+    let repo = open(daemon).await?;
+    let compression = super::push::compression(params.compression);
+    let report = super::oci::blocking(move || {
+        let mut file = std::io::BufWriter::new(std::fs::File::from(out));
+        let (image, reference) = (&params.image, params.reference.as_deref());
+        repo.save(image, compression, reference, &mut file)
+    })
+    .await?;
+    Ok(Outcome::reply(&ExportImageReply {
+        manifest_digest: report.manifest_digest,
+        config_digest: report.config_digest,
+        bytes: report.bytes,
+    }))
+}
+
 /// `Dump`: the image's composefs dumpfile.
 pub async fn dump(daemon: &Daemon, params: DumpParams) -> Result<Outcome, OciError> {
     let image = params.image;
-    export(daemon, move |repo, out| repo.dump(&image, out)).await
+    into_pipe(daemon, move |repo, out| repo.dump(&image, out)).await
 }
 
 /// `ExportLayer`: a stored layer's tar, or its dumpfile.
@@ -50,7 +78,7 @@ pub async fn export_layer(daemon: &Daemon, params: ExportLayerParams) -> Result<
         wire::LayerFormat::Dumpfile => LayerFormat::Dumpfile,
     };
     let diff_id = params.diff_id;
-    export(daemon, move |repo, out| {
+    into_pipe(daemon, move |repo, out| {
         repo.export_layer(&diff_id, format, out)
     })
     .await
@@ -58,7 +86,7 @@ pub async fn export_layer(daemon: &Daemon, params: ExportLayerParams) -> Result<
 
 /// Hand the client a pipe, run `write` into it on a blocking thread, and
 /// answer with what it wrote once it has.
-async fn export<F>(daemon: &Daemon, write: F) -> Result<Outcome, OciError>
+async fn into_pipe<F>(daemon: &Daemon, write: F) -> Result<Outcome, OciError>
 where
     F: FnOnce(&Repository, &mut dyn Write) -> repo::Result<repo::oci::Written> + Send + 'static,
 {

@@ -81,6 +81,12 @@ pub async fn handle(
             })
             .await
         }
+        "Export" => {
+            needing(Right::ReadContent, peer, method, params, |p| {
+                super::export::export(daemon, peer, p, fds)
+            })
+            .await
+        }
         "ExportLayer" => {
             needing(Right::ReadContent, peer, method, params, |p| {
                 super::export::export_layer(daemon, p)
@@ -271,26 +277,7 @@ async fn create_delta(
     params: CreateDeltaParams,
     fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
-    let uid = peer.uid;
-    // fstat of a file on a FUSE filesystem waits for its server, which
-    // the peer may run: off the async threads.
-    let out = super::blocking(move || {
-        let owned =
-            |fd: &OwnedFd| uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == uid);
-        Ok(fds
-            .into_iter()
-            .next()
-            .filter(|fd| is_writable_file(fd) && owned(fd)))
-    })
-    .await
-    .map_err(wire_error)?
-    .ok_or_else(|| OciError::MissingFd {
-        method: format!("{OCI_INTERFACE}.CreateDelta"),
-        expected: format!(
-            "the output as a regular file that uid {} owns, opened for writing",
-            peer.uid
-        ),
-    })?;
+    let out = output_file(peer, fds, "CreateDelta").await?;
     let repo = open(daemon).await?;
     let options = CreateOptions {
         jobs: capped_jobs(params.jobs),
@@ -312,6 +299,37 @@ async fn create_delta(
     })
     .await?;
     Ok(Outcome::reply(&wire_delta(report)))
+}
+
+/// The output file of `method`: the call's first fd, a regular file open
+/// for writing that the peer owns (root may pass any). The daemon writes
+/// as root, past the peer's quota and the blocks kept for root, so
+/// writing to a file someone else owns would spend their space.
+pub(super) async fn output_file(
+    peer: &Peer,
+    fds: Vec<OwnedFd>,
+    method: &str,
+) -> Result<OwnedFd, OciError> {
+    let uid = peer.uid;
+    // fstat of a file on a FUSE filesystem waits for its server, which
+    // the peer may run: off the async threads.
+    super::blocking(move || {
+        let owned =
+            |fd: &OwnedFd| uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == uid);
+        Ok(fds
+            .into_iter()
+            .next()
+            .filter(|fd| is_writable_file(fd) && owned(fd)))
+    })
+    .await
+    .map_err(wire_error)?
+    .ok_or_else(|| OciError::MissingFd {
+        method: format!("{OCI_INTERFACE}.{method}"),
+        expected: format!(
+            "the output as a regular file that uid {} owns, opened for writing",
+            peer.uid
+        ),
+    })
 }
 
 /// Sets its flag when dropped: the work it stands for is no longer wanted.

@@ -37,10 +37,7 @@ pub(super) async fn push(
     fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
     let request = destination(params.reference, params.tls_verify, fds, "Push")?;
-    let compression = match params.compression.unwrap_or_default() {
-        PushCompression::Gzip => registry::PushCompression::Gzip,
-        PushCompression::Zstd => registry::PushCompression::Zstd,
-    };
+    let compression = compression(params.compression);
     let repo = open(daemon).await?;
     let settings = daemon.registry.clone();
     // A caller that hangs up stops the push before its manifest.
@@ -102,4 +99,12 @@ pub(super) async fn push_delta(
         layers_changed: delta.layers_changed,
         changed: delta.changed,
     }))
+}
+
+/// The repository's compression for the wire's; gzip when none is asked.
+pub(super) fn compression(wire: Option<PushCompression>) -> registry::PushCompression {
+    match wire.unwrap_or_default() {
+        PushCompression::Gzip => registry::PushCompression::Gzip,
+        PushCompression::Zstd => registry::PushCompression::Zstd,
+    }
 }

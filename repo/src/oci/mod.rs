@@ -23,6 +23,8 @@ mod pipeline_tests;
 mod platform;
 mod publish;
 pub(crate) mod pull;
+pub(crate) mod recompress;
+mod save;
 pub(crate) mod source;
 pub(crate) mod split;
 
@@ -34,5 +36,6 @@ pub use mount::MountOptions;
 pub use pipeline::{LayerProgress, Stage};
 pub use platform::Platform;
 pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullReport};
+pub use save::SaveReport;
 pub use source::Source;
 pub use split::LayerLimits;

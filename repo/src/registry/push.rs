@@ -37,7 +37,6 @@ use std::{
 use bytes::Bytes;
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use oci_client::{Reference, errors::OciDistributionError, secrets::RegistryAuth};
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::{Registry, remote::Remote};
@@ -45,9 +44,10 @@ use crate::{
     Error, Repository,
     delta::create::image::Side,
     oci::{
-        digest::{Digest, HashingWriter},
-        document::{Compression, OCI_CONFIG, OCI_MANIFEST},
-        export::{Counting, verified_layer_tar},
+        digest::Digest,
+        document::{Compression, OCI_MANIFEST},
+        export::verified_layer_tar,
+        recompress::{Compressor, Recompressed, compressed_digest, image_manifest},
     },
     repository::with_store,
 };
@@ -89,16 +89,6 @@ pub struct PushReport {
     pub layers_uploaded: u64,
     /// Bytes of the blobs uploaded (layers and config).
     pub bytes_uploaded: u64,
-}
-
-/// A layer as it is pushed: its new blob.
-#[derive(Debug, Clone)]
-struct Pushed {
-    diff_id: Digest,
-    /// The blob digest in the repository's manifest, for messages.
-    original: Digest,
-    digest: Digest,
-    size: u64,
 }
 
 impl Repository {
@@ -283,7 +273,7 @@ impl Destination {
         for (original, _, diff_id) in &side.layers {
             self.go_on()?;
             let (digest, size) = compressed_digest(store, diff_id, original, compression)?;
-            layers.push(Pushed {
+            layers.push(Recompressed {
                 diff_id: diff_id.clone(),
                 original: original.clone(),
                 digest,
@@ -316,7 +306,7 @@ impl Destination {
     fn upload_layer<H: FsVerityHashValue>(
         &self,
         store: &Arc<Store<H>>,
-        layer: &Pushed,
+        layer: &Recompressed,
         compression: PushCompression,
     ) -> Result<(), Error> {
         let (store, pushed) = (store.clone(), layer.clone());
@@ -380,144 +370,6 @@ impl Destination {
             (Some(e), _) => Err(e),
             (None, Ok(done)) => done.map(drop),
             (None, Err(e)) => Err(e),
-        }
-    }
-}
-
-/// The sha256 and size of the layer `diff_id` compressed as
-/// `compression`, its tar rebuilt from the repository and checked.
-fn compressed_digest<H: FsVerityHashValue>(
-    store: &Store<H>,
-    diff_id: &Digest,
-    original: &Digest,
-    compression: PushCompression,
-) -> Result<(Digest, u64), Error> {
-    let storage = |e: io::Error| Error::storage("compressing a layer", e);
-    let encoder =
-        Compressor::new(compression, HashingWriter::new(Counting::default())).map_err(storage)?;
-    let encoder = verified_layer_tar(store, diff_id, original, encoder)?;
-    let (digest, counted) = encoder.finish().map_err(storage)?.into_parts();
-    Ok((digest, counted.0))
-}
-
-/// The OCI image manifest of `side` with `layers` for its layers.
-fn image_manifest(side: &Side, layers: &[Pushed], compression: PushCompression) -> Vec<u8> {
-    let layers: Vec<Value> = layers
-        .iter()
-        .map(|l| {
-            json!({
-                "mediaType": compression.media_type(),
-                "digest": l.digest.to_string(),
-                "size": l.size,
-            })
-        })
-        .collect();
-    let mut manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": OCI_CONFIG,
-            "digest": side.config_digest.to_string(),
-            "size": side.config.len(),
-        },
-        "layers": layers,
-    });
-    // The image's own annotations travel with it.
-    let stored: Value = serde_json::from_slice(&side.manifest).unwrap_or_default();
-    if let Some(annotations) = stored.get("annotations").filter(|a| a.is_object()) {
-        manifest["annotations"] = annotations.clone();
-    }
-    serde_json::to_vec(&manifest).expect("a JSON value serialises")
-}
-
-/// A layer compressor fed in blocks of [`BLOCK`] bytes whatever the
-/// writes it is given: zlib-ng's deflate output depends on how its input
-/// is split, and the two passes over a layer must give the same bytes
-/// even if a read of an object returns fewer bytes one time than the
-/// other.
-struct Compressor<W: Write> {
-    block: Vec<u8>,
-    encoder: Encoder<W>,
-}
-
-/// The size of the pieces a [`Compressor`] compresses.
-const BLOCK: usize = 128 << 10;
-
-impl<W: Write> Compressor<W> {
-    fn new(compression: PushCompression, out: W) -> io::Result<Self> {
-        Ok(Compressor {
-            block: Vec::with_capacity(BLOCK),
-            encoder: Encoder::new(compression, out)?,
-        })
-    }
-
-    /// Compress what is left and end the stream; the writer.
-    fn finish(mut self) -> io::Result<W> {
-        self.encoder.write_all(&self.block)?;
-        self.encoder.finish()
-    }
-}
-
-impl<W: Write> Write for Compressor<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut rest = buf;
-        while !rest.is_empty() {
-            let n = rest.len().min(BLOCK - self.block.len());
-            self.block.extend_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            if self.block.len() == BLOCK {
-                self.encoder.write_all(&self.block)?;
-                self.block.clear();
-            }
-        }
-        Ok(buf.len())
-    }
-
-    /// Only the compressed output is flushed; a partial block waits, as
-    /// flushing it would change the bytes.
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A layer compressor; its output is the same for the same input given
-/// in the same pieces.
-enum Encoder<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
-}
-
-impl<W: Write> Encoder<W> {
-    fn new(compression: PushCompression, out: W) -> io::Result<Self> {
-        Ok(match compression {
-            PushCompression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                out,
-                flate2::Compression::default(),
-            )),
-            PushCompression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
-        })
-    }
-
-    fn finish(self) -> io::Result<W> {
-        match self {
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
-        }
-    }
-}
-
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Gzip(e) => e.write(buf),
-            Encoder::Zstd(e) => e.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Encoder::Gzip(e) => e.flush(),
-            Encoder::Zstd(e) => e.flush(),
         }
     }
 }

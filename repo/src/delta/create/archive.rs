@@ -127,11 +127,13 @@ fn manifest(source: &Side, target: &Side, carried: &[Carried]) -> Value {
     })
 }
 
-fn path(digest: &Digest) -> String {
+/// Where the blob `digest` sits in an OCI layout.
+pub(crate) fn path(digest: &Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
-fn header(size: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
+/// A tar header as the archives cfsd writes have them: no owner, mtime 0.
+pub(crate) fn header(size: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
     let mut header = tar::Header::new_ustar();
     header.set_entry_type(kind);
     header.set_size(size);
@@ -140,12 +142,18 @@ fn header(size: u64, kind: tar::EntryType, mode: u32) -> tar::Header {
     header
 }
 
-fn directory<W: Write>(tar: &mut tar::Builder<W>, name: &str) -> io::Result<()> {
+/// A directory entry.
+pub(crate) fn directory<W: Write>(tar: &mut tar::Builder<W>, name: &str) -> io::Result<()> {
     let mut header = header(0, tar::EntryType::Directory, 0o755);
     tar.append_data(&mut header, name, io::empty())
 }
 
-fn member<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> io::Result<()> {
+/// A file entry holding `bytes`.
+pub(crate) fn member<W: Write>(
+    tar: &mut tar::Builder<W>,
+    name: &str,
+    bytes: &[u8],
+) -> io::Result<()> {
     let mut header = header(bytes.len() as u64, tar::EntryType::Regular, 0o644);
     tar.append_data(&mut header, name, bytes)
 }

@@ -8,7 +8,7 @@
 //! rebuilt from the repository's split streams and their diff_ids checked
 //! first, so the original layer blobs are not needed.
 
-mod archive;
+pub(crate) mod archive;
 mod encode;
 pub(crate) mod image;
 mod layers;
