@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    io::{self, Read, Write},
+    io::{self, Read},
     sync::{Arc, OnceLock},
 };
 
@@ -14,7 +14,7 @@ use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use super::{
     artifact::{Delta, Method, Rebuild},
     source::SourceImage,
-    tardiff::{self, TarDiffError},
+    tardiff::{self, TarDiffError, TarOut},
 };
 use crate::{
     Error,
@@ -24,8 +24,22 @@ use crate::{
         manifest::LayerPlan,
         pipeline::{Blob, LayerSource},
         source::Layout,
+        split::Pipe,
     },
 };
+
+/// A file the tar-diff copies whole from a source file that is certainly
+/// an object (see [`SourceFile::object`](tardiff::SourceFile::object)) is
+/// that object again: the splitter refers to it rather than hashing and
+/// storing the same bytes, which still reach the diff_id.
+impl<H> TarOut<H> for Pipe<H>
+where
+    H: FsVerityHashValue,
+{
+    fn object_follows(&mut self, id: &H, size: u64) {
+        Pipe::object_follows(self, id.clone(), size);
+    }
+}
 
 /// The layers of a delta's target image, as the pipeline reads them.
 pub(crate) struct DeltaLayers<H: FsVerityHashValue> {
@@ -121,7 +135,7 @@ impl<H: FsVerityHashValue> LayerSource<H> for DeltaLayers<H> {
         layer: &LayerPlan,
         blob: &Blob,
         bytes: &mut dyn Read,
-        out: &mut dyn Write,
+        out: &mut Pipe<H>,
     ) -> Result<(), Error> {
         match self.rebuild(layer)?.method {
             Method::TarDiff => self.apply_tar_diff(layer, bytes, out),
@@ -169,7 +183,7 @@ impl<H: FsVerityHashValue> DeltaLayers<H> {
         &self,
         layer: &LayerPlan,
         blob: &mut dyn Read,
-        out: &mut dyn Write,
+        out: &mut Pipe<H>,
     ) -> Result<(), Error> {
         let source = self.source.get().ok_or_else(|| {
             Error::internal(
