@@ -191,16 +191,23 @@ impl<H: FsVerityHashValue> DeltaLayers<H> {
                 "the source image was not loaded".to_owned(),
             )
         })?;
-        tardiff::apply(blob, source.as_ref(), out).map_err(|e| match e {
-            TarDiffError::Output(e) => pipe_error(layer, e),
-            TarDiffError::SourceRead { .. } => Error::storage(
-                "reading a file of the delta's source image",
-                io::Error::other(e.to_string()),
-            ),
-            e => Error::TarDiff {
-                layer: layer.blob.to_string(),
-                reason: e.to_string(),
-            },
-        })
+        tardiff::apply(blob, source.as_ref(), out).map_err(|e| tar_diff_error(layer, e))
+    }
+}
+
+/// The pull's error for a tar-diff of `layer` that failed with `e`: the
+/// splitter's, the disk's (of its kind) or the delta's.
+pub(super) fn tar_diff_error(layer: &LayerPlan, e: TarDiffError) -> Error {
+    match e {
+        TarDiffError::Output(e) => pipe_error(layer, e),
+        // The errno is the io::Error's, the source of `e`.
+        TarDiffError::SourceRead { .. } => Error::storage(
+            "reading a file of the delta's source image",
+            io::Error::other(e),
+        ),
+        e => Error::TarDiff {
+            layer: layer.blob.to_string(),
+            reason: e.to_string(),
+        },
     }
 }

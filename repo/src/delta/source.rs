@@ -96,11 +96,15 @@ impl<H: FsVerityHashValue> SourceFiles<H> for SourceImage<H> {
             // has no data to read.
             RegularFile::Sparse(_) => return Err(not_regular(path)),
         };
-        let read_error = |e: anyhow::Error| TarDiffError::SourceRead {
+        let read_error = |error| TarDiffError::SourceRead {
             path: path.to_owned(),
-            reason: format!("{e:#}"),
+            error,
         };
-        let fd = self.repo.open_object(id).map_err(read_error)?;
+        let fd = self
+            .repo
+            .open_object(id)
+            // Boxed, its causes (and their errno) stay reachable.
+            .map_err(|e| read_error(std::io::Error::other(e.into_boxed_dyn_error())))?;
         let file = File::from(fd);
         let whole = verity && self.is_whole(&file, id, size).map_err(read_error)?;
         Ok(Box::new(Object {
@@ -118,7 +122,7 @@ impl<H: FsVerityHashValue> SourceImage<H> {
     /// enforces fs-verity the kernel measures it to `id` (and then checks
     /// every byte read against that measure); elsewhere, as for any
     /// object found present, its name is trusted and its size checked.
-    fn is_whole(&self, file: &File, id: &H, size: u64) -> anyhow::Result<bool> {
+    fn is_whole(&self, file: &File, id: &H, size: u64) -> std::io::Result<bool> {
         if file.metadata()?.len() != size {
             return Ok(false);
         }

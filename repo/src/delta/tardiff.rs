@@ -117,12 +117,13 @@ pub(crate) enum TarDiffError {
         link: String,
     },
     /// A source file could not be read.
-    #[error("reading {path:?} of the source image failed: {reason}")]
+    #[error("reading {path:?} of the source image failed: {error}")]
     SourceRead {
         /// The normalised path.
         path: String,
-        /// Why.
-        reason: String,
+        /// Why, with the errno that tells a failing disk from a full one.
+        #[source]
+        error: io::Error,
     },
     /// A source file ended before its size said.
     #[error("{path:?} of the source image ended at {at}, before its size {size}")]
@@ -557,7 +558,7 @@ fn read_source<Id>(current: &mut Current<Id>, buf: &mut [u8]) -> Result<(), TarD
             Err(e) => {
                 return Err(TarDiffError::SourceRead {
                     path: current.path.clone(),
-                    reason: e.to_string(),
+                    error: e,
                 });
             }
         }

@@ -683,3 +683,35 @@ async fn a_whole_copy_of_a_source_file_the_target_changed_fails_the_diff_id() {
         "{err}"
     );
 }
+
+#[test]
+fn a_source_file_that_cannot_be_read_is_a_storage_error_of_its_kind() {
+    use super::{apply::tar_diff_error, tardiff::TarDiffError};
+    use crate::{DiskFault, oci::manifest::LayerPlan};
+    let plan = LayerPlan {
+        blob: Digest::of(b"delta"),
+        size: 5,
+        compression: crate::oci::document::Compression::None,
+        diff_id: Digest::of(b"layer"),
+        pulled: Default::default(),
+        hold: Default::default(),
+    };
+    // EIO from pread, and ENOSPC behind anyhow context as composefs
+    // reports an open's failure.
+    let eio = std::io::Error::from_raw_os_error(5);
+    let nospc = anyhow::Error::from(rustix::io::Errno::NOSPC).context("opening an object");
+    let nospc = std::io::Error::other(nospc.into_boxed_dyn_error());
+    for (error, expected) in [(eio, DiskFault::Io), (nospc, DiskFault::NoSpace)] {
+        let failed = TarDiffError::SourceRead {
+            path: "usr/bin/tool".into(),
+            error,
+        };
+        match tar_diff_error(&plan, failed) {
+            Error::Storage { fault, reason, .. } => {
+                assert_eq!(fault, expected, "{reason}");
+                assert!(reason.contains("usr/bin/tool"), "{reason}");
+            }
+            other => panic!("expected a storage error, got {other}"),
+        }
+    }
+}
