@@ -13,7 +13,12 @@
 #
 # Env: CFSCTL and UPSTREAM (see bench/scratch.sh), COMPARE=0 to skip
 # zstd, xdelta3 and bsdiff, BSDIFF=0 to skip only bsdiff (minutes on 2
-# cores). Repositories go on a fresh ext4 loop filesystem (bench/scratch.sh).
+# cores), RUNS (default 1) rounds of the three updates, taken in turn so
+# that a busy machine weighs on each alike; each figure is then the
+# median of its rounds, and the wall times of every round are listed.
+# CPU s is user + system time of the command and its private daemon: on a
+# shared machine it moves less than the wall time.
+# Repositories go on a fresh ext4 loop filesystem (bench/scratch.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/out}
@@ -26,19 +31,19 @@ bench_tools
 # Peak extra disk: the most the filesystem's use rose above its use once
 # the command finished, sampled every 20 ms.
 fs_used() { df --output=used -B1 "$scratch" | tail -1; }
-timed() { # timed LABEL CMD... ; prints "wall_s rss_mib peak_extra_mib"
+timed() { # timed LABEL CMD... ; prints "wall_s rss_mib peak_extra_mib cpu_s"
     local label=$1; shift
     : >"$scratch/samples"
     ( while :; do fs_used >>"$scratch/samples"; sleep 0.02; done ) &
     local sampler=$!
-    /usr/bin/time -f '%e %M' -o "$scratch/time" "$@" >"$scratch/$label.out" 2>&1 || {
+    /usr/bin/time -f '%e %M %U %S' -o "$scratch/time" "$@" >"$scratch/$label.out" 2>&1 || {
         kill $sampler; cat "$scratch/$label.out" >&2; return 1; }
     kill $sampler; wait $sampler 2>/dev/null || true
     local after; after=$(fs_used)
     local peak; peak=$(sort -n "$scratch/samples" | tail -1)
-    read -r wall rss <"$scratch/time"
+    read -r wall rss user sys <"$scratch/time"
     local extra=$(( (peak > after ? peak - after : 0) / 1048576 ))
-    echo "$wall $(( rss / 1024 )) $extra"
+    echo "$wall $(( rss / 1024 )) $extra $(python3 -c "print(f'{$user + $sys:.2f}')")"
 }
 
 base_of() { python3 - "$1" <<'PY'
@@ -55,7 +60,7 @@ both=$scratch/both
 "$cfsctl" --repo "$both" init >/dev/null
 "$cfsctl" --repo "$both" oci pull "oci-archive:$out/v1/image.tar:v1" v1 >/dev/null
 "$cfsctl" --repo "$both" oci pull "oci-archive:$out/v2/image.tar:v1" v2 >/dev/null
-read -r create_wall create_rss _ < <(timed create "$cfsctl" --repo "$both" oci delta create v1 v2 "oci-archive:$scratch/delta.tar")
+read -r create_wall create_rss _ _ < <(timed create "$cfsctl" --repo "$both" oci delta create v1 v2 "oci-archive:$scratch/delta.tar")
 delta_bytes=$(stat -c %s "$scratch/delta.tar")
 
 fresh_v1() { # fresh_v1 REPO TOOL
@@ -70,15 +75,32 @@ fresh_v1() { # fresh_v1 REPO TOOL
     sync
 }
 repo=$scratch/repo
-fresh_v1 "$repo" cfsd
-read -r apply_wall apply_rss apply_disk < <(timed apply "$cfsctl" --repo "$repo" oci pull "oci-archive:$scratch/delta.tar" v2)
-ours_id=$("$cfsctl" --repo "$repo" oci compute-id v2)
-fresh_v1 "$repo" upstream
-read -r up_wall up_rss up_disk < <(timed upstream "$upstream" --repo "$repo" oci pull "oci-archive:$scratch/delta.tar" v2)
-up_id=$("$upstream" --repo "$repo" oci compute-id v2)
-fresh_v1 "$repo" cfsd
-read -r full_wall full_rss full_disk < <(timed full "$cfsctl" --repo "$repo" oci pull "oci-archive:$out/v2/image.tar:v1" v2)
-full_id=$("$cfsctl" --repo "$repo" oci compute-id v2)
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+declare -A walls rsss disks cpus
+for round in $(seq "${RUNS:-1}"); do
+    fresh_v1 "$repo" cfsd
+    read -r w r d c < <(timed apply "$cfsctl" --repo "$repo" oci pull "oci-archive:$scratch/delta.tar" v2)
+    walls[apply]+=" $w"; rsss[apply]+=" $r"; disks[apply]+=" $d"; cpus[apply]+=" $c"
+    ours_id=$("$cfsctl" --repo "$repo" oci compute-id v2)
+    fresh_v1 "$repo" upstream
+    read -r w r d c < <(timed upstream "$upstream" --repo "$repo" oci pull "oci-archive:$scratch/delta.tar" v2)
+    walls[up]+=" $w"; rsss[up]+=" $r"; disks[up]+=" $d"; cpus[up]+=" $c"
+    up_id=$("$upstream" --repo "$repo" oci compute-id v2)
+    fresh_v1 "$repo" cfsd
+    read -r w r d c < <(timed full "$cfsctl" --repo "$repo" oci pull "oci-archive:$out/v2/image.tar:v1" v2)
+    walls[full]+=" $w"; rsss[full]+=" $r"; disks[full]+=" $d"; cpus[full]+=" $c"
+    full_id=$("$cfsctl" --repo "$repo" oci compute-id v2)
+done
+for k in apply up full; do
+    # shellcheck disable=SC2086 # the lists split on purpose
+    printf -v "${k}_wall" %s "$(median ${walls[$k]})"
+    # shellcheck disable=SC2086
+    printf -v "${k}_rss" %s "$(median ${rsss[$k]})"
+    # shellcheck disable=SC2086
+    printf -v "${k}_disk" %s "$(median ${disks[$k]})"
+    # shellcheck disable=SC2086
+    printf -v "${k}_cpu" %s "$(median ${cpus[$k]})"
+done
 target_bytes=$(du -sb "$repo" | cut -f1)
 
 # The base layers as tars, for the general-purpose differs.
@@ -106,11 +128,14 @@ echo "image ids of v2: delta $ours_id"
 echo "                 upstream delta $up_id"
 echo "                 full pull $full_id"
 echo
-echo "| v1 -> v2 update from a repository holding v1 | wall s | peak RSS MiB | peak extra disk MiB |"
-echo "|---|---|---|---|"
-echo "| cfsd applies the delta | $apply_wall | $apply_rss | $apply_disk |"
-echo "| upstream cfsctl 0.9.4 applies the delta | $up_wall | $up_rss | $up_disk |"
-echo "| cfsd pulls v2 whole (oci-archive:) | $full_wall | $full_rss | $full_disk |"
+echo "| v1 -> v2 update from a repository holding v1 | wall s | CPU s | peak RSS MiB | peak extra disk MiB |"
+echo "|---|---|---|---|---|"
+echo "| cfsd applies the delta | $apply_wall | $apply_cpu | $apply_rss | $apply_disk |"
+echo "| upstream cfsctl 0.9.4 applies the delta | $up_wall | $up_cpu | $up_rss | $up_disk |"
+echo "| cfsd pulls v2 whole (oci-archive:) | $full_wall | $full_cpu | $full_rss | $full_disk |"
+echo
+echo "Rounds: ${RUNS:-1}; wall s of each: apply${walls[apply]}; upstream${walls[up]}; full${walls[full]}"
+echo "cfsd's apply / cfsd's full pull (medians): $(python3 -c "print(f'wall {$apply_wall/$full_wall:.2f}, CPU {$apply_cpu/$full_cpu:.2f}')")"
 echo
 echo "Target repository size after the update: $(mb "$target_bytes") MB"
 echo

@@ -17,7 +17,7 @@ use composefs_oci::{LAYER_CONTENT_TYPE, layer_content_id};
 
 use crate::{
     Error, Repository, Result,
-    delta::tardiff::{self, SourceFile, SourceFiles, TarDiffError},
+    delta::tardiff::{self, BytesOnly, SourceFile, SourceFiles, TarDiffError},
     oci::{
         Archive, Platform, Source,
         digest::Digest,
@@ -153,7 +153,7 @@ impl SourceFiles for MemoryFiles {
 /// Apply the tar-diff `delta` against `files`, writing the rebuilt tar to
 /// `out`; the error is the message a pull would report.
 pub fn apply_tardiff(delta: &[u8], files: &MemoryFiles, out: &mut dyn Write) -> Result<(), String> {
-    tardiff::apply(delta, files, out).map_err(|e| e.to_string())
+    tardiff::apply(delta, files, &mut BytesOnly(out)).map_err(|e| e.to_string())
 }
 
 /// The normal form of a tar-diff OPEN path, or `None` if it is refused.

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    io::{self, Read, Write},
+    io::{self, Read},
     sync::{Arc, OnceLock},
 };
 
@@ -14,7 +14,7 @@ use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use super::{
     artifact::{Delta, Method, Rebuild},
     source::SourceImage,
-    tardiff::{self, TarDiffError},
+    tardiff::{self, TarDiffError, TarOut},
 };
 use crate::{
     Error,
@@ -24,8 +24,22 @@ use crate::{
         manifest::LayerPlan,
         pipeline::{Blob, LayerSource},
         source::Layout,
+        split::Pipe,
     },
 };
+
+/// A file the tar-diff copies whole from a source file that is certainly
+/// an object (see [`SourceFile::object`](tardiff::SourceFile::object)) is
+/// that object again: the splitter refers to it rather than hashing and
+/// storing the same bytes, which still reach the diff_id.
+impl<H> TarOut<H> for Pipe<H>
+where
+    H: FsVerityHashValue,
+{
+    fn object_follows(&mut self, id: &H, size: u64) {
+        Pipe::object_follows(self, id.clone(), size);
+    }
+}
 
 /// The layers of a delta's target image, as the pipeline reads them.
 pub(crate) struct DeltaLayers<H: FsVerityHashValue> {
@@ -121,7 +135,7 @@ impl<H: FsVerityHashValue> LayerSource<H> for DeltaLayers<H> {
         layer: &LayerPlan,
         blob: &Blob,
         bytes: &mut dyn Read,
-        out: &mut dyn Write,
+        out: &mut Pipe<H>,
     ) -> Result<(), Error> {
         match self.rebuild(layer)?.method {
             Method::TarDiff => self.apply_tar_diff(layer, bytes, out),
@@ -169,7 +183,7 @@ impl<H: FsVerityHashValue> DeltaLayers<H> {
         &self,
         layer: &LayerPlan,
         blob: &mut dyn Read,
-        out: &mut dyn Write,
+        out: &mut Pipe<H>,
     ) -> Result<(), Error> {
         let source = self.source.get().ok_or_else(|| {
             Error::internal(
@@ -177,16 +191,23 @@ impl<H: FsVerityHashValue> DeltaLayers<H> {
                 "the source image was not loaded".to_owned(),
             )
         })?;
-        tardiff::apply(blob, source.as_ref(), out).map_err(|e| match e {
-            TarDiffError::Output(e) => pipe_error(layer, e),
-            TarDiffError::SourceRead { .. } => Error::storage(
-                "reading a file of the delta's source image",
-                io::Error::other(e.to_string()),
-            ),
-            e => Error::TarDiff {
-                layer: layer.blob.to_string(),
-                reason: e.to_string(),
-            },
-        })
+        tardiff::apply(blob, source.as_ref(), out).map_err(|e| tar_diff_error(layer, e))
+    }
+}
+
+/// The pull's error for a tar-diff of `layer` that failed with `e`: the
+/// splitter's, the disk's (of its kind) or the delta's.
+pub(super) fn tar_diff_error(layer: &LayerPlan, e: TarDiffError) -> Error {
+    match e {
+        TarDiffError::Output(e) => pipe_error(layer, e),
+        // The errno is the io::Error's, the source of `e`.
+        TarDiffError::SourceRead { .. } => Error::storage(
+            "reading a file of the delta's source image",
+            io::Error::other(e),
+        ),
+        e => Error::TarDiff {
+            layer: layer.blob.to_string(),
+            reason: e.to_string(),
+        },
     }
 }

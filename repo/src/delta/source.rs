@@ -5,7 +5,7 @@ use std::{ffi::OsStr, fs::File, os::unix::fs::FileExt, sync::Arc};
 
 use composefs::{
     erofs::reader::erofs_to_filesystem,
-    fsverity::FsVerityHashValue,
+    fsverity::{FsVerityHashValue, ensure_verity_equal},
     repository::Repository as Store,
     tree::{FileSystem, Inode, LeafContent, RegularFile},
 };
@@ -86,27 +86,50 @@ impl<H: FsVerityHashValue> SourceImage<H> {
     }
 }
 
-impl<H: FsVerityHashValue> SourceFiles for SourceImage<H> {
-    fn open(&self, path: &str) -> Result<Box<dyn SourceFile>, TarDiffError> {
-        match self.find(path)? {
-            RegularFile::Inline(data) => Ok(Box::new(Inline(data.clone()))),
-            RegularFile::External(id, size) | RegularFile::ExternalNoVerity(id, size) => {
-                let fd = self
-                    .repo
-                    .open_object(id)
-                    .map_err(|e| TarDiffError::SourceRead {
-                        path: path.to_owned(),
-                        reason: format!("{e:#}"),
-                    })?;
-                Ok(Box::new(Object {
-                    file: File::from(fd),
-                    size: *size,
-                }))
-            }
+impl<H: FsVerityHashValue> SourceFiles<H> for SourceImage<H> {
+    fn open(&self, path: &str) -> Result<Box<dyn SourceFile<H>>, TarDiffError> {
+        let (id, size, verity) = match self.find(path)? {
+            RegularFile::Inline(data) => return Ok(Box::new(Inline(data.clone()))),
+            RegularFile::External(id, size) => (id, *size, true),
+            RegularFile::ExternalNoVerity(id, size) => (id, *size, false),
             // Composefs writes no sparse files for OCI content; one here
             // has no data to read.
-            RegularFile::Sparse(_) => Err(not_regular(path)),
+            RegularFile::Sparse(_) => return Err(not_regular(path)),
+        };
+        let read_error = |error| TarDiffError::SourceRead {
+            path: path.to_owned(),
+            error,
+        };
+        let fd = self
+            .repo
+            .open_object(id)
+            // Boxed, its causes (and their errno) stay reachable.
+            .map_err(|e| read_error(std::io::Error::other(e.into_boxed_dyn_error())))?;
+        let file = File::from(fd);
+        let whole = verity && self.is_whole(&file, id, size).map_err(read_error)?;
+        Ok(Box::new(Object {
+            file,
+            size,
+            object: whole.then(|| id.clone()),
+        }))
+    }
+}
+
+impl<H: FsVerityHashValue> SourceImage<H> {
+    /// Whether the object file `file`, which the image names `id` and
+    /// gives `size` bytes, is exactly that object: what a split that
+    /// hashed its bytes would have found present. Where the repository
+    /// enforces fs-verity the kernel measures it to `id` (and then checks
+    /// every byte read against that measure); elsewhere, as for any
+    /// object found present, its name is trusted and its size checked.
+    fn is_whole(&self, file: &File, id: &H, size: u64) -> std::io::Result<bool> {
+        if file.metadata()?.len() != size {
+            return Ok(false);
         }
+        if self.repo.is_insecure() {
+            return Ok(true);
+        }
+        Ok(ensure_verity_equal(file, id).is_ok())
     }
 }
 
@@ -125,7 +148,7 @@ fn not_regular(path: &str) -> TarDiffError {
 /// A small file whose data the EROFS image holds.
 struct Inline(Box<[u8]>);
 
-impl SourceFile for Inline {
+impl<H> SourceFile<H> for Inline {
     fn size(&self) -> u64 {
         self.0.len() as u64
     }
@@ -140,17 +163,23 @@ impl SourceFile for Inline {
 
 /// A file stored as an object of the repository. Its size is the one the
 /// image records; an object that is shorter shows as a short read.
-struct Object {
+struct Object<H> {
     file: File,
     size: u64,
+    /// The object, when the file is certainly all of it.
+    object: Option<H>,
 }
 
-impl SourceFile for Object {
+impl<H: FsVerityHashValue> SourceFile<H> for Object<H> {
     fn size(&self) -> u64 {
         self.size
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         self.file.read_at(buf, offset)
+    }
+
+    fn object(&self) -> Option<&H> {
+        self.object.as_ref()
     }
 }

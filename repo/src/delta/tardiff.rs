@@ -117,12 +117,13 @@ pub(crate) enum TarDiffError {
         link: String,
     },
     /// A source file could not be read.
-    #[error("reading {path:?} of the source image failed: {reason}")]
+    #[error("reading {path:?} of the source image failed: {error}")]
     SourceRead {
         /// The normalised path.
         path: String,
-        /// Why.
-        reason: String,
+        /// Why, with the errno that tells a failing disk from a full one.
+        #[source]
+        error: io::Error,
     },
     /// A source file ended before its size said.
     #[error("{path:?} of the source image ended at {at}, before its size {size}")]
@@ -192,20 +193,57 @@ pub(crate) enum TarDiffError {
     Output(#[source] io::Error),
 }
 
-/// A regular file of the source image, read by position.
-pub(crate) trait SourceFile: Send {
+/// A regular file of the source image, read by position. `Id` names the
+/// stored objects a file may be.
+pub(crate) trait SourceFile<Id = ()>: Send {
     /// Its size in bytes.
     fn size(&self) -> u64;
     /// Read into `buf` from `offset`, as `pread`: 0 only at the end.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The stored object whose content `read_at` reads, all of it and
+    /// nothing else, when that is certain: the output may then refer to
+    /// the object where the file is copied whole.
+    fn object(&self) -> Option<&Id> {
+        None
+    }
 }
 
 /// The files of the image a delta was made against.
-pub(crate) trait SourceFiles {
+pub(crate) trait SourceFiles<Id = ()> {
     /// The regular file at `path`, which is normalised (see
     /// [`normalise`]). Implementations must not follow symlinks, not even
     /// for a directory on the way.
-    fn open(&self, path: &str) -> Result<Box<dyn SourceFile>, TarDiffError>;
+    fn open(&self, path: &str) -> Result<Box<dyn SourceFile<Id>>, TarDiffError>;
+}
+
+/// Where a tar-diff writes the tar it rebuilds.
+pub(crate) trait TarOut<Id>: Write {
+    /// The next `size` bytes written are all of the stored object `id`:
+    /// a COPY of a whole source file whose [`SourceFile::object`] it is.
+    fn object_follows(&mut self, id: &Id, size: u64);
+}
+
+/// A tar rebuilt in memory keeps only the bytes.
+impl<Id> TarOut<Id> for Vec<u8> {
+    fn object_follows(&mut self, _: &Id, _: u64) {}
+}
+
+/// An output that keeps only the bytes, for a tar rebuilt anywhere but
+/// into the repository.
+pub(crate) struct BytesOnly<W>(pub W);
+
+impl<W: Write> Write for BytesOnly<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<Id, W: Write> TarOut<Id> for BytesOnly<W> {
+    fn object_follows(&mut self, _: &Id, _: u64) {}
 }
 
 /// The normal form of an OPEN path: relative to the image root, with no
@@ -242,10 +280,10 @@ pub(crate) fn normalise(raw: &[u8]) -> Result<String, TarDiffError> {
 /// Apply the tar-diff read from `delta` against `sources`, writing the
 /// rebuilt tar to `out`. The result is not verified here: the caller
 /// checks its diff_id. `delta` is read only as far as the op stream goes.
-pub(crate) fn apply(
+pub(crate) fn apply<Id>(
     delta: impl Read,
-    sources: &dyn SourceFiles,
-    out: &mut dyn Write,
+    sources: &dyn SourceFiles<Id>,
+    out: &mut dyn TarOut<Id>,
 ) -> Result<(), TarDiffError> {
     let mut delta = BufReader::new(delta);
     let v2 = read_header(&mut delta)?;
@@ -286,26 +324,26 @@ struct Op {
 }
 
 /// The current source file and the position in it.
-struct Current {
+struct Current<Id> {
     path: String,
-    file: Box<dyn SourceFile>,
+    file: Box<dyn SourceFile<Id>>,
     pos: u64,
 }
 
 /// The state of one application.
-struct Applier<'a, R> {
+struct Applier<'a, R, Id> {
     ops: R,
-    sources: &'a dyn SourceFiles,
-    out: &'a mut dyn Write,
+    sources: &'a dyn SourceFiles<Id>,
+    out: &'a mut dyn TarOut<Id>,
     v2: bool,
-    current: Option<Current>,
+    current: Option<Current<Id>>,
     /// Scratch space for data from the delta.
     buf: Vec<u8>,
     /// Scratch space for data from the source.
     extra: Vec<u8>,
 }
 
-impl<R: BufRead> Applier<'_, R> {
+impl<R: BufRead, Id> Applier<'_, R, Id> {
     /// The next op, or `None` at the clean end of the stream.
     fn next_op(&mut self) -> Result<Option<Op>, TarDiffError> {
         let code = match self.ops.fill_buf() {
@@ -356,6 +394,13 @@ impl<R: BufRead> Applier<'_, R> {
 
     fn copy(&mut self, mut left: u64) -> Result<(), TarDiffError> {
         let current = span(&mut self.current, "COPY", left)?;
+        // What follows is then exactly the object's bytes, as read below.
+        if let Some(id) = current.file.object()
+            && current.pos == 0
+            && left == current.file.size()
+        {
+            self.out.object_follows(id, left);
+        }
         while left > 0 {
             let n = chunk(left);
             read_source(current, &mut self.buf[..n])?;
@@ -428,11 +473,11 @@ impl<R: BufRead> Applier<'_, R> {
 
 /// The current file, with `len` bytes from its position checked to lie
 /// inside it.
-fn span<'c>(
-    current: &'c mut Option<Current>,
+fn span<'c, Id>(
+    current: &'c mut Option<Current<Id>>,
     op: &'static str,
     len: u64,
-) -> Result<&'c mut Current, TarDiffError> {
+) -> Result<&'c mut Current<Id>, TarDiffError> {
     let current = current.as_mut().ok_or(TarDiffError::NoSourceOpen { op })?;
     let size = current.file.size();
     if current.pos.checked_add(len).is_none_or(|end| end > size) {
@@ -477,7 +522,7 @@ fn decode_with_dict(
 
 /// The whole current file, which leaves its position at the end (as
 /// oci-delta's data sources do).
-fn read_whole(current: &mut Current) -> Result<Vec<u8>, TarDiffError> {
+fn read_whole<Id>(current: &mut Current<Id>) -> Result<Vec<u8>, TarDiffError> {
     let size = current.file.size();
     if size > MAX_DICT {
         return Err(TarDiffError::DictTooLarge {
@@ -493,7 +538,7 @@ fn read_whole(current: &mut Current) -> Result<Vec<u8>, TarDiffError> {
 
 /// Fill `buf` from the current file's position, advancing it. The caller
 /// has checked that the file is long enough.
-fn read_source(current: &mut Current, buf: &mut [u8]) -> Result<(), TarDiffError> {
+fn read_source<Id>(current: &mut Current<Id>, buf: &mut [u8]) -> Result<(), TarDiffError> {
     let mut filled = 0;
     while filled < buf.len() {
         let at = current.pos;
@@ -513,7 +558,7 @@ fn read_source(current: &mut Current, buf: &mut [u8]) -> Result<(), TarDiffError
             Err(e) => {
                 return Err(TarDiffError::SourceRead {
                     path: current.path.clone(),
-                    reason: e.to_string(),
+                    error: e,
                 });
             }
         }

@@ -135,6 +135,9 @@ fn delta_archive(source: &TestImage, target: &TestImage, changes: &[Change]) -> 
 enum Modified {
     AddData,
     ZstdDict,
+    /// A file that is its old version with bytes before or after it: a
+    /// COPY of all of the old one, and DATA; ZSTD_DICT for other changes.
+    Splice,
 }
 
 /// A tar-diff of `target` (a tar) against the files `source` has: files
@@ -166,7 +169,13 @@ fn make_tar_diff(target: &[u8], source: &HashMap<&str, Vec<u8>>, modified: Modif
         );
         if old[..] == *data {
             op(OP_COPY, len as u64, b"");
-        } else if let Modified::ZstdDict = modified {
+        } else if let (Modified::Splice, Some(rest)) = (modified, data.strip_prefix(&old[..])) {
+            op(OP_COPY, old.len() as u64, b"");
+            op(OP_DATA, rest.len() as u64, rest);
+        } else if let (Modified::Splice, Some(first)) = (modified, data.strip_suffix(&old[..])) {
+            op(OP_DATA, first.len() as u64, first);
+            op(OP_COPY, old.len() as u64, b"");
+        } else if let Modified::ZstdDict | Modified::Splice = modified {
             let mut encoder =
                 zstd::stream::write::Encoder::with_ref_prefix(Vec::new(), 3, old).unwrap();
             encoder.write_all(data).unwrap();
@@ -186,7 +195,7 @@ fn make_tar_diff(target: &[u8], source: &HashMap<&str, Vec<u8>>, modified: Modif
     op(OP_DATA, (target.len() - done) as u64, &target[done..]);
     let header = match modified {
         Modified::AddData => HEADER_V1,
-        Modified::ZstdDict => HEADER_V2,
+        Modified::ZstdDict | Modified::Splice => HEADER_V2,
     };
     let mut out = header.to_vec();
     out.extend(zstd::encode_all(&body[..], 3).unwrap());
@@ -204,6 +213,12 @@ impl Fixture {
     /// Layer 0 is shared; layer 1 changes one file, keeps one, adds one,
     /// drops one; layer 2 is new.
     fn new() -> Self {
+        Self::changing_tool(<[u8]>::to_vec)
+    }
+
+    /// As [`Fixture::new`], with `usr/bin/tool` changed by `change` in
+    /// the target.
+    fn changing_tool(change: impl Fn(&[u8]) -> Vec<u8>) -> Self {
         let readme = noise(300, 1);
         let tool = noise(70_000, 2);
         let data = noise(3000, 3);
@@ -234,7 +249,7 @@ impl Fixture {
             base(),
             layer(&[
                 ("usr/bin/", b""),
-                ("usr/bin/tool", &tool),
+                ("usr/bin/tool", &change(&tool)),
                 ("@usr/bin/link", b"tool"),
                 ("usr/lib/", b""),
                 ("usr/lib/data", &data2),
@@ -440,13 +455,7 @@ async fn a_corrupt_tar_diff_publishes_nothing() {
         (bad, true),
         (make_tar_diff(&wrong, &files, Modified::AddData), false),
     ] {
-        let (dir, repo) = with_source(&fixture).await;
-        let delta = fixture.delta(Change {
-            layer: 1,
-            media_type: TAR_DIFF,
-            blob,
-        });
-        let err = pull(&repo, delta, "target").await.unwrap_err();
+        let err = refused_tar_diff(&fixture, blob).await;
         if tar_diff_error {
             assert!(
                 matches!(err, Error::TarDiff { ref reason, .. } if reason.contains("past the end")),
@@ -458,10 +467,23 @@ async fn a_corrupt_tar_diff_publishes_nothing() {
                 "{err}"
             );
         }
-        let tags: Vec<_> = repo.images().unwrap().into_iter().map(|i| i.name).collect();
-        assert_eq!(tags, ["source"]);
-        assert!(!has_layer(dir.path(), &fixture.target.diff_id(1)));
     }
+}
+
+/// Why the tar-diff `blob` of layer 1 fails to pull onto the source, which
+/// stays the only image, with no stream of layer 1 named.
+async fn refused_tar_diff(fixture: &Fixture, blob: Vec<u8>) -> Error {
+    let (dir, repo) = with_source(fixture).await;
+    let delta = fixture.delta(Change {
+        layer: 1,
+        media_type: TAR_DIFF,
+        blob,
+    });
+    let err = pull(&repo, delta, "target").await.unwrap_err();
+    let tags: Vec<_> = repo.images().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(tags, ["source"]);
+    assert!(!has_layer(dir.path(), &fixture.target.diff_id(1)));
+    err
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -519,7 +541,7 @@ async fn deltas_that_break_the_format_are_invalid() {
 }
 
 /// Everything a source file holds.
-fn read_all(file: &dyn super::tardiff::SourceFile) -> Vec<u8> {
+fn read_all<Id>(file: &dyn super::tardiff::SourceFile<Id>) -> Vec<u8> {
     let mut data = vec![0u8; file.size() as usize];
     let mut at = 0;
     while at < data.len() {
@@ -547,13 +569,15 @@ async fn source_files_are_regular_files_reached_without_symlinks() {
             .unwrap()
             .expect("the source has an EROFS image");
     let image = SourceImage::load(store.clone(), &erofs).unwrap();
-    // An object and an inline file.
+    // An object and an inline file; only the object can be referred to.
     let tool = image.open("usr/bin/tool").unwrap();
     assert_eq!(read_all(&*tool), fixture.files["usr/bin/tool"]);
-    assert_eq!(
-        read_all(&*image.open("usr/share/tiny").unwrap()),
-        b"0123456789"
-    );
+    let tool_id: composefs::fsverity::Sha256HashValue =
+        composefs::fsverity::compute_verity(&fixture.files["usr/bin/tool"]);
+    assert_eq!(tool.object(), Some(&tool_id));
+    let tiny = image.open("usr/share/tiny").unwrap();
+    assert_eq!(read_all(&*tiny), b"0123456789");
+    assert_eq!(tiny.object(), None);
     let refused = |path: &str| image.open(path).err().expect(path);
     assert!(matches!(refused("usr/bin"), E::SourceNotRegular { .. }));
     assert!(matches!(
@@ -620,4 +644,74 @@ async fn a_delta_must_agree_with_its_target() {
         "{err}"
     );
     assert_eq!(repo.images().unwrap().len(), 1, "only the source is tagged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_only_contains_a_copied_source_file_is_stored_as_itself() {
+    // The tool with a byte after it or before it: a COPY of the whole
+    // source file that is not the whole target file.
+    let appended = |tool: &[u8]| [tool, b"!"].concat();
+    let prepended = |tool: &[u8]| [b"!", tool].concat();
+    for change in [&appended as &dyn Fn(&[u8]) -> Vec<u8>, &prepended] {
+        let fixture = Fixture::changing_tool(change);
+        let full = full_pull(&fixture).await;
+        let (_dir, repo) = with_source(&fixture).await;
+        let report = pull(&repo, fixture.tar_diff_delta(Modified::Splice), "target")
+            .await
+            .unwrap();
+        assert_same_image(&report, &full);
+        assert_eq!(repo.compute_id("target").unwrap(), full.image_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_whole_copy_of_a_source_file_the_target_changed_fails_the_diff_id() {
+    let flipped = |tool: &[u8]| {
+        let mut tool = tool.to_vec();
+        *tool.last_mut().unwrap() ^= 1;
+        tool
+    };
+    let fixture = Fixture::changing_tool(flipped);
+    // A delta made against a source whose tool were the target's: it
+    // copies the tool whole, which the real source has one byte off.
+    let mut claimed = fixture.files.clone();
+    claimed.insert("usr/bin/tool", flipped(&fixture.files["usr/bin/tool"]));
+    let blob = make_tar_diff(&fixture.target.layers[1].tar, &claimed, Modified::AddData);
+    let err = refused_tar_diff(&fixture, blob).await;
+    assert!(
+        matches!(err, Error::DigestMismatch { ref what, .. } if what.starts_with("diff_id")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_source_file_that_cannot_be_read_is_a_storage_error_of_its_kind() {
+    use super::{apply::tar_diff_error, tardiff::TarDiffError};
+    use crate::{DiskFault, oci::manifest::LayerPlan};
+    let plan = LayerPlan {
+        blob: Digest::of(b"delta"),
+        size: 5,
+        compression: crate::oci::document::Compression::None,
+        diff_id: Digest::of(b"layer"),
+        pulled: Default::default(),
+        hold: Default::default(),
+    };
+    // EIO from pread, and ENOSPC behind anyhow context as composefs
+    // reports an open's failure.
+    let eio = std::io::Error::from_raw_os_error(5);
+    let nospc = anyhow::Error::from(rustix::io::Errno::NOSPC).context("opening an object");
+    let nospc = std::io::Error::other(nospc.into_boxed_dyn_error());
+    for (error, expected) in [(eio, DiskFault::Io), (nospc, DiskFault::NoSpace)] {
+        let failed = TarDiffError::SourceRead {
+            path: "usr/bin/tool".into(),
+            error,
+        };
+        match tar_diff_error(&plan, failed) {
+            Error::Storage { fault, reason, .. } => {
+                assert_eq!(fault, expected, "{reason}");
+                assert!(reason.contains("usr/bin/tool"), "{reason}");
+            }
+            other => panic!("expected a storage error, got {other}"),
+        }
+    }
 }

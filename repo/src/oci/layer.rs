@@ -16,7 +16,7 @@ use super::{
     document::Compression,
     manifest::LayerPlan,
     pipeline::{Blob, LayerSource, Progress, Stage, blocking, tell},
-    split::{self, SplitError, Tally},
+    split::{self, Pipe, SplitError, Tally},
 };
 use crate::Error;
 
@@ -56,7 +56,7 @@ impl<H: FsVerityHashValue, S: LayerSource<H>> Fetch<H, S> {
         let tick = move |done| tell(&reporting.0, &reporting.1, Stage::Importing, done, total);
         let (source, blob) = (self.source.clone(), self.blob.clone());
         let unpacking = plan.clone();
-        let produce = move |out: &mut dyn Write| {
+        let produce = move |out: &mut Pipe<H>| {
             let mut hashed = Hashing::new(Reporting::new(bytes, &tick));
             let made = source.unpack(&unpacking, &blob, &mut hashed, out);
             verify_blob(&blob, hashed, made)
@@ -109,7 +109,7 @@ async fn store<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     plan: &LayerPlan,
     what: String,
-    produce: impl FnOnce(&mut dyn Write) -> Result<(), Error> + Send + 'static,
+    produce: impl FnOnce(&mut Pipe<H>) -> Result<(), Error> + Send + 'static,
 ) -> Result<Imported<H>, Error> {
     let (mut pipe, tar) = split::pipe();
     let piping = plan.clone();

@@ -36,7 +36,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    io::{Read, Write},
+    io::Read,
     sync::Arc,
 };
 
@@ -44,7 +44,12 @@ use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use composefs_oci::{OciDigest, layer_content_id};
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use super::{digest::Digest, layer, manifest::LayerPlan, split::Tally};
+use super::{
+    digest::Digest,
+    layer,
+    manifest::LayerPlan,
+    split::{Pipe, Tally},
+};
 use crate::Error;
 
 /// Where one layer is in its pull.
@@ -142,13 +147,14 @@ pub(crate) trait LayerSource<H: FsVerityHashValue>: Send + Sync + 'static {
     /// Write the tar of `layer` into `out`, made from `bytes` (the blob's,
     /// hashed on their way in). A damaged input is an error of its own
     /// kind; a write error means the splitter stopped, and its error is
-    /// the one reported.
+    /// the one reported. A source that copies a file's content whole from
+    /// an object of the repository may say so ([`Pipe::object_follows`]).
     fn unpack(
         &self,
         layer: &LayerPlan,
         blob: &Blob,
         bytes: &mut dyn Read,
-        out: &mut dyn Write,
+        out: &mut Pipe<H>,
     ) -> Result<(), Error>;
 }
 

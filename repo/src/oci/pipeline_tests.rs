@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    io::{Cursor, Read, Write},
+    io::{Cursor, Read},
     sync::{Arc, Mutex},
 };
 
@@ -20,6 +20,7 @@ use super::{
     layer,
     manifest::LayerPlan,
     pipeline::{Blob, LayerProgress, LayerSource, Progress, Stage, bring_in},
+    split::Pipe,
 };
 use crate::Error;
 
@@ -63,7 +64,7 @@ impl LayerSource<Sha256HashValue> for Memory {
         layer: &LayerPlan,
         blob: &Blob,
         bytes: &mut dyn Read,
-        out: &mut dyn Write,
+        out: &mut Pipe<Sha256HashValue>,
     ) -> Result<(), Error> {
         layer::decompress(layer.compression, layer, blob, bytes, out)
     }

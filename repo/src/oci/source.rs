@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    io::{Read, Write},
+    io::Read,
     os::fd::{AsFd, OwnedFd},
     sync::Arc,
 };
@@ -18,6 +18,7 @@ use super::{
     layer,
     manifest::LayerPlan,
     pipeline::{Blob, LayerSource},
+    split::Pipe,
 };
 use crate::Error;
 
@@ -210,7 +211,7 @@ impl<H: FsVerityHashValue> LayerSource<H> for Layout {
         layer: &LayerPlan,
         blob: &Blob,
         bytes: &mut dyn Read,
-        out: &mut dyn Write,
+        out: &mut Pipe<H>,
     ) -> Result<(), Error> {
         layer::decompress(layer.compression, layer, blob, bytes, out)
     }

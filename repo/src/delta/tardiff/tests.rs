@@ -581,7 +581,12 @@ fn output_failures_are_reported_as_such() {
         &[open("etc/conf"), (OP_COPY, 1, b"")],
         &[open("etc/conf"), (OP_ADD_DATA, 1, b"\0")],
     ] {
-        let e = apply(&tar_diff(HEADER_V1, ops)[..], &files(), &mut Closed).unwrap_err();
+        let e = apply(
+            &tar_diff(HEADER_V1, ops)[..],
+            &files(),
+            &mut BytesOnly(Closed),
+        )
+        .unwrap_err();
         assert!(matches!(e, TarDiffError::Output(_)), "{e}");
     }
 }
@@ -638,8 +643,100 @@ fn an_expanding_delta_stops_at_the_first_refused_write() {
         "{} bytes expand to 100 MiB",
         delta.len()
     );
-    let mut out = Upto(1 << 20);
+    let mut out = BytesOnly(Upto(1 << 20));
     let e = apply(&delta[..], &files, &mut out).unwrap_err();
     assert!(matches!(e, TarDiffError::Output(_)), "{e}");
+    let out = out.0;
     assert!(out.0 < 512, "stopped with {} bytes of room left", out.0);
+}
+
+/// The memory files as objects: each file's id is its path.
+struct Stored(Memory);
+
+/// A memory file that is an object.
+struct StoredFile(MemoryFile, String);
+
+impl SourceFile<String> for StoredFile {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+
+    fn object(&self) -> Option<&String> {
+        Some(&self.1)
+    }
+}
+
+impl SourceFiles<String> for Stored {
+    fn open(&self, path: &str) -> Result<Box<dyn SourceFile<String>>, TarDiffError> {
+        let data = self
+            .0
+            .0
+            .get(path)
+            .ok_or_else(|| TarDiffError::SourceMissing {
+                path: path.to_owned(),
+            })?;
+        Ok(Box::new(StoredFile(
+            MemoryFile(data.clone()),
+            path.to_owned(),
+        )))
+    }
+}
+
+/// The tar, and each object announced: where, which, how long.
+#[derive(Default)]
+struct Announced {
+    tar: Vec<u8>,
+    objects: Vec<(usize, String, u64)>,
+}
+
+impl Write for Announced {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tar.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TarOut<String> for Announced {
+    fn object_follows(&mut self, id: &String, size: u64) {
+        self.objects.push((self.tar.len(), id.clone(), size));
+    }
+}
+
+#[test]
+fn only_a_copy_of_a_whole_object_from_its_start_is_announced() {
+    let add = [0u8; 8];
+    let delta = tar_diff(
+        HEADER_V1,
+        &[
+            (OP_DATA, 2, b"h1"),
+            open("usr/bin/tool"),
+            (OP_COPY, 16, b""), // announced
+            (OP_SEEK, 0, b""),
+            (OP_COPY, 15, b""), // not all of it
+            (OP_SEEK, 1, b""),
+            (OP_COPY, 15, b""), // not from the start
+            (OP_SEEK, 0, b""),
+            (OP_COPY, 16, b""), // again whole, after other reads
+            open("etc/conf"),
+            (OP_ADD_DATA, 8, &add), // the same bytes, but not a COPY
+            open("etc/conf"),
+            (OP_COPY, 4, b""),
+            (OP_COPY, 4, b""), // whole in two COPYs: not announced
+        ],
+    );
+    let mut out = Announced::default();
+    apply(&delta[..], &Stored(files()), &mut out).unwrap();
+    let tool = "usr/bin/tool".to_owned();
+    assert_eq!(out.objects, [(2, tool.clone(), 16), (48, tool, 16)]);
+    let copied = |at: usize| &out.tar[at..at + 16];
+    assert_eq!(copied(2), b"0123456789abcdef");
+    assert_eq!(copied(48), b"0123456789abcdef");
+    assert_eq!(run(&delta, &files()).unwrap(), out.tar, "the same bytes");
 }

@@ -12,6 +12,7 @@
 
 mod limits;
 mod objects;
+mod pipe;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +22,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, SyncSender, sync_channel},
+        mpsc::Receiver,
     },
 };
 
@@ -37,76 +38,19 @@ use tar_core::{
 };
 
 pub use self::limits::LayerLimits;
-pub(crate) use self::limits::{Exceeded, PullTally};
 use self::{
     limits::{ENTRY_COST, Kept, check_size},
     objects::{BUFFERED_BYTES, Objects, Ticket},
+    pipe::{CHUNK_BYTES, Claims},
+};
+pub(crate) use self::{
+    limits::{Exceeded, PullTally},
+    pipe::{Chunk, Pipe, pipe},
 };
 use super::{
     digest::{Digest, HashingWriter},
     entry_rules::EntryRules,
 };
-
-/// How much decompressed tar one chunk of the [`Pipe`] carries.
-const CHUNK_BYTES: usize = 256 << 10;
-
-/// How many chunks may wait in the [`Pipe`]: with [`CHUNK_BYTES`], the
-/// tar in flight between the producer and the parser.
-const PIPE_CHUNKS: usize = 4;
-
-/// The sending end of the pipe between a layer's producer and its parser.
-pub(crate) struct Pipe {
-    chunk: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
-}
-
-impl Pipe {
-    /// Send what is buffered and close the pipe: the parser sees the end
-    /// of the tar.
-    pub(crate) fn close(&mut self) -> io::Result<()> {
-        self.send()?;
-        self.tx = None;
-        Ok(())
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.chunk.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BYTES));
-        self.tx
-            .as_ref()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the pipe is closed"))?
-            .send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the tar parser stopped"))
-    }
-}
-
-impl Write for Pipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(CHUNK_BYTES - self.chunk.len());
-        self.chunk.extend_from_slice(&buf[..n]);
-        if self.chunk.len() == CHUNK_BYTES {
-            self.send()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A pipe: the producer writes the layer's tar into the [`Pipe`], and
-/// [`split`] reads it from the receiver.
-pub(crate) fn pipe() -> (Pipe, Receiver<Vec<u8>>) {
-    let (tx, rx) = sync_channel(PIPE_CHUNKS);
-    let pipe = Pipe {
-        chunk: Vec::with_capacity(CHUNK_BYTES),
-        tx: Some(tx),
-    };
-    (pipe, rx)
-}
 
 /// Why a split failed.
 #[derive(Debug)]
@@ -164,7 +108,7 @@ impl Drop for CancelOnDrop {
 /// check before naming the stream. A tar beyond `limits` is refused as
 /// soon as that shows, without reading the rest.
 pub(crate) fn split<H: FsVerityHashValue>(
-    rx: Receiver<Vec<u8>>,
+    rx: Receiver<Chunk<H>>,
     repo: Arc<Store<H>>,
     cancel: &Cancel,
     limits: &LayerLimits,
@@ -208,17 +152,19 @@ impl From<Exceeded> for Fault {
     }
 }
 
-/// A piece of the split stream: tar bytes kept inline, or a file's content
-/// stored as an object.
-enum Entry {
+/// A piece of the split stream: tar bytes kept inline, a file's content
+/// stored as an object, or a file's content that the producer claimed is
+/// an object the repository holds.
+enum Entry<H> {
     Inline(Vec<u8>),
     External(Ticket, u64),
+    Reused(H, u64),
 }
 
 /// Wait for the objects, then write the split stream that refers to them.
 fn store_stream<H: FsVerityHashValue>(
     objects: Objects<H>,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<H>>,
 ) -> anyhow::Result<(H, Tally<H>)> {
     let repo = objects.repo().clone();
     let stored = objects.finish()?;
@@ -232,6 +178,11 @@ fn store_stream<H: FsVerityHashValue>(
                 stats.record(id, *method, size);
                 stream.add_external_size(size);
                 stream.write_reference(id.clone())?;
+            }
+            Entry::Reused(id, size) => {
+                stats.record(&id, ObjectStoreMethod::AlreadyPresent, size);
+                stream.add_external_size(size);
+                stream.write_reference(id)?;
             }
         }
     }
@@ -292,9 +243,9 @@ impl<H: FsVerityHashValue> Tally<H> {
 }
 
 struct Splitter<H: FsVerityHashValue> {
-    input: Input,
+    input: Input<H>,
     rules: EntryRules,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<H>>,
     /// What `entries` and `rules` hold, against the metadata limit.
     kept: Kept,
     objects: Objects<H>,
@@ -358,13 +309,20 @@ impl<H: FsVerityHashValue> Splitter<H> {
     /// One entry's content and padding.
     fn content(&mut self, size: usize, external: bool) -> Result<(), Fault> {
         let padded = size.next_multiple_of(512);
-        if external {
-            let ticket = self.store(size)?;
-            self.entries.push(Entry::External(ticket, size as u64));
-            self.copy_inline(padded - size)
-        } else {
-            self.copy_inline(padded)
+        if !external {
+            return self.copy_inline(padded);
         }
+        let entry = match self.input.claimed(size)? {
+            // Its bytes are hashed into the diff_id as they arrive; that is
+            // all they are needed for.
+            Some(id) => {
+                self.input.skip(size)?;
+                Entry::Reused(id, size as u64)
+            }
+            None => Entry::External(self.store(size)?, size as u64),
+        };
+        self.entries.push(entry);
+        self.copy_inline(padded - size)
     }
 
     /// Hand the next `size` bytes to the object writers.
@@ -441,11 +399,12 @@ fn truncated(what: &str) -> Fault {
 }
 
 /// The parser's view of the pipe: the unread bytes, refilled chunk by
-/// chunk.
-struct Input {
-    rx: Receiver<Vec<u8>>,
+/// chunk, and the producer's claims about them.
+struct Input<H> {
+    rx: Receiver<Chunk<H>>,
     buf: Vec<u8>,
     pos: usize,
+    claims: Claims<H>,
     /// Hashes the tar as it arrives; the producer's thread is the busier.
     digest: HashingWriter<io::Sink>,
     /// Bytes of tar received so far.
@@ -457,12 +416,13 @@ struct Input {
     pull_limit: u64,
 }
 
-impl Input {
-    fn new(rx: Receiver<Vec<u8>>, limits: &LayerLimits, pulled: PullTally) -> Self {
+impl<H> Input<H> {
+    fn new(rx: Receiver<Chunk<H>>, limits: &LayerLimits, pulled: PullTally) -> Self {
         Input {
             rx,
             buf: Vec::with_capacity(2 * CHUNK_BYTES),
             pos: 0,
+            claims: Claims::new(),
             digest: HashingWriter::new(io::sink()),
             received: 0,
             limit: limits.max_layer_size,
@@ -476,18 +436,21 @@ impl Input {
         self.received - self.available().len() as u64
     }
 
-    /// The next chunk of the tar, hashed and counted; `None` at its end.
+    /// The next chunk of the tar, hashed and counted, its claims noted;
+    /// `None` at its end.
     fn receive(&mut self) -> Result<Option<Vec<u8>>, Exceeded> {
-        let Ok(chunk) = self.rx.recv() else {
+        let Ok(Chunk { bytes, claims }) = self.rx.recv() else {
             return Ok(None);
         };
-        self.received += chunk.len() as u64;
+        self.received += bytes.len() as u64;
         check_size(self.received, self.limit)?;
-        self.pulled.add(chunk.len() as u64, self.pull_limit)?;
+        self.pulled.add(bytes.len() as u64, self.pull_limit)?;
         self.digest
-            .write_all(&chunk)
+            .write_all(&bytes)
             .expect("writing to a sink cannot fail");
-        Ok(Some(chunk))
+        let position = self.received - (bytes.len() + self.available().len()) as u64;
+        self.claims.receive(claims, position);
+        Ok(Some(bytes))
     }
 
     fn available(&self) -> &[u8] {
@@ -504,11 +467,39 @@ impl Input {
             let Some(chunk) = self.receive()? else {
                 return Ok(false);
             };
-            self.buf.drain(..self.pos);
+            if self.available().is_empty() {
+                // Nothing to keep: the chunk becomes the buffer, uncopied.
+                self.buf = chunk;
+            } else {
+                self.buf.drain(..self.pos);
+                self.buf.extend_from_slice(&chunk);
+            }
             self.pos = 0;
-            self.buf.extend_from_slice(&chunk);
         }
         Ok(true)
+    }
+
+    /// The object the producer claimed the next `size` bytes are, if it
+    /// claimed exactly those.
+    fn claimed(&mut self, size: usize) -> Result<Option<H>, Fault> {
+        // A claim comes with the chunk holding its first byte, or earlier.
+        if !self.fill(1)? {
+            return Err(truncated("a file's content"));
+        }
+        Ok(self.claims.take(self.position(), size as u64))
+    }
+
+    /// Pass over the next `n` bytes, which were hashed as they arrived.
+    fn skip(&mut self, mut n: usize) -> Result<(), Fault> {
+        while n > 0 {
+            if !self.fill(1)? {
+                return Err(truncated("a file's content"));
+            }
+            let take = n.min(self.available().len());
+            self.consume(take);
+            n -= take;
+        }
+        Ok(())
     }
 
     /// Read the rest of the tar, for its digest, as far as the size limit

@@ -187,3 +187,99 @@ fn a_cancelled_split_stops_and_names_nothing() {
         .unwrap_or(0);
     assert_eq!(streams, 0, "a cancelled split named a stream");
 }
+
+/// Split `tar` as [`split_tar`] does, the producer making `claims` (tar
+/// position, size, object) as it reaches each position.
+fn split_claimed(
+    repo: &Repo,
+    tar: &[u8],
+    claims: &[(u64, u64, Sha256HashValue)],
+) -> (Sha256HashValue, Tally<Sha256HashValue>, Digest) {
+    let (mut input, rx) = pipe();
+    let (bytes, claims) = (tar.to_vec(), claims.to_vec());
+    let producer = std::thread::spawn(move || {
+        let mut done = 0;
+        for (at, size, id) in claims {
+            input.write_all(&bytes[done..at as usize]).unwrap();
+            input.object_follows(id, size);
+            done = at as usize;
+        }
+        input.write_all(&bytes[done..]).unwrap();
+        input.close().unwrap();
+    });
+    let limits = LayerLimits::DEFAULT;
+    let result = split(
+        rx,
+        repo.clone(),
+        &Cancel::default(),
+        &limits,
+        PullTally::default(),
+    );
+    producer.join().unwrap();
+    result.unwrap()
+}
+
+/// A repository holding an object of 5000 `b`s, which no tar below has:
+/// a claim naming it shows in the rebuilt tar wherever it was honoured.
+fn with_marker() -> (tempfile::TempDir, Repo, Sha256HashValue) {
+    let (dir, repo) = repository();
+    let marker = vec![b'b'; 5000];
+    let (_, tally, _) = split_tar(
+        &repo,
+        &tar_of(&[("marker", &marker)]),
+        &LayerLimits::DEFAULT,
+        &Cancel::default(),
+    )
+    .unwrap();
+    assert_eq!(tally.objects_new(), 1);
+    (dir, repo, compute_verity(&marker))
+}
+
+/// A big file, then `x` of 5000 `a`s whose content starts exactly where
+/// the pipe's second chunk does (a claim made there travels with that
+/// chunk); where `x`'s content starts.
+fn tar_with_x() -> (Vec<u8>, u64) {
+    let big = vec![b'z'; 261_120];
+    let tar = tar_of(&[("big", &big), ("x", &[b'a'; 5000])]);
+    let at = 512 + 261_120 + 512;
+    assert_eq!(at, super::CHUNK_BYTES as u64);
+    (tar, at)
+}
+
+#[test]
+fn a_claimed_entry_refers_to_the_claimed_object_and_the_diff_id_is_of_the_bytes_sent() {
+    let (_dir, repo, marker) = with_marker();
+    let (tar, at) = tar_with_x();
+    let (stream, tally, diff_id) = split_claimed(&repo, &tar, &[(at, 5000, marker.clone())]);
+    // The digest is of what flowed, whatever the claim said: the caller's
+    // diff_id check is what makes a claim safe.
+    assert_eq!(diff_id, Digest::of(&tar));
+    // The claim was taken at its word: no hash of x's bytes was made.
+    let mut expected = tar.clone();
+    expected[at as usize..at as usize + 5000].fill(b'b');
+    assert_eq!(rebuilt(&repo, &stream, &diff_id), expected);
+    assert_eq!(tally.objects_new(), 1, "only big is stored");
+    assert_eq!(tally.objects_present(), 1, "the claimed object");
+}
+
+#[test]
+fn a_claim_that_is_not_exactly_an_entrys_content_is_ignored() {
+    let (tar, at) = tar_with_x();
+    for (claim_at, size) in [
+        (at + 1, 4999),
+        (at, 4999),
+        (at, 5001),
+        (at - 512, 5000),
+        (0, 5000),
+    ] {
+        let (_dir, repo, marker) = with_marker();
+        let (stream, tally, diff_id) = split_claimed(&repo, &tar, &[(claim_at, size, marker)]);
+        assert_eq!(diff_id, Digest::of(&tar));
+        assert_eq!(
+            rebuilt(&repo, &stream, &diff_id),
+            tar,
+            "claim at {claim_at} of {size}"
+        );
+        assert_eq!(tally.objects_present() + tally.objects_new(), 2);
+    }
+}
