@@ -1,0 +1,271 @@
+//! Signatures that travel with a delta: a publisher whose image was
+//! admitted by GPG signatures (made by skopeo `--sign-by`) makes a delta
+//! archive that carries them (`sha256-HEX.sig` in its index), and an
+//! updater with no network checks the delta's target against its policy's
+//! `oci-archive` scope with those signatures alone. The registry is gone
+//! before any updater starts. Each refusal is typed, names the scope, and
+//! publishes nothing.
+
+use std::{collections::BTreeMap, path::Path};
+
+use cfsd_tests::{
+    Daemon,
+    delta::versions,
+    oci::{BuiltImage, Layout, Written},
+    ocictl::{published, pull, succeeds, typed_source_refusal},
+    registry::Registry,
+    signing::{Key, Lookaside, push_signed, trusting},
+    tar_members,
+};
+use cfsd_varlink::oci::OciError;
+use serde_json::{Value, json};
+
+/// Write `members` as a tar at `path`.
+fn write_tar(path: &Path, members: &BTreeMap<String, Vec<u8>>) {
+    let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, bytes) in members {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, name, &bytes[..]).unwrap();
+    }
+    tar.finish().unwrap();
+}
+
+/// The index entry of the signatures `members` carry.
+fn signature_entry(members: &BTreeMap<String, Vec<u8>>) -> Option<Value> {
+    let index: Value = serde_json::from_slice(&members["index.json"]).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(".sig"))
+        })
+        .cloned()
+}
+
+/// The deltas a publisher makes, and what the updaters need.
+struct Made {
+    /// v1 to v2, carrying v2's signature.
+    signed: std::path::PathBuf,
+    /// v1 to v2 from a publisher that has no signature of v2.
+    unsigned: std::path::PathBuf,
+    /// `signed`, its signatures swapped for those of v1's manifest.
+    forged: std::path::PathBuf,
+    v1_layout: Written,
+    v1: BuiltImage,
+    v2: BuiltImage,
+    /// The signature skopeo made for v2.
+    original: Vec<u8>,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A publisher pulls both versions from the registry, admitted by their
+/// signatures, and makes the deltas; then the registry is stopped.
+fn publish(key: &Key, trusted: &Path) -> Made {
+    let mut registry = Registry::start_http();
+    let lookaside = Lookaside::new();
+    let host = registry.host();
+    let (v1_image, v2_image) = versions();
+    let (l1, v1) = Layout::single(&v1_image, None);
+    let (l2, v2) = Layout::single(&v2_image, None);
+    let (w1, w2) = (Written::new(&l1), Written::new(&l2));
+    push_signed(&registry, &w1.oci(None), "app:v1", key, &lookaside, None);
+    push_signed(&registry, &w2.oci(None), "app:v2", key, &lookaside, None);
+    let policy = registry.policy(
+        "publisher.json",
+        &json!({"default": [{"type": "reject"}], "transports": {"docker": {
+            format!("{host}/app"): [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": trusted}],
+        }}}),
+    );
+    let publisher = trusting(&registry, &policy, &lookaside);
+    for tag in ["v1", "v2"] {
+        let source = format!("docker://{host}/app:{tag}");
+        pull(&publisher, &[&source, tag, "--tls-verify=false"]);
+    }
+    let original = std::fs::read(
+        lookaside
+            .signatures("app", &v2.manifest_digest)
+            .join("signature-1"),
+    )
+    .unwrap();
+    registry.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let create = |daemon: &Daemon, from: &str, to: &str, path: &Path| {
+        let dest = format!("oci-archive:{}", path.display());
+        succeeds(daemon, &["oci", "delta", "create", from, to, &dest]);
+    };
+    create(&publisher, "v1", "v2", &out("signed.tar"));
+    create(&publisher, "v2", "v1", &out("reverse.tar"));
+    // A publisher that got v2 from a layout holds no signature of it.
+    let plain = Daemon::start_initialised(&[]);
+    pull(&plain, &[&w1.archive(None), "v1"]);
+    pull(&plain, &[&w2.archive(None), "v2"]);
+    create(&plain, "v1", "v2", &out("unsigned.tar"));
+    forge(
+        &out("signed.tar"),
+        &out("reverse.tar"),
+        &out("forged.tar"),
+        &v2,
+    );
+    Made {
+        signed: out("signed.tar"),
+        unsigned: out("unsigned.tar"),
+        forged: out("forged.tar"),
+        v1_layout: w1,
+        v1,
+        v2,
+        original,
+        host,
+        _dir: dir,
+    }
+}
+
+/// `signed` with its signatures replaced by `reverse`'s (those of v1's
+/// manifest), filed under `v2`'s digest.
+fn forge(signed: &Path, reverse: &Path, out: &Path, v2: &BuiltImage) {
+    let mut forged = tar_members(signed);
+    let other = tar_members(reverse);
+    assert!(signature_entry(&forged).is_some(), "the delta carries v2's");
+    let mut entry = signature_entry(&other).expect("the reverse delta carries v1's");
+    let tag = format!("sha256-{}.sig", &v2.manifest_digest["sha256:".len()..]);
+    entry["annotations"]["org.opencontainers.image.ref.name"] = json!(tag);
+    let mut index: Value = serde_json::from_slice(&forged["index.json"]).unwrap();
+    let entries = index["manifests"].as_array_mut().unwrap();
+    entries.retain(|e| !e["annotations"].to_string().contains(".sig"));
+    entries.push(entry);
+    forged.insert("index.json".into(), serde_json::to_vec(&index).unwrap());
+    for (name, bytes) in other {
+        forged.entry(name).or_insert(bytes);
+    }
+    write_tar(out, &forged);
+}
+
+/// An updater under `archive` (the `oci-archive` "" scope), holding v1
+/// from its layout (the `oci` scope admits anything).
+fn updater(made: &Made, dir: &Path, archive: Value) -> Daemon {
+    let policy = dir.join("updater.json");
+    let body = json!({"default": [{"type": "reject"}], "transports": {
+        "oci": {"": [{"type": "insecureAcceptAnything"}]},
+        "oci-archive": {"": archive},
+    }});
+    std::fs::write(&policy, body.to_string()).unwrap();
+    let daemon = Daemon::start_initialised(&["--policy", policy.to_str().unwrap()]);
+    let v1 = pull(&daemon, &[&made.v1_layout.oci(None), "v1"]);
+    assert_eq!(v1.str("manifestDigest"), made.v1.manifest_digest);
+    daemon
+}
+
+/// The typed refusal of pulling `archive` into `daemon`, which must
+/// publish nothing.
+fn refused(daemon: &Daemon, archive: &Path) -> OciError {
+    let before = published(&daemon.repo());
+    let source = format!("oci-archive:{}", archive.display());
+    let err = typed_source_refusal(daemon, &source, "v2");
+    assert_eq!(published(&daemon.repo()), before, "a refusal published");
+    err
+}
+
+const SCOPE: &str = "oci-archive \"\"";
+
+#[test]
+fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
+    cfsd_tests::need_registry!();
+    cfsd_tests::need_gpg!();
+    let (key, stranger) = (Key::new("publisher"), Key::new("stranger"));
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = key.public_file(keys.path(), "publisher");
+    let untrusted = stranger.public_file(keys.path(), "stranger");
+    let made = publish(&key, &trusted);
+    let by = |key: &Path, identity: Value| json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPath": key, "signedIdentity": identity}]);
+    let repository =
+        json!({"type": "exactRepository", "dockerRepository": format!("{}/app", made.host)});
+
+    // Accepted: the signature the delta carries is v2's, by the key.
+    let daemon = updater(&made, keys.path(), by(&trusted, repository.clone()));
+    let source = format!("oci-archive:{}", made.signed.display());
+    let pulled = pull(&daemon, &[&source, "v2"]);
+    assert_eq!(pulled.str("manifestDigest"), made.v2.manifest_digest);
+    assert!(pulled.result["delta"].is_object(), "{}", pulled.result);
+    let hex = &made.v2.manifest_digest["sha256:".len()..];
+    let kept = daemon
+        .repo()
+        .join(format!("signatures/sha256-{hex}/signature-1"));
+    assert_eq!(std::fs::read(kept).unwrap(), made.original);
+
+    // Missing: a delta without signatures.
+    let daemon = updater(&made, keys.path(), by(&trusted, repository.clone()));
+    match refused(&daemon, &made.unsigned) {
+        OciError::SignatureMissing {
+            scope, requirement, ..
+        } => {
+            assert_eq!((scope.as_str(), requirement.as_str()), (SCOPE, "signedBy"));
+        }
+        e => panic!("{e:?}"),
+    }
+    // For another digest: v1's signature filed under v2's name.
+    match refused(&daemon, &made.forged) {
+        OciError::SignatureDigestMismatch {
+            scope,
+            signed,
+            manifest,
+        } => {
+            assert_eq!(scope, SCOPE);
+            assert_eq!(
+                (signed, manifest),
+                (
+                    made.v1.manifest_digest.clone(),
+                    made.v2.manifest_digest.clone()
+                )
+            );
+        }
+        e => panic!("{e:?}"),
+    }
+
+    // Wrong key.
+    let daemon = updater(&made, keys.path(), by(&untrusted, repository));
+    match refused(&daemon, &made.signed) {
+        OciError::SignatureUntrusted { scope, .. } => assert_eq!(scope, SCOPE),
+        e => panic!("{e:?}"),
+    }
+
+    // Identity: signed as HOST/app:v2, which neither another repository
+    // nor the default identity (a layout has no docker name) admits.
+    let elsewhere =
+        json!({"type": "exactRepository", "dockerRepository": format!("{}/other", made.host)});
+    for (identity, expected) in [
+        (elsewhere, format!("repository {}/other", made.host)),
+        (
+            json!({"type": "matchRepoDigestOrExact"}),
+            "exactReference or exactRepository".to_owned(),
+        ),
+    ] {
+        let daemon = updater(&made, keys.path(), by(&trusted, identity));
+        match refused(&daemon, &made.signed) {
+            OciError::SignatureIdentityMismatch {
+                scope,
+                signed,
+                expected: e,
+            } => {
+                assert_eq!(
+                    (scope.as_str(), signed),
+                    (SCOPE, format!("{}/app:v2", made.host))
+                );
+                assert!(e.contains(&expected), "{e}");
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    // A reject scope refuses before the archive is read.
+    let daemon = updater(&made, keys.path(), json!([{"type": "reject"}]));
+    match refused(&daemon, &made.signed) {
+        OciError::PolicyRejected { scope } => assert_eq!(scope, SCOPE),
+        e => panic!("{e:?}"),
+    }
+}
