@@ -2,9 +2,10 @@
 //! admitted by GPG signatures (made by skopeo `--sign-by`) makes a delta
 //! archive that carries them (`sha256-HEX.sig` in its index), and an
 //! updater with no network checks the delta's target against its policy's
-//! `oci-archive` scope with those signatures alone. The registry is gone
-//! before any updater starts. Each refusal is typed, names the scope, and
-//! publishes nothing.
+//! `oci-archive` scope with those signatures alone: the registry is gone
+//! before any updater starts. A delta pushed to a registry takes them to
+//! the target's `sha256-HEX.sig` tag beside it. Each refusal is typed,
+//! names the scope, and publishes nothing.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -12,12 +13,12 @@ use cfsd_tests::{
     Daemon,
     delta::versions,
     oci::{BuiltImage, Layout, Written},
-    ocictl::{published, pull, succeeds, typed_source_refusal},
+    ocictl::{published, pull, succeeds, typed_refusal_with, typed_source_refusal},
     registry::Registry,
     signing::{Key, Lookaside, push_signed, trusting},
     tar_members,
 };
-use cfsd_varlink::oci::OciError;
+use cfsd_varlink::oci::{OciError, PullParams};
 use serde_json::{Value, json};
 
 /// Write `members` as a tar at `path`.
@@ -266,6 +267,95 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
     let daemon = updater(&made, keys.path(), json!([{"type": "reject"}]));
     match refused(&daemon, &made.signed) {
         OciError::PolicyRejected { scope } => assert_eq!(scope, SCOPE),
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn delta_pushed_to_a_registry_takes_its_targets_signatures_beside_it() {
+    cfsd_tests::need_registry!();
+    cfsd_tests::need_gpg!();
+    let (key, stranger) = (Key::new("pusher"), Key::new("stranger"));
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = key.public_file(keys.path(), "pusher");
+    let untrusted = stranger.public_file(keys.path(), "stranger");
+    let registry = Registry::start_http();
+    let host = registry.host();
+    let (v1_image, v2_image) = versions();
+    let (l1, _) = Layout::single(&v1_image, None);
+    let (l2, v2) = Layout::single(&v2_image, None);
+    let (w1, w2) = (Written::new(&l1), Written::new(&l2));
+    // Signed into a store only the publisher reads.
+    let store = Lookaside::new();
+    push_signed(&registry, &w2.oci(None), "app:v2", &key, &store, None);
+    let policy = |name: &str, key: &Path| {
+        let signed = json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPath": key}]);
+        registry.policy(
+            name,
+            &json!({"default": [{"type": "reject"}], "transports": {
+                "docker": {format!("{host}/app"): signed},
+                "oci": {"": [{"type": "insecureAcceptAnything"}]},
+            }}),
+        )
+    };
+    let publisher = trusting(&registry, &policy("publisher.json", &trusted), &store);
+    pull(&publisher, &[&w1.oci(None), "v1"]);
+    let source = format!("docker://{host}/app:v2");
+    pull(&publisher, &[&source, "v2", "--tls-verify=false"]);
+    let dest = format!("docker://{host}/app:v2-delta");
+    let create = "oci delta create v1 v2".split(' ');
+    let args: Vec<&str> = create
+        .chain([dest.as_str(), "--tls-verify=false"])
+        .collect();
+    succeeds(&publisher, &args);
+    let hex = &v2.manifest_digest["sha256:".len()..];
+    assert!(
+        !registry
+            .tag_digest("app", &format!("sha256-{hex}.sig"))
+            .is_empty()
+    );
+
+    // Updaters read no store that holds the signature: only what was
+    // pushed beside the delta, where registries.d says to look.
+    let updater = |key: &Path, attachments: bool| {
+        let empty = Lookaside::new();
+        if attachments {
+            empty.use_sigstore_attachments();
+        }
+        let daemon = trusting(&registry, &policy("updater.json", key), &empty);
+        pull(&daemon, &[&w1.oci(None), "v1"]);
+        (daemon, empty)
+    };
+    let delta = format!("{host}/app:v2-delta");
+    let scope = format!("docker \"{host}/app\"");
+    let refusal = |daemon: &Daemon| {
+        let before = published(&daemon.repo());
+        let params = PullParams {
+            transport: "docker".to_owned(),
+            reference: Some(delta.clone()),
+            tag: Some("v2".to_owned()),
+            tls_verify: Some(false),
+            ..PullParams::default()
+        };
+        let err = typed_refusal_with(daemon, &params, Vec::new());
+        assert_eq!(published(&daemon.repo()), before, "a refusal published");
+        err
+    };
+    let (daemon, _store) = updater(&trusted, true);
+    let pulled = pull(
+        &daemon,
+        &[&format!("docker://{delta}"), "v2", "--tls-verify=false"],
+    );
+    assert_eq!(pulled.str("manifestDigest"), v2.manifest_digest);
+    assert!(pulled.result["delta"].is_object(), "{}", pulled.result);
+    let (daemon, _store) = updater(&untrusted, true);
+    match refusal(&daemon) {
+        OciError::SignatureUntrusted { scope: s, .. } => assert_eq!(s, scope),
+        e => panic!("{e:?}"),
+    }
+    let (daemon, _store) = updater(&trusted, false);
+    match refusal(&daemon) {
+        OciError::SignatureMissing { scope: s, .. } => assert_eq!(s, scope),
         e => panic!("{e:?}"),
     }
 }
