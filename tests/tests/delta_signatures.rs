@@ -13,7 +13,10 @@ use cfsd_tests::{
     Daemon,
     delta::versions,
     oci::{BuiltImage, Layout, Written},
-    ocictl::{published, pull, succeeds, typed_refusal_with, typed_source_refusal},
+    ocictl::{
+        json as json_reply, published, pull, pull_fails, succeeds, typed_refusal_with,
+        typed_source_refusal,
+    },
     registry::Registry,
     signing::{Key, Lookaside, push_signed, trusting},
     tar_members,
@@ -209,6 +212,9 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
         }
         e => panic!("{e:?}"),
     }
+    let unsigned = format!("oci-archive:{}", made.unsigned.display());
+    let message = pull_fails(&daemon, &[&unsigned, "v2"]);
+    assert!(message.contains("hint: a layout carries"), "{message}");
     // For another digest: v1's signature filed under v2's name.
     match refused(&daemon, &made.forged) {
         OciError::SignatureDigestMismatch {
@@ -314,6 +320,22 @@ fn delta_pushed_to_a_registry_takes_its_targets_signatures_beside_it() {
             .tag_digest("app", &format!("sha256-{hex}.sig"))
             .is_empty()
     );
+    // A push makes a new manifest (its layers compressed again): the
+    // signatures kept with v2 name v2's digest, so none go with it.
+    let pushed = format!("docker://{host}/pushed:v2");
+    let report = json_reply(
+        &publisher,
+        &["oci", "push", "v2", &pushed, "--tls-verify=false"],
+    );
+    assert_ne!(report["manifestDigest"], v2.manifest_digest.as_str());
+    let tags = registry
+        .storage()
+        .join("docker/registry/v2/repositories/pushed/_manifests/tags");
+    let tags: Vec<_> = std::fs::read_dir(tags)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(tags, ["v2"], "a push tagged more than its image");
 
     // Updaters read no store that holds the signature: only what was
     // pushed beside the delta, where registries.d says to look.
