@@ -18,7 +18,7 @@ use cfsd_tests::{
         typed_source_refusal,
     },
     registry::Registry,
-    signing::{Key, Lookaside, push_signed, trusting},
+    signing::{Key, Lookaside, SigstoreKey, attach_sigstore, push_signed, trusting},
     tar_members,
 };
 use cfsd_varlink::oci::{OciError, PullParams};
@@ -150,9 +150,9 @@ fn forge(signed: &Path, reverse: &Path, out: &Path, v2: &BuiltImage) {
     write_tar(out, &forged);
 }
 
-/// An updater under `archive` (the `oci-archive` "" scope), holding v1
-/// from its layout (the `oci` scope admits anything).
-fn updater(made: &Made, dir: &Path, archive: Value) -> Daemon {
+/// An updater under `archive` (the `oci-archive` "" scope), holding
+/// `v1` pulled from its layout (the `oci` scope admits anything).
+fn updater(v1: &Written, dir: &Path, archive: Value) -> Daemon {
     let policy = dir.join("updater.json");
     let body = json!({"default": [{"type": "reject"}], "transports": {
         "oci": {"": [{"type": "insecureAcceptAnything"}]},
@@ -160,8 +160,7 @@ fn updater(made: &Made, dir: &Path, archive: Value) -> Daemon {
     }});
     std::fs::write(&policy, body.to_string()).unwrap();
     let daemon = Daemon::start_initialised(&["--policy", policy.to_str().unwrap()]);
-    let v1 = pull(&daemon, &[&made.v1_layout.oci(None), "v1"]);
-    assert_eq!(v1.str("manifestDigest"), made.v1.manifest_digest);
+    pull(&daemon, &[&v1.oci(None), "v1"]);
     daemon
 }
 
@@ -191,7 +190,11 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
         json!({"type": "exactRepository", "dockerRepository": format!("{}/app", made.host)});
 
     // Accepted: the signature the delta carries is v2's, by the key.
-    let daemon = updater(&made, keys.path(), by(&trusted, repository.clone()));
+    let daemon = updater(
+        &made.v1_layout,
+        keys.path(),
+        by(&trusted, repository.clone()),
+    );
     let source = format!("oci-archive:{}", made.signed.display());
     let pulled = pull(&daemon, &[&source, "v2"]);
     assert_eq!(pulled.str("manifestDigest"), made.v2.manifest_digest);
@@ -203,7 +206,11 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
     assert_eq!(std::fs::read(kept).unwrap(), made.original);
 
     // Missing: a delta without signatures.
-    let daemon = updater(&made, keys.path(), by(&trusted, repository.clone()));
+    let daemon = updater(
+        &made.v1_layout,
+        keys.path(),
+        by(&trusted, repository.clone()),
+    );
     match refused(&daemon, &made.unsigned) {
         OciError::SignatureMissing {
             scope, requirement, ..
@@ -235,7 +242,7 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
     }
 
     // Wrong key.
-    let daemon = updater(&made, keys.path(), by(&untrusted, repository));
+    let daemon = updater(&made.v1_layout, keys.path(), by(&untrusted, repository));
     match refused(&daemon, &made.signed) {
         OciError::SignatureUntrusted { scope, .. } => assert_eq!(scope, SCOPE),
         e => panic!("{e:?}"),
@@ -252,7 +259,7 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
             "exactReference or exactRepository".to_owned(),
         ),
     ] {
-        let daemon = updater(&made, keys.path(), by(&trusted, identity));
+        let daemon = updater(&made.v1_layout, keys.path(), by(&trusted, identity));
         match refused(&daemon, &made.signed) {
             OciError::SignatureIdentityMismatch {
                 scope,
@@ -270,7 +277,7 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
     }
 
     // A reject scope refuses before the archive is read.
-    let daemon = updater(&made, keys.path(), json!([{"type": "reject"}]));
+    let daemon = updater(&made.v1_layout, keys.path(), json!([{"type": "reject"}]));
     match refused(&daemon, &made.signed) {
         OciError::PolicyRejected { scope } => assert_eq!(scope, SCOPE),
         e => panic!("{e:?}"),
@@ -378,6 +385,74 @@ fn delta_pushed_to_a_registry_takes_its_targets_signatures_beside_it() {
     let (daemon, _store) = updater(&trusted, false);
     match refusal(&daemon) {
         OciError::SignatureMissing { scope: s, .. } => assert_eq!(s, scope),
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn delta_archive_carries_sigstore_signatures_too() {
+    cfsd_tests::need_registry!();
+    let mut registry = Registry::start_http();
+    let host = registry.host();
+    let (key, stranger) = (SigstoreKey::new(), SigstoreKey::new());
+    let keys = tempfile::tempdir().unwrap();
+    let pem = |key: &SigstoreKey, name: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, key.public_pem()).unwrap();
+        path
+    };
+    let (trusted, untrusted) = (pem(&key, "trusted.pem"), pem(&stranger, "stranger.pem"));
+    let lookaside = Lookaside::new();
+    lookaside.use_sigstore_attachments();
+    let (v1_image, v2_image) = versions();
+    let (l1, _) = Layout::single(&v1_image, None);
+    let (l2, v2) = Layout::single(&v2_image, None);
+    let (w1, w2) = (Written::new(&l1), Written::new(&l2));
+    registry.push(&w2.oci(None), "app:v2", &[]);
+    let digest = &v2.manifest_digest;
+    attach_sigstore(
+        &registry,
+        "app",
+        digest,
+        &[key.sign(&format!("{host}/app:v2"), digest)],
+    );
+    let sigstore = |key: &Path, identity: Value| json!([{"type": "sigstoreSigned", "keyPath": key, "signedIdentity": identity}]);
+    let policy = registry.policy(
+        "publisher.json",
+        &json!({"default": [{"type": "reject"}], "transports": {
+            "docker": {format!("{host}/app"): sigstore(&trusted, json!({"type": "matchRepoDigestOrExact"}))},
+            "oci": {"": [{"type": "insecureAcceptAnything"}]},
+        }}),
+    );
+    let publisher = trusting(&registry, &policy, &lookaside);
+    pull(&publisher, &[&w1.oci(None), "v1"]);
+    pull(
+        &publisher,
+        &[
+            &format!("docker://{host}/app:v2"),
+            "v2",
+            "--tls-verify=false",
+        ],
+    );
+    registry.stop();
+    let out = keys.path().join("delta.tar");
+    let dest = format!("oci-archive:{}", out.display());
+    succeeds(&publisher, &["oci", "delta", "create", "v1", "v2", &dest]);
+
+    let repository = json!({"type": "exactRepository", "dockerRepository": format!("{host}/app")});
+    let daemon = updater(&w1, keys.path(), sigstore(&trusted, repository.clone()));
+    let pulled = pull(&daemon, &[&dest, "v2"]);
+    assert_eq!(pulled.str("manifestDigest"), v2.manifest_digest);
+    let daemon = updater(&w1, keys.path(), sigstore(&untrusted, repository));
+    match refused(&daemon, &out) {
+        OciError::SignatureUntrusted {
+            scope, requirement, ..
+        } => {
+            assert_eq!(
+                (scope.as_str(), requirement.as_str()),
+                (SCOPE, "sigstoreSigned")
+            );
+        }
         e => panic!("{e:?}"),
     }
 }
