@@ -1,14 +1,17 @@
-//! Trust: whether a registry image may be admitted, by the containers
-//! signature policy.
+//! Trust: whether an image may be admitted, by the containers signature
+//! policy.
 //!
-//! What an image's scope requires is settled before any connection
-//! (`Gate::new`): a `reject` scope refuses at once, and a scope of
+//! What an image's scope requires is settled before any connection, or
+//! before a local source is read (`Gate::new`, `Gate::local`): a
+//! `reject` scope refuses at once, and a scope of
 //! `insecureAcceptAnything` only needs no check. Signature requirements
 //! are checked once the manifest is fetched and its digest known, and
-//! before any layer is (`Gate::admit`): each must be met by one of the
-//! image's signatures, whose payload names that digest and an identity
-//! the requirement's `signedIdentity` admits for the name pulled. The
-//! signatures that met them are kept with the image (`Accepted`).
+//! before any layer is (`Gate::admit`, `Gate::admit_local`): each must
+//! be met by one of the image's signatures, whose payload names that
+//! digest and an identity the requirement's `signedIdentity` admits for
+//! the name pulled (a local image has none). The signatures that met
+//! them are kept with the image (`Accepted`), and travel with a delta
+//! of it (`carried`).
 
 pub(crate) mod carried;
 mod gpg;
@@ -269,6 +272,8 @@ impl Gate {
                 let found = InRegistry { stores, remote };
                 self.admit_from(digest, Some(&pulled), &found)
             }
+            // A layout's signatures are in the layout (`admit_local`),
+            // never in a registry: given one, the gate finds none.
             Origin::Local => self.admit_from(digest, None, &NoSignatures),
         }
     }
