@@ -185,7 +185,6 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
     let trusted = key.public_file(keys.path(), "publisher");
     let untrusted = stranger.public_file(keys.path(), "stranger");
     let made = publish(&key, &trusted);
-    let by = |key: &Path, identity: Value| json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPath": key, "signedIdentity": identity}]);
     let repository =
         json!({"type": "exactRepository", "dockerRepository": format!("{}/app", made.host)});
 
@@ -193,7 +192,7 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
     let daemon = updater(
         &made.v1_layout,
         keys.path(),
-        by(&trusted, repository.clone()),
+        signed_by(&trusted, repository.clone()),
     );
     let source = format!("oci-archive:{}", made.signed.display());
     let pulled = pull(&daemon, &[&source, "v2"]);
@@ -205,83 +204,19 @@ fn delta_archive_carries_its_targets_signatures_and_is_checked_offline() {
         .join(format!("signatures/sha256-{hex}/signature-1"));
     assert_eq!(std::fs::read(kept).unwrap(), made.original);
 
-    // Missing: a delta without signatures.
+    missing_or_for_another_digest(&made, keys.path(), &trusted, &repository);
+    // Wrong key.
     let daemon = updater(
         &made.v1_layout,
         keys.path(),
-        by(&trusted, repository.clone()),
+        signed_by(&untrusted, repository),
     );
-    match refused(&daemon, &made.unsigned) {
-        OciError::SignatureMissing {
-            scope, requirement, ..
-        } => {
-            assert_eq!((scope.as_str(), requirement.as_str()), (SCOPE, "signedBy"));
-        }
-        e => panic!("{e:?}"),
-    }
-    let unsigned = format!("oci-archive:{}", made.unsigned.display());
-    let message = pull_fails(&daemon, &[&unsigned, "v2"]);
-    assert!(message.contains("hint: a layout carries"), "{message}");
-    // For another digest: v1's signature filed under v2's name.
-    match refused(&daemon, &made.forged) {
-        OciError::SignatureDigestMismatch {
-            scope,
-            signed,
-            manifest,
-        } => {
-            assert_eq!(scope, SCOPE);
-            assert_eq!(
-                (signed, manifest),
-                (
-                    made.v1.manifest_digest.clone(),
-                    made.v2.manifest_digest.clone()
-                )
-            );
-        }
-        e => panic!("{e:?}"),
-    }
-
-    // Wrong key.
-    let daemon = updater(&made.v1_layout, keys.path(), by(&untrusted, repository));
     match refused(&daemon, &made.signed) {
         OciError::SignatureUntrusted { scope, .. } => assert_eq!(scope, SCOPE),
         e => panic!("{e:?}"),
     }
 
-    // Identity: signed as HOST/app:v2, which neither another repository
-    // nor the default identity (a layout has no docker name) admits.
-    let elsewhere =
-        json!({"type": "exactRepository", "dockerRepository": format!("{}/other", made.host)});
-    for (identity, expected) in [
-        (elsewhere, format!("repository {}/other", made.host)),
-        (
-            json!({"type": "matchRepoDigestOrExact"}),
-            "exactReference or exactRepository".to_owned(),
-        ),
-    ] {
-        let daemon = updater(&made.v1_layout, keys.path(), by(&trusted, identity));
-        match refused(&daemon, &made.signed) {
-            OciError::SignatureIdentityMismatch {
-                scope,
-                signed,
-                expected: e,
-            } => {
-                assert_eq!(
-                    (scope.as_str(), signed),
-                    (SCOPE, format!("{}/app:v2", made.host))
-                );
-                assert!(e.contains(&expected), "{e}");
-            }
-            e => panic!("{e:?}"),
-        }
-    }
-
-    // A reject scope refuses before the archive is read.
-    let daemon = updater(&made.v1_layout, keys.path(), json!([{"type": "reject"}]));
-    match refused(&daemon, &made.signed) {
-        OciError::PolicyRejected { scope } => assert_eq!(scope, SCOPE),
-        e => panic!("{e:?}"),
-    }
+    other_identities_and_reject(&made, keys.path(), &trusted);
 }
 
 #[test]
@@ -327,22 +262,7 @@ fn delta_pushed_to_a_registry_takes_its_targets_signatures_beside_it() {
             .tag_digest("app", &format!("sha256-{hex}.sig"))
             .is_empty()
     );
-    // A push makes a new manifest (its layers compressed again): the
-    // signatures kept with v2 name v2's digest, so none go with it.
-    let pushed = format!("docker://{host}/pushed:v2");
-    let report = json_reply(
-        &publisher,
-        &["oci", "push", "v2", &pushed, "--tls-verify=false"],
-    );
-    assert_ne!(report["manifestDigest"], v2.manifest_digest.as_str());
-    let tags = registry
-        .storage()
-        .join("docker/registry/v2/repositories/pushed/_manifests/tags");
-    let tags: Vec<_> = std::fs::read_dir(tags)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(tags, ["v2"], "a push tagged more than its image");
+    push_carries_none(&registry, &publisher, &v2);
 
     // Updaters read no store that holds the signature: only what was
     // pushed beside the delta, where registries.d says to look.
@@ -357,19 +277,7 @@ fn delta_pushed_to_a_registry_takes_its_targets_signatures_beside_it() {
     };
     let delta = format!("{host}/app:v2-delta");
     let scope = format!("docker \"{host}/app\"");
-    let refusal = |daemon: &Daemon| {
-        let before = published(&daemon.repo());
-        let params = PullParams {
-            transport: "docker".to_owned(),
-            reference: Some(delta.clone()),
-            tag: Some("v2".to_owned()),
-            tls_verify: Some(false),
-            ..PullParams::default()
-        };
-        let err = typed_refusal_with(daemon, &params, Vec::new());
-        assert_eq!(published(&daemon.repo()), before, "a refusal published");
-        err
-    };
+    let refusal = |daemon: &Daemon| registry_refusal(daemon, &delta);
     let (daemon, _store) = updater(&trusted, true);
     let pulled = pull(
         &daemon,
@@ -455,4 +363,120 @@ fn delta_archive_carries_sigstore_signatures_too() {
         }
         e => panic!("{e:?}"),
     }
+}
+
+/// A `signedBy` requirement for `key`, under `identity`.
+fn signed_by(key: &Path, identity: Value) -> Value {
+    json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPath": key, "signedIdentity": identity}])
+}
+
+/// Refused under the `trusted` key and `repository`: a delta without
+/// signatures, and one whose signature is of another manifest.
+fn missing_or_for_another_digest(made: &Made, dir: &Path, trusted: &Path, repository: &Value) {
+    // Missing: a delta without signatures.
+    let daemon = updater(&made.v1_layout, dir, signed_by(trusted, repository.clone()));
+    match refused(&daemon, &made.unsigned) {
+        OciError::SignatureMissing {
+            scope, requirement, ..
+        } => {
+            assert_eq!((scope.as_str(), requirement.as_str()), (SCOPE, "signedBy"));
+        }
+        e => panic!("{e:?}"),
+    }
+    let unsigned = format!("oci-archive:{}", made.unsigned.display());
+    let message = pull_fails(&daemon, &[&unsigned, "v2"]);
+    assert!(message.contains("hint: a layout carries"), "{message}");
+    // For another digest: v1's signature filed under v2's name.
+    match refused(&daemon, &made.forged) {
+        OciError::SignatureDigestMismatch {
+            scope,
+            signed,
+            manifest,
+        } => {
+            assert_eq!(scope, SCOPE);
+            assert_eq!(
+                (signed, manifest),
+                (
+                    made.v1.manifest_digest.clone(),
+                    made.v2.manifest_digest.clone()
+                )
+            );
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+/// Refused under the `trusted` key: identities the signature does not
+/// name, and a reject scope.
+fn other_identities_and_reject(made: &Made, dir: &Path, trusted: &Path) {
+    // Identity: signed as HOST/app:v2, which neither another repository
+    // nor the default identity (a layout has no docker name) admits.
+    let elsewhere =
+        json!({"type": "exactRepository", "dockerRepository": format!("{}/other", made.host)});
+    for (identity, expected) in [
+        (elsewhere, format!("repository {}/other", made.host)),
+        (
+            json!({"type": "matchRepoDigestOrExact"}),
+            "exactReference or exactRepository".to_owned(),
+        ),
+    ] {
+        let daemon = updater(&made.v1_layout, dir, signed_by(trusted, identity));
+        match refused(&daemon, &made.signed) {
+            OciError::SignatureIdentityMismatch {
+                scope,
+                signed,
+                expected: e,
+            } => {
+                assert_eq!(
+                    (scope.as_str(), signed),
+                    (SCOPE, format!("{}/app:v2", made.host))
+                );
+                assert!(e.contains(&expected), "{e}");
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    // A reject scope refuses before the archive is read.
+    let daemon = updater(&made.v1_layout, dir, json!([{"type": "reject"}]));
+    match refused(&daemon, &made.signed) {
+        OciError::PolicyRejected { scope } => assert_eq!(scope, SCOPE),
+        e => panic!("{e:?}"),
+    }
+}
+
+/// A push of `v2` from `publisher`, whose kept signatures name v2's own
+/// manifest: the pushed manifest is new (its layers compressed again),
+/// so none of them go with it.
+fn push_carries_none(registry: &Registry, publisher: &Daemon, v2: &BuiltImage) {
+    let pushed = format!("docker://{}/pushed:v2", registry.host());
+    let report = json_reply(
+        publisher,
+        &["oci", "push", "v2", &pushed, "--tls-verify=false"],
+    );
+    assert_ne!(report["manifestDigest"], v2.manifest_digest.as_str());
+    let tags = registry
+        .storage()
+        .join("docker/registry/v2/repositories/pushed/_manifests/tags");
+    let tags: Vec<_> = std::fs::read_dir(tags)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(tags, ["v2"], "a push tagged more than its image");
+}
+
+/// The typed refusal of a registry pull of the delta `reference` (plain
+/// HTTP), which must publish nothing.
+fn registry_refusal(daemon: &Daemon, reference: &str) -> OciError {
+    let before = published(&daemon.repo());
+    let params = PullParams {
+        transport: "docker".to_owned(),
+        reference: Some(reference.to_owned()),
+        tag: Some("v2".to_owned()),
+        tls_verify: Some(false),
+        ..PullParams::default()
+    };
+    let err = typed_refusal_with(daemon, &params, Vec::new());
+    assert_eq!(published(&daemon.repo()), before, "a refusal published");
+    err
 }
