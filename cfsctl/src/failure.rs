@@ -184,6 +184,11 @@ fn oci_hint(e: &OciError) -> Option<String> {
              (/etc/containers/certs.d/{registry}/ca.crt by default), or, for a registry \
              reached without TLS, pass `--tls-verify=false`"
         ),
+        OciError::SignatureMissing { scope, .. } if scope.starts_with("oci") => {
+            "a layout carries its signatures in its index (sha256-<hex>.sig); `cfsctl oci \
+             delta create` writes those kept with the target, once it was pulled signed"
+                .to_owned()
+        }
         OciError::SignatureMissing { .. } => "signatures are read from the lookaside store \
              the daemon's registries.d names for the image (/etc/containers/registries.d); \
              sign the image (e.g. `skopeo copy --sign-by`) and publish its signature there"
@@ -194,6 +199,11 @@ fn oci_hint(e: &OciError) -> Option<String> {
         OciError::SignatureDigestMismatch { .. } => {
             "the registry serves another manifest than was signed: re-sign the image, \
              or pull the signed one by its digest"
+                .to_owned()
+        }
+        OciError::SignatureIdentityMismatch { scope, .. } if scope.starts_with("oci") => {
+            "a local image has no registry name: give the scope's signedIdentity as \
+             exactReference or exactRepository in policy.json"
                 .to_owned()
         }
         OciError::SignatureIdentityMismatch { .. } => "the image was signed under another \

@@ -24,7 +24,8 @@ pub struct RegistryArgs {
     registries_conf: PathBuf,
 
     /// The containers signature policy (policy.json) that decides which
-    /// registry images may be pulled; a missing one refuses every pull.
+    /// images may be pulled, from registries and from oci: and
+    /// oci-archive: sources; a missing one refuses every pull.
     #[arg(
         long,
         value_name = "PATH",

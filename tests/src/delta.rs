@@ -16,7 +16,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::oci::{BuiltImage, Compression, Image, Kind, Layout, compress, media, sha256_digest};
+use crate::oci::{
+    BuiltImage, Compression, Entry, Image, Kind, Layer, Layout, compress, media, noise,
+    sha256_digest,
+};
 
 /// The `artifactType` of an oci-delta artifact manifest.
 pub const ARTIFACT_TYPE: &str = "application/vnd.io.github.containers.oci-delta.v1";
@@ -513,6 +516,35 @@ pub fn tar_diff_delta(
     spec.layout().0
 }
 
+/// Two versions of an image for delta tests: a lower layer both share,
+/// and an upper one that changes.
+pub fn versions() -> (Image, Image) {
+    let lower = Layer::new(
+        Compression::Gzip,
+        vec![
+            Entry::dir("usr"),
+            Entry::dir("usr/lib"),
+            Entry::file("usr/lib/shared.bin", noise(7, 300_000)),
+        ],
+    );
+    let upper = |version: u64| {
+        let mut data = noise(9, 400_000);
+        data[1000..1100].fill(version as u8);
+        Layer::new(
+            Compression::Gzip,
+            vec![
+                Entry::dir("etc"),
+                Entry::file("etc/app.bin", data),
+                Entry::file("etc/version", format!("{version}\n")),
+            ],
+        )
+    };
+    (
+        Image::new(vec![lower.clone(), upper(1)]),
+        Image::new(vec![lower, upper(2)]),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,7 +553,7 @@ mod tests {
     #[test]
     fn image_files_apply_whiteouts_opaque_markers_and_links() {
         let image = Image::new(vec![
-            crate::oci::Layer::new(
+            Layer::new(
                 Compression::None,
                 vec![
                     Entry::file("a/x", "x"),
@@ -531,7 +563,7 @@ mod tests {
                     Entry::file("c", "c"),
                 ],
             ),
-            crate::oci::Layer::new(
+            Layer::new(
                 Compression::None,
                 vec![
                     Entry::opaque("a"),

@@ -383,3 +383,21 @@ impl RawConnection {
             .expect("connection closed instead of a reply")
     }
 }
+
+/// The regular members of the tar at `path`, by name, with their bytes
+/// (directories left out).
+pub fn tar_members(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let mut out = std::collections::BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if !name.ends_with('/') {
+            out.insert(name, bytes);
+        }
+    }
+    out
+}

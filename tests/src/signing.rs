@@ -360,3 +360,21 @@ impl Drop for HttpStore {
         let _ = self.child.wait();
     }
 }
+
+/// A daemon with `policy`, reading signatures as `lookaside`'s
+/// registries.d says, and no registries.conf (so `--tls-verify=false`
+/// reaches a plain HTTP registry).
+pub fn trusting(
+    registry: &crate::registry::Registry,
+    policy: &Path,
+    lookaside: &Lookaside,
+) -> crate::Daemon {
+    crate::Daemon::start_initialised(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--registries-d",
+        lookaside.registries_d().to_str().unwrap(),
+        "--registries-conf",
+        registry.path("none.conf").to_str().unwrap(),
+    ])
+}

@@ -235,7 +235,7 @@ fn no_method_takes_a_path() {
         }
     }
     assert!(checked >= 12, "only {checked} methods found");
-    // The two that read or write a file take it as an fd instead; their
+    // Those that read or write a file take it as an fd instead; their
     // source and target are images in the repository.
     let oci = method_inputs(idl::OCI);
     let inputs = |name: &str| oci.iter().find(|(m, _)| m == name).unwrap().1.clone();
@@ -250,13 +250,15 @@ fn no_method_takes_a_path() {
             "platform",
             "jobs",
             "tlsVerify",
-            "noDelta"
+            "noDelta",
+            "digest"
         ]
     );
     assert_eq!(
         inputs("CreateDelta"),
         ["source", "target", "jobs", "method", "reference"]
     );
+    assert_eq!(inputs("Export"), ["image", "compression", "reference"]);
 }
 
 #[test]

@@ -6,44 +6,17 @@
 
 use std::{
     collections::BTreeMap,
-    io::Read,
     path::{Path, PathBuf},
 };
 
 use cfsd_tests::{
     Daemon,
-    oci::{BuiltImage, Compression, Entry, Image, Layer, Layout, Written, noise},
+    delta::versions,
+    oci::{BuiltImage, Layout, Written},
     ocictl::{PrivateRepo, json, pull, succeeds},
+    tar_members,
 };
 use serde_json::Value;
-
-/// A lower layer both versions share, and an upper one that changes.
-fn versions() -> (Image, Image) {
-    let lower = Layer::new(
-        Compression::Gzip,
-        vec![
-            Entry::dir("usr"),
-            Entry::dir("usr/lib"),
-            Entry::file("usr/lib/shared.bin", noise(7, 300_000)),
-        ],
-    );
-    let upper = |version: u64| {
-        let mut data = noise(9, 400_000);
-        data[1000..1100].fill(version as u8);
-        Layer::new(
-            Compression::Gzip,
-            vec![
-                Entry::dir("etc"),
-                Entry::file("etc/app.bin", data),
-                Entry::file("etc/version", format!("{version}\n")),
-            ],
-        )
-    };
-    (
-        Image::new(vec![lower.clone(), upper(1)]),
-        Image::new(vec![lower, upper(2)]),
-    )
-}
 
 /// Both versions pulled into `daemon` as `v1` and `v2`.
 fn daemon_with_versions() -> (Daemon, BuiltImage, BuiltImage, Vec<Written>) {
@@ -90,20 +63,6 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-/// The members of the tar at `path`, by name.
-fn members(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
-    let mut out = BTreeMap::new();
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let name = entry.path().unwrap().to_string_lossy().into_owned();
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).unwrap();
-        out.insert(name, bytes);
-    }
-    out
-}
-
 /// The index's one manifest descriptor and the manifest it names.
 fn artifact(members: &BTreeMap<String, Vec<u8>>) -> (Value, Value) {
     let index: Value = serde_json::from_slice(&members["index.json"]).unwrap();
@@ -144,7 +103,7 @@ fn delta_create_names_its_subject_reused_layers_and_reference() {
         "delta create changed the repository"
     );
 
-    let members = members(&out);
+    let members = tar_members(&out);
     let (descriptor, manifest) = artifact(&members);
     assert_eq!(
         descriptor["annotations"]["org.opencontainers.image.ref.name"],
@@ -199,7 +158,7 @@ fn delta_create_by_either_method_applies_to_exactly_the_target() {
         // tar-diff of the layer.
         assert_eq!(changed[0]["method"], "tar-diff", "{made}");
         assert_eq!(changed[0]["filesDiffed"], 1, "{made}");
-        let (_, manifest) = artifact(&members(&out));
+        let (_, manifest) = artifact(&tar_members(&out));
         let carried = manifest["layers"]
             .as_array()
             .unwrap()

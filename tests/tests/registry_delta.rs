@@ -763,9 +763,11 @@ fn registry_delta_is_admitted_by_its_targets_signature_named_or_discovered() {
         serde_json::json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPath": trusted}]);
     let policy = registry.policy(
         "delta.json",
-        &serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {
-            format!("{host}/app"): signed_by, format!("{host}/other"): signed_by,
-        }}}),
+        &serde_json::json!({"default": [{"type": "reject"}], "transports": {
+            "docker": {format!("{host}/app"): signed_by, format!("{host}/other"): signed_by},
+            // v1 comes from a layout, which the default would reject.
+            "oci": {"": [{"type": "insecureAcceptAnything"}]},
+        }}),
     );
     let certs = registry.certs_dir();
     let daemon = || {

@@ -12,7 +12,7 @@ use cfsd_tests::{
     oci::{BuiltImage, Compression, Layout, Written, small_image},
     ocictl::{published, pull, pull_fails, succeeds, typed_refusal_with},
     registry::Registry,
-    signing::{HttpStore, Key, Lookaside, SigstoreKey, attach_sigstore, push_signed},
+    signing::{HttpStore, Key, Lookaside, SigstoreKey, attach_sigstore, push_signed, trusting},
 };
 use cfsd_varlink::oci::{OciError, PullParams};
 use serde_json::json;
@@ -46,19 +46,6 @@ fn fetched(registry: &Registry, since: usize, digest: &str) -> bool {
 /// A `signedBy` requirement trusting the key files `paths`.
 fn signed_by(paths: &[&std::path::Path]) -> serde_json::Value {
     json!([{"type": "signedBy", "keyType": "GPGKeys", "keyPaths": paths}])
-}
-
-/// A daemon with `policy`, reading signatures as `lookaside`'s
-/// registries.d says, and no registries.conf.
-fn trusting(registry: &Registry, policy: &std::path::Path, lookaside: &Lookaside) -> Daemon {
-    Daemon::start_initialised(&[
-        "--policy",
-        policy.to_str().unwrap(),
-        "--registries-d",
-        lookaside.registries_d().to_str().unwrap(),
-        "--registries-conf",
-        registry.path("none.conf").to_str().unwrap(),
-    ])
 }
 
 /// The refusals every kind of `requirement` must give, with images

@@ -169,11 +169,14 @@ async fn pull(
     let pid = peer.pid;
     let settings = daemon.registry.clone();
     let prepared = blocking(move || {
+        let mut options = options;
         let source = match source {
             Ok(local) => {
                 if let Some(fd) = local.fd() {
                     repo::oci::check_source_filesystem(fd, Some(pid))?;
                 }
+                // The machine's policy covers local sources too.
+                options.policy = Some(repo::trust::Policy::load(&settings.policy)?);
                 local
             }
             Err(request) => {
@@ -406,6 +409,7 @@ fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
         jobs: jobs.min(cores),
         no_delta: params.no_delta.unwrap_or(false),
         digest: params.digest,
+        policy: None,
     })
 }
 

@@ -108,7 +108,15 @@ fn select(
     platform: &Platform,
 ) -> Result<Descriptor, Error> {
     let candidates: Vec<&Descriptor> = match reference {
-        None => entries.iter().collect(),
+        // Signatures a layout carries are no image to choose.
+        None => entries
+            .iter()
+            .filter(|d| {
+                !d.annotations
+                    .get(REF_NAME)
+                    .is_some_and(|n| crate::registry::attachments::is_tag(n))
+            })
+            .collect(),
         Some(r) => entries
             .iter()
             .filter(|d| d.digest == r || d.annotations.get(REF_NAME).map(String::as_str) == Some(r))

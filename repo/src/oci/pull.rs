@@ -47,6 +47,10 @@ pub struct PullOptions {
     /// `sha256:<hex>`: refuse any image but the one whose manifest (or an
     /// index leading to it) has this digest; for a delta, its target's.
     pub digest: Option<String>,
+    /// The signature policy a local source (`oci:`, `oci-archive:`) must
+    /// meet, with the signatures the layout carries; `None` checks none.
+    /// A registry's policy comes with it (`crate::registry::Registry`).
+    pub policy: Option<crate::trust::Policy>,
 }
 
 /// What a pull did.
@@ -146,6 +150,11 @@ impl Repository {
     /// reading only the index, manifest and config. Blocks on that reading.
     pub fn prepare_pull(source: Source, options: &PullOptions) -> Result<PreparedPull, Error> {
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
+        // A local source's `reject` scope refuses before it is read.
+        let local_gate = match (&options.policy, source.local_transport()) {
+            (Some(policy), Some(transport)) => crate::trust::Gate::local(policy, transport)?,
+            _ => None,
+        };
         let layout = Layout::open(source)?;
         let resolved = manifest::resolve(&layout, options.reference.as_deref(), &platform)?;
         if let Some(pinned) = &options.digest {
@@ -153,7 +162,13 @@ impl Repository {
         }
         // Trust: the policy decides on the digest signatures name, before
         // any layer is fetched.
-        let signatures = layout.admit(resolved.signed(), resolved.delta.is_some())?;
+        let signatures = match &local_gate {
+            Some(gate) => {
+                let carried = crate::trust::carried::InLayout { layout: &layout };
+                Some(gate.admit_local(resolved.signed(), &carried)?)
+            }
+            None => layout.admit(resolved.signed(), resolved.delta.is_some())?,
+        };
         // Asked for by name, the platform must be the image's own, whatever
         // the index claims or when there is no index entry to choose from.
         if let Some(asked) = &options.platform {

@@ -39,6 +39,15 @@ pub enum Source {
 }
 
 impl Source {
+    /// The policy's transport of a local source.
+    pub fn local_transport(&self) -> Option<crate::trust::LocalTransport> {
+        match self {
+            Source::Archive(_) => Some(crate::trust::LocalTransport::Archive),
+            Source::Directory(_) => Some(crate::trust::LocalTransport::Directory),
+            Source::Registry(_) => None,
+        }
+    }
+
     /// The descriptor the client passed, for a local source.
     pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         match self {

@@ -19,6 +19,10 @@
 //! delta, still pushed and still pullable by its own reference, is not
 //! found from it; the report says whether the registry holds the subject.
 //!
+//! **Signatures.** The target's signatures that the archive carries are
+//! pushed under the target's `sha256-<hex>.sig` tag, added to any the
+//! registry has there (`signatures`).
+//!
 //! **Referrers tag schema.** Registries without the referrers API (such
 //! as distribution 2.8) list a manifest's referrers in an OCI image index
 //! tagged `sha256-<hex of the subject digest>`. That index is fetched,
@@ -27,6 +31,8 @@
 //! other entries kept, and the index put back. Two pushes for the same
 //! subject at the same moment can each miss the other's entry: the
 //! registry offers no compare-and-swap on tags.
+
+mod signatures;
 
 use std::{
     io,
@@ -108,6 +114,9 @@ impl Destination {
         for blob in std::iter::once(&doc.config).chain(doc.layers()) {
             bytes += self.put_archive_blob(archive, blob)?;
         }
+        // The target's signatures go up before the delta is tagged, so
+        // that whoever finds the delta can check it.
+        bytes += self.push_signatures(archive, &subject)?;
         let entry = json!({
             "mediaType": OCI_MANIFEST,
             "digest": digest.to_string(),

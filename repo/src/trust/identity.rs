@@ -162,20 +162,30 @@ impl SignedIdentity {
     }
 
     /// Whether a signature claiming `signed` may stand for the image
-    /// pulled as `pulled`.
-    pub(crate) fn admits(&self, pulled: &Name, signed: &Name) -> bool {
-        match self {
-            SignedIdentity::MatchRepoDigestOrExact => repo_digest_or_exact(pulled, signed),
-            SignedIdentity::MatchExact => {
+    /// pulled as `pulled`. An image of a local layout has no docker
+    /// reference (`None`): as for the containers tools, only the forms
+    /// that name the signed identity outright can admit it.
+    pub(crate) fn admits(&self, pulled: Option<&Name>, signed: &Name) -> bool {
+        match (self, pulled) {
+            (SignedIdentity::ExactReference(name), _) => name == signed,
+            (SignedIdentity::ExactRepository(name), _) => name.repository == signed.repository,
+            (_, None) => false,
+            (SignedIdentity::MatchRepoDigestOrExact, Some(pulled)) => {
+                repo_digest_or_exact(pulled, signed)
+            }
+            (SignedIdentity::MatchExact, Some(pulled)) => {
                 (pulled.tag.is_some() || pulled.digest.is_some()) && pulled == signed
             }
-            SignedIdentity::MatchRepository => pulled.repository == signed.repository,
-            SignedIdentity::ExactReference(name) => name == signed,
-            SignedIdentity::ExactRepository(name) => name.repository == signed.repository,
-            SignedIdentity::RemapIdentity {
-                prefix,
-                signed_prefix,
-            } => {
+            (SignedIdentity::MatchRepository, Some(pulled)) => {
+                pulled.repository == signed.repository
+            }
+            (
+                SignedIdentity::RemapIdentity {
+                    prefix,
+                    signed_prefix,
+                },
+                Some(pulled),
+            ) => {
                 let text = pulled.to_string();
                 let remapped = match text.strip_prefix(prefix.as_str()) {
                     Some(rest) if at_boundary(rest) => format!("{signed_prefix}{rest}"),
@@ -187,7 +197,16 @@ impl SignedIdentity {
     }
 
     /// What [`SignedIdentity::admits`] asks, in words, for messages.
-    pub(crate) fn describe(&self, pulled: &Name) -> String {
+    pub(crate) fn describe(&self, pulled: Option<&Name>) -> String {
+        let Some(pulled) = pulled else {
+            return match self {
+                SignedIdentity::ExactReference(name) => name.to_string(),
+                SignedIdentity::ExactRepository(name) => format!("repository {name}"),
+                _ => "a signedIdentity of exactReference or exactRepository: \
+                      a local source has no docker reference to match"
+                    .to_owned(),
+            };
+        };
         match self {
             SignedIdentity::ExactReference(name) => name.to_string(),
             SignedIdentity::ExactRepository(name) => format!("repository {name}"),
@@ -248,33 +267,48 @@ mod tests {
         let by_digest = name(&format!("reg:5000/app@{DIGEST}"));
         let tagged = name("reg:5000/app:v1");
         let default = SignedIdentity::MatchRepoDigestOrExact;
-        assert!(default.admits(&tagged, &name("reg:5000/app:v1")));
-        assert!(!default.admits(&tagged, &name("reg:5000/app:v2")));
-        assert!(default.admits(&by_digest, &name("reg:5000/app:v2")));
-        assert!(!default.admits(&by_digest, &name("reg:5000/other:v1")));
-        assert!(!SignedIdentity::MatchExact.admits(&by_digest, &name("reg:5000/app:v1")));
-        assert!(SignedIdentity::MatchExact.admits(&tagged, &name("reg:5000/app:v1")));
-        assert!(SignedIdentity::MatchRepository.admits(&tagged, &name("reg:5000/app:v9")));
+        assert!(default.admits(Some(&tagged), &name("reg:5000/app:v1")));
+        assert!(!default.admits(Some(&tagged), &name("reg:5000/app:v2")));
+        assert!(default.admits(Some(&by_digest), &name("reg:5000/app:v2")));
+        assert!(!default.admits(Some(&by_digest), &name("reg:5000/other:v1")));
+        assert!(!SignedIdentity::MatchExact.admits(Some(&by_digest), &name("reg:5000/app:v1")));
+        assert!(SignedIdentity::MatchExact.admits(Some(&tagged), &name("reg:5000/app:v1")));
+        assert!(SignedIdentity::MatchRepository.admits(Some(&tagged), &name("reg:5000/app:v9")));
         let exact = identity(
             serde_json::json!({"type": "exactReference", "dockerReference": "other:1/x:v3"}),
         );
-        assert!(exact.admits(&tagged, &name("other:1/x:v3")));
-        assert!(!exact.admits(&tagged, &name("reg:5000/app:v1")));
+        assert!(exact.admits(Some(&tagged), &name("other:1/x:v3")));
+        assert!(!exact.admits(Some(&tagged), &name("reg:5000/app:v1")));
         let repo = identity(
             serde_json::json!({"type": "exactRepository", "dockerRepository": "other:1/x"}),
         );
-        assert!(repo.admits(&tagged, &name("other:1/x:anything")));
+        assert!(repo.admits(Some(&tagged), &name("other:1/x:anything")));
         let remap = identity(serde_json::json!({
             "type": "remapIdentity", "prefix": "mirror:1/team", "signedPrefix": "origin:2/team"
         }));
-        assert!(remap.admits(&name("mirror:1/team/app:v1"), &name("origin:2/team/app:v1")));
+        assert!(remap.admits(
+            Some(&name("mirror:1/team/app:v1")),
+            &name("origin:2/team/app:v1")
+        ));
         assert!(!remap.admits(
-            &name("mirror:1/teamx/app:v1"),
+            Some(&name("mirror:1/teamx/app:v1")),
             &name("origin:2/teamx/app:v1")
         ));
-        assert!(!remap.admits(&name("mirror:1/team/app:v1"), &name("mirror:1/team/app:v1")));
+        assert!(!remap.admits(
+            Some(&name("mirror:1/team/app:v1")),
+            &name("mirror:1/team/app:v1")
+        ));
         // Normalised: docker.io/library and :latest are implied.
-        assert!(default.admits(&name("debian"), &name("docker.io/library/debian:latest")));
+        assert!(default.admits(
+            Some(&name("debian")),
+            &name("docker.io/library/debian:latest")
+        ));
+        // A local source has no docker reference: only the exact forms.
+        let signed = name("other:1/x:v3");
+        assert!(exact.admits(None, &signed) && repo.admits(None, &signed));
+        for matching in [default, SignedIdentity::MatchRepository, remap] {
+            assert!(!matching.admits(None, &signed));
+        }
     }
 
     #[test]

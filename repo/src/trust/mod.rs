@@ -1,15 +1,19 @@
-//! Trust: whether a registry image may be admitted, by the containers
-//! signature policy.
+//! Trust: whether an image may be admitted, by the containers signature
+//! policy.
 //!
-//! What an image's scope requires is settled before any connection
-//! (`Gate::new`): a `reject` scope refuses at once, and a scope of
+//! What an image's scope requires is settled before any connection, or
+//! before a local source is read (`Gate::new`, `Gate::local`): a
+//! `reject` scope refuses at once, and a scope of
 //! `insecureAcceptAnything` only needs no check. Signature requirements
 //! are checked once the manifest is fetched and its digest known, and
-//! before any layer is (`Gate::admit`): each must be met by one of the
-//! image's signatures, whose payload names that digest and an identity
-//! the requirement's `signedIdentity` admits for the name pulled. The
-//! signatures that met them are kept with the image (`Accepted`).
+//! before any layer is (`Gate::admit`, `Gate::admit_local`): each must
+//! be met by one of the image's signatures, whose payload names that
+//! digest and an identity the requirement's `signedIdentity` admits for
+//! the name pulled (a local image has none). The signatures that met
+//! them are kept with the image (`Accepted`), and travel with a delta
+//! of it (`carried`).
 
+pub(crate) mod carried;
 mod gpg;
 mod identity;
 mod lookaside;
@@ -20,11 +24,29 @@ mod stored;
 
 use std::{path::Path, sync::Arc};
 
+pub use policy::LocalTransport;
 pub use policy::{DockerIdentity, Policy};
 use policy::{Requirement, Signed};
-pub(crate) use stored::{Accepted, prune as prune_stored};
+pub(crate) use stored::{Accepted, load as load_stored, prune as prune_stored};
 
-use crate::{Error, oci::digest::Digest, registry::remote::Remote};
+use crate::{
+    Error,
+    oci::digest::Digest,
+    registry::{attachments::Attachment, remote::Remote},
+};
+
+/// An image with no signatures anywhere.
+struct NoSignatures;
+
+impl SignatureSource for NoSignatures {
+    fn simple(&self, _: &Digest) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(Vec::new())
+    }
+
+    fn sigstore(&self, _: &Digest) -> Result<Vec<Attachment>, Error> {
+        Ok(Vec::new())
+    }
+}
 
 /// Why one signature was not accepted.
 #[derive(Debug)]
@@ -66,7 +88,7 @@ impl Kind {
 /// The signatures found for one manifest, of either kind.
 enum Found {
     Simple(Vec<Vec<u8>>),
-    Attached(Vec<crate::registry::attachments::Attachment>),
+    Attached(Vec<Attachment>),
 }
 
 impl Found {
@@ -107,16 +129,83 @@ impl Found {
     }
 }
 
-/// The checks a registry image must pass once its manifest is known.
+/// Where the image being admitted comes from, and so which name it is
+/// pulled by and where its signatures are.
+#[derive(Debug)]
+enum Origin {
+    /// A registry: pulled by a docker reference, with the stores
+    /// registries.d names for it.
+    Registry {
+        pulled: identity::Name,
+        stores: lookaside::Stores,
+    },
+    /// An `oci:` or `oci-archive:` layout: it has no docker reference,
+    /// and its signatures travel in it (`carried`).
+    Local,
+}
+
+/// The signatures an image has, of either kind, however they are found.
+pub(crate) trait SignatureSource {
+    /// The simple signatures of the manifest `digest`.
+    fn simple(&self, digest: &Digest) -> Result<Vec<Vec<u8>>, Error>;
+    /// The sigstore signatures of the manifest `digest`.
+    fn sigstore(&self, digest: &Digest) -> Result<Vec<Attachment>, Error>;
+}
+
+/// A registry image's signatures: lookaside stores, and attachments
+/// beside it when registries.d says they are there.
+struct InRegistry<'a> {
+    stores: &'a lookaside::Stores,
+    remote: &'a Arc<Remote>,
+}
+
+impl SignatureSource for InRegistry<'_> {
+    fn simple(&self, digest: &Digest) -> Result<Vec<Vec<u8>>, Error> {
+        let mut found = self.stores.signatures(digest, &self.remote.handle)?;
+        // A delta pushed by cfsd carries simple signatures in the same
+        // attachment; a store's are tried first.
+        if self.stores.sigstore_attachments {
+            found.extend(self.remote.attachments(digest)?.simple);
+        }
+        Ok(found)
+    }
+
+    fn sigstore(&self, digest: &Digest) -> Result<Vec<Attachment>, Error> {
+        match self.stores.sigstore_attachments {
+            true => Ok(self.remote.attachments(digest)?.sigstore),
+            false => Ok(Vec::new()),
+        }
+    }
+}
+
+/// The checks an image must pass once its manifest is known.
 #[derive(Debug)]
 pub(crate) struct Gate {
     /// The deciding scope, as errors name it.
     scope: String,
     /// The scope's signature requirements; each must be met.
     required: Vec<(Kind, Signed)>,
-    /// The name the image is pulled by.
-    pulled: identity::Name,
-    stores: lookaside::Stores,
+    origin: Origin,
+}
+
+/// The signature requirements of `scope`; a `reject` is refused here.
+fn signature_requirements(scope: &policy::Scope) -> Result<Vec<(Kind, Signed)>, Error> {
+    let mut required = Vec::new();
+    for requirement in &scope.requirements {
+        match requirement {
+            Requirement::AcceptAnything => {}
+            Requirement::Reject => {
+                return Err(Error::PolicyRejected {
+                    scope: scope.name.clone(),
+                });
+            }
+            Requirement::SignedBy(signed) => required.push((Kind::SignedBy, signed.clone())),
+            Requirement::SigstoreSigned(signed) => {
+                required.push((Kind::SigstoreSigned, signed.clone()))
+            }
+        }
+    }
+    Ok(required)
 }
 
 impl Gate {
@@ -129,29 +218,39 @@ impl Gate {
         registries_d: &Path,
     ) -> Result<Option<Self>, Error> {
         let scope = policy.scope_for(identity);
-        let mut required = Vec::new();
-        for requirement in scope.requirements {
-            match requirement {
-                Requirement::AcceptAnything => {}
-                Requirement::Reject => return Err(Error::PolicyRejected { scope: scope.name }),
-                Requirement::SignedBy(signed) => required.push((Kind::SignedBy, signed)),
-                Requirement::SigstoreSigned(signed) => {
-                    required.push((Kind::SigstoreSigned, signed))
-                }
-            }
-        }
+        Gate::of(scope, || {
+            Ok(Origin::Registry {
+                pulled: identity::Name::of(identity),
+                stores: lookaside::Stores::of(registries_d, identity)?,
+            })
+        })
+    }
+
+    /// What `policy` requires of a local source of `transport` (`oci` or
+    /// `oci-archive`): `None` when nothing is to be checked. A `reject`
+    /// scope is refused here, before the source is read.
+    pub(crate) fn local(policy: &Policy, transport: LocalTransport) -> Result<Option<Self>, Error> {
+        Gate::of(policy.scope_for_local(transport)?, || Ok(Origin::Local))
+    }
+
+    /// The gate of `scope`, for an image from `origin` (asked for only
+    /// when there is something to check).
+    fn of(
+        scope: policy::Scope,
+        origin: impl FnOnce() -> Result<Origin, Error>,
+    ) -> Result<Option<Self>, Error> {
+        let required = signature_requirements(&scope)?;
         if required.is_empty() {
             return Ok(None);
         }
         Ok(Some(Gate {
             scope: scope.name,
             required,
-            pulled: identity::Name::of(identity),
-            stores: lookaside::Stores::of(registries_d, identity)?,
+            origin: origin()?,
         }))
     }
 
-    /// Admit the image whose manifest has `digest` only if every
+    /// Admit the registry image whose manifest has `digest` only if every
     /// requirement is met by one of its signatures: simple signatures
     /// from the lookaside store, and sigstore ones attached in `remote`'s
     /// repository when registries.d says they are. For a delta (`delta`),
@@ -164,27 +263,54 @@ impl Gate {
         delta: bool,
         remote: &Arc<Remote>,
     ) -> Result<Accepted, Error> {
-        let pulled = match delta {
-            true => self.pulled.by_digest(digest.to_string()),
-            false => self.pulled.clone(),
-        };
+        match &self.origin {
+            Origin::Registry { pulled, stores } => {
+                let pulled = match delta {
+                    true => pulled.by_digest(digest.to_string()),
+                    false => pulled.clone(),
+                };
+                let found = InRegistry { stores, remote };
+                self.admit_from(digest, Some(&pulled), &found)
+            }
+            // A layout's signatures are in the layout (`admit_local`),
+            // never in a registry: given one, the gate finds none.
+            Origin::Local => self.admit_from(digest, None, &NoSignatures),
+        }
+    }
+
+    /// Admit the manifest `digest` of a local layout (a delta's target's,
+    /// for a delta) by the signatures `found` in it.
+    pub(crate) fn admit_local(
+        &self,
+        digest: &Digest,
+        found: &dyn SignatureSource,
+    ) -> Result<Accepted, Error> {
+        self.admit_from(digest, None, found)
+    }
+
+    /// Every requirement met by one signature `found` has, for the image
+    /// pulled as `pulled` (`None`: it has no docker reference).
+    fn admit_from(
+        &self,
+        digest: &Digest,
+        pulled: Option<&identity::Name>,
+        found: &dyn SignatureSource,
+    ) -> Result<Accepted, Error> {
         let (mut simple, mut attached) = (None, None);
         let mut accepted = Accepted::default();
         for (kind, requirement) in &self.required {
-            let found = match kind {
-                Kind::SignedBy => simple.get_or_insert(Found::Simple(
-                    self.stores.signatures(digest, &remote.handle)?,
-                )),
-                Kind::SigstoreSigned => {
-                    let list = match self.stores.sigstore_attachments {
-                        true => remote.attachments(digest)?,
-                        false => Vec::new(),
-                    };
-                    attached.get_or_insert(Found::Attached(list))
-                }
+            let list = match kind {
+                Kind::SignedBy => match &mut simple {
+                    Some(list) => list,
+                    None => simple.insert(Found::Simple(found.simple(digest)?)),
+                },
+                Kind::SigstoreSigned => match &mut attached {
+                    Some(list) => list,
+                    None => attached.insert(Found::Attached(found.sigstore(digest)?)),
+                },
             };
-            let which = self.met(*kind, requirement, &pulled, digest, found)?;
-            found.keep(which, &mut accepted);
+            let which = self.met(*kind, requirement, pulled, digest, list)?;
+            list.keep(which, &mut accepted);
         }
         Ok(accepted)
     }
@@ -197,7 +323,7 @@ impl Gate {
         &self,
         kind: Kind,
         requirement: &Signed,
-        pulled: &identity::Name,
+        pulled: Option<&identity::Name>,
         digest: &Digest,
         found: &Found,
     ) -> Result<usize, Error> {
@@ -205,7 +331,10 @@ impl Gate {
             return Err(Error::SignatureMissing {
                 scope: self.scope.clone(),
                 requirement: kind.name().to_owned(),
-                image: format!("{pulled} ({digest})"),
+                image: match pulled {
+                    Some(name) => format!("{name} ({digest})"),
+                    None => format!("the local source's manifest ({digest})"),
+                },
             });
         }
         let keys = requirement.keys.read(&self.scope)?;
@@ -228,7 +357,7 @@ impl Gate {
         &self,
         kind: Kind,
         requirement: &Signed,
-        pulled: &identity::Name,
+        pulled: Option<&identity::Name>,
         digest: &Digest,
         verified: Result<Vec<u8>, Refusal>,
     ) -> Result<(), (u8, Error)> {

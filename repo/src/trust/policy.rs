@@ -113,6 +113,30 @@ pub struct Policy {
     default: Vec<Requirement>,
     /// The `docker` transport's scopes, by scope text.
     docker: HashMap<String, Vec<Requirement>>,
+    /// The `oci` and `oci-archive` transports' scopes, by transport and
+    /// scope text.
+    local: HashMap<String, HashMap<String, Vec<Requirement>>>,
+    /// The file it was read from, for errors.
+    path: String,
+}
+
+/// The transports of a layout the client hands over open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalTransport {
+    /// An `oci:` layout directory.
+    Directory,
+    /// An `oci-archive:` tar.
+    Archive,
+}
+
+impl LocalTransport {
+    /// The transport's name in a policy.
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalTransport::Directory => "oci",
+            LocalTransport::Archive => "oci-archive",
+        }
+    }
 }
 
 /// An image named in a registry, as the policy sees it.
@@ -148,17 +172,29 @@ impl Policy {
         let raw: RawPolicy = serde_path_to_error::deserialize(&mut document)
             .map_err(|e| invalid(format!("at {}: {}", e.path(), e.inner())))?;
         let default = requirements(raw.default, "default").map_err(&invalid)?;
-        let mut docker = HashMap::new();
+        let (mut docker, mut local) = (HashMap::new(), HashMap::new());
         for (transport, scopes) in raw.transports {
             for (scope, list) in scopes {
                 let place = format!("transports.{transport}.{scope:?}");
                 let list = requirements(list, &place).map_err(&invalid)?;
-                if transport == "docker" {
-                    docker.insert(scope, list);
+                match transport.as_str() {
+                    "docker" => drop(docker.insert(scope, list)),
+                    "oci" | "oci-archive" => drop(
+                        local
+                            .entry(transport.clone())
+                            .or_insert_with(HashMap::new)
+                            .insert(scope, list),
+                    ),
+                    _ => {}
                 }
             }
         }
-        Ok(Policy { default, docker })
+        Ok(Policy {
+            default,
+            docker,
+            local,
+            path: path.to_owned(),
+        })
     }
 
     /// Read the policy file at `path`: a missing or unreadable one is an
@@ -188,6 +224,38 @@ impl Policy {
             name: "default".to_owned(),
             requirements: self.default.clone(),
         }
+    }
+}
+
+impl Policy {
+    /// The scope that decides for a local source of `transport`: the
+    /// transport's `""` scope, else the default. Its other scopes are
+    /// paths, and the daemon is handed the source open, never its path:
+    /// a policy that has any is refused rather than matched against a
+    /// weaker scope than the admin meant.
+    pub(crate) fn scope_for_local(&self, transport: LocalTransport) -> Result<Scope, Error> {
+        let name = transport.name();
+        let scopes = self.local.get(name);
+        if let Some(path) = scopes.and_then(|s| s.keys().find(|k| !k.is_empty())) {
+            return Err(Error::InvalidPolicy {
+                path: self.path.clone(),
+                reason: format!(
+                    "transports.{name}.{path:?}: cfsd is handed {name} sources open, \
+                     not by path, so it cannot match path scopes; use the \
+                     transport's \"\" scope"
+                ),
+            });
+        }
+        Ok(match scopes.and_then(|s| s.get("")) {
+            Some(list) => Scope {
+                name: format!("{name} \"\""),
+                requirements: list.clone(),
+            },
+            None => Scope {
+                name: "default".to_owned(),
+                requirements: self.default.clone(),
+            },
+        })
     }
 }
 
@@ -452,5 +520,36 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_local_source_takes_its_transports_empty_scope_else_the_default() {
+        let policy = Policy::parse(
+            br#"{"default": [{"type": "reject"}],
+                "transports": {"oci": {"": [{"type": "insecureAcceptAnything"}]}}}"#,
+            "p.json",
+        )
+        .unwrap();
+        let oci = policy.scope_for_local(LocalTransport::Directory).unwrap();
+        assert_eq!(oci.name, "oci \"\"");
+        assert_eq!(oci.requirements, [Requirement::AcceptAnything]);
+        let archive = policy.scope_for_local(LocalTransport::Archive).unwrap();
+        assert_eq!(archive.name, "default");
+        assert_eq!(archive.requirements, [Requirement::Reject]);
+        // A path scope cannot be matched: refused, never skipped.
+        let paths = Policy::parse(
+            br#"{"default": [{"type": "insecureAcceptAnything"}],
+                "transports": {"oci-archive": {"/srv/updates": [{"type": "reject"}]}}}"#,
+            "p.json",
+        )
+        .unwrap();
+        match paths.scope_for_local(LocalTransport::Archive) {
+            Err(Error::InvalidPolicy { path, reason }) => {
+                assert_eq!(path, "p.json");
+                assert!(reason.contains("\"/srv/updates\""), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(paths.scope_for_local(LocalTransport::Directory).is_ok());
     }
 }

@@ -72,6 +72,55 @@ impl Accepted {
     }
 }
 
+/// The signatures kept for the image whose stored manifest has
+/// `digest` in the repository at `root`: none when it has none kept.
+/// Read in order, `signature-1`, `signature-2`, … and likewise for
+/// sigstore, until the first that is missing. Blocks.
+pub(crate) fn load(root: &Path, digest: &Digest) -> Result<Accepted, Error> {
+    let fail = |e: std::io::Error| Error::storage("reading the image's kept signatures", e);
+    let dir = root.join(DIR).join(format!("sha256-{}", digest.hex()));
+    let read = |name: String| match std::fs::read(dir.join(name)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(fail(e)),
+    };
+    let mut accepted = Accepted::default();
+    for n in 1.. {
+        let Some(bytes) = read(format!("signature-{n}"))? else {
+            break;
+        };
+        accepted.simple.push(bytes);
+    }
+    for n in 1.. {
+        let Some(bytes) = read(format!("sigstore-{n}.json"))? else {
+            break;
+        };
+        accepted.sigstore.push(kept_sigstore(&bytes)?);
+    }
+    Ok(accepted)
+}
+
+/// One kept `sigstore-N.json`, as [`Accepted::store`] writes it.
+fn kept_sigstore(bytes: &[u8]) -> Result<Attachment, Error> {
+    #[derive(serde::Deserialize)]
+    struct Kept {
+        payload: String,
+        signature: String,
+    }
+    let invalid = |reason: String| Error::InvalidJson {
+        what: "a kept sigstore signature".to_owned(),
+        reason,
+    };
+    let kept: Kept = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(&kept.payload)
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(Attachment {
+        payload,
+        signature: kept.signature,
+    })
+}
+
 /// Remove the kept signatures of every image `present` says is gone,
 /// and staging directories a crash left. Blocks.
 pub(crate) fn prune(root: &Path, present: impl Fn(&Digest) -> bool) -> Result<(), Error> {
@@ -120,6 +169,17 @@ mod tests {
         assert_eq!(
             sigstore,
             serde_json::json!({"payload": "e30=", "signature": "c2ln"})
+        );
+        // Read back as they were accepted.
+        let loaded = load(root.path(), &kept).unwrap();
+        assert_eq!(loaded.simple, accepted.simple);
+        assert_eq!(loaded.sigstore[0].payload, b"{}");
+        assert_eq!(loaded.sigstore[0].signature, "c2ln");
+        assert!(
+            load(root.path(), &Digest::of(b"none"))
+                .unwrap()
+                .simple
+                .is_empty()
         );
         // Kept already: a second pull leaves the first's.
         Accepted::default().store(root.path(), &kept).unwrap();

@@ -1,5 +1,7 @@
 //! Writing the delta as an uncompressed OCI layout tar: `oci-layout`,
-//! `index.json` naming the artifact manifest, and the blobs.
+//! `index.json` naming the artifact manifest (and the target's
+//! signatures, when it has any kept: `crate::trust::carried`), and the
+//! blobs.
 
 use std::{
     fs::File,
@@ -20,26 +22,32 @@ use crate::{
     },
 };
 
+/// The target's signatures to carry: their index entry and blobs.
+pub(super) type Signatures = Option<(Value, Vec<Vec<u8>>)>;
+
 /// Write the whole archive to `out`; the artifact manifest's digest.
 pub(super) fn write(
     out: impl Write,
-    source: &Side,
-    target: &Side,
+    (source, target): (&Side, &Side),
     carried: &[Carried],
     reference: &str,
+    signatures: Signatures,
 ) -> io::Result<Digest> {
     let manifest = serde_json::to_vec(&manifest(source, target, carried))?;
     let digest = Digest::of(&manifest);
+    let mut entries = vec![json!({
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "digest": digest.to_string(),
+        "size": manifest.len(),
+        "annotations": {REF_NAME: reference},
+    })];
+    let (signature_entry, signature_blobs) = signatures.unzip();
+    entries.extend(signature_entry);
     let index = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
-        "manifests": [{
-            "mediaType": OCI_MANIFEST,
-            "artifactType": ARTIFACT_TYPE,
-            "digest": digest.to_string(),
-            "size": manifest.len(),
-            "annotations": {REF_NAME: reference},
-        }],
+        "manifests": entries,
     }))?;
     let mut tar = tar::Builder::new(out);
     directory(&mut tar, "blobs/")?;
@@ -47,7 +55,12 @@ pub(super) fn write(
     member(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     member(&mut tar, "index.json", &index)?;
     let mut written = std::collections::HashSet::new();
-    for bytes in [&manifest[..], &target.manifest[..], &target.config[..]] {
+    let documents = [&manifest[..], &target.manifest[..], &target.config[..]];
+    let signature_blobs = signature_blobs.unwrap_or_default();
+    for bytes in documents
+        .into_iter()
+        .chain(signature_blobs.iter().map(|b| &b[..]))
+    {
         let blob = Digest::of(bytes);
         if written.insert(blob.clone()) {
             member(&mut tar, &path(&blob), bytes)?;

@@ -260,9 +260,16 @@ impl Create<'_> {
             self.encode(&shared, &work)?
         };
         self.go_on()?;
+        // The signatures that admitted the target travel with it, so that
+        // an updater with no network can check the delta.
+        // (`scratch` is the repository's directory.)
+        let kept = crate::trust::load_stored(self.scratch, &target.manifest_digest)?;
+        let signatures = crate::trust::carried::entry(&kept, &target.manifest_digest);
         let mut out = BufWriter::new(out);
-        let manifest_digest = archive::write(&mut out, &source, &target, &carried, &self.reference)
-            .map_err(|e| Error::storage("writing the delta", e))?;
+        let sides = (&source, &target);
+        let manifest_digest =
+            archive::write(&mut out, sides, &carried, &self.reference, signatures)
+                .map_err(|e| Error::storage("writing the delta", e))?;
         let mut out = out
             .into_inner()
             .map_err(|e| Error::storage("writing the delta", e.into_error()))?;
