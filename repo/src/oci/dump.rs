@@ -6,11 +6,16 @@
 //! client); its failures are told apart from the repository's, so that a
 //! client that stopped reading is never reported as a damaged store.
 
-use std::io::{self, Write};
+use std::io::Write;
 
 use composefs::repository::Repository as Store;
 
-use super::{digest::Digest, export::verified_layer_tar, images::filesystem};
+use super::{
+    digest::Digest,
+    export::verified_layer_tar,
+    images::filesystem,
+    output::{Output, Written},
+};
 use crate::{Error, Repository, repository::with_store};
 
 /// How a stored layer is written.
@@ -24,18 +29,11 @@ pub enum LayerFormat {
     Dumpfile,
 }
 
-/// What was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Written {
-    /// Bytes handed to the writer.
-    pub bytes: u64,
-}
-
 impl Repository {
     /// Write the composefs dumpfile of `image`'s filesystem to `out`, byte
     /// for byte what upstream `cfsctl oci dump` writes for it.
     pub fn dump(&self, image: &str, out: &mut dyn Write) -> Result<Written, Error> {
-        let mut out = Tracked::new(out);
+        let mut out = Output::new(out);
         let result = with_store!(self.store(), s => {
             let fs = filesystem(s, image)?;
             composefs::dumpfile::write_dumpfile(&mut out, &fs)
@@ -54,7 +52,7 @@ impl Repository {
         out: &mut dyn Write,
     ) -> Result<Written, Error> {
         let digest = Digest::parse(diff_id, "the layer's diff_id")?;
-        let mut out = Tracked::new(out);
+        let mut out = Output::new(out);
         let result = with_store!(self.store(), s => {
             find_layer(s, &digest)?;
             match format {
@@ -88,62 +86,5 @@ fn anyhow_storage(e: anyhow::Error) -> Error {
     match e.downcast::<Error>() {
         Ok(e) => e,
         Err(e) => Error::storage("reading the image", e),
-    }
-}
-
-/// The caller's writer, remembering whether it failed, and counting.
-struct Tracked<'w> {
-    out: &'w mut dyn Write,
-    bytes: u64,
-    failed: Option<String>,
-}
-
-impl<'w> Tracked<'w> {
-    fn new(out: &'w mut dyn Write) -> Self {
-        Tracked {
-            out,
-            bytes: 0,
-            failed: None,
-        }
-    }
-
-    /// The outcome: a failure of the writer is [`Error::OutputFailed`],
-    /// whatever the code that wrote made of it.
-    fn finish(
-        mut self,
-        operation: &'static str,
-        result: Result<(), Error>,
-    ) -> Result<Written, Error> {
-        let flushed = match result {
-            Ok(()) => self.flush(),
-            Err(_) => Ok(()),
-        };
-        if let Some(reason) = self.failed {
-            return Err(Error::OutputFailed { operation, reason });
-        }
-        result?;
-        flushed.map_err(|e| Error::storage(operation, e))?;
-        Ok(Written { bytes: self.bytes })
-    }
-}
-
-impl Write for Tracked<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.out.write(buf) {
-            Ok(n) => {
-                self.bytes += n as u64;
-                Ok(n)
-            }
-            Err(e) => {
-                self.failed.get_or_insert_with(|| e.to_string());
-                Err(e)
-            }
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush().inspect_err(|e| {
-            self.failed.get_or_insert_with(|| e.to_string());
-        })
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
 mod mount;
+mod output;
 pub(crate) mod pipeline;
 #[cfg(test)]
 mod pipeline_tests;
@@ -29,10 +30,11 @@ pub(crate) mod source;
 pub(crate) mod split;
 
 pub use archive::Archive;
-pub use dump::{LayerFormat, Written};
+pub use dump::LayerFormat;
 pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
+pub use output::Written;
 pub use pipeline::{LayerProgress, Stage};
 pub use platform::Platform;
 pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullReport};

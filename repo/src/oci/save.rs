@@ -16,6 +16,7 @@ use super::{
     digest::Digest,
     document::{OCI_INDEX, OCI_MANIFEST, REF_NAME},
     export::verified_layer_tar,
+    output::Output,
     recompress::{Compressor, Recompressed, compressed_digest, image_manifest},
 };
 use crate::{
@@ -65,12 +66,12 @@ impl Repository {
                 });
             }
             let manifest = image_manifest(&side, &layers, compression);
-            let mut counted = Counted { out, bytes: 0 };
+            let mut counted = Output::new(out);
             write_archive(s, &mut counted, &side, &manifest, &layers, compression, reference)?;
             Ok(SaveReport {
                 manifest_digest: Digest::of(&manifest).to_string(),
                 config_digest: side.config_digest.to_string(),
-                bytes: counted.bytes,
+                bytes: counted.bytes(),
             })
         })
     }
@@ -78,7 +79,7 @@ impl Repository {
 
 fn write_archive<H: FsVerityHashValue>(
     store: &Store<H>,
-    out: &mut Counted<'_>,
+    out: &mut Output<'_>,
     side: &Side,
     manifest: &[u8],
     layers: &[Recompressed],
@@ -117,7 +118,7 @@ fn write_archive<H: FsVerityHashValue>(
 /// must give the size the first one did, or the archive would be torn.
 fn layer_member<H: FsVerityHashValue>(
     store: &Store<H>,
-    tar: &mut tar::Builder<&mut Counted<'_>>,
+    tar: &mut tar::Builder<&mut Output<'_>>,
     layer: &Recompressed,
     compression: PushCompression,
 ) -> Result<(), Error> {
@@ -127,11 +128,11 @@ fn layer_member<H: FsVerityHashValue>(
     entry.set_cksum();
     let out = tar.get_mut();
     out.write_all(entry.as_bytes()).map_err(storage)?;
-    let before = out.bytes;
+    let before = out.bytes();
     let encoder = Compressor::new(compression, &mut **out).map_err(storage)?;
     let encoder = verified_layer_tar(store, &layer.diff_id, &layer.original, encoder)?;
     encoder.finish().map_err(storage)?;
-    let size = out.bytes - before;
+    let size = out.bytes() - before;
     if size != layer.size {
         return Err(Error::internal(
             "writing the archive",
@@ -143,22 +144,4 @@ fn layer_member<H: FsVerityHashValue>(
     }
     let padding = (512 - size % 512) % 512;
     out.write_all(&vec![0; padding as usize]).map_err(storage)
-}
-
-/// The output, counting what it was given.
-struct Counted<'w> {
-    out: &'w mut dyn Write,
-    bytes: u64,
-}
-
-impl Write for Counted<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.out.write(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
 }
