@@ -298,6 +298,15 @@ fn a_bootable_mount_has_an_empty_boot_and_the_images_own_labels() {
 /// A small image that composefs-boot can transform: `/usr`, `/boot`
 /// with a file, `/sysroot`, and `extra`.
 fn small_bootable(extra: Vec<Entry>) -> Written {
+    let image = Image::new(vec![Layer::new(
+        Compression::Gzip,
+        small_bootable_entries(extra),
+    )]);
+    Written::new(&Layout::single(&image, None).0)
+}
+
+/// The entries of [`small_bootable`].
+fn small_bootable_entries(extra: Vec<Entry>) -> Vec<Entry> {
     let mut entries = vec![
         Entry::dir("usr").mtime(1_600_000_000),
         Entry::file("usr/bin-tool", "#!/bin/sh\n")
@@ -312,8 +321,7 @@ fn small_bootable(extra: Vec<Entry>) -> Written {
         Entry::dir("etc"),
     ];
     entries.extend(extra);
-    let image = Image::new(vec![Layer::new(Compression::Gzip, entries)]);
-    Written::new(&Layout::single(&image, None).0)
+    entries
 }
 
 #[test]
@@ -535,4 +543,42 @@ fn cfsctl_json_reports_the_kernel_argument_and_its_image_id() {
         reply["argument"].as_str().unwrap(),
         ours(&daemon, &["oci", "karg", TAG])
     );
+}
+
+#[test]
+fn a_later_pull_of_the_same_config_keeps_the_bootable_image() {
+    let daemon = Daemon::start_initialised(&[]);
+    let image = small_bootable(Vec::new());
+    ocictl::pull(&daemon, &[&image.archive(None), TAG]);
+    let id = ours(&daemon, &["oci", "make-bootable", TAG]);
+    // The same layers compressed otherwise: another manifest, the same
+    // config, whose stream that pull rewrites.
+    let entries = small_bootable_entries(Vec::new());
+    let zstd = Image::new(vec![Layer::new(Compression::Zstd, entries)]);
+    let zstd = Written::new(&Layout::single(&zstd, None).0);
+    ocictl::pull(&daemon, &[&zstd.archive(None), "again"]);
+    for tag in [TAG, "again"] {
+        let inspected: Value =
+            serde_json::from_str(&theirs(&daemon.repo(), &["oci", "inspect", tag])).unwrap();
+        assert_eq!(inspected["composefs_boot_erofs"], id.as_str(), "{tag}");
+    }
+}
+
+#[test]
+fn concurrent_make_bootable_calls_link_one_image() {
+    let daemon = Daemon::start_initialised(&[]);
+    ocictl::pull(&daemon, &[&small_bootable(Vec::new()).archive(None), TAG]);
+    let expected = ours(&daemon, &["oci", "compute-id", "--bootable", TAG]);
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| ours(&daemon, &["oci", "make-bootable", TAG])))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(ids, vec![expected.clone(); 4]);
+    let inspected: Value =
+        serde_json::from_str(&theirs(&daemon.repo(), &["oci", "inspect", TAG])).unwrap();
+    assert_eq!(inspected["composefs_boot_erofs"], expected.as_str());
+    let fsck = theirs(&daemon.repo(), &["oci", "fsck"]);
+    assert!(fsck.contains("oci images: 1/1 ok"), "{fsck}");
 }
