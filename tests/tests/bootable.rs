@@ -582,3 +582,21 @@ fn concurrent_make_bootable_calls_link_one_image() {
     let fsck = theirs(&daemon.repo(), &["oci", "fsck"]);
     assert!(fsck.contains("oci images: 1/1 ok"), "{fsck}");
 }
+
+#[test]
+fn policy_files_that_are_not_regular_files_are_typed_errors() {
+    // A file_contexts that is a symlink out of the image (to the host's
+    // /etc/shadow) is never followed; nor is a FIFO read.
+    let files = "etc/selinux/odd/contexts/files";
+    let mut symlinked = policy("odd", Vec::new());
+    symlinked.pop();
+    symlinked.push(Entry::symlink(
+        &format!("{files}/file_contexts"),
+        "/etc/shadow",
+    ));
+    refused_everywhere(&small_bootable(symlinked), "SELinux");
+    let mut fifo = policy("odd", Vec::new());
+    fifo.pop();
+    fifo.push(Entry::fifo(&format!("{files}/file_contexts")));
+    refused_everywhere(&small_bootable(fifo), "SELinux");
+}
