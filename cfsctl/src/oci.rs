@@ -677,6 +677,9 @@ fn print_inspect(r: &InspectReply) {
         "Image ID:  {}",
         r.image_id.as_deref().unwrap_or("(no EROFS image built)")
     );
+    if let Some(bootable) = &r.bootable_image_id {
+        println!("Bootable:  {bootable}");
+    }
     println!("Tags:      {}", r.tags.join(", "));
     println!(
         "Platform:  {}/{}",

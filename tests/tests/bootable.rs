@@ -141,8 +141,7 @@ fn with_mount<T>(daemon: &Daemon, extra: &[&str], look: impl FnOnce(&Path) -> T)
     args.extend_from_slice(&[TAG, mnt.to_str().unwrap()]);
     succeeds(daemon, &args);
     let seen = look(&mnt);
-    let unmounted = Command::new("umount").arg(&mnt).status().unwrap();
-    assert!(unmounted.success());
+    run(Command::new("umount").arg(&mnt));
     seen
 }
 
@@ -225,7 +224,11 @@ fn the_bootable_image_is_kept_beside_the_plain_one_and_upstream_mounts_it() {
     let repo = daemon.repo();
     let expected = ours(&daemon, &["oci", "compute-id", "--bootable", TAG]);
 
+    let unmade = ocictl::json(&daemon, &["oci", "inspect", TAG]);
+    assert_eq!(unmade.get("bootableImageId"), None, "{unmade}");
     assert_eq!(ours(&daemon, &["oci", "make-bootable", TAG]), expected);
+    let made = ocictl::json(&daemon, &["oci", "inspect", TAG]);
+    assert_eq!(made["bootableImageId"], expected.as_str());
     // Made once: a second call writes nothing and answers the same.
     let before = published(&repo);
     assert_eq!(ours(&daemon, &["oci", "make-bootable", TAG]), expected);

@@ -585,6 +585,7 @@ mod tests {
         assert_eq!(keys(&mount), method_fields(&idl, "Mount", false));
         let inspect = InspectReply {
             image_id: Some("ab".into()),
+            bootable_image_id: Some("cd".into()),
             ..InspectReply::default()
         };
         assert_eq!(keys(&inspect), method_fields(&idl, "Inspect", true));

@@ -226,6 +226,10 @@ pub struct InspectReply {
     pub manifest: Value,
     /// The config document as stored.
     pub config: Value,
+    /// The bootable image id in hex, when its bootable EROFS is kept
+    /// (`MakeBootable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootable_image_id: Option<String>,
 }
 
 /// The parameters of `Tag`.

@@ -653,6 +653,7 @@ fn wire_details(d: ImageDetails) -> InspectReply {
         tags: d.tags,
         manifest: d.manifest,
         config: d.config,
+        bootable_image_id: d.bootable_image_id,
     }
 }
 
