@@ -1,4 +1,4 @@
-//! `oci pull`, `push` (in `push.rs`), `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`,
+//! `oci pull`, `push` (in `push.rs`), `images`, `inspect`, `tag`, `untag`, `rm`, `compute-id`, `make-bootable`, `karg`,
 //! `mount` and `delta create`.
 
 use std::{
@@ -64,6 +64,23 @@ pub enum OciCommand {
     ComputeId {
         /// A tag, or sha256:<hex> of the image's manifest.
         image: String,
+        /// The id of the image's bootable variant: /boot and /sysroot
+        /// emptied, files relabelled from the image's SELinux policy.
+        #[arg(long)]
+        bootable: bool,
+    },
+    /// Build an image's bootable variant and keep it beside the plain one
+    /// (GC keeps it while the image is tagged); print its image id.
+    MakeBootable {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+    },
+    /// Print the kernel argument that boots an image's bootable variant
+    /// (composefs=<hex>, or composefs.digest=v1-... in a repository of
+    /// EROFS format 1).
+    Karg {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
     },
     /// Mount an image read-only at a directory, nosuid and nodev.
     Mount {
@@ -79,6 +96,10 @@ pub enum OciCommand {
         /// may ask.
         #[arg(long)]
         allow_devices: bool,
+        /// Mount the image's bootable variant (made and kept first if it
+        /// is not yet).
+        #[arg(long)]
+        bootable: bool,
     },
     /// Detach the image mounted at a directory (what umount DIR does, for
     /// composefs mounts only).
@@ -237,9 +258,23 @@ pub async fn run(
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        OciCommand::ComputeId { image } => {
-            let reply = client.compute_id(&image).await?;
+        OciCommand::ComputeId { image, bootable } => {
+            let reply = if bootable {
+                client.compute_bootable_id(&image).await?
+            } else {
+                client.compute_id(&image).await?
+            };
             out.show(&reply, |r| println!("{}", r.image_id))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        OciCommand::MakeBootable { image } => {
+            let reply = client.make_bootable(&image).await?;
+            out.show(&reply, |r| println!("{}", r.image_id))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        OciCommand::Karg { image } => {
+            let reply = client.kernel_argument(&image).await?;
+            out.show(&reply, |r| println!("{}", r.argument))?;
             Ok(ExitCode::SUCCESS)
         }
         OciCommand::Mount {
@@ -247,11 +282,13 @@ pub async fn run(
             dir,
             allow_setuid,
             allow_devices,
+            bootable,
         } => {
             let params = MountParams {
                 image,
                 allow_setuid: allow_setuid.then_some(true),
                 allow_devices: allow_devices.then_some(true),
+                bootable: bootable.then_some(true),
             };
             mount::mount(client, out, &params, &dir).await
         }
@@ -640,6 +677,9 @@ fn print_inspect(r: &InspectReply) {
         "Image ID:  {}",
         r.image_id.as_deref().unwrap_or("(no EROFS image built)")
     );
+    if let Some(bootable) = &r.bootable_image_id {
+        println!("Bootable:  {bootable}");
+    }
     println!("Tags:      {}", r.tags.join(", "));
     println!(
         "Platform:  {}/{}",

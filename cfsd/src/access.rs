@@ -29,11 +29,14 @@ pub enum Right {
     /// `/etc/shadow` among them (see `repo/src/privacy.rs`); this right
     /// is the same gate over the socket.
     ReadContent,
-    /// Changing the repository: init, pull, tag, untag, remove, gc.
+    /// Changing the repository: init, pull, tag, untag, remove, gc, and
+    /// making an image's bootable variant (`MakeBootable`).
     Change,
-    /// Mounting an image read-only, `nosuid` and `nodev`. A mount reaches
-    /// the kernel's filesystem code with content the peer chose, which
-    /// the admin group is not trusted with.
+    /// Mounting an image read-only, `nosuid` and `nodev`, its plain or
+    /// its bootable variant alike (`bootable` asks for no more: the
+    /// variant is the same files relabelled). A mount reaches the
+    /// kernel's filesystem code with content the peer chose, which the
+    /// admin group is not trusted with.
     Mount,
     /// Mounting with the image's setuid bits and file capabilities
     /// honoured: whoever runs such a file gets its owner's rights, so

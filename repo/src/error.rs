@@ -393,6 +393,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The image cannot be made bootable: it lacks `/usr`, `/boot` or
+    /// `/sysroot`, or its SELinux policy is unreadable or too large.
+    #[error("image {image} cannot be made bootable: {reason}")]
+    NotBootable {
+        /// The image, as the caller named it.
+        image: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -8,10 +8,11 @@ use zlink::{Call, Connection, tokio::unix::Stream};
 use crate::{
     address::Address,
     oci::{
-        ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ExportImageReply,
-        ExportParams, ExportReply, ImageParams, InspectReply, ListImagesReply, MountParams,
-        OciError, PullParams, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
-        TagParams, UntagParams,
+        ComputeIdParams, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply,
+        ExportImageReply, ExportParams, ExportReply, ImageParams, InspectReply,
+        KernelArgumentReply, ListImagesReply, MakeBootableReply, MountParams, OciError, PullParams,
+        PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams,
+        UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, HoldParams, HoldReply, InfoReply, InitParams,
@@ -309,6 +310,35 @@ impl Client {
     /// `io.cfsd.Oci.ComputeId`.
     pub async fn compute_id(&mut self, image: &str) -> CallResult<ComputeIdReply, OciError> {
         self.oci("ComputeId", &image_params(image))
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.ComputeId` of the image's bootable variant.
+    pub async fn compute_bootable_id(
+        &mut self,
+        image: &str,
+    ) -> CallResult<ComputeIdReply, OciError> {
+        let params = ComputeIdParams {
+            image: image.to_owned(),
+            bootable: Some(true),
+        };
+        self.oci("ComputeId", &params).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.MakeBootable`: the bootable image id.
+    pub async fn make_bootable(&mut self, image: &str) -> CallResult<MakeBootableReply, OciError> {
+        self.oci("MakeBootable", &image_params(image))
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.KernelArgument`.
+    pub async fn kernel_argument(
+        &mut self,
+        image: &str,
+    ) -> CallResult<KernelArgumentReply, OciError> {
+        self.oci("KernelArgument", &image_params(image))
             .await
             .map(|(r, _)| r)
     }

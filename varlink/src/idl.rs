@@ -48,12 +48,13 @@ mod tests {
     use super::*;
     use crate::{
         oci::{
-            AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
-            DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportImageReply, ExportLayerParams,
-            ExportParams, ExportReply, Image, ImageParams, InspectReply, LayerFormat,
-            LayerProgress, ListImagesReply, MountParams, OciError, PullParams, PullReply,
-            PullResult, PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply,
-            RemoveReply, TagParams, UntagParams,
+            AppliedDelta, ComputeIdParams, ComputeIdReply, CreateDeltaParams, CreateDeltaReply,
+            DeltaDiscovery, DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportImageReply,
+            ExportLayerParams, ExportParams, ExportReply, Image, ImageParams, InspectReply,
+            KernelArgumentReply, LayerFormat, LayerProgress, ListImagesReply, MakeBootableReply,
+            MountParams, OciError, PullParams, PullReply, PullResult, PushCompression,
+            PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams,
+            UntagParams,
         },
         repository::*,
         service::*,
@@ -322,6 +323,10 @@ mod tests {
                 path: s(),
                 reason: s(),
             },
+            OciError::NotBootable {
+                image: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -368,7 +373,8 @@ mod tests {
                 | OciError::SignatureIdentityMismatch { .. }
                 | OciError::SignatureInvalid { .. }
                 | OciError::PinnedDigestMismatch { .. }
-                | OciError::InvalidPolicy { .. } => {}
+                | OciError::InvalidPolicy { .. }
+                | OciError::NotBootable { .. } => {}
             }
         }
         all
@@ -554,17 +560,32 @@ mod tests {
         );
 
         let image_params = keys(&ImageParams::default());
-        for method in ["Inspect", "Remove", "ComputeId"] {
+        for method in ["Inspect", "Remove", "MakeBootable", "KernelArgument"] {
             assert_eq!(image_params, method_fields(&idl, method, false), "{method}");
         }
+        let compute_id = ComputeIdParams {
+            image: "a".into(),
+            bootable: Some(true),
+        };
+        assert_eq!(keys(&compute_id), method_fields(&idl, "ComputeId", false));
+        assert_eq!(
+            keys(&MakeBootableReply::default()),
+            method_fields(&idl, "MakeBootable", true)
+        );
+        assert_eq!(
+            keys(&KernelArgumentReply::default()),
+            method_fields(&idl, "KernelArgument", true)
+        );
         let mount = MountParams {
             image: "a".into(),
             allow_setuid: Some(true),
             allow_devices: Some(true),
+            bootable: Some(true),
         };
         assert_eq!(keys(&mount), method_fields(&idl, "Mount", false));
         let inspect = InspectReply {
             image_id: Some("ab".into()),
+            bootable_image_id: Some("cd".into()),
             ..InspectReply::default()
         };
         assert_eq!(keys(&inspect), method_fields(&idl, "Inspect", true));

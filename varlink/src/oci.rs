@@ -172,12 +172,23 @@ pub struct ListImagesReply {
 }
 
 /// The parameters of the methods that take only an image: `Inspect`,
-/// `Remove` and `ComputeId`.
+/// `Remove`, `MakeBootable` and `KernelArgument`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageParams {
     /// A tag, or `sha256:<hex>` of the image's manifest.
     pub image: String,
+}
+
+/// The parameters of `ComputeId`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeIdParams {
+    /// A tag, or `sha256:<hex>` of the image's manifest.
+    pub image: String,
+    /// The id of the image's bootable variant instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootable: Option<bool>,
 }
 
 /// The parameters of `Mount`. The mount is `nosuid` and `nodev` unless
@@ -193,6 +204,9 @@ pub struct MountParams {
     /// Let the image's device nodes be opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_devices: Option<bool>,
+    /// Mount the image's bootable variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootable: Option<bool>,
 }
 
 /// The reply of `Inspect`.
@@ -212,6 +226,10 @@ pub struct InspectReply {
     pub manifest: Value,
     /// The config document as stored.
     pub config: Value,
+    /// The bootable image id in hex, when its bootable EROFS is kept
+    /// (`MakeBootable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootable_image_id: Option<String>,
 }
 
 /// The parameters of `Tag`.
@@ -244,6 +262,24 @@ pub struct RemoveReply {
 #[serde(rename_all = "camelCase")]
 pub struct ComputeIdReply {
     /// The composefs image id in hex.
+    pub image_id: String,
+}
+
+/// The reply of `MakeBootable`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MakeBootableReply {
+    /// The bootable image id in hex.
+    pub image_id: String,
+}
+
+/// The reply of `KernelArgument`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelArgumentReply {
+    /// `composefs=<hex>` or `composefs.digest=v1-<algorithm>:<hex>`.
+    pub argument: String,
+    /// The bootable image id in hex.
     pub image_id: String,
 }
 
@@ -742,6 +778,15 @@ pub enum OciError {
         /// Why it failed.
         reason: String,
     },
+    /// The image cannot be made bootable.
+    #[serde(rename = "io.cfsd.Oci.NotBootable")]
+    #[error("image {image} cannot be made bootable: {reason}")]
+    NotBootable {
+        /// The image, as the caller named it.
+        image: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.
@@ -783,6 +828,8 @@ pub const METHODS: &[&str] = &[
     "Dump",
     "ExportLayer",
     "Export",
+    "MakeBootable",
+    "KernelArgument",
 ];
 
 #[cfg(test)]

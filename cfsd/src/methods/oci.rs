@@ -15,10 +15,11 @@ use cfsd_repo::{
 use cfsd_varlink::{
     idl::OCI_INTERFACE,
     oci::{
-        AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
-        DeltaLayer, DeltaMethod, EmptyReply, Image, ImageParams, InspectReply, LayerProgress,
-        ListImagesReply, MountParams, OciError, PullParams, PullReply, PullResult, RemoveReply,
-        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY, TagParams, UntagParams,
+        AppliedDelta, ComputeIdParams, ComputeIdReply, CreateDeltaParams, CreateDeltaReply,
+        DeltaDiscovery, DeltaLayer, DeltaMethod, EmptyReply, Image, ImageParams, InspectReply,
+        KernelArgumentReply, LayerProgress, ListImagesReply, MakeBootableReply, MountParams,
+        OciError, PullParams, PullReply, PullResult, RemoveReply, TRANSPORT_ARCHIVE,
+        TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY, TagParams, UntagParams,
     },
 };
 use rustix::fs::{AtFlags, FileType, OFlags, StatxFlags};
@@ -58,6 +59,8 @@ pub async fn handle(
         "Remove" => mutating(peer, method, params, |p| remove(daemon, p)).await,
         "ComputeId" => run(params, |p| compute_id(daemon, p)).await,
         "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
+        "MakeBootable" => mutating(peer, method, params, |p| make_bootable(daemon, p)).await,
+        "KernelArgument" => run(params, |p| kernel_argument(daemon, p)).await,
         // It changes nothing, but its delta carries image files out.
         "CreateDelta" => {
             needing(Right::ReadContent, peer, method, params, |p| {
@@ -546,10 +549,29 @@ async fn remove(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciErro
     Ok(Outcome::reply(&RemoveReply { untagged }))
 }
 
-async fn compute_id(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+async fn compute_id(daemon: &Daemon, params: ComputeIdParams) -> Result<Outcome, OciError> {
     let repo = open(daemon).await?;
-    let image_id = blocking(move || repo.compute_id(&params.image)).await?;
+    let image_id = blocking(move || match params.bootable {
+        Some(true) => repo.compute_bootable_id(&params.image),
+        _ => repo.compute_id(&params.image),
+    })
+    .await?;
     Ok(Outcome::reply(&ComputeIdReply { image_id }))
+}
+
+async fn make_bootable(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon).await?;
+    let image_id = blocking(move || repo.make_bootable(&params.image)).await?;
+    Ok(Outcome::reply(&MakeBootableReply { image_id }))
+}
+
+async fn kernel_argument(daemon: &Daemon, params: ImageParams) -> Result<Outcome, OciError> {
+    let repo = open(daemon).await?;
+    let karg = blocking(move || repo.kernel_argument(&params.image)).await?;
+    Ok(Outcome::reply(&KernelArgumentReply {
+        argument: karg.argument,
+        image_id: karg.image_id,
+    }))
 }
 
 /// `Mount`; whether the peer may ask for its options was decided with
@@ -561,7 +583,11 @@ async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError
         allow_devices: params.allow_devices.unwrap_or(false),
     };
     // The repository keeps GC off until the client has attached it.
-    let mount = blocking(move || repo.mount(&params.image, options)).await?;
+    let mount = blocking(move || match params.bootable {
+        Some(true) => repo.mount_bootable(&params.image, options),
+        _ => repo.mount(&params.image, options),
+    })
+    .await?;
     // The reply is empty; the mount travels beside it.
     Ok(Outcome::Reply(
         Value::Object(Default::default()),
@@ -627,6 +653,7 @@ fn wire_details(d: ImageDetails) -> InspectReply {
         tags: d.tags,
         manifest: d.manifest,
         config: d.config,
+        bootable_image_id: d.bootable_image_id,
     }
 }
 
@@ -781,6 +808,7 @@ pub(super) fn wire_error(e: repo::Error) -> OciError {
             OciError::PinnedDigestMismatch { pinned, manifest }
         }
         E::InvalidPolicy { path, reason } => OciError::InvalidPolicy { path, reason },
+        E::NotBootable { image, reason } => OciError::NotBootable { image, reason },
     }
 }
 

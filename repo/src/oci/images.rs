@@ -54,6 +54,9 @@ pub struct ImageDetails {
     pub manifest: serde_json::Value,
     /// The config.
     pub config: serde_json::Value,
+    /// The bootable image id, when its bootable EROFS is kept (see
+    /// [`Repository::make_bootable`]).
+    pub bootable_image_id: Option<String>,
 }
 
 impl Repository {
@@ -356,6 +359,9 @@ fn inspect<H: FsVerityHashValue>(repo: &Store<H>, image: &str) -> Result<ImageDe
         manifest_digest: digest.clone(),
         config_digest: found.config_digest().to_string(),
         image_id: found.image_ref(repo.erofs_version()).map(|id| id.to_hex()),
+        bootable_image_id: found
+            .boot_image_ref(repo.erofs_version())
+            .map(|id| id.to_hex()),
         tags: tags(repo)?
             .into_iter()
             .filter(|(_, d)| *d == digest)

@@ -7,6 +7,7 @@
 //! upstream's `cfsctl oci compute-id`.
 
 pub(crate) mod archive;
+mod boot;
 pub(crate) mod digest;
 pub(crate) mod document;
 mod dump;
@@ -30,6 +31,7 @@ pub(crate) mod source;
 pub(crate) mod split;
 
 pub use archive::Archive;
+pub use boot::{KernelArgument, MAX_POLICY_FILE};
 pub use dump::LayerFormat;
 pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};

@@ -6,12 +6,15 @@
 //! its layer references in the order of a `HashMap`, which differs from
 //! run to run: the stream's object, and so the repository, differed
 //! between two identical pulls. Here every reference is added in config
-//! order, and boot image references (which cfsd never makes, but keeps
-//! when another tool did) in the order of their names. The streams carry
+//! order, and boot image references (see `boot.rs`; kept too when another
+//! tool made them) in the order of their names. The streams carry
 //! the same references under the same names as upstream's, so upstream
 //! reads them as its own; only the order of the list differs.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use composefs::{
     erofs::format::{FormatEpoch, FormatVersion},
@@ -29,11 +32,23 @@ const CONFIG_STREAM: u64 = u64::from_le_bytes(*b"ociconfg");
 const MANIFEST_STREAM: u64 = u64::from_le_bytes(*b"ocimanif");
 
 /// The EROFS images linked to a config.
-struct Linked<H> {
-    v2: Option<H>,
-    v1: Option<H>,
-    /// By their reference names, sorted.
-    boot: Vec<(Box<str>, H)>,
+pub(crate) struct Linked<H> {
+    /// The plain image, format 2.
+    pub(crate) v2: Option<H>,
+    /// The plain image, format 1.
+    pub(crate) v1: Option<H>,
+    /// The bootable ones, by their reference names, sorted.
+    pub(crate) boot: Vec<(Box<str>, H)>,
+}
+
+/// Held while a config stream is rewritten from what it linked before
+/// (here, and when an image is made bootable), so that two rewrites of
+/// one config never race and drop each other's references.
+static LINKING: Mutex<()> = Mutex::new(());
+
+/// Take [`LINKING`].
+pub(crate) fn linking() -> MutexGuard<'static, ()> {
+    LINKING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<H> Linked<H> {
@@ -62,15 +77,9 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     let config_name = format!("oci-config-{config_digest}");
     // The EROFS image is built from the config stream's layer references:
     // it must exist first, without the image it links to.
-    let (unlinked, kept) = match repo.has_stream(&config_name)? {
-        Some(stored) => (
-            stored.clone(),
-            linked_boot_images(repo, &config_digest, &stored)?,
-        ),
-        None => {
-            let written = write_config(repo, config, layers, &Linked::none())?;
-            (written, Vec::new())
-        }
+    let unlinked = match repo.has_stream(&config_name)? {
+        Some(stored) => stored,
+        None => write_config(repo, config, layers, &Linked::none())?,
     };
     // As upstream does, the manifest is named before the long build of the
     // EROFS image: a pull killed during it leaves an untagged image whose
@@ -86,6 +95,13 @@ pub(crate) fn publish<H: FsVerityHashValue>(
         &OciTransformOptions::default(),
     )?;
     let mut images = filesystem.commit_images(repo, None)?;
+    // The boot images linked now, not when the pull began: one may have
+    // been made meanwhile.
+    let _linking = linking();
+    let stored = repo
+        .has_stream(&config_name)?
+        .ok_or_else(|| anyhow::anyhow!("the config stream {config_name} went away"))?;
+    let kept = linked_boot_images(repo, &config_digest, &stored)?;
     let linked = Linked {
         v2: images.remove(&FormatVersion::V2),
         v1: images.remove(&FormatVersion::V1),
@@ -102,7 +118,8 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     Ok(image_id)
 }
 
-/// The boot images another tool linked to the stored config, to keep.
+/// The boot images linked to the stored config (by cfsd or another
+/// tool), to keep.
 fn linked_boot_images<H: FsVerityHashValue>(
     repo: &Store<H>,
     config_digest: &OciDigest,
@@ -112,14 +129,16 @@ fn linked_boot_images<H: FsVerityHashValue>(
     Ok(sorted(opened.boot_image_refs))
 }
 
-fn sorted<H>(refs: HashMap<Box<str>, H>) -> Vec<(Box<str>, H)> {
+/// `refs`, sorted by name, so that the stream's bytes are the same in
+/// every run.
+pub(crate) fn sorted<H>(refs: HashMap<Box<str>, H>) -> Vec<(Box<str>, H)> {
     let mut refs: Vec<_> = refs.into_iter().collect();
     refs.sort_by(|a, b| a.0.cmp(&b.0));
     refs
 }
 
 /// The config stream: the layers in config order, then the images.
-fn write_config<H: FsVerityHashValue>(
+pub(crate) fn write_config<H: FsVerityHashValue>(
     repo: &Arc<Store<H>>,
     config: &[u8],
     layers: &[(OciDigest, H)],
@@ -144,7 +163,7 @@ fn write_config<H: FsVerityHashValue>(
 }
 
 /// The manifest stream: the config, then the layers in config order.
-fn write_manifest<H: FsVerityHashValue>(
+pub(crate) fn write_manifest<H: FsVerityHashValue>(
     repo: &Arc<Store<H>>,
     manifest: &[u8],
     config_digest: &OciDigest,
