@@ -3,9 +3,7 @@
 
 use std::os::fd::OwnedFd;
 
-use composefs::{
-    fsverity::FsVerityHashValue, generic_tree::OciTransformOptions, repository::Repository as Store,
-};
+use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use composefs_oci::oci_image::OciImage;
 
 use super::{
@@ -145,19 +143,15 @@ impl Repository {
 }
 
 /// The filesystem `image` names, merged from its layers as upstream
-/// merges it for `compute-id`, `dump` and its EROFS.
+/// merges it for `compute-id`, `dump` and its EROFS (and, without a
+/// `/usr`, as [`super::merge`] says).
 pub(crate) fn filesystem<H: FsVerityHashValue>(
     store: &Store<H>,
     image: &str,
 ) -> Result<composefs::tree::FileSystem<H>, Error> {
     let found = open(store, image)?;
-    composefs_oci::image::create_filesystem(
-        store,
-        found.config_digest(),
-        Some(found.config_verity()),
-        &OciTransformOptions::default(),
-    )
-    .map_err(|e| Error::storage("reading the image's layers", e))
+    super::merge::merge_layers(store, found.config_digest(), found.config_verity())
+        .map_err(|e| Error::storage("reading the image's layers", e))
 }
 
 /// Refuse tags that cannot name an image.

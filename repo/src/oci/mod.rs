@@ -16,6 +16,7 @@ mod filesystem;
 pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
+mod merge;
 mod mount;
 pub(crate) mod pipeline;
 #[cfg(test)]

@@ -18,10 +18,7 @@ use composefs::{
     fsverity::FsVerityHashValue,
     repository::Repository as Store,
 };
-use composefs_oci::{
-    IMAGE_REF_KEY, IMAGE_REF_KEY_V1, OciDigest, OciTransformOptions, image, oci_image,
-    sha256_content_digest,
-};
+use composefs_oci::{IMAGE_REF_KEY, IMAGE_REF_KEY_V1, OciDigest, oci_image, sha256_content_digest};
 
 /// The content type composefs-oci gives config streams.
 const CONFIG_STREAM: u64 = u64::from_le_bytes(*b"ociconfg");
@@ -79,12 +76,7 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     if repo.has_stream(&manifest_name)?.is_none() {
         write_manifest(repo, manifest, &config_digest, &unlinked, layers)?;
     }
-    let filesystem = image::create_filesystem(
-        repo,
-        &config_digest,
-        Some(&unlinked),
-        &OciTransformOptions::default(),
-    )?;
+    let filesystem = super::merge::merge_layers(repo, &config_digest, &unlinked)?;
     let mut images = filesystem.commit_images(repo, None)?;
     let linked = Linked {
         v2: images.remove(&FormatVersion::V2),
