@@ -42,6 +42,11 @@ pub enum Right {
     /// Mounting with openable device nodes: a node in an image opens the
     /// host's device with the mode the image chose, so root only.
     MountDevices,
+    /// Mounting idmapped: the maps choose which host users own the
+    /// image's files (root among them, setuid bits or not), and making
+    /// them takes a user namespace with any ids mapped, which only root
+    /// may write.
+    MountIdmapped,
 }
 
 /// Who has which right: the one place access is decided.
@@ -56,6 +61,7 @@ const RIGHTS: &[(Right, &[Role])] = {
         // without being root would hand that user root through them.
         (Right::MountSetuid, &[Root]),
         (Right::MountDevices, &[Root]),
+        (Right::MountIdmapped, &[Root]),
     ]
 };
 
@@ -64,6 +70,8 @@ const RIGHTS: &[(Right, &[Role])] = {
 pub const MOUNT_OPTIONS: &[(&str, Right)] = &[
     ("allowSetuid", Right::MountSetuid),
     ("allowDevices", Right::MountDevices),
+    ("uidmap", Right::MountIdmapped),
+    ("gidmap", Right::MountIdmapped),
 ];
 
 impl Role {

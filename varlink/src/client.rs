@@ -9,9 +9,9 @@ use crate::{
     address::Address,
     oci::{
         ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply, ExportImageReply,
-        ExportParams, ExportReply, ImageParams, InspectReply, ListImagesReply, MountParams,
-        OciError, PullParams, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
-        TagParams, UntagParams,
+        ExportParams, ExportReply, IdmapParams, IdmapReply, ImageParams, InspectReply,
+        ListImagesReply, MountParams, OciError, PullParams, PushDeltaParams, PushDeltaReply,
+        PushParams, PushReply, RemoveReply, TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, HoldParams, HoldReply, InfoReply, InitParams,
@@ -320,6 +320,11 @@ impl Client {
         fds.into_iter().next().ok_or_else(|| {
             CallError::Transport("cfsd replied to Mount without the mount's fd".to_owned())
         })
+    }
+
+    /// `io.cfsd.Oci.Idmap`: an ID-mapped variant of an image.
+    pub async fn idmap(&mut self, params: &IdmapParams) -> CallResult<IdmapReply, OciError> {
+        self.oci("Idmap", params).await.map(|(r, _)| r)
     }
 
     /// `io.cfsd.Oci.CreateDelta`, writing the delta archive to `out`, a

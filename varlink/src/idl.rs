@@ -50,10 +50,10 @@ mod tests {
         oci::{
             AppliedDelta, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, DeltaDiscovery,
             DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportImageReply, ExportLayerParams,
-            ExportParams, ExportReply, Image, ImageParams, InspectReply, LayerFormat,
-            LayerProgress, ListImagesReply, MountParams, OciError, PullParams, PullReply,
-            PullResult, PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply,
-            RemoveReply, TagParams, UntagParams,
+            ExportParams, ExportReply, IdmapParams, IdmapReply, Image, ImageParams, InspectReply,
+            LayerFormat, LayerProgress, ListImagesReply, MountParams, OciError, PullParams,
+            PullReply, PullResult, PushCompression, PushDeltaParams, PushDeltaReply, PushParams,
+            PushReply, RemoveReply, TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -263,6 +263,16 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            OciError::InvalidIdMap {
+                map: s(),
+                reason: s(),
+            },
+            OciError::UnmappedId {
+                image: s(),
+                kind: s(),
+                id: 0,
+                map: s(),
+            },
             OciError::InvalidReference {
                 reference: s(),
                 reason: s(),
@@ -368,7 +378,9 @@ mod tests {
                 | OciError::SignatureIdentityMismatch { .. }
                 | OciError::SignatureInvalid { .. }
                 | OciError::PinnedDigestMismatch { .. }
-                | OciError::InvalidPolicy { .. } => {}
+                | OciError::InvalidPolicy { .. }
+                | OciError::InvalidIdMap { .. }
+                | OciError::UnmappedId { .. } => {}
             }
         }
         all
@@ -561,8 +573,18 @@ mod tests {
             image: "a".into(),
             allow_setuid: Some(true),
             allow_devices: Some(true),
+            uidmap: Some(vec![]),
+            gidmap: Some(vec![]),
         };
         assert_eq!(keys(&mount), method_fields(&idl, "Mount", false));
+        assert_eq!(
+            keys(&IdmapParams::default()),
+            method_fields(&idl, "Idmap", false)
+        );
+        assert_eq!(
+            keys(&IdmapReply::default()),
+            method_fields(&idl, "Idmap", true)
+        );
         let inspect = InspectReply {
             image_id: Some("ab".into()),
             ..InspectReply::default()

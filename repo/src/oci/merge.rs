@@ -43,12 +43,15 @@ pub(crate) fn root_without_usr() -> Stat {
 /// The mode of `/` in an image without `/usr`.
 pub(crate) const ROOT_WITHOUT_USR: u32 = 0o40755;
 
-/// The filesystem of the image whose config is `config_digest`, stored
-/// as `config_verity`, merged from its layer streams in config order.
+/// The filesystem of the image whose config is `config_digest` (the
+/// bytes `config`), stored as `config_verity`, merged from its layer
+/// streams in config order, with the owners shifted by the ID maps the
+/// config records (see [`crate::oci::variant`]).
 pub(crate) fn merge_layers<H: FsVerityHashValue>(
     store: &Store<H>,
     config_digest: &OciDigest,
     config_verity: &H,
+    config: &[u8],
 ) -> anyhow::Result<FileSystem<H>> {
     let opened = composefs_oci::open_config(store, config_digest, Some(config_verity))?;
     let mut filesystem = FileSystem::new(Stat::uninitialized());
@@ -63,6 +66,9 @@ pub(crate) fn merge_layers<H: FsVerityHashValue>(
         }
     }
     transform(&mut filesystem)?;
+    for mapping in super::variant::recorded_maps(config)? {
+        super::variant::shift(&mut filesystem, &mapping, config_digest.as_ref())?;
+    }
     Ok(filesystem)
 }
 

@@ -28,6 +28,7 @@ pub(crate) mod recompress;
 mod save;
 pub(crate) mod source;
 pub(crate) mod split;
+pub(crate) mod variant;
 
 pub use archive::Archive;
 pub use dump::{LayerFormat, Written};
@@ -40,3 +41,4 @@ pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullRepo
 pub use save::SaveReport;
 pub use source::Source;
 pub use split::LayerLimits;
+pub use variant::IdmapReport;

@@ -17,6 +17,7 @@ use composefs::{
     erofs::format::{FormatEpoch, FormatVersion},
     fsverity::FsVerityHashValue,
     repository::Repository as Store,
+    tree::FileSystem,
 };
 use composefs_oci::{IMAGE_REF_KEY, IMAGE_REF_KEY_V1, OciDigest, oci_image, sha256_content_digest};
 
@@ -55,6 +56,21 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     layers: &[(OciDigest, H)],
     tag: &str,
 ) -> anyhow::Result<H> {
+    publish_with(repo, manifest, config, layers, tag, |digest, stream| {
+        super::merge::merge_layers(repo, digest, stream, config)
+    })
+}
+
+/// [`publish`], with the image's filesystem made by `build` from the
+/// config's digest and its (not yet linked) stream.
+pub(crate) fn publish_with<H: FsVerityHashValue>(
+    repo: &Arc<Store<H>>,
+    manifest: &[u8],
+    config: &[u8],
+    layers: &[(OciDigest, H)],
+    tag: &str,
+    build: impl FnOnce(&OciDigest, &H) -> anyhow::Result<FileSystem<H>>,
+) -> anyhow::Result<H> {
     let config_digest = sha256_content_digest(config);
     let config_name = format!("oci-config-{config_digest}");
     // The EROFS image is built from the config stream's layer references:
@@ -76,7 +92,7 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     if repo.has_stream(&manifest_name)?.is_none() {
         write_manifest(repo, manifest, &config_digest, &unlinked, layers)?;
     }
-    let filesystem = super::merge::merge_layers(repo, &config_digest, &unlinked)?;
+    let filesystem = build(&config_digest, &unlinked)?;
     let mut images = filesystem.commit_images(repo, None)?;
     let linked = Linked {
         v2: images.remove(&FormatVersion::V2),
