@@ -136,7 +136,13 @@ impl Repository {
         idmap: Option<&IdMapping>,
     ) -> Result<OwnedFd, Error> {
         // Made before the hold, and refused before anything is mounted.
-        let userns = idmap.map(crate::userns::user_namespace).transpose()?;
+        let userns = idmap
+            .map(crate::userns::user_namespace)
+            .transpose()
+            .map_err(|e| Error::MountFailed {
+                image: image.to_owned(),
+                reason: e.to_string(),
+            })?;
         let hold = self.hold(format!("a mount of {image} not yet attached"));
         let mount = with_store!(self.store(), s => {
             let found = open(s, image)?;
