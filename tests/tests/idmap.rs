@@ -346,3 +346,44 @@ fn the_daemons_own_user_may_mount_but_not_idmapped() {
     // A plain Mount passes the table and then finds no repository.
     assert_eq!(replies[1]["error"], "io.cfsd.Oci.NotInitialized");
 }
+
+#[test]
+fn an_admin_who_hangs_up_or_sends_a_huge_map_leaves_the_daemon_serving() {
+    let admins = ADMINS.to_string();
+    let daemon = Daemon::start_for_nobody(&["--allow-group", &admins]);
+    assert!(daemon.cfsctl(&["init"]).status.success());
+    let written = Written::new(&Layout::single(&owned_image(), None).0);
+    pull(&daemon, &[&written.archive(None), "orig"]);
+
+    // 5,000 ranges: refused by their count, the message kept short.
+    let huge: Vec<String> = (0..5000u32)
+        .map(|i| format!("{i}:{}:1", 100_000 + i))
+        .collect();
+    let call = json!({"method": "io.cfsd.Oci.Idmap",
+        "parameters": {"image": "orig", "tag": "huge", "uidmap": huge, "gidmap": ["0:0:65536"]}});
+    let reply = &raw_calls_as(&daemon, &[ADMINS], &[call])[0];
+    assert_eq!(reply["error"], "io.cfsd.Oci.InvalidIdMap", "{reply}");
+    assert!(reply.to_string().len() < 1024, "{reply}");
+
+    // Send an Idmap and hang up at once.
+    let call = idmap_call("0:0:65536").to_string();
+    let script = "import socket, sys\n\
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode() + b'\\0'); s.close()\n";
+    let out = cfsd_tests::peer::as_nobody(&[ADMINS], "/usr/bin/python3")
+        .args(["-c", script])
+        .arg(daemon.socket())
+        .arg(&call)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", cfsd_tests::stderr(&out));
+    // The daemon goes on; the variant is whole or absent, never half.
+    let replies = raw_calls_as(&daemon, &[ADMINS], &[idmap_call("0:0:65536")]);
+    assert!(
+        replies[0]["parameters"]["imageId"].is_string(),
+        "{}",
+        replies[0]
+    );
+    let fsck = daemon.cfsctl(&["fsck"]);
+    assert!(fsck.status.success(), "{}", stdout(&fsck));
+}
