@@ -206,4 +206,22 @@ mod tests {
         assert!(Peer::new(0, Root).privileged);
         assert!(!Peer::new(65534, Other).privileged);
     }
+
+    #[test]
+    fn only_root_may_ask_for_an_idmapped_mount() {
+        use Role::*;
+        let may = [Root, DaemonUser, Admin, Other].map(|role| role.may(Right::MountIdmapped));
+        assert_eq!(may, [true, false, false, false]);
+        let rights: Vec<_> = MOUNT_OPTIONS
+            .iter()
+            .filter(|(name, _)| name.ends_with("map"))
+            .collect();
+        assert_eq!(
+            rights,
+            [
+                &("uidmap", Right::MountIdmapped),
+                &("gidmap", Right::MountIdmapped)
+            ]
+        );
+    }
 }
