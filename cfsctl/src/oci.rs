@@ -11,9 +11,9 @@ use anyhow::Context;
 use cfsd_varlink::{
     Client,
     oci::{
-        AppliedDelta, CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, Image,
-        InspectReply, MountParams, OciError, PullParams, PullReply, PullResult, PushDeltaParams,
-        TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY,
+        AppliedDelta, CreateDeltaParams, CreateDeltaReply, DeltaMethod, EmptyReply, IdmapParams,
+        Image, InspectReply, MountParams, OciError, PullParams, PullReply, PullResult,
+        PushDeltaParams, TRANSPORT_ARCHIVE, TRANSPORT_DIRECTORY, TRANSPORT_REGISTRY,
     },
 };
 use clap::{Args, Subcommand, ValueEnum};
@@ -100,6 +100,28 @@ pub enum OciCommand {
         /// is not yet).
         #[arg(long)]
         bootable: bool,
+        /// Make the mount idmapped: CONTAINER:HOST:LENGTH uid ranges
+        /// (repeat it, or separate ranges with commas). Only root may ask.
+        #[arg(long, value_delimiter = ',', requires = "gidmap")]
+        uidmap: Vec<String>,
+        /// The gid ranges of an idmapped mount, as --uidmap.
+        #[arg(long, value_delimiter = ',', requires = "uidmap")]
+        gidmap: Vec<String>,
+    },
+    /// Make NEWTAG an ID-mapped variant of an image: its files' owners
+    /// shifted, its files shared with it, no layer read.
+    Idmap {
+        /// A tag, or sha256:<hex> of the image's manifest.
+        image: String,
+        /// The variant's tag.
+        tag: String,
+        /// CONTAINER:HOST:LENGTH uid ranges (repeat it, or separate
+        /// ranges with commas).
+        #[arg(long, value_delimiter = ',', required = true)]
+        uidmap: Vec<String>,
+        /// The gid ranges, as --uidmap.
+        #[arg(long, value_delimiter = ',', required = true)]
+        gidmap: Vec<String>,
     },
     /// Detach the image mounted at a directory (what umount DIR does, for
     /// composefs mounts only).
@@ -283,14 +305,37 @@ pub async fn run(
             allow_setuid,
             allow_devices,
             bootable,
+            uidmap,
+            gidmap,
         } => {
             let params = MountParams {
                 image,
                 allow_setuid: allow_setuid.then_some(true),
                 allow_devices: allow_devices.then_some(true),
                 bootable: bootable.then_some(true),
+                uidmap: (!uidmap.is_empty()).then_some(uidmap),
+                gidmap: (!gidmap.is_empty()).then_some(gidmap),
             };
             mount::mount(client, out, &params, &dir).await
+        }
+        OciCommand::Idmap {
+            image,
+            tag,
+            uidmap,
+            gidmap,
+        } => {
+            let params = IdmapParams {
+                image,
+                tag,
+                uidmap,
+                gidmap,
+            };
+            let reply = client.idmap(&params).await?;
+            out.show(&reply, |r| {
+                println!("Tagged {} as {}", r.manifest_digest, params.tag);
+                println!("Image id {}", r.image_id);
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         OciCommand::Umount { dir } => mount::umount(out, &dir),
         OciCommand::Delta {

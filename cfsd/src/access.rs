@@ -45,6 +45,11 @@ pub enum Right {
     /// Mounting with openable device nodes: a node in an image opens the
     /// host's device with the mode the image chose, so root only.
     MountDevices,
+    /// Mounting idmapped: the maps choose which host users own the
+    /// image's files (root among them, setuid bits or not), and making
+    /// them takes a user namespace with any ids mapped, which only root
+    /// may write.
+    MountIdmapped,
 }
 
 /// Who has which right: the one place access is decided.
@@ -59,6 +64,7 @@ const RIGHTS: &[(Right, &[Role])] = {
         // without being root would hand that user root through them.
         (Right::MountSetuid, &[Root]),
         (Right::MountDevices, &[Root]),
+        (Right::MountIdmapped, &[Root]),
     ]
 };
 
@@ -67,6 +73,8 @@ const RIGHTS: &[(Right, &[Role])] = {
 pub const MOUNT_OPTIONS: &[(&str, Right)] = &[
     ("allowSetuid", Right::MountSetuid),
     ("allowDevices", Right::MountDevices),
+    ("uidmap", Right::MountIdmapped),
+    ("gidmap", Right::MountIdmapped),
 ];
 
 impl Role {
@@ -200,5 +208,23 @@ mod tests {
         );
         assert!(Peer::new(0, Root).privileged);
         assert!(!Peer::new(65534, Other).privileged);
+    }
+
+    #[test]
+    fn only_root_may_ask_for_an_idmapped_mount() {
+        use Role::*;
+        let may = [Root, DaemonUser, Admin, Other].map(|role| role.may(Right::MountIdmapped));
+        assert_eq!(may, [true, false, false, false]);
+        let rights: Vec<_> = MOUNT_OPTIONS
+            .iter()
+            .filter(|(name, _)| name.ends_with("map"))
+            .collect();
+        assert_eq!(
+            rights,
+            [
+                &("uidmap", Right::MountIdmapped),
+                &("gidmap", Right::MountIdmapped)
+            ]
+        );
     }
 }

@@ -167,7 +167,12 @@ fn refuse_mount(
     if interface != OCI_INTERFACE || method != "Mount" {
         return None;
     }
-    let asks = |name: &str| params.and_then(|p| p.get(name)) == Some(&Value::Bool(true));
+    // A flag asks when true, a list (an ID map) when it has an entry.
+    let asks = |name: &str| match params.and_then(|p| p.get(name)) {
+        Some(Value::Bool(flag)) => *flag,
+        Some(Value::Array(list)) => !list.is_empty(),
+        _ => false,
+    };
     let options = access::MOUNT_OPTIONS
         .iter()
         .filter(|(name, _)| asks(name))

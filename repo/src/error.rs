@@ -402,6 +402,26 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An ID map (`C:H:L` ranges) that cannot be used.
+    #[error("invalid {map}: {reason}")]
+    InvalidIdMap {
+        /// Which map, as given (`uidmap 0:1:2,...`).
+        map: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file of the image is owned by an id that the map does not cover.
+    #[error("{image} has a file of {kind} {id}, which {kind}map {map} does not map")]
+    UnmappedId {
+        /// The image.
+        image: String,
+        /// `uid` or `gid`.
+        kind: String,
+        /// The id.
+        id: u32,
+        /// The map, as given.
+        map: String,
+    },
 }
 
 impl Error {

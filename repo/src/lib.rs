@@ -17,6 +17,7 @@ mod fsck;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gc;
+pub mod idmap;
 pub mod mounts;
 pub mod oci;
 mod owner;
@@ -27,6 +28,7 @@ mod repository;
 mod test_image;
 pub mod trust;
 mod usage;
+mod userns;
 pub mod verity;
 
 pub use algorithm::HashAlgorithm;

@@ -5,13 +5,15 @@
 //! peer would. Replies come back as raw JSON, typed error names included.
 
 use std::{
-    path::Path,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::{Daemon, stderr, stdout};
+use crate::{Daemon, bin, stderr, stdout};
 
 /// The unprivileged user and group the peers run as.
 pub const NOBODY: u32 = 65534;
@@ -271,4 +273,47 @@ except OSError as e:
         .expect("running python3 under setpriv");
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out).trim().to_owned()
+}
+
+/// A cfsd run as nobody, killed when dropped.
+#[derive(Debug)]
+pub struct NobodysDaemon {
+    child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+}
+
+impl Drop for NobodysDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start cfsd as nobody in a directory of nobody's under `scratch`, on
+/// a repository that does not exist yet.
+pub fn start_as_nobody(scratch: &Path) -> (PathBuf, NobodysDaemon) {
+    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = scratch.join("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    let owner = Some(rustix::fs::Uid::from_raw(NOBODY));
+    rustix::fs::chown(&dir, owner, None).unwrap();
+    let cfsd = dir.join("cfsd");
+    std::fs::copy(bin("cfsd"), &cfsd).unwrap();
+    let socket = dir.join("cfsd.sock");
+    let child = as_nobody(&[], cfsd.to_str().unwrap())
+        .arg("--repo")
+        .arg(dir.join("repo"))
+        .arg("--address")
+        .arg(format!("unix:{}", socket.display()))
+        .spawn()
+        .expect("starting cfsd as nobody");
+    let mut daemon = NobodysDaemon { child, socket };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.socket.exists() {
+        assert!(Instant::now() < deadline, "cfsd did not listen");
+        assert!(daemon.child.try_wait().unwrap().is_none(), "cfsd exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (dir, daemon)
 }

@@ -6,17 +6,15 @@
 //! them through `setpriv`, from the mount root attached.
 
 use std::{
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::Child,
-    time::{Duration, Instant},
 };
 
 use cfsd_tests::{
     Daemon, bin,
     oci::{Compression, Entry, Image, Layer, Layout, Written},
     ocictl::pull,
-    peer::{NOBODY, as_nobody, open_as_nobody, raw_calls_as, raw_calls_at},
+    peer::{NOBODY, as_nobody, open_as_nobody, raw_calls_as, raw_calls_at, start_as_nobody},
     stderr, stdout,
 };
 use serde_json::{Value, json};
@@ -189,47 +187,6 @@ fn the_admin_group_may_not_ask_for_setuid_or_devices() {
     }
     // Root's own call still mounts: the refusals changed nothing.
     let _plain = mount(&daemon, "plain", &[]);
-}
-
-/// A cfsd run as nobody, killed when dropped.
-struct NobodysDaemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for NobodysDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start cfsd as nobody in a directory of nobody's under `scratch`, on
-/// a repository that does not exist yet.
-fn start_as_nobody(scratch: &Path) -> (PathBuf, NobodysDaemon) {
-    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let dir = scratch.join("nobody");
-    std::fs::create_dir(&dir).unwrap();
-    let owner = Some(rustix::fs::Uid::from_raw(NOBODY));
-    rustix::fs::chown(&dir, owner, None).unwrap();
-    let cfsd = dir.join("cfsd");
-    std::fs::copy(bin("cfsd"), &cfsd).unwrap();
-    let socket = dir.join("cfsd.sock");
-    let child = as_nobody(&[], cfsd.to_str().unwrap())
-        .arg("--repo")
-        .arg(dir.join("repo"))
-        .arg("--address")
-        .arg(format!("unix:{}", socket.display()))
-        .spawn()
-        .expect("starting cfsd as nobody");
-    let mut daemon = NobodysDaemon { child, socket };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !daemon.socket.exists() {
-        assert!(Instant::now() < deadline, "cfsd did not listen");
-        assert!(daemon.child.try_wait().unwrap().is_none(), "cfsd exited");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (dir, daemon)
 }
 
 #[test]

@@ -12,19 +12,11 @@ use std::{
 
 use cfsd_tests::{
     Daemon,
+    mounted::{Mounted, mount},
     oci::{Image, Layout, Written, cap_net_raw, everything_image, long_paths},
     ocictl::{PrivateRepo, Published, Target, json, object_count, published, pull, succeeds},
     skip, stderr,
 };
-
-/// Unmounts its directory when dropped, also when a test fails.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
-    }
-}
 
 /// What is compared of one file.
 #[derive(Debug, PartialEq, Eq)]
@@ -138,21 +130,6 @@ fn remove(path: &Path) {
     } else {
         std::fs::remove_file(path).unwrap();
     }
-}
-
-/// Mount `image` at `dir`, or say why the kernel will not and return None.
-fn mount(repo: &impl Target, image: &str, dir: &Path) -> Option<Mounted> {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = repo.run(&["oci", "mount", image, dir.to_str().unwrap()]);
-    if !out.status.success() {
-        let err = stderr(&out);
-        if err.contains("Operation not permitted") || err.contains("Function not implemented") {
-            skip(&format!("the kernel refused the mount: {err}"));
-            return None;
-        }
-        panic!("oci mount failed: {err}");
-    }
-    Some(Mounted(dir.to_owned()))
 }
 
 /// The expected tree of the everything image, checked for what it must

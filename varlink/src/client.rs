@@ -9,10 +9,10 @@ use crate::{
     address::Address,
     oci::{
         ComputeIdParams, ComputeIdReply, CreateDeltaParams, CreateDeltaReply, EmptyReply,
-        ExportImageReply, ExportParams, ExportReply, ImageParams, InspectReply,
-        KernelArgumentReply, ListImagesReply, MakeBootableReply, MountParams, OciError, PullParams,
-        PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams,
-        UntagParams,
+        ExportImageReply, ExportParams, ExportReply, IdmapParams, IdmapReply, ImageParams,
+        InspectReply, KernelArgumentReply, ListImagesReply, MakeBootableReply, MountParams,
+        OciError, PullParams, PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply,
+        TagParams, UntagParams,
     },
     repository::{
         FsckParams, FsckReply, GcParams, GcReply, HoldParams, HoldReply, InfoReply, InitParams,
@@ -350,6 +350,11 @@ impl Client {
         fds.into_iter().next().ok_or_else(|| {
             CallError::Transport("cfsd replied to Mount without the mount's fd".to_owned())
         })
+    }
+
+    /// `io.cfsd.Oci.Idmap`: an ID-mapped variant of an image.
+    pub async fn idmap(&mut self, params: &IdmapParams) -> CallResult<IdmapReply, OciError> {
+        self.oci("Idmap", params).await.map(|(r, _)| r)
     }
 
     /// `io.cfsd.Oci.CreateDelta`, writing the delta archive to `out`, a

@@ -50,11 +50,11 @@ mod tests {
         oci::{
             AppliedDelta, ComputeIdParams, ComputeIdReply, CreateDeltaParams, CreateDeltaReply,
             DeltaDiscovery, DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportImageReply,
-            ExportLayerParams, ExportParams, ExportReply, Image, ImageParams, InspectReply,
-            KernelArgumentReply, LayerFormat, LayerProgress, ListImagesReply, MakeBootableReply,
-            MountParams, OciError, PullParams, PullReply, PullResult, PushCompression,
-            PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams,
-            UntagParams,
+            ExportLayerParams, ExportParams, ExportReply, IdmapParams, IdmapReply, Image,
+            ImageParams, InspectReply, KernelArgumentReply, LayerFormat, LayerProgress,
+            ListImagesReply, MakeBootableReply, MountParams, OciError, PullParams, PullReply,
+            PullResult, PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply,
+            RemoveReply, TagParams, UntagParams,
         },
         repository::*,
         service::*,
@@ -264,6 +264,16 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            OciError::InvalidIdMap {
+                map: s(),
+                reason: s(),
+            },
+            OciError::UnmappedId {
+                image: s(),
+                kind: s(),
+                id: 0,
+                map: s(),
+            },
             OciError::InvalidReference {
                 reference: s(),
                 reason: s(),
@@ -374,7 +384,9 @@ mod tests {
                 | OciError::SignatureInvalid { .. }
                 | OciError::PinnedDigestMismatch { .. }
                 | OciError::InvalidPolicy { .. }
-                | OciError::NotBootable { .. } => {}
+                | OciError::NotBootable { .. }
+                | OciError::InvalidIdMap { .. }
+                | OciError::UnmappedId { .. } => {}
             }
         }
         all
@@ -581,8 +593,18 @@ mod tests {
             allow_setuid: Some(true),
             allow_devices: Some(true),
             bootable: Some(true),
+            uidmap: Some(vec![]),
+            gidmap: Some(vec![]),
         };
         assert_eq!(keys(&mount), method_fields(&idl, "Mount", false));
+        assert_eq!(
+            keys(&IdmapParams::default()),
+            method_fields(&idl, "Idmap", false)
+        );
+        assert_eq!(
+            keys(&IdmapReply::default()),
+            method_fields(&idl, "Idmap", true)
+        );
         let inspect = InspectReply {
             image_id: Some("ab".into()),
             bootable_image_id: Some("cd".into()),

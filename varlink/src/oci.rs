@@ -207,6 +207,36 @@ pub struct MountParams {
     /// Mount the image's bootable variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootable: Option<bool>,
+    /// Make the mount idmapped with these uid ranges (`C:H:L`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uidmap: Option<Vec<String>>,
+    /// Make the mount idmapped with these gid ranges (`C:H:L`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gidmap: Option<Vec<String>>,
+}
+
+/// The parameters of `Idmap`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdmapParams {
+    /// The image to make a variant of.
+    pub image: String,
+    /// The variant's tag.
+    pub tag: String,
+    /// The uid ranges (`C:H:L`).
+    pub uidmap: Vec<String>,
+    /// The gid ranges (`C:H:L`).
+    pub gidmap: Vec<String>,
+}
+
+/// The reply of `Idmap`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdmapReply {
+    /// The variant's manifest digest.
+    pub manifest_digest: String,
+    /// The variant's composefs image id.
+    pub image_id: String,
 }
 
 /// The reply of `Inspect`.
@@ -787,6 +817,28 @@ pub enum OciError {
         /// What is wrong with it.
         reason: String,
     },
+    /// An ID map that cannot be used.
+    #[serde(rename = "io.cfsd.Oci.InvalidIdMap")]
+    #[error("invalid {map}: {reason}")]
+    InvalidIdMap {
+        /// Which map, as given.
+        map: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file's owner that the map does not cover.
+    #[serde(rename = "io.cfsd.Oci.UnmappedId")]
+    #[error("{image} has a file of {kind} {id}, which {kind}map {map} does not map")]
+    UnmappedId {
+        /// The image.
+        image: String,
+        /// `uid` or `gid`.
+        kind: String,
+        /// The id.
+        id: u32,
+        /// The map, as given.
+        map: String,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.
@@ -830,6 +882,7 @@ pub const METHODS: &[&str] = &[
     "Export",
     "MakeBootable",
     "KernelArgument",
+    "Idmap",
 ];
 
 #[cfg(test)]

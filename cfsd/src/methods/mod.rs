@@ -10,6 +10,7 @@ use crate::server::Daemon;
 
 mod export;
 mod hold;
+mod idmap;
 pub mod oci;
 mod push;
 mod registry;

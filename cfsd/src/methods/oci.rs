@@ -61,6 +61,7 @@ pub async fn handle(
         "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
         "MakeBootable" => mutating(peer, method, params, |p| make_bootable(daemon, p)).await,
         "KernelArgument" => run(params, |p| kernel_argument(daemon, p)).await,
+        "Idmap" => mutating(peer, method, params, |p| super::idmap::idmap(daemon, p)).await,
         // It changes nothing, but its delta carries image files out.
         "CreateDelta" => {
             needing(Right::ReadContent, peer, method, params, |p| {
@@ -582,10 +583,11 @@ async fn mount(daemon: &Daemon, params: MountParams) -> Result<Outcome, OciError
         allow_setuid: params.allow_setuid.unwrap_or(false),
         allow_devices: params.allow_devices.unwrap_or(false),
     };
+    let idmap = super::idmap::mount_maps(params.uidmap, params.gidmap)?;
     // The repository keeps GC off until the client has attached it.
     let mount = blocking(move || match params.bootable {
-        Some(true) => repo.mount_bootable(&params.image, options),
-        _ => repo.mount(&params.image, options),
+        Some(true) => repo.mount_bootable(&params.image, options, idmap.as_ref()),
+        _ => repo.mount(&params.image, options, idmap.as_ref()),
     })
     .await?;
     // The reply is empty; the mount travels beside it.
@@ -738,6 +740,18 @@ pub(super) fn wire_error(e: repo::Error) -> OciError {
         E::LayerTooLarge { layer, what, limit } => OciError::LayerTooLarge { layer, what, limit },
         E::AmbiguousImage { image, matches } => OciError::AmbiguousImage { image, matches },
         E::TagNotFound { tag } => OciError::TagNotFound { tag },
+        E::InvalidIdMap { map, reason } => OciError::InvalidIdMap { map, reason },
+        E::UnmappedId {
+            image,
+            kind,
+            id,
+            map,
+        } => OciError::UnmappedId {
+            image,
+            kind,
+            id,
+            map,
+        },
         // Only a lazy open (the repository was created after the daemon
         // started) or a GC meets these; io.cfsd.Repository has them typed.
         e @ (E::RepositoryInUse { .. } | E::RepositoryBusy { .. }) => OciError::StorageFailed {

@@ -101,11 +101,13 @@ impl Repository {
         &self,
         image: &str,
         options: MountOptions,
+        idmap: Option<&crate::idmap::IdMapping>,
     ) -> Result<std::os::fd::OwnedFd, Error> {
         let id = self.make_bootable(image)?;
+        let userns = super::images::mapping_namespace(image, idmap)?;
         let hold = self.hold(format!("a bootable mount of {image} not yet attached"));
         let mount = with_store!(self.store(), s => {
-            mount_image(s, &id, options).map_err(|e| Error::MountFailed {
+            mount_image(s, &id, options, userns.as_ref()).map_err(|e| Error::MountFailed {
                 image: image.to_owned(),
                 reason: format!("{e:#}"),
             })

@@ -102,7 +102,7 @@ impl EntryRules {
         let normal = normalise(path).map_err(|why| format!("{} {why}", entry()))?;
         if normal.is_empty() {
             // `./`, `.` or `/`: the root itself, whose metadata composefs
-            // replaces with /usr's anyway.
+            // replaces with /usr's anyway (or cfsd with a fixed one).
             return match kind {
                 EntryKind::Directory => Ok(()),
                 other => Err(format!(

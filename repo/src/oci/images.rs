@@ -3,9 +3,7 @@
 
 use std::os::fd::OwnedFd;
 
-use composefs::{
-    fsverity::FsVerityHashValue, generic_tree::OciTransformOptions, repository::Repository as Store,
-};
+use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use composefs_oci::oci_image::OciImage;
 
 use super::{
@@ -13,7 +11,7 @@ use super::{
     mount::{MountOptions, mount_image},
     pull::durable,
 };
-use crate::{Error, Repository, repository::with_store};
+use crate::{Error, Repository, idmap::IdMapping, repository::with_store};
 
 /// The longest tag accepted; it becomes a file name once encoded.
 const MAX_TAG: usize = 200;
@@ -130,13 +128,24 @@ impl Repository {
     /// receives it; `nosuid` and `nodev` unless `options` allow them. GC
     /// keeps the image until it is attached (see
     /// [`Repository::hold_until_attached`]), then while it is mounted.
-    pub fn mount(&self, image: &str, options: MountOptions) -> Result<OwnedFd, Error> {
+    ///
+    /// With `idmap`, the mount is idmapped: a file the image has owned by
+    /// uid U shows as owned by the uid map's image of U (and likewise for
+    /// gids); ids the maps do not cover show as the overflow id 65534.
+    pub fn mount(
+        &self,
+        image: &str,
+        options: MountOptions,
+        idmap: Option<&IdMapping>,
+    ) -> Result<OwnedFd, Error> {
+        // Made before the hold, and refused before anything is mounted.
+        let userns = mapping_namespace(image, idmap)?;
         let hold = self.hold(format!("a mount of {image} not yet attached"));
         let mount = with_store!(self.store(), s => {
             let found = open(s, image)?;
             found
                 .erofs_image_ref(s, false)
-                .and_then(|id| mount_image(s, &id.to_hex(), options))
+                .and_then(|id| mount_image(s, &id.to_hex(), options, userns.as_ref()))
                 .map_err(|e| Error::MountFailed {
                     image: image.to_owned(),
                     reason: format!("{e:#}"),
@@ -147,20 +156,33 @@ impl Repository {
     }
 }
 
+/// The user namespace whose ID maps are `idmap`, for a mount of `image`.
+pub(crate) fn mapping_namespace(
+    image: &str,
+    idmap: Option<&IdMapping>,
+) -> Result<Option<OwnedFd>, Error> {
+    idmap
+        .map(crate::userns::user_namespace)
+        .transpose()
+        .map_err(|e| Error::MountFailed {
+            image: image.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
 /// The filesystem `image` names, merged from its layers as upstream
-/// merges it for `compute-id`, `dump` and its EROFS.
+/// merges it for `compute-id`, `dump` and its EROFS (and, without a
+/// `/usr`, as [`super::merge`] says).
 pub(crate) fn filesystem<H: FsVerityHashValue>(
     store: &Store<H>,
     image: &str,
 ) -> Result<composefs::tree::FileSystem<H>, Error> {
     let found = open(store, image)?;
-    composefs_oci::image::create_filesystem(
-        store,
-        found.config_digest(),
-        Some(found.config_verity()),
-        &OciTransformOptions::default(),
-    )
-    .map_err(|e| Error::storage("reading the image's layers", e))
+    let config = found
+        .read_config_json(store)
+        .map_err(|e| Error::storage("reading the image's config", e))?;
+    super::merge::merge_layers(store, found.config_digest(), found.config_verity(), &config)
+        .map_err(|e| Error::storage("reading the image's layers", e))
 }
 
 /// Refuse tags that cannot name an image.

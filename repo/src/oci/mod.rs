@@ -17,6 +17,7 @@ mod filesystem;
 pub(crate) mod images;
 pub(crate) mod layer;
 pub(crate) mod manifest;
+mod merge;
 mod mount;
 mod output;
 pub(crate) mod pipeline;
@@ -29,6 +30,7 @@ pub(crate) mod recompress;
 mod save;
 pub(crate) mod source;
 pub(crate) mod split;
+pub(crate) mod variant;
 
 pub use archive::Archive;
 pub use boot::{KernelArgument, MAX_POLICY_FILE};
@@ -43,3 +45,4 @@ pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullRepo
 pub use save::SaveReport;
 pub use source::Source;
 pub use split::LayerLimits;
+pub use variant::IdmapReport;

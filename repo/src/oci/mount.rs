@@ -63,10 +63,16 @@ impl MountOptions {
 /// with its files' data in `objects/`, as composefs lays it out: the
 /// overlay's source is `composefs:<id>`, which [`crate::mounts`] reads
 /// back for GC.
+///
+/// With `userns`, the EROFS mount is idmapped by that user namespace's
+/// maps before the overlay takes it, as composefs-rs does: overlayfs
+/// itself refuses `MOUNT_ATTR_IDMAP` (EINVAL) but honours an idmapped
+/// lower layer, and the owners it shows are the lower layer's.
 pub(crate) fn mount_image<H: FsVerityHashValue>(
     store: &Store<H>,
     id: &str,
     options: MountOptions,
+    userns: Option<&OwnedFd>,
 ) -> anyhow::Result<OwnedFd> {
     let attributes = options.attributes();
     let (image, verity) = store.open_image(id)?;
@@ -74,6 +80,11 @@ pub(crate) fn mount_image<H: FsVerityHashValue>(
         .objects_dir()
         .context("opening the objects directory")?;
     let erofs = erofs_mount(image, attributes).context("mounting the EROFS image")?;
+    if let Some(userns) = userns {
+        // The kernel takes an ID map only on a mount never attached.
+        composefs_ioctls::mount::mount_setattr_idmap(&erofs, userns)
+            .context("ID-mapping the EROFS mount")?;
+    }
     // The overlay keeps a private copy of this mount, attributes and all,
     // as its lower layer; nothing else can reach it.
     let lower = prepare_mount(erofs)?;

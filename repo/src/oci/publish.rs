@@ -20,11 +20,9 @@ use composefs::{
     erofs::format::{FormatEpoch, FormatVersion},
     fsverity::FsVerityHashValue,
     repository::Repository as Store,
+    tree::FileSystem,
 };
-use composefs_oci::{
-    IMAGE_REF_KEY, IMAGE_REF_KEY_V1, OciDigest, OciTransformOptions, image, oci_image,
-    sha256_content_digest,
-};
+use composefs_oci::{IMAGE_REF_KEY, IMAGE_REF_KEY_V1, OciDigest, oci_image, sha256_content_digest};
 
 /// The content type composefs-oci gives config streams.
 const CONFIG_STREAM: u64 = u64::from_le_bytes(*b"ociconfg");
@@ -73,6 +71,21 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     layers: &[(OciDigest, H)],
     tag: &str,
 ) -> anyhow::Result<H> {
+    publish_with(repo, manifest, config, layers, tag, |digest, stream| {
+        super::merge::merge_layers(repo, digest, stream, config)
+    })
+}
+
+/// [`publish`], with the image's filesystem made by `build` from the
+/// config's digest and its (not yet linked) stream.
+pub(crate) fn publish_with<H: FsVerityHashValue>(
+    repo: &Arc<Store<H>>,
+    manifest: &[u8],
+    config: &[u8],
+    layers: &[(OciDigest, H)],
+    tag: &str,
+    build: impl FnOnce(&OciDigest, &H) -> anyhow::Result<FileSystem<H>>,
+) -> anyhow::Result<H> {
     let config_digest = sha256_content_digest(config);
     let config_name = format!("oci-config-{config_digest}");
     // The EROFS image is built from the config stream's layer references:
@@ -88,12 +101,7 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     if repo.has_stream(&manifest_name)?.is_none() {
         write_manifest(repo, manifest, &config_digest, &unlinked, layers)?;
     }
-    let filesystem = image::create_filesystem(
-        repo,
-        &config_digest,
-        Some(&unlinked),
-        &OciTransformOptions::default(),
-    )?;
+    let filesystem = build(&config_digest, &unlinked)?;
     let mut images = filesystem.commit_images(repo, None)?;
     // The boot images linked now, not when the pull began: one may have
     // been made meanwhile.
