@@ -29,7 +29,9 @@ pub enum Right {
     /// `/etc/shadow` among them (see `repo/src/privacy.rs`); this right
     /// is the same gate over the socket.
     ReadContent,
-    /// Changing the repository: init, pull, tag, untag, remove, gc.
+    /// Changing the repository: init, pull (staged or not), tag, untag,
+    /// remove, gc, and committing and aborting stages (which tag and
+    /// untag).
     Change,
     /// Mounting an image read-only, `nosuid` and `nodev`. A mount reaches
     /// the kernel's filesystem code with content the peer chose, which

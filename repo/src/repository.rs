@@ -124,6 +124,7 @@ impl Repository {
         repo.check_policy(policy)?;
         open.insert(key, Arc::downgrade(&repo.inner));
         repo.finish_interrupted_gc()?;
+        repo.mark_interrupted_stages()?;
         Ok(repo)
     }
 

@@ -27,6 +27,9 @@ pub(crate) mod recompress;
 mod save;
 pub(crate) mod source;
 pub(crate) mod split;
+mod stage;
+#[cfg(test)]
+mod stage_tests;
 
 pub use archive::Archive;
 pub use dump::{LayerFormat, Written};
@@ -39,3 +42,4 @@ pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullRepo
 pub use save::SaveReport;
 pub use source::Source;
 pub use split::LayerLimits;
+pub use stage::{CommitReport, StageSummary};
