@@ -301,13 +301,26 @@ impl Drop for StageGuard {
 
 impl Repository {
     /// Every stage, by id.
+    /// A record that cannot be read is left out, with a warning.
     pub fn stages(&self) -> Result<Vec<StageSummary>, Error> {
+        self.listed(false)
+    }
+
+    /// Every stage; with `strict`, a record that cannot be read fails the
+    /// listing, as GC needs: it cannot tell what such a stage keeps.
+    fn listed(&self, strict: bool) -> Result<Vec<StageSummary>, Error> {
         let root = self.path();
         let listed = ids(root).map_err(|e| Error::storage("listing the stages", e))?;
         let mut stages = Vec::new();
         for id in listed {
-            let Some(record) = read_record(root, &id)? else {
-                continue;
+            let record = match read_record(root, &id) {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(e) if !strict => {
+                    tracing::warn!("stage {id} is left out of the list: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let state = match record.state {
                 State::Pulling if active(&id).is_some() => "pulling",
@@ -404,7 +417,7 @@ impl Repository {
     /// EROFS images.
     pub(crate) fn stage_roots(&self) -> Result<BTreeSet<String>, Error> {
         let mut roots = BTreeSet::new();
-        for stage in self.stages()? {
+        for stage in self.listed(true)? {
             if stage.state == "complete" {
                 roots.insert(format!("oci-manifest-{}", stage.manifest_digest));
                 roots.extend(stage.image_id);
@@ -419,7 +432,7 @@ impl Repository {
     pub(crate) fn drop_incomplete_stages(&self) -> Result<u64, Error> {
         let fail = |e| Error::storage("removing incomplete stages", e);
         let mut dropped = 0;
-        for stage in self.stages()? {
+        for stage in self.listed(true)? {
             if stage.state == "incomplete" {
                 tracing::info!("removing incomplete stage {}", stage.id);
                 dropped += u64::from(remove_record(self.path(), &stage.id).map_err(fail)?);

@@ -196,3 +196,34 @@ async fn a_staged_pull_takes_no_tag_and_crafted_ids_are_refused() {
     }
     assert!(dir.path().join("outside").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staging_a_present_image_writes_nothing_and_a_bad_record_stops_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) =
+        Repository::init(dir.path(), HashAlgorithm::SHA256, VerityPolicy::BestEffort).unwrap();
+    let options = PullOptions {
+        tag: Some("app".into()),
+        stage: false,
+        ..staged()
+    };
+    let tagged = repo
+        .pull(Source::Archive(archive(b'p')), options, |_| {})
+        .await
+        .unwrap();
+    let id = stage(&repo, b'p').await;
+    let listed = repo.stages().unwrap();
+    assert_eq!(listed[0].bytes_new, 0);
+    assert_eq!(listed[0].image_id.as_deref(), Some(&*tagged.image_id));
+    // A record that does not parse is left out of the list, and GC,
+    // which cannot tell what it keeps, refuses to run.
+    let bad = "0".repeat(32);
+    std::fs::write(dir.path().join("stages").join(&bad), b"{").unwrap();
+    assert_eq!(repo.stages().unwrap().len(), 1);
+    assert!(matches!(repo.gc(false), Err(Error::InvalidJson { .. })));
+    std::fs::remove_file(dir.path().join("stages").join(&bad)).unwrap();
+    repo.untag("app").unwrap();
+    repo.gc(false).unwrap();
+    let committed = repo.commit_stage(&id, "again").unwrap();
+    assert_eq!(committed.image_id, tagged.image_id);
+}
