@@ -166,6 +166,10 @@ fn oci_hint(e: &OciError) -> Option<String> {
         OciError::CompressedArchive { compression } => format!(
             "decompress it first (e.g. `{compression} -d`) and pull the tar with oci-archive:FILE"
         ),
+        OciError::StageIncomplete { stage } | OciError::StageObjectsMissing { stage, .. } => {
+            format!("drop it with `cfsctl oci abort {stage}` and pull the image again")
+        }
+        OciError::StageNotFound { .. } => "`cfsctl oci staged` lists the stages".to_owned(),
         OciError::DeltaSourceMissing { .. } => {
             "pull that source image first, or pull the full target image".to_owned()
         }

@@ -14,6 +14,7 @@ mod progress;
 mod push;
 mod render;
 mod repository;
+mod stage;
 mod transaction;
 mod writing;
 

@@ -162,6 +162,20 @@ pub enum OciCommand {
         #[command(subcommand)]
         command: DeltaCommand,
     },
+    /// List the stages `oci pull --stage` left, to commit or abort.
+    Staged,
+    /// Publish a stage as TAG, with one atomic tag change.
+    Commit {
+        /// The stage id `oci pull --stage` printed.
+        stage: String,
+        /// The tag to give the image.
+        tag: String,
+    },
+    /// Drop a stage; `cfsctl gc` then frees what only it held.
+    Abort {
+        /// The stage id.
+        stage: String,
+    },
 }
 
 /// The `oci delta` commands.
@@ -239,6 +253,10 @@ pub struct PullArgs {
     /// index leading to it, must have this digest; a delta's target must.
     #[arg(long, value_name = "DIGEST")]
     digest: Option<String>,
+    /// Import and verify the image but set no tag: print a stage id for
+    /// `oci commit STAGE TAG` (or `oci abort STAGE`).
+    #[arg(long, conflicts_with = "name")]
+    stage: bool,
 }
 
 /// Run an `oci` command.
@@ -341,6 +359,9 @@ pub async fn run(
         OciCommand::Delta {
             command: DeltaCommand::Create(args),
         } => create_delta(client, out, args).await,
+        OciCommand::Staged => crate::stage::list(client, out).await,
+        OciCommand::Commit { stage, tag } => crate::stage::commit(client, out, &stage, &tag).await,
+        OciCommand::Abort { stage } => crate::stage::abort(client, out, &stage).await,
     }
 }
 
@@ -469,13 +490,15 @@ async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Resul
     let params = PullParams {
         transport: transport.to_owned(),
         reference,
-        // Like composefs-rs's cfsctl: the image is named as it was pulled.
-        tag: Some(args.name.unwrap_or(args.source)),
+        // Like composefs-rs's cfsctl: the image is named as it was pulled;
+        // a stage is named when it is committed.
+        tag: (!args.stage).then(|| args.name.unwrap_or(args.source)),
         platform: args.platform,
         jobs: args.jobs,
         tls_verify: args.tls_verify,
         no_delta: args.no_delta.then_some(true),
         digest: args.digest,
+        stage: args.stage.then_some(true),
     };
     let mut progress = Progress::new(out);
     let result = follow(client, &params, fds, &mut progress).await;
@@ -545,7 +568,12 @@ async fn follow(
 }
 
 fn print_pull(r: &PullResult, delta_source: Option<&str>) {
-    println!("Tag:       {}", r.tag);
+    match &r.stage {
+        Some(stage) => {
+            println!("Stage:     {stage} (commit it with `cfsctl oci commit {stage} TAG`)")
+        }
+        None => println!("Tag:       {}", r.tag),
+    }
     println!("Manifest:  {}", r.manifest_digest);
     println!("Config:    {}", r.config_digest);
     println!("Image ID:  {}", r.image_id);

@@ -29,8 +29,10 @@ pub enum Right {
     /// `/etc/shadow` among them (see `repo/src/privacy.rs`); this right
     /// is the same gate over the socket.
     ReadContent,
-    /// Changing the repository: init, pull, tag, untag, remove, gc, and
-    /// making an image's bootable variant (`MakeBootable`).
+    /// Changing the repository: init, pull (staged or not), tag, untag,
+    /// remove, gc, committing and aborting stages (which tag and untag),
+    /// making an image's bootable variant (`MakeBootable`) and its
+    /// ID-mapped variants (`Idmap`).
     Change,
     /// Mounting an image read-only, `nosuid` and `nodev`, its plain or
     /// its bootable variant alike (`bootable` asks for no more: the

@@ -422,6 +422,37 @@ pub enum Error {
         /// The map, as given.
         map: String,
     },
+    /// No stage has this id.
+    #[error("no stage {stage} in the repository")]
+    StageNotFound {
+        /// The stage id asked for.
+        stage: String,
+    },
+    /// The stage's pull never finished: a crash, a hang-up or a failure
+    /// stopped it. It can only be aborted, or collected by GC.
+    #[error("stage {stage} is incomplete: its pull never finished")]
+    StageIncomplete {
+        /// The stage id.
+        stage: String,
+    },
+    /// Objects the staged image needs are no longer in the repository.
+    #[error("stage {stage} lacks {missing} of the objects its image needs (the first: {first})")]
+    StageObjectsMissing {
+        /// The stage id.
+        stage: String,
+        /// How many are missing.
+        missing: u64,
+        /// The first one missing, as a path under the repository.
+        first: String,
+    },
+    /// A stage id that cannot name a stage.
+    #[error("invalid stage id {stage:?}: {reason}")]
+    InvalidStageId {
+        /// The id given.
+        stage: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -67,12 +67,17 @@ impl Repository {
     pub fn gc(&self, dry_run: bool) -> Result<GcReport, Error> {
         if dry_run {
             let _hold = self.hold("a dry-run garbage collection");
-            let roots = self.mounted_images()?;
+            let mut roots = self.mounted_images()?;
+            roots.extend(self.stage_roots()?);
             return with_store!(self.store(), s => predict(s, self.path(), &roots));
         }
         let deadline = Instant::now() + self.inner_gc_wait();
         self.coordinate_collection(|| {
-            let roots = self.mounted_images()?;
+            // Incomplete stages go first, so that what they held is
+            // collected; complete ones are roots.
+            self.drop_incomplete_stages()?;
+            let mut roots = self.mounted_images()?;
+            roots.extend(self.stage_roots()?);
             with_store!(self.store(), s => collect(s, self.path(), &roots, deadline))
         })
     }

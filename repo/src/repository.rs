@@ -124,6 +124,11 @@ impl Repository {
         repo.check_policy(policy)?;
         open.insert(key, Arc::downgrade(&repo.inner));
         repo.finish_interrupted_gc()?;
+        // Listing reads them as incomplete anyway: a repository on a
+        // read-only filesystem is still served.
+        if let Err(e) = repo.mark_interrupted_stages() {
+            tracing::warn!("cannot mark interrupted stages incomplete: {e}");
+        }
         Ok(repo)
     }
 

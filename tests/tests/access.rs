@@ -251,7 +251,8 @@ fn no_method_takes_a_path() {
             "jobs",
             "tlsVerify",
             "noDelta",
-            "digest"
+            "digest",
+            "stage"
         ]
     );
     assert_eq!(

@@ -307,6 +307,33 @@ impl Client {
             .map(|(r, _)| r)
     }
 
+    /// `io.cfsd.Oci.ListStages`.
+    pub async fn list_stages(&mut self) -> CallResult<crate::oci::ListStagesReply, OciError> {
+        self.oci("ListStages", &Empty {}).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.Commit`: publish a stage as `tag`.
+    pub async fn commit(
+        &mut self,
+        stage: &str,
+        tag: &str,
+    ) -> CallResult<crate::oci::CommitReply, OciError> {
+        let params = crate::oci::CommitParams {
+            stage: stage.to_owned(),
+            tag: tag.to_owned(),
+        };
+        self.oci("Commit", &params).await.map(|(r, _)| r)
+    }
+
+    /// `io.cfsd.Oci.Abort`: drop a stage.
+    pub async fn abort(&mut self, stage: &str) -> CallResult<(), OciError> {
+        let params = crate::oci::StageParams {
+            stage: stage.to_owned(),
+        };
+        let (EmptyReply {}, _) = self.oci("Abort", &params).await?;
+        Ok(())
+    }
+
     /// `io.cfsd.Oci.ComputeId`.
     pub async fn compute_id(&mut self, image: &str) -> CallResult<ComputeIdReply, OciError> {
         self.oci("ComputeId", &image_params(image))

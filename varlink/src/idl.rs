@@ -337,6 +337,17 @@ mod tests {
                 image: s(),
                 reason: s(),
             },
+            OciError::StageNotFound { stage: s() },
+            OciError::StageIncomplete { stage: s() },
+            OciError::StageObjectsMissing {
+                stage: s(),
+                missing: 1,
+                first: s(),
+            },
+            OciError::InvalidStageId {
+                stage: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -386,7 +397,11 @@ mod tests {
                 | OciError::InvalidPolicy { .. }
                 | OciError::NotBootable { .. }
                 | OciError::InvalidIdMap { .. }
-                | OciError::UnmappedId { .. } => {}
+                | OciError::UnmappedId { .. }
+                | OciError::StageNotFound { .. }
+                | OciError::StageIncomplete { .. }
+                | OciError::StageObjectsMissing { .. }
+                | OciError::InvalidStageId { .. } => {}
             }
         }
         all
@@ -538,6 +553,7 @@ mod tests {
         let result = PullResult {
             delta: Some(delta),
             delta_discovery: Some(discovery),
+            stage: Some("ab".into()),
             ..PullResult::default()
         };
         assert_eq!(keys(&result), type_fields(&idl, "PullResult"));
@@ -557,6 +573,7 @@ mod tests {
             tls_verify: Some(false),
             no_delta: Some(true),
             digest: Some("sha256:x".to_owned()),
+            stage: Some(true),
         };
         assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
         let pull_reply = PullReply {
@@ -704,7 +721,28 @@ mod tests {
             );
         }
 
+        stage_methods_match_wire_types(&idl);
         assert_errors(&idl, &every_oci_error());
+    }
+
+    fn stage_methods_match_wire_types(idl: &Interface<'_>) {
+        use crate::oci::{CommitParams, CommitReply, ListStagesReply, Stage, StageParams};
+        let stage = Stage {
+            image_id: Some("ab".into()),
+            ..Stage::default()
+        };
+        assert_eq!(keys(&stage), type_fields(idl, "Stage"));
+        assert!(method_fields(idl, "ListStages", false).is_empty());
+        let listed = ListStagesReply::default();
+        assert_eq!(keys(&listed), method_fields(idl, "ListStages", true));
+        let commit = CommitParams::default();
+        assert_eq!(keys(&commit), method_fields(idl, "Commit", false));
+        let reply = CommitReply::default();
+        assert_eq!(keys(&reply), method_fields(idl, "Commit", true));
+        let abort = StageParams::default();
+        assert_eq!(keys(&abort), method_fields(idl, "Abort", false));
+        let empty = EmptyReply::default();
+        assert_eq!(keys(&empty), method_fields(idl, "Abort", true));
     }
 
     #[test]

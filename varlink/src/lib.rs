@@ -16,6 +16,7 @@ pub mod oci;
 mod push;
 pub mod repository;
 pub mod service;
+mod stage;
 pub mod version;
 
 pub use address::Address;

@@ -8,6 +8,7 @@ pub use crate::export::{
     DumpParams, ExportImageReply, ExportLayerParams, ExportParams, ExportReply, LayerFormat,
 };
 pub use crate::push::{PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply};
+pub use crate::stage::{CommitParams, CommitReply, ListStagesReply, Stage, StageParams};
 
 /// The transport of a directory holding an OCI image layout.
 pub const TRANSPORT_DIRECTORY: &str = "oci";
@@ -52,6 +53,9 @@ pub struct PullParams {
     /// index leading to it, has this digest; for a delta, its target's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Stage the image (set no tag) and return a stage id to commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<bool>,
 }
 
 /// How far the import of one layer has come.
@@ -102,6 +106,9 @@ pub struct PullResult {
     /// oci-delta found for it was used, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_discovery: Option<DeltaDiscovery>,
+    /// For a staged pull: the stage id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
 
 /// Whether a registry pull found an oci-delta for its image and used it.
@@ -839,6 +846,40 @@ pub enum OciError {
         /// The map, as given.
         map: String,
     },
+    /// No stage has this id.
+    #[serde(rename = "io.cfsd.Oci.StageNotFound")]
+    #[error("no stage {stage} in the repository")]
+    StageNotFound {
+        /// The stage id.
+        stage: String,
+    },
+    /// The stage's pull never finished; it cannot be committed.
+    #[serde(rename = "io.cfsd.Oci.StageIncomplete")]
+    #[error("stage {stage} is incomplete: its pull never finished")]
+    StageIncomplete {
+        /// The stage id.
+        stage: String,
+    },
+    /// Objects the staged image needs are gone.
+    #[serde(rename = "io.cfsd.Oci.StageObjectsMissing")]
+    #[error("stage {stage} lacks {missing} of the objects its image needs (the first: {first})")]
+    StageObjectsMissing {
+        /// The stage id.
+        stage: String,
+        /// How many are missing.
+        missing: u64,
+        /// The first one, as a path under the repository.
+        first: String,
+    },
+    /// The stage id is not 32 lowercase hex digits.
+    #[serde(rename = "io.cfsd.Oci.InvalidStageId")]
+    #[error("invalid stage id {stage:?}: {reason}")]
+    InvalidStageId {
+        /// The id given.
+        stage: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.
@@ -883,6 +924,9 @@ pub const METHODS: &[&str] = &[
     "MakeBootable",
     "KernelArgument",
     "Idmap",
+    "ListStages",
+    "Commit",
+    "Abort",
 ];
 
 #[cfg(test)]

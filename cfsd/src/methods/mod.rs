@@ -16,6 +16,7 @@ mod push;
 mod registry;
 pub mod repository;
 pub mod service;
+mod stage;
 
 /// Run disk work on a blocking thread, so that other clients' calls are
 /// answered meanwhile. A task that panicked is a storage failure.

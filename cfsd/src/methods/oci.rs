@@ -97,6 +97,10 @@ pub async fn handle(
             })
             .await
         }
+        "ListStages" => run(params, |_: NoParams| super::stage::list(daemon)).await,
+        // What Tag and Untag need: they publish and drop names.
+        "Commit" => mutating(peer, method, params, |p| super::stage::commit(daemon, p)).await,
+        "Abort" => mutating(peer, method, params, |p| super::stage::abort(daemon, p)).await,
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -414,6 +418,7 @@ fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
         no_delta: params.no_delta.unwrap_or(false),
         digest: params.digest,
         policy: None,
+        stage: params.stage.unwrap_or(false),
     })
 }
 
@@ -631,6 +636,7 @@ fn wire_report(r: PullReport, shared_import: bool) -> PullResult {
             manifest: d.manifest,
             reason: d.reason,
         }),
+        stage: r.stage,
     }
 }
 
@@ -823,6 +829,18 @@ pub(super) fn wire_error(e: repo::Error) -> OciError {
         }
         E::InvalidPolicy { path, reason } => OciError::InvalidPolicy { path, reason },
         E::NotBootable { image, reason } => OciError::NotBootable { image, reason },
+        E::StageNotFound { stage } => OciError::StageNotFound { stage },
+        E::StageIncomplete { stage } => OciError::StageIncomplete { stage },
+        E::StageObjectsMissing {
+            stage,
+            missing,
+            first,
+        } => OciError::StageObjectsMissing {
+            stage,
+            missing,
+            first,
+        },
+        E::InvalidStageId { stage, reason } => OciError::InvalidStageId { stage, reason },
     }
 }
 

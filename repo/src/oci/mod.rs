@@ -30,6 +30,9 @@ pub(crate) mod recompress;
 mod save;
 pub(crate) mod source;
 pub(crate) mod split;
+mod stage;
+#[cfg(test)]
+mod stage_tests;
 pub(crate) mod variant;
 
 pub use archive::Archive;
@@ -45,4 +48,5 @@ pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullRepo
 pub use save::SaveReport;
 pub use source::Source;
 pub use split::LayerLimits;
+pub use stage::{CommitReport, StageSummary};
 pub use variant::IdmapReport;

@@ -62,14 +62,14 @@ impl<H> Linked<H> {
 
 /// Write the config and manifest streams of the image `manifest` (whose
 /// config is `config` and whose layer streams are `layers`, in config
-/// order), build its EROFS image and tag it `tag`; the image id, in the
-/// repository's EROFS format.
+/// order), build its EROFS image and tag it `tag` (a staged pull sets
+/// none); the image id, in the repository's EROFS format.
 pub(crate) fn publish<H: FsVerityHashValue>(
     repo: &Arc<Store<H>>,
     manifest: &[u8],
     config: &[u8],
     layers: &[(OciDigest, H)],
-    tag: &str,
+    tag: Option<&str>,
 ) -> anyhow::Result<H> {
     publish_with(repo, manifest, config, layers, tag, |digest, stream| {
         super::merge::merge_layers(repo, digest, stream, config)
@@ -83,7 +83,7 @@ pub(crate) fn publish_with<H: FsVerityHashValue>(
     manifest: &[u8],
     config: &[u8],
     layers: &[(OciDigest, H)],
-    tag: &str,
+    tag: Option<&str>,
     build: impl FnOnce(&OciDigest, &H) -> anyhow::Result<FileSystem<H>>,
 ) -> anyhow::Result<H> {
     let config_digest = sha256_content_digest(config);
@@ -122,7 +122,9 @@ pub(crate) fn publish_with<H: FsVerityHashValue>(
     .ok_or_else(|| anyhow::anyhow!("no EROFS image was made in the repository's format"))?;
     let config_stream = write_config(repo, config, layers, &linked)?;
     write_manifest(repo, manifest, &config_digest, &config_stream, layers)?;
-    oci_image::tag_image(repo, &sha256_content_digest(manifest), tag)?;
+    if let Some(tag) = tag {
+        oci_image::tag_image(repo, &sha256_content_digest(manifest), tag)?;
+    }
     Ok(image_id)
 }
 

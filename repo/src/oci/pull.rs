@@ -18,6 +18,7 @@ use super::{
     publish::publish,
     source::{Layout, Source},
     split::Tally,
+    stage::{StageGuard, StageWork},
 };
 use crate::{
     Error, Repository,
@@ -51,6 +52,9 @@ pub struct PullOptions {
     /// meet, with the signatures the layout carries; `None` checks none.
     /// A registry's policy comes with it (`crate::registry::Registry`).
     pub policy: Option<crate::trust::Policy>,
+    /// Stage the image: import and verify all of it, set no tag, and keep
+    /// a stage record to commit later (`tag` must then be `None`).
+    pub stage: bool,
 }
 
 /// What a pull did.
@@ -81,6 +85,8 @@ pub struct PullReport {
     /// For a registry image pulled by its own reference: whether an
     /// oci-delta found for it was used, and why.
     pub discovery: Option<DeltaDiscovery>,
+    /// For a staged pull: the stage id (and `tag` is empty).
+    pub stage: Option<String>,
 }
 
 /// Whether a registry pull found and used an oci-delta, and why.
@@ -120,6 +126,8 @@ pub struct PreparedPull {
     stop: Option<crate::registry::Stop>,
     /// The signatures that met the policy, kept with the image.
     signatures: Option<crate::trust::Accepted>,
+    /// Stage the image rather than tag it.
+    stage: bool,
 }
 
 impl PreparedPull {
@@ -174,12 +182,7 @@ impl Repository {
         if let Some(asked) = &options.platform {
             asked.check_config(&resolved.config)?;
         }
-        let tag = options
-            .tag
-            .clone()
-            .unwrap_or_else(|| resolved.manifest_digest.to_string());
-        images::check_tag(&tag)?;
-        images::check_tag_names(&tag, &resolved.manifest_digest.to_string())?;
+        let tag = stage_or_tag(options, &resolved)?;
         let jobs = match options.jobs {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
@@ -196,6 +199,7 @@ impl Repository {
             jobs,
             discover,
             signatures,
+            stage: options.stage,
         })
     }
 
@@ -218,7 +222,19 @@ impl Repository {
             // Every layer's plan shares this one slot.
             let _ = plan.hold.set(hold.clone());
         }
+        // A stage's record is written under the hold, so that GC never
+        // meets one in flight; dropped unsettled, the guard marks it
+        // incomplete.
+        let stage = match prepared.stage {
+            true => {
+                let (root, resolved) = (self.path().to_owned(), prepared.resolved.clone());
+                Some(blocking(move || StageWork::begin(&root, &resolved)).await?)
+            }
+            false => None,
+        };
+        let _guard = stage.clone().map(StageGuard);
         let job = Pull {
+            stage: stage.clone(),
             layout: prepared.layout,
             resolved: prepared.resolved,
             tag: prepared.tag,
@@ -229,8 +245,33 @@ impl Repository {
             signatures: prepared.signatures,
             root: self.path().to_owned(),
         };
-        with_store!(self.store(), store => job.run(store.clone()).await)
+        let result = with_store!(self.store(), store => job.run(store.clone()).await);
+        if let (Err(_), Some(work)) = (&result, &stage) {
+            work.discard();
+        }
+        result
     }
+}
+
+/// The tag a pull sets, or for a staged pull none (an empty string).
+fn stage_or_tag(options: &PullOptions, resolved: &Resolved) -> Result<String, Error> {
+    if options.stage {
+        return match &options.tag {
+            Some(tag) => Err(Error::InvalidTag {
+                tag: tag.clone(),
+                reason: "a staged pull sets no tag; committing the stage names the image"
+                    .to_owned(),
+            }),
+            None => Ok(String::new()),
+        };
+    }
+    let tag = options
+        .tag
+        .clone()
+        .unwrap_or_else(|| resolved.manifest_digest.to_string());
+    images::check_tag(&tag)?;
+    images::check_tag_names(&tag, &resolved.manifest_digest.to_string())?;
+    Ok(tag)
 }
 
 /// One pull in progress.
@@ -249,6 +290,8 @@ struct Pull {
     signatures: Option<crate::trust::Accepted>,
     /// The repository's directory, where they are kept.
     root: std::path::PathBuf,
+    /// For a staged pull: its record, completed instead of a tag set.
+    stage: Option<Arc<StageWork>>,
 }
 
 impl Pull {
@@ -265,19 +308,21 @@ impl Pull {
             present,
         } = brought;
         let publishing = job.clone();
+        let bytes_new = stats.bytes_new();
         let image_id = blocking(move || {
             let _hold = publishing.hold.clone();
             let resolved = &publishing.resolved;
             publishing.keep_signatures()?;
-            let id = publish(
-                &repo,
-                &resolved.manifest,
-                &resolved.config,
-                &refs,
-                &publishing.tag,
-            )
-            .map_err(image_error)?;
+            let tag = publishing
+                .stage
+                .is_none()
+                .then_some(publishing.tag.as_str());
+            let id = publish(&repo, &resolved.manifest, &resolved.config, &refs, tag)
+                .map_err(image_error)?;
             durable(&repo)?;
+            if let Some(work) = &publishing.stage {
+                work.finish(&id.to_hex(), bytes_new)?;
+            }
             Ok(id.to_hex())
         })
         .await?;
@@ -402,9 +447,14 @@ impl Pull {
             return Ok(None);
         };
         self.keep_signatures()?;
-        composefs_oci::oci_image::tag_image(repo, &digest, &self.tag)
-            .map_err(|e| Error::storage("tagging", e))?;
-        durable(repo)?;
+        match &self.stage {
+            Some(work) => work.finish(&id.to_hex(), 0)?,
+            None => {
+                composefs_oci::oci_image::tag_image(repo, &digest, &self.tag)
+                    .map_err(|e| Error::storage("tagging", e))?;
+                durable(repo)?;
+            }
+        }
         for plan in &self.resolved.layers {
             pipeline::tell(&self.progress, plan, Stage::Present, plan.size, plan.size);
         }
@@ -439,6 +489,7 @@ impl Pull {
             already_present,
             delta: route.applied,
             discovery: route.discovery,
+            stage: self.stage.as_ref().map(|w| w.id().to_owned()),
         }
     }
 }

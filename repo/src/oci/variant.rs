@@ -112,7 +112,7 @@ fn variant<H: FsVerityHashValue>(
             Ok((digest, layer.clone()))
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    let id = publish_with(store, &manifest, &config, &layers, tag, |_, _| {
+    let id = publish_with(store, &manifest, &config, &layers, Some(tag), |_, _| {
         Ok(filesystem)
     })
     .map_err(|e| Error::storage("writing the ID-mapped image", e))?;
