@@ -309,9 +309,9 @@ fn a_client_hanging_up_mid_stage_pull_leaves_nothing_commit_accepts() {
         "GC collects an incomplete stage"
     );
     assert!(!daemon.repo().join("stages").join(&record).exists());
-    // Objects are not counted here: a cancelled import was seen to name
-    // a file object after its GC hold was gone and the collection had run
-    // (the layer pipeline's, not the stage's; see the branch's report).
+    // The cancelled import's object writers finished before its GC hold
+    // went, so the collection found every object it wrote.
+    assert_eq!(object_count(&daemon.repo()), 0);
     assert!(tags(&daemon).is_empty());
 }
 

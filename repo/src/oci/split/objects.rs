@@ -62,6 +62,8 @@ pub(super) struct Objects<H: FsVerityHashValue> {
     jobs: Option<SyncSender<(usize, Job)>>,
     done: Receiver<Report<H>>,
     threads: Vec<JoinHandle<()>>,
+    /// Set when the split is given up: queued jobs are dropped unwritten.
+    stopping: Arc<AtomicBool>,
     budget: Arc<Budget>,
     filling: Vec<Vec<u8>>,
     filling_bytes: usize,
@@ -76,11 +78,13 @@ impl<H: FsVerityHashValue> Objects<H> {
         let queue = Arc::new(Mutex::new(queue));
         let (report, done) = channel();
         let budget = Arc::new(Budget::new(BUFFERED_BYTES));
+        let stopping = Arc::new(AtomicBool::new(false));
         let threads = (0..WRITERS)
             .map(|_| {
                 let (queue, report) = (queue.clone(), report.clone());
                 let (repo, budget) = (repo.clone(), budget.clone());
-                std::thread::spawn(move || work(&repo, &queue, &report, &budget))
+                let stopping = stopping.clone();
+                std::thread::spawn(move || work(&repo, &queue, &report, &budget, &stopping))
             })
             .collect();
         Objects {
@@ -88,6 +92,7 @@ impl<H: FsVerityHashValue> Objects<H> {
             jobs: Some(jobs),
             done,
             threads,
+            stopping,
             budget,
             filling: Vec::new(),
             filling_bytes: 0,
@@ -178,6 +183,23 @@ impl<H: FsVerityHashValue> Objects<H> {
     }
 }
 
+/// A split given up (a damaged tar, a client that hung up) waits for its
+/// writers here: the thread that drops it still keeps GC off, and no
+/// object may be written once it lets go, or GC could run first and the
+/// object be left behind, named by nothing.
+impl<H: FsVerityHashValue> Drop for Objects<H> {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stopping.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A writer's answer: a batch and its objects, or why they failed.
 type Report<H> = (usize, anyhow::Result<Vec<Stored<H>>>);
 
@@ -201,10 +223,17 @@ fn work<H: FsVerityHashValue>(
     queue: &Mutex<Receiver<(usize, Job)>>,
     report: &std::sync::mpsc::Sender<Report<H>>,
     budget: &Budget,
+    stopping: &AtomicBool,
 ) {
     loop {
         let next = queue.lock().map(|queue| queue.recv());
         let Ok(Ok((batch, job))) = next else { return };
+        if stopping.load(Ordering::Relaxed) {
+            if let Job::Files(files) = &job {
+                budget.give(files.iter().map(Vec::len).sum());
+            }
+            continue;
+        }
         let result = match job {
             Job::Files(files) => {
                 let stored = files.iter().map(|data| store_object(repo, data)).collect();
