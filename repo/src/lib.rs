@@ -20,6 +20,7 @@ mod gc;
 pub mod mounts;
 pub mod oci;
 mod owner;
+pub mod plain;
 mod privacy;
 pub mod registry;
 mod repository;

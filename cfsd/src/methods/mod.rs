@@ -11,6 +11,7 @@ use crate::server::Daemon;
 mod export;
 mod hold;
 pub mod oci;
+pub mod plain;
 mod push;
 mod registry;
 pub mod repository;

@@ -781,6 +781,11 @@ pub(super) fn wire_error(e: repo::Error) -> OciError {
             OciError::PinnedDigestMismatch { pinned, manifest }
         }
         E::InvalidPolicy { path, reason } => OciError::InvalidPolicy { path, reason },
+        // Only io.cfsd.Repository's plain-image methods meet these, and
+        // it has them typed.
+        e @ (E::InvalidTree { .. } | E::InvalidImageName { .. }) => OciError::InvalidSource {
+            reason: e.to_string(),
+        },
     }
 }
 

@@ -33,6 +33,7 @@ pub use dump::{LayerFormat, Written};
 pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
+pub(crate) use mount::mount_image;
 pub use pipeline::{LayerProgress, Stage};
 pub use platform::Platform;
 pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullReport};
