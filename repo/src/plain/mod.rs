@@ -18,7 +18,10 @@ use std::{
     collections::HashMap,
     io::Read,
     os::fd::OwnedFd,
-    sync::{atomic::AtomicBool, mpsc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
 };
 
 use composefs::{
@@ -262,7 +265,7 @@ fn read_tree<H: FsVerityHashValue>(
                 Walker::new(sender, limits, cancelled).walk(&root)
             })
             .map_err(|e| Error::storage("starting the tree reader", e))?;
-        let stored = store_large_files(store, large);
+        let stored = store_large_files(store, large, cancelled);
         let walked = walk
             .join()
             .unwrap_or_else(|_| Err(Error::internal("reading the tree", "it panicked".into())));
@@ -298,21 +301,31 @@ fn read_tree<H: FsVerityHashValue>(
 fn store_large_files<H: FsVerityHashValue>(
     store: Option<&Store<H>>,
     large: mpsc::Receiver<LargeFile>,
+    cancelled: &AtomicBool,
 ) -> Result<HashMap<InodeKey, H>, Error> {
     let mut ids = HashMap::new();
     for file in large {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(self::cancelled());
+        }
         let id = match store {
             Some(s) => ObjectStore::ensure_object_from_fd(s, file.fd, file.size)
                 .map_err(|e| Error::storage("storing a file of the tree", e))?,
-            None => hash(file.fd, file.size)?,
+            None => hash(file.fd, file.size, cancelled)?,
         };
         ids.insert(file.key, id);
     }
     Ok(ids)
 }
 
-/// The fs-verity digest of `size` bytes read from `fd`.
-fn hash<H: FsVerityHashValue>(fd: OwnedFd, size: u64) -> Result<H, Error> {
+/// The error of work its caller no longer waits for.
+pub(crate) fn cancelled() -> Error {
+    Error::internal("reading the tree", "the call was cancelled".into())
+}
+
+/// The fs-verity digest of `size` bytes read from `fd`, unless
+/// `cancelled` is set meanwhile.
+fn hash<H: FsVerityHashValue>(fd: OwnedFd, size: u64, cancelled: &AtomicBool) -> Result<H, Error> {
     let mut file = std::fs::File::from(fd);
     let mut hasher = FsVerityHasher::<H>::new();
     let mut block = vec![0u8; FsVerityHasher::<H>::BLOCK_SIZE];
@@ -329,6 +342,9 @@ fn hash<H: FsVerityHashValue>(fd: OwnedFd, size: u64) -> Result<H, Error> {
         }
         if filled == 0 {
             break;
+        }
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(self::cancelled());
         }
         hasher.add_block(&block[..filled]);
         total += filled as u64;
