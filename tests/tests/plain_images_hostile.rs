@@ -323,3 +323,27 @@ fn a_hung_up_compute_id_stops_reading_soon() {
     // The daemon serves on.
     assert!(daemon.cfsctl(&["images"]).status.success());
 }
+
+#[test]
+fn the_callers_groups_count_and_an_admin_may_not_mount() {
+    let daemon = daemon();
+    let tree = tree(|root| {
+        let shared = root.join("usr/for-admins");
+        std::fs::write(&shared, vec![9u8; 100]).unwrap();
+        chmod(&shared, 0o640);
+        rustix::fs::chown(&shared, None, Some(rustix::fs::Gid::from_raw(ADMINS))).unwrap();
+    });
+    let path = tree.path().to_str().unwrap();
+    // Readable through the admin group only: the groups were taken too.
+    let made = reply_with_fd(&daemon, NOBODY, &[ADMINS], path, &create("admins"));
+    assert!(made["parameters"]["imageId"].is_string(), "{made}");
+    let out = daemon.cfsctl(&["image-objects", "admins"]);
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    let mount = call("MountImage", json!({"image": "admins"}));
+    let refused = reply_with_fd(&daemon, NOBODY, &[ADMINS], "-", &mount);
+    assert_error(&refused, "PermissionDenied");
+    assert_eq!(
+        refused["parameters"]["method"],
+        "io.cfsd.Repository.MountImage"
+    );
+}
