@@ -237,4 +237,34 @@ mod tests {
         assert!(Peer::new(0, Root).privileged);
         assert!(!Peer::new(65534, Other).privileged);
     }
+
+    #[test]
+    fn plain_images_are_made_by_those_who_may_change_and_mounted_by_those_who_may_mount() {
+        use Role::*;
+        let may = |role: Role, method: &str| {
+            PLAIN_IMAGE_METHODS
+                .iter()
+                .any(|(m, right)| *m == method && role.may(*right))
+        };
+        let methods = [
+            "CreateImage",
+            "ComputeImageId",
+            "ListNamedImages",
+            "ImageObjects",
+            "MountImage",
+        ];
+        let table: Vec<(Role, [bool; 5])> = [Root, DaemonUser, Admin, Other]
+            .into_iter()
+            .map(|role| (role, methods.map(|m| may(role, m))))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (Root, [true; 5]),
+                (DaemonUser, [true; 5]),
+                (Admin, [true, true, true, true, false]),
+                (Other, [false, true, true, true, false]),
+            ]
+        );
+    }
 }
