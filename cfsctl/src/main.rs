@@ -10,6 +10,7 @@ mod export;
 mod failure;
 mod mount;
 mod oci;
+mod plain;
 mod progress;
 mod push;
 mod render;
@@ -102,6 +103,43 @@ enum Command {
     Oci {
         #[command(subcommand)]
         command: oci::OciCommand,
+    },
+    /// Store a directory tree and a composefs image of it, named NAME if
+    /// given, and print the image's id: upstream cfsctl's create-image.
+    /// The daemon reads the tree only through a directory cfsctl opens,
+    /// with your own permissions, never following a symlink.
+    CreateImage {
+        #[command(flatten)]
+        tree: plain::TreeArgs,
+        /// The name to give the image (a relative path such as
+        /// `os/stable`), as upstream's `images` lists it.
+        name: Option<String>,
+    },
+    /// Print the id create-image would give a directory tree, storing
+    /// nothing: upstream cfsctl's compute-id.
+    ComputeId {
+        #[command(flatten)]
+        tree: plain::TreeArgs,
+    },
+    /// List the named plain images: upstream cfsctl's images.
+    Images {
+        /// Show each whole digest instead of its first 12 digits.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Mount a plain image read-only (nosuid, nodev) on DIR: upstream
+    /// cfsctl's mount. Needs the rights of `oci mount`.
+    Mount {
+        /// An image id or name.
+        image: String,
+        /// The directory to mount on.
+        dir: std::path::PathBuf,
+    },
+    /// List the objects an image refers to: upstream cfsctl's
+    /// image-objects.
+    ImageObjects {
+        /// An image id or name.
+        image: String,
     },
     /// Write cfsctl's man pages under DIR/man and its bash, zsh and fish
     /// completions under DIR/completions; see docs/cli.md.
@@ -238,6 +276,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             transaction::transaction(client, out, reason, command).await?
         }
         Command::Oci { command } => oci::run(client, out, command).await?,
+        Command::CreateImage { tree, name } => plain::create(client, out, &tree, name).await?,
+        Command::ComputeId { tree } => plain::compute_id(client, out, &tree).await?,
+        Command::Images { no_trunc } => plain::images(client, out, no_trunc).await?,
+        Command::Mount { image, dir } => plain::mount(client, out, &image, &dir).await?,
+        Command::ImageObjects { image } => plain::objects(client, out, &image).await?,
         Command::GenerateManuals { dir } => write_manuals(&dir)?,
     };
     daemon.close().await?;

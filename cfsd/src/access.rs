@@ -1,5 +1,7 @@
 //! Who may call what: peer credentials decide per call.
 
+use std::sync::Arc;
+
 use rustix::process::{Gid, Uid, geteuid};
 use zlink::connection::Credentials;
 
@@ -79,6 +81,19 @@ pub const MOUNT_OPTIONS: &[(&str, Right)] = &[
     ("gidmap", Right::MountIdmapped),
 ];
 
+/// The rights the plain-image methods of `io.cfsd.Repository` need.
+pub const PLAIN_IMAGE_METHODS: &[(&str, Right)] = &[
+    // Writes objects and an image, as a pull does.
+    ("CreateImage", Right::Change),
+    // Stores nothing, and the tree is read with the caller's own rights:
+    // it learns nothing it could not compute itself.
+    ("ComputeImageId", Right::Read),
+    ("ListNamedImages", Right::Read),
+    // Object ids, not their content, as Inspect lists layers.
+    ("ImageObjects", Right::Read),
+    ("MountImage", Right::Mount),
+];
+
 impl Role {
     /// Whether this role has `right`, by [`RIGHTS`].
     pub fn may(self, right: Right) -> bool {
@@ -89,7 +104,7 @@ impl Role {
 }
 
 /// What a connected peer may do.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// The peer's uid, for error messages and logs.
     pub uid: u32,
@@ -104,6 +119,9 @@ pub struct Peer {
     pub privileged: bool,
     /// Who the peer is.
     pub role: Role,
+    /// The peer's primary gid and supplementary groups, as its socket
+    /// reported them: the rights a tree it hands over is read with.
+    pub groups: (u32, Arc<[u32]>),
 }
 
 impl Peer {
@@ -128,9 +146,14 @@ impl Peer {
         } else {
             Role::Other
         };
+        let groups = creds.unix_supplementary_group_ids().iter();
         Peer {
             account: subuids.account(uid.as_raw()),
             pid: creds.process_id().as_raw_nonzero().get() as u32,
+            groups: (
+                creds.unix_primary_group_id().as_raw(),
+                groups.map(|g| g.as_raw()).collect(),
+            ),
             ..Peer::new(uid.as_raw(), role)
         }
     }
@@ -144,12 +167,28 @@ impl Peer {
             pid: 0,
             privileged: role.may(Right::Change),
             role,
+            groups: (uid, Arc::from([])),
         }
     }
 
     /// Whether the peer has `right`.
     pub fn may(&self, right: Right) -> bool {
         self.role.may(right)
+    }
+
+    /// The credentials a tree the peer hands over is read with: the
+    /// peer's own, or `None` when they are the daemon's already. A root
+    /// daemon reading as itself would read for the peer what the peer
+    /// may not (see `cfsd_repo::plain::credentials`).
+    pub fn tree_reader(&self) -> Option<cfsd_repo::plain::Credentials> {
+        if self.uid == geteuid().as_raw() {
+            return None;
+        }
+        Some(cfsd_repo::plain::Credentials {
+            uid: self.uid,
+            gid: self.groups.0,
+            groups: self.groups.1.to_vec(),
+        })
     }
 
     /// Whether the peer's work is never held back: root and the daemon's
@@ -226,6 +265,36 @@ mod tests {
             [
                 &("uidmap", Right::MountIdmapped),
                 &("gidmap", Right::MountIdmapped)
+            ]
+        );
+    }
+
+    #[test]
+    fn plain_images_are_made_by_those_who_may_change_and_mounted_by_those_who_may_mount() {
+        use Role::*;
+        let may = |role: Role, method: &str| {
+            PLAIN_IMAGE_METHODS
+                .iter()
+                .any(|(m, right)| *m == method && role.may(*right))
+        };
+        let methods = [
+            "CreateImage",
+            "ComputeImageId",
+            "ListNamedImages",
+            "ImageObjects",
+            "MountImage",
+        ];
+        let table: Vec<(Role, [bool; 5])> = [Root, DaemonUser, Admin, Other]
+            .into_iter()
+            .map(|role| (role, methods.map(|m| may(role, m))))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (Root, [true; 5]),
+                (DaemonUser, [true; 5]),
+                (Admin, [true, true, true, true, false]),
+                (Other, [false, true, true, true, false]),
             ]
         );
     }

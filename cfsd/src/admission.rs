@@ -193,6 +193,7 @@ mod tests {
             pid: 1,
             privileged,
             role: if privileged { Role::Admin } else { Role::Other },
+            groups: (uid, std::sync::Arc::from([])),
         }
     }
 

@@ -142,6 +142,9 @@ async fn route(
 ) -> Outcome {
     match interface {
         SERVICE_INTERFACE => methods::service::handle(method, params),
+        REPOSITORY_INTERFACE if methods::plain::serves(method) => {
+            methods::plain::handle(daemon, peer, method, params, fds).await
+        }
         REPOSITORY_INTERFACE => methods::repository::handle(daemon, peer, method, params).await,
         OCI_INTERFACE => methods::oci::handle(daemon, peer, method, params, fds).await,
         _ => {

@@ -453,6 +453,24 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A directory tree handed over for a plain image cannot be read as
+    /// one: the caller may not read part of it, it crosses into another
+    /// mount, it is larger than the limits, or it changed while read.
+    #[error("the tree cannot be made an image: {path}: {reason}")]
+    InvalidTree {
+        /// Where in the tree, relative to its root ("." for the root).
+        path: String,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// A plain image's name cannot be used.
+    #[error("invalid image name {name:?}: {reason}")]
+    InvalidImageName {
+        /// The name given.
+        name: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -21,6 +21,7 @@ pub mod idmap;
 pub mod mounts;
 pub mod oci;
 mod owner;
+pub mod plain;
 mod privacy;
 pub mod registry;
 mod repository;

@@ -402,3 +402,14 @@ pub fn tar_members(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// Wait until `done`, polling, and return how long that took; fail
+/// naming `what` if it takes `limit` or more.
+pub fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}

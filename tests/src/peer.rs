@@ -317,3 +317,24 @@ pub fn start_as_nobody(scratch: &Path) -> (PathBuf, NobodysDaemon) {
     }
     (dir, daemon)
 }
+
+/// The reply `child` (a call made by [`spawn_call_with_fd`] or the like)
+/// prints, which must come within `limit`: a daemon that waited on a
+/// FIFO or a stalled FUSE read would never answer. Kills the child and
+/// fails past the limit.
+pub fn reply_within(child: Child, limit: std::time::Duration) -> Value {
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    let deadline = std::time::Instant::now() + limit;
+    while !waiter.is_finished() {
+        if std::time::Instant::now() > deadline {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("no reply within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = waiter.join().unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)))
+}

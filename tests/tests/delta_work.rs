@@ -7,13 +7,13 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use cfsd_tests::{
     Daemon, bin,
     oci::{Compression, Entry, Image, Layer, Layout, Written, noise},
-    ocictl, stderr,
+    ocictl, stderr, wait_for,
 };
 
 /// The admin group nobody is given on top.
@@ -121,15 +121,6 @@ fn scratch_fds(daemon: &Daemon) -> (usize, usize) {
         }
     }
     (in_repo, elsewhere)
-}
-
-fn wait_for(what: &str, limit: Duration, done: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
 }
 
 #[test]

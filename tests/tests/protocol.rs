@@ -73,8 +73,13 @@ fn every_declared_method_is_served() {
                 !error.ends_with(".MethodNotFound") && !error.ends_with(".MethodNotImplemented"),
                 "{interface}.{method}: {reply}"
             );
+            // An fd the method reads is an input the IDL cannot declare.
+            let needs_fd = error.ends_with(".MissingFd");
             if takes_only_optional_parameters(line) || method == "GetInterfaceDescription" {
-                assert!(error.is_empty(), "{interface}.{method}: {reply}");
+                assert!(
+                    error.is_empty() || needs_fd,
+                    "{interface}.{method}: {reply}"
+                );
             }
         }
     }

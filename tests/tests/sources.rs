@@ -16,7 +16,8 @@ use cfsd_tests::{
     oci::{Compression, Entry, Image, Layer, Layout},
     ocictl::{self, published},
     peer::{
-        NOBODY, open_path_to, pull_call, reply_with_fd, spawn_call_with_fd, threads_in_syscall,
+        NOBODY, open_path_to, pull_call, reply_with_fd, reply_within, spawn_call_with_fd,
+        threads_in_syscall,
     },
 };
 use serde_json::Value;
@@ -167,26 +168,6 @@ fn a_layout_blob_linked_to_a_root_only_file_is_refused_and_tells_nothing_of_it()
         reply["parameters"]["result"]["imageId"].is_string(),
         "{reply}"
     );
-}
-
-/// Wait at most `limit` for `child` to print its reply.
-fn reply_within(child: std::process::Child, limit: Duration) -> Value {
-    let pid = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output());
-    let deadline = Instant::now() + limit;
-    while !waiter.is_finished() {
-        if Instant::now() > deadline {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-            panic!("no reply within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = waiter.join().unwrap().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 #[test]

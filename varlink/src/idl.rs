@@ -149,6 +149,23 @@ mod tests {
                 operation: s(),
                 reason: s(),
             },
+            RepositoryError::MissingFd {
+                method: s(),
+                expected: s(),
+            },
+            RepositoryError::ImageNotFound { image: s() },
+            RepositoryError::InvalidTree {
+                path: s(),
+                reason: s(),
+            },
+            RepositoryError::InvalidImageName {
+                name: s(),
+                reason: s(),
+            },
+            RepositoryError::MountFailed {
+                image: s(),
+                reason: s(),
+            },
         ];
         for e in &all {
             match e {
@@ -165,7 +182,12 @@ mod tests {
                 | RepositoryError::RepositoryBusy { .. }
                 | RepositoryError::NoSpace { .. }
                 | RepositoryError::ReadOnlyFilesystem { .. }
-                | RepositoryError::IoError { .. } => {}
+                | RepositoryError::IoError { .. }
+                | RepositoryError::MissingFd { .. }
+                | RepositoryError::ImageNotFound { .. }
+                | RepositoryError::InvalidTree { .. }
+                | RepositoryError::InvalidImageName { .. }
+                | RepositoryError::MountFailed { .. } => {}
             }
         }
         all
@@ -522,7 +544,44 @@ mod tests {
             method_fields(&idl, "Hold", true)
         );
 
+        plain_image_methods_match_wire_types(&idl);
         assert_errors(&idl, &every_repository_error());
+    }
+
+    /// The plain-image methods of `io.cfsd.Repository`.
+    fn plain_image_methods_match_wire_types(idl: &Interface<'_>) {
+        let create = CreateImageParams {
+            name: Some("n".into()),
+            no_propagate_usr: Some(true),
+            keep_user_xattrs: Some(true),
+        };
+        assert_eq!(keys(&create), method_fields(idl, "CreateImage", false));
+        let id = ImageIdReply::default();
+        assert_eq!(keys(&id), method_fields(idl, "CreateImage", true));
+        let compute = ComputeImageIdParams {
+            no_propagate_usr: Some(true),
+            keep_user_xattrs: Some(true),
+        };
+        assert_eq!(keys(&compute), method_fields(idl, "ComputeImageId", false));
+        assert_eq!(keys(&id), method_fields(idl, "ComputeImageId", true));
+        assert!(method_fields(idl, "ListNamedImages", false).is_empty());
+        assert_eq!(
+            keys(&ListNamedImagesReply::default()),
+            method_fields(idl, "ListNamedImages", true)
+        );
+        let named = NamedImage {
+            name: "n".into(),
+            image_id: "i".into(),
+        };
+        assert_eq!(keys(&named), type_fields(idl, "NamedImage"));
+        let image = PlainImageParams { image: "i".into() };
+        assert_eq!(keys(&image), method_fields(idl, "ImageObjects", false));
+        assert_eq!(
+            keys(&ImageObjectsReply::default()),
+            method_fields(idl, "ImageObjects", true)
+        );
+        assert_eq!(keys(&image), method_fields(idl, "MountImage", false));
+        assert!(method_fields(idl, "MountImage", true).is_empty());
     }
 
     #[test]

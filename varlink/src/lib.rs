@@ -13,6 +13,7 @@ pub mod client;
 mod export;
 pub mod idl;
 pub mod oci;
+mod plain;
 mod push;
 pub mod repository;
 pub mod service;

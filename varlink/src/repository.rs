@@ -151,6 +151,73 @@ pub struct HoldReply {
     pub holders: Vec<String>,
 }
 
+/// A plain composefs image that has a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedImage {
+    /// Its name under `images/refs/`.
+    pub name: String,
+    /// The fs-verity digest of its EROFS, hex.
+    pub image_id: String,
+}
+
+/// The parameters of `CreateImage`; the tree travels as the call's fd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateImageParams {
+    /// The name to give the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep the root's own metadata and skip the OCI transformation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_propagate_usr: Option<bool>,
+    /// Keep `user.*` xattrs too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_user_xattrs: Option<bool>,
+}
+
+/// The parameters of `ComputeImageId`; the tree travels as the call's fd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ComputeImageIdParams {
+    /// Keep the root's own metadata and skip the OCI transformation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_propagate_usr: Option<bool>,
+    /// Keep `user.*` xattrs too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_user_xattrs: Option<bool>,
+}
+
+/// The reply of `CreateImage` and `ComputeImageId`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageIdReply {
+    /// The image id, hex.
+    pub image_id: String,
+}
+
+/// The reply of `ListNamedImages`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListNamedImagesReply {
+    /// Every named image, by name.
+    pub images: Vec<NamedImage>,
+}
+
+/// The parameters of `ImageObjects` and `MountImage`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlainImageParams {
+    /// An image id or a name.
+    pub image: String,
+}
+
+/// The reply of `ImageObjects`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageObjectsReply {
+    /// `ALGORITHM:HEX` object ids, sorted.
+    pub objects: Vec<String>,
+}
+
 /// Every error of `io.cfsd.Repository`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "error", content = "parameters")]
@@ -295,7 +362,61 @@ pub enum RepositoryError {
         /// Why it failed.
         reason: String,
     },
+    /// The call needs an fd the client did not pass, or one of another kind.
+    #[serde(rename = "io.cfsd.Repository.MissingFd")]
+    #[error("{method} needs {expected}")]
+    MissingFd {
+        /// The method called.
+        method: String,
+        /// What fd it needs.
+        expected: String,
+    },
+    /// No image of that id or name.
+    #[serde(rename = "io.cfsd.Repository.ImageNotFound")]
+    #[error("no image {image:?} in the repository")]
+    ImageNotFound {
+        /// The image asked for.
+        image: String,
+    },
+    /// The tree passed cannot be made an image.
+    #[serde(rename = "io.cfsd.Repository.InvalidTree")]
+    #[error("the tree cannot be made an image: {path}: {reason}")]
+    InvalidTree {
+        /// Where in the tree, relative to its root.
+        path: String,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// The image name cannot be used.
+    #[serde(rename = "io.cfsd.Repository.InvalidImageName")]
+    #[error("invalid image name {name:?}: {reason}")]
+    InvalidImageName {
+        /// The name given.
+        name: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// Mounting the image failed.
+    #[serde(rename = "io.cfsd.Repository.MountFailed")]
+    #[error("mounting {image} failed: {reason}")]
+    MountFailed {
+        /// The image asked for.
+        image: String,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 /// The methods of `io.cfsd.Repository`, by their unqualified names.
-pub const METHODS: &[&str] = &["Info", "Init", "Fsck", "Gc", "Hold"];
+pub const METHODS: &[&str] = &[
+    "Info",
+    "Init",
+    "Fsck",
+    "Gc",
+    "Hold",
+    "CreateImage",
+    "ComputeImageId",
+    "ListNamedImages",
+    "ImageObjects",
+    "MountImage",
+];

@@ -12,6 +12,7 @@ mod export;
 mod hold;
 mod idmap;
 pub mod oci;
+pub mod plain;
 mod push;
 mod registry;
 pub mod repository;

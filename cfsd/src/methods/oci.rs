@@ -841,6 +841,11 @@ pub(super) fn wire_error(e: repo::Error) -> OciError {
             first,
         },
         E::InvalidStageId { stage, reason } => OciError::InvalidStageId { stage, reason },
+        // Only io.cfsd.Repository's plain-image methods meet these, and
+        // it has them typed.
+        e @ (E::InvalidTree { .. } | E::InvalidImageName { .. }) => OciError::InvalidSource {
+            reason: e.to_string(),
+        },
     }
 }
 

@@ -41,6 +41,7 @@ pub use dump::LayerFormat;
 pub use filesystem::check_source_filesystem;
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
+pub(crate) use mount::mount_image;
 pub use output::Written;
 pub use pipeline::{LayerProgress, Stage};
 pub use platform::Platform;
