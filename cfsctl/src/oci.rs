@@ -33,6 +33,9 @@ use crate::{
 pub enum OciCommand {
     /// Import an image from an OCI layout directory or archive.
     Pull(PullArgs),
+    /// Copy an image, with its layers and objects, from another composefs
+    /// repository, which is only read.
+    Copy(crate::copy::CopyArgs),
     /// Push an image to a registry: its layers rebuilt and compressed,
     /// its config as stored.
     Push(crate::push::PushArgs),
@@ -196,6 +199,10 @@ pub struct PullArgs {
     /// index leading to it, must have this digest; a delta's target must.
     #[arg(long, value_name = "DIGEST")]
     digest: Option<String>,
+    /// For a delta: another composefs repository where its source image
+    /// may be; it is opened with your permissions and only read.
+    #[arg(long, value_name = "DIR")]
+    source_repo: Option<PathBuf>,
 }
 
 /// Run an `oci` command.
@@ -206,6 +213,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         OciCommand::Pull(args) => pull(client, out, args).await,
+        OciCommand::Copy(args) => crate::copy::copy(client, out, args).await,
         OciCommand::Push(args) => crate::push::push(client, out, args).await,
         OciCommand::Images => images(client, out).await,
         OciCommand::Dump { image } => crate::export::dump(client, image).await,
@@ -367,7 +375,7 @@ fn kind_name(kind: FileType) -> &'static str {
 
 /// `cfsctl oci pull`.
 async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Result<ExitCode> {
-    let (transport, reference, fds) = match args.source.strip_prefix("docker://") {
+    let (transport, reference, mut fds) = match args.source.strip_prefix("docker://") {
         // The daemon reaches the registry; cfsctl hands over only the
         // caller's credentials.
         Some(image) => {
@@ -394,17 +402,18 @@ async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Resul
         tls_verify: args.tls_verify,
         no_delta: args.no_delta.then_some(true),
         digest: args.digest,
+        source_repo: args.source_repo.is_some().then_some(true),
     };
+    // The daemon takes it as the call's last fd.
+    if let Some(dir) = &args.source_repo {
+        fds.push(crate::copy::open_repository(dir)?);
+    }
     let mut progress = Progress::new(out);
     let result = follow(client, &params, fds, &mut progress).await;
     progress.finish();
     let result = result?;
     if out.json {
-        let reply = PullReply {
-            progress: None,
-            result: Some(result),
-        };
-        println!("{}", serde_json::to_string(&reply)?);
+        print_json(result)?;
     } else {
         let source = match &result.delta {
             Some(delta) => Some(delta_source(client, delta).await),
@@ -450,7 +459,25 @@ async fn follow(
     fds: Vec<OwnedFd>,
     progress: &mut Progress,
 ) -> anyhow::Result<PullResult> {
-    let mut replies = client.pull_with(params, fds).await?;
+    let replies = client.pull_with(params, fds).await?;
+    follow_replies(replies, progress).await
+}
+
+/// Print a pull's (or copy's) `result` as its one JSON reply.
+pub(crate) fn print_json(result: PullResult) -> anyhow::Result<()> {
+    let reply = PullReply {
+        progress: None,
+        result: Some(result),
+    };
+    println!("{}", serde_json::to_string(&reply)?);
+    Ok(())
+}
+
+/// Show the progress `replies` bring, and return their result.
+pub(crate) async fn follow_replies(
+    mut replies: cfsd_varlink::client::Replies<'_>,
+    progress: &mut Progress,
+) -> anyhow::Result<PullResult> {
     let mut result = None;
     while let Some(reply) = replies.next::<PullReply, OciError>().await {
         let (reply, _) = reply?;
@@ -462,7 +489,7 @@ async fn follow(
     result.context("cfsd ended the pull without a result")
 }
 
-fn print_pull(r: &PullResult, delta_source: Option<&str>) {
+pub(crate) fn print_pull(r: &PullResult, delta_source: Option<&str>) {
     println!("Tag:       {}", r.tag);
     println!("Manifest:  {}", r.manifest_digest);
     println!("Config:    {}", r.config_digest);

@@ -42,6 +42,12 @@ pub enum Right {
     /// Mounting with openable device nodes: a node in an image opens the
     /// host's device with the mode the image chose, so root only.
     MountDevices,
+    /// Reading a directory a client passes (a repository to copy from,
+    /// a delta's source repository) with the daemon's rights. Without
+    /// it, the daemon reads there only what the client could read by
+    /// its uid, groups and the files' modes: the daemon is root, and the
+    /// client must not get through it what it could not read itself.
+    ReadClientFiles,
 }
 
 /// Who has which right: the one place access is decided.
@@ -56,6 +62,8 @@ const RIGHTS: &[(Right, &[Role])] = {
         // without being root would hand that user root through them.
         (Right::MountSetuid, &[Root]),
         (Right::MountDevices, &[Root]),
+        // They could read whatever the daemon reads anyway.
+        (Right::ReadClientFiles, &[Root, DaemonUser]),
     ]
 };
 

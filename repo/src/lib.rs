@@ -23,6 +23,7 @@ mod owner;
 mod privacy;
 pub mod registry;
 mod repository;
+pub mod secondary;
 #[cfg(test)]
 mod test_image;
 pub mod trust;

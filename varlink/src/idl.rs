@@ -322,6 +322,7 @@ mod tests {
                 path: s(),
                 reason: s(),
             },
+            OciError::InvalidSourceRepository { reason: s() },
         ];
         for e in &all {
             match e {
@@ -368,7 +369,8 @@ mod tests {
                 | OciError::SignatureIdentityMismatch { .. }
                 | OciError::SignatureInvalid { .. }
                 | OciError::PinnedDigestMismatch { .. }
-                | OciError::InvalidPolicy { .. } => {}
+                | OciError::InvalidPolicy { .. }
+                | OciError::InvalidSourceRepository { .. } => {}
             }
         }
         all
@@ -539,8 +541,15 @@ mod tests {
             tls_verify: Some(false),
             no_delta: Some(true),
             digest: Some("sha256:x".to_owned()),
+            source_repo: Some(true),
         };
         assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
+        let copy = crate::oci::CopyParams {
+            image: "x".into(),
+            tag: Some("t".into()),
+            jobs: Some(1),
+        };
+        assert_eq!(keys(&copy), method_fields(&idl, "Copy", false));
         let pull_reply = PullReply {
             progress: Some(progress),
             result: Some(PullResult::default()),

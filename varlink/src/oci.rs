@@ -52,6 +52,29 @@ pub struct PullParams {
     /// index leading to it, has this digest; for a delta, its target's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `true`: the call's last fd is another repository's directory,
+    /// where a delta's source image may be.
+    #[serde(
+        default,
+        rename = "sourceRepo",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_repo: Option<bool>,
+}
+
+/// The parameters of `Copy`; the source repository's directory travels
+/// as the call's fd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyParams {
+    /// The image there: a tag or a `sha256:` manifest digest.
+    pub image: String,
+    /// The tag to set here; defaults to the manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The most layers copied at once; `None` or 0 means one per CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u64>,
 }
 
 /// How far the import of one layer has come.
@@ -742,6 +765,14 @@ pub enum OciError {
         /// Why it failed.
         reason: String,
     },
+    /// The other repository of a Copy or a Pull's sourceRepo cannot be
+    /// used.
+    #[serde(rename = "io.cfsd.Oci.InvalidSourceRepository")]
+    #[error("the source repository cannot be used: {reason}")]
+    InvalidSourceRepository {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.
@@ -783,6 +814,7 @@ pub const METHODS: &[&str] = &[
     "Dump",
     "ExportLayer",
     "Export",
+    "Copy",
 ];
 
 #[cfg(test)]

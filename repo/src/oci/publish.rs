@@ -58,6 +58,20 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     layers: &[(OciDigest, H)],
     tag: &str,
 ) -> anyhow::Result<H> {
+    let image_id = publish_untagged(repo, manifest, config, layers)?;
+    oci_image::tag_image(repo, &sha256_content_digest(manifest), tag)?;
+    Ok(image_id)
+}
+
+/// [`publish`] without the tag: an image that only the pull in flight
+/// uses (a delta's source copied from another repository), which GC
+/// collects once nothing refers to it.
+pub(crate) fn publish_untagged<H: FsVerityHashValue>(
+    repo: &Arc<Store<H>>,
+    manifest: &[u8],
+    config: &[u8],
+    layers: &[(OciDigest, H)],
+) -> anyhow::Result<H> {
     let config_digest = sha256_content_digest(config);
     let config_name = format!("oci-config-{config_digest}");
     // The EROFS image is built from the config stream's layer references:
@@ -98,7 +112,6 @@ pub(crate) fn publish<H: FsVerityHashValue>(
     .ok_or_else(|| anyhow::anyhow!("no EROFS image was made in the repository's format"))?;
     let config_stream = write_config(repo, config, layers, &linked)?;
     write_manifest(repo, manifest, &config_digest, &config_stream, layers)?;
-    oci_image::tag_image(repo, &sha256_content_digest(manifest), tag)?;
     Ok(image_id)
 }
 

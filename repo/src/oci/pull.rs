@@ -51,6 +51,9 @@ pub struct PullOptions {
     /// meet, with the signatures the layout carries; `None` checks none.
     /// A registry's policy comes with it (`crate::registry::Registry`).
     pub policy: Option<crate::trust::Policy>,
+    /// For a delta: another repository where its source image may be,
+    /// copied from there when this one lacks it.
+    pub source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
 }
 
 /// What a pull did.
@@ -120,6 +123,8 @@ pub struct PreparedPull {
     stop: Option<crate::registry::Stop>,
     /// The signatures that met the policy, kept with the image.
     signatures: Option<crate::trust::Accepted>,
+    /// Where a delta's source image may be found.
+    source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
 }
 
 impl PreparedPull {
@@ -196,6 +201,7 @@ impl Repository {
             jobs,
             discover,
             signatures,
+            source_repo: options.source_repo.clone(),
         })
     }
 
@@ -228,6 +234,7 @@ impl Repository {
             hold,
             signatures: prepared.signatures,
             root: self.path().to_owned(),
+            source_repo: prepared.source_repo,
         };
         with_store!(self.store(), store => job.run(store.clone()).await)
     }
@@ -249,6 +256,8 @@ struct Pull {
     signatures: Option<crate::trust::Accepted>,
     /// The repository's directory, where they are kept.
     root: std::path::PathBuf,
+    /// Where a delta's source image may be found.
+    source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
 }
 
 impl Pull {
@@ -298,10 +307,30 @@ impl Pull {
         let layers = &self.resolved.layers;
         // oci-delta hook: the layers come from the delta (crate::delta).
         if let Some(delta) = &self.resolved.delta {
+            if let Some(secondary) = &self.source_repo {
+                let jobs = self.jobs;
+                crate::secondary::delta_source::bring_delta_source(
+                    repo, secondary, delta, layers, &self.hold, jobs,
+                )
+                .await?;
+            }
             let source = Arc::new(DeltaLayers::new(self.layout.clone(), delta));
             let brought =
                 pipeline::bring_in(repo, source, layers, self.jobs, &self.progress).await?;
             return Ok((brought, Route::applied(delta, None)));
+        }
+        if let Some(secondary) = self.layout.secondary() {
+            let source = Arc::new(crate::secondary::copy::CopyLayers {
+                source: secondary.clone(),
+                repo: repo.clone(),
+            });
+            let brought =
+                pipeline::bring_in(repo, source, layers, self.jobs, &self.progress).await?;
+            let route = Route {
+                applied: None,
+                discovery: None,
+            };
+            return Ok((brought, route));
         }
         let discovery = match self.discover {
             None => None,
@@ -496,7 +525,7 @@ pub(crate) fn durable<H: FsVerityHashValue>(repo: &Store<H>) -> Result<(), Error
 /// Building the image failed: on an I/O error, the repository is at
 /// fault; otherwise the layers are, which only conflict across layers can
 /// cause, each layer having passed the tar rules alone.
-fn image_error(e: anyhow::Error) -> Error {
+pub(crate) fn image_error(e: anyhow::Error) -> Error {
     let io_failure = e.chain().any(|cause| {
         cause.downcast_ref::<std::io::Error>().is_some()
             || cause.downcast_ref::<rustix::io::Errno>().is_some()
