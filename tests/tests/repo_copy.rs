@@ -2,11 +2,10 @@
 //! is exactly the image a pull of the same source stores here, also
 //! across hash algorithms, and the other repository is only read.
 
-use std::path::Path;
-
 use cfsd_tests::{
     oci::{Compression, Layout, Written, small_image},
     ocictl::{PrivateRepo, Target, fails, parse_pull, published, pull, succeeds},
+    repo_files::tree,
 };
 
 /// `cfsctl --json oci copy ARGS`, which must succeed; its result.
@@ -36,31 +35,6 @@ fn written() -> Written {
         Some("img"),
     );
     Written::new(&layout)
-}
-
-/// Every file under `repo` with its content (or link target), for
-/// comparing two repositories byte for byte.
-fn tree(repo: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut pending = vec![repo.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let name = path.strip_prefix(repo).unwrap().display().to_string();
-            let kind = entry.file_type().unwrap();
-            if kind.is_dir() {
-                pending.push(path);
-            } else if kind.is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                out.push((name, target.display().to_string().into_bytes()));
-            } else if !name.contains("lock") && name != "meta.json" {
-                out.push((name, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Copy from a `from` repository into a `to` one, and pull the same
