@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn only_root_may_mount_with_setuid_or_devices() {
         use Role::*;
-        let table: Vec<(Role, [bool; 5])> = [Root, DaemonUser, Admin, Other]
+        let table: Vec<(Role, [bool; 6])> = [Root, DaemonUser, Admin, Other]
             .into_iter()
             .map(|role| {
                 let rights = [
@@ -190,6 +190,7 @@ mod tests {
                     Right::Mount,
                     Right::MountSetuid,
                     Right::MountDevices,
+                    Right::ReadClientFiles,
                 ];
                 (role, rights.map(|right| role.may(right)))
             })
@@ -197,10 +198,10 @@ mod tests {
         assert_eq!(
             table,
             [
-                (Root, [true, true, true, true, true]),
-                (DaemonUser, [true, true, true, false, false]),
-                (Admin, [true, true, false, false, false]),
-                (Other, [true, false, false, false, false]),
+                (Root, [true, true, true, true, true, true]),
+                (DaemonUser, [true, true, true, false, false, true]),
+                (Admin, [true, true, false, false, false, false]),
+                (Other, [true, false, false, false, false, false]),
             ]
         );
         assert!(Peer::new(0, Root).privileged);
