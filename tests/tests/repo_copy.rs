@@ -96,3 +96,42 @@ fn an_image_the_source_lacks_is_a_typed_refusal() {
     assert!(err.contains("no manifest \"nope\""), "{err}");
     assert!(published(&dest.repo_path()).tags.is_empty());
 }
+
+#[test]
+fn a_copy_matches_upstream_cfsctls_oci_copy() {
+    use cfsd_tests::upstream::theirs;
+    let written = written();
+    let source = source_repo("sha256", &written);
+    let src = source.repo_path();
+    let ours = PrivateRepo::init("sha256");
+    let report = copy(
+        &ours,
+        &["--from", src.to_str().unwrap(), "img", "--name", "mine"],
+    );
+    let upstream = PrivateRepo::init("sha256");
+    let dest = upstream.repo_path();
+    theirs(
+        &dest,
+        &[
+            "oci",
+            "copy",
+            "--from",
+            src.to_str().unwrap(),
+            "img",
+            "--name",
+            "mine",
+        ],
+    );
+    assert_eq!(
+        theirs(&dest, &["oci", "compute-id", "mine"]).trim(),
+        report.str("imageId")
+    );
+    assert_eq!(
+        published(&ours.repo_path()).stable(),
+        published(&dest).stable()
+    );
+    assert_eq!(
+        theirs(&dest, &["oci", "dump", "mine"]),
+        succeeds(&ours, &["oci", "dump", "mine"])
+    );
+}

@@ -220,3 +220,28 @@ fn an_admin_copies_only_what_it_could_read_itself() {
         "{theirs}"
     );
 }
+
+#[test]
+fn a_repository_on_fuse_is_refused_before_anything_is_read() {
+    use cfsd_tests::{
+        fuse::{Fuse, FuseFile},
+        peer::spawn_call_with_fd,
+    };
+    let daemon = admin_daemon();
+    let mountpoint = daemon.dir().join("fuse");
+    std::fs::create_dir(&mountpoint).unwrap();
+    std::fs::set_permissions(&mountpoint, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Every read of it waits forever: a read by the daemon would hang.
+    let fuse = Fuse::mount(&mountpoint, vec![FuseFile::stalling("meta.json", 64)]);
+    let path = mountpoint.to_str().unwrap();
+    let child = spawn_call_with_fd(&daemon, NOBODY, &[ADMINS], path, &copy_call());
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let reply: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(reply["error"], "io.cfsd.Oci.InvalidSource", "{reply}");
+    let reason = reply["parameters"]["reason"].as_str().unwrap();
+    assert!(reason.contains("FUSE"), "{reason}");
+    assert_eq!(fuse.reads(), 0);
+    drop(fuse);
+}
