@@ -251,9 +251,13 @@ fn no_method_takes_a_path() {
             "jobs",
             "tlsVerify",
             "noDelta",
-            "digest"
+            "digest",
+            "sourceRepo"
         ]
     );
+    // sourceRepo is a flag; the repository comes as the call's last fd,
+    // and Copy's as its only one.
+    assert_eq!(inputs("Copy"), ["image", "tag", "jobs"]);
     assert_eq!(
         inputs("CreateDelta"),
         ["source", "target", "jobs", "method", "reference"]

@@ -245,3 +245,31 @@ fn a_repository_on_fuse_is_refused_before_anything_is_read() {
     assert_eq!(fuse.reads(), 0);
     drop(fuse);
 }
+
+#[test]
+fn a_layer_stream_of_garbage_is_refused() {
+    let source = source_repo("sha256");
+    let streams = source.repo_path().join("streams");
+    let layer = std::fs::read_dir(&streams)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("oci-layer-")
+        })
+        .unwrap();
+    // The stream's object, rewritten in place (its link still names it).
+    let object = streams.join(std::fs::read_link(&layer).unwrap());
+    std::fs::remove_file(&object).unwrap();
+    std::fs::write(&object, cfsd_tests::oci::noise(5, 4096)).unwrap();
+    let dest = PrivateRepo::init("sha512");
+    let error = refused(&dest, &source.repo_path());
+    assert_eq!(
+        error["error"], "io.cfsd.Oci.InvalidSourceRepository",
+        "{error}"
+    );
+    assert!(reason(&error).contains("oci-layer-"), "{error}");
+}
