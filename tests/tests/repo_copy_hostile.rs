@@ -50,6 +50,21 @@ fn refused(dest: &impl Target, from: &Path) -> Value {
     error
 }
 
+/// The link of the image's one layer stream in `streams`.
+fn layer_stream(streams: &std::path::Path) -> PathBuf {
+    std::fs::read_dir(streams)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("oci-layer-")
+        })
+        .unwrap()
+}
+
 fn reason(error: &Value) -> &str {
     error["parameters"]["reason"].as_str().unwrap_or_default()
 }
@@ -113,17 +128,7 @@ fn an_object_with_other_bytes_is_a_digest_mismatch_in_either_algorithm() {
 fn a_stream_linking_out_of_the_objects_is_refused() {
     let source = source_repo("sha256");
     let streams = source.repo_path().join("streams");
-    let layer = std::fs::read_dir(&streams)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("oci-layer-")
-        })
-        .unwrap();
+    let layer = layer_stream(&streams);
     std::fs::remove_file(&layer).unwrap();
     symlink("../../../../etc/passwd", &layer).unwrap();
     let dest = PrivateRepo::init("sha256");
@@ -250,17 +255,7 @@ fn a_repository_on_fuse_is_refused_before_anything_is_read() {
 fn a_layer_stream_of_garbage_is_refused() {
     let source = source_repo("sha256");
     let streams = source.repo_path().join("streams");
-    let layer = std::fs::read_dir(&streams)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("oci-layer-")
-        })
-        .unwrap();
+    let layer = layer_stream(&streams);
     // The stream's object, rewritten in place (its link still names it).
     let object = streams.join(std::fs::read_link(&layer).unwrap());
     std::fs::remove_file(&object).unwrap();
