@@ -198,7 +198,18 @@ impl SecondaryRepository {
             Err(rustix::io::Errno::XDEV) => Err(invalid(format!(
                 "{path} leads outside the repository or onto another mount"
             ))),
-            Err(rustix::io::Errno::NOTDIR) => Err(invalid(format!("{path} is not a directory"))),
+            Err(rustix::io::Errno::NOTDIR) => {
+                // O_NOFOLLOW opens a link itself, which is no directory.
+                let linked = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink);
+                let what = if linked {
+                    "a symbolic link, which cfsd does not follow"
+                } else {
+                    "not a directory"
+                };
+                Err(invalid(format!("{path} is {what}")))
+            }
+
             Err(e) => Err(io("opening a file", e)),
         }
     }
@@ -402,4 +413,93 @@ fn invalid(reason: String) -> Error {
 
 fn io(operation: &'static str, e: rustix::io::Errno) -> Error {
     Error::storage(operation, std::io::Error::from(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::unix::fs::{PermissionsExt, symlink},
+        path::Path,
+    };
+
+    use super::*;
+
+    fn repo_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("meta.json"),
+            r#"{"version":1,"algorithm":"fsverity-sha256-12"}"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("objects/ab")).unwrap();
+        std::fs::write(dir.path().join("objects/ab/cd"), b"object").unwrap();
+        dir
+    }
+
+    fn open(dir: &Path, reader: Option<Reader>) -> Result<SecondaryRepository, Error> {
+        SecondaryRepository::open(File::open(dir).unwrap().into(), reader)
+    }
+
+    fn reason(e: Error) -> String {
+        match e {
+            Error::SourceRepository { reason } => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_its_algorithm_and_refuses_what_is_no_repository() {
+        let dir = repo_dir();
+        assert_eq!(
+            open(dir.path(), None).unwrap().algorithm(),
+            HashAlgorithm::SHA256
+        );
+        std::fs::remove_file(dir.path().join("meta.json")).unwrap();
+        symlink("/etc/os-release", dir.path().join("meta.json")).unwrap();
+        let refused = reason(open(dir.path(), None).unwrap_err());
+        assert!(
+            refused.contains("meta.json is a symbolic link"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_linked_directory_on_the_way_is_refused() {
+        let dir = repo_dir();
+        std::fs::rename(dir.path().join("objects/ab"), dir.path().join("elsewhere")).unwrap();
+        symlink("../elsewhere", dir.path().join("objects/ab")).unwrap();
+        let repo = open(dir.path(), None).unwrap();
+        let refused = reason(repo.open_file("objects/ab/cd").unwrap_err());
+        assert!(
+            refused.contains("objects/ab is a symbolic link"),
+            "{refused}"
+        );
+        assert!(repo.open_file("objects/ef/gh").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reader_gets_only_what_its_modes_allow() {
+        let dir = repo_dir();
+        let mode = |path: &str, mode: u32| {
+            let path = dir.path().join(path);
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mode("", 0o755);
+        mode("meta.json", 0o644);
+        mode("objects", 0o755);
+        mode("objects/ab", 0o700);
+        let peer = || Some(Reader::new(1000, vec![1000]));
+        let repo = open(dir.path(), peer()).unwrap();
+        let refused = reason(repo.open_file("objects/ab/cd").unwrap_err());
+        assert!(
+            refused.contains("uid 1000 may not search objects/ab"),
+            "{refused}"
+        );
+        mode("objects/ab", 0o755);
+        mode("objects/ab/cd", 0o600);
+        let refused = reason(repo.open_file("objects/ab/cd").unwrap_err());
+        assert!(refused.contains("may not read objects/ab/cd"), "{refused}");
+        mode("objects/ab/cd", 0o604);
+        assert!(repo.open_file("objects/ab/cd").unwrap().is_some());
+    }
 }
