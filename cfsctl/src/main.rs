@@ -6,6 +6,7 @@
 
 mod authfile;
 mod connect;
+mod copy;
 mod export;
 mod failure;
 mod mount;

@@ -33,6 +33,9 @@ use crate::{
 pub enum OciCommand {
     /// Import an image from an OCI layout directory or archive.
     Pull(PullArgs),
+    /// Copy an image, with its layers and objects, from another composefs
+    /// repository, which is only read.
+    Copy(crate::copy::CopyArgs),
     /// Push an image to a registry: its layers rebuilt and compressed,
     /// its config as stored.
     Push(crate::push::PushArgs),
@@ -257,6 +260,10 @@ pub struct PullArgs {
     /// `oci commit STAGE TAG` (or `oci abort STAGE`).
     #[arg(long, conflicts_with = "name")]
     stage: bool,
+    /// For a delta: another composefs repository where its source image
+    /// may be; it is opened with your permissions and only read.
+    #[arg(long, value_name = "DIR")]
+    source_repo: Option<PathBuf>,
 }
 
 /// Run an `oci` command.
@@ -267,6 +274,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     match command {
         OciCommand::Pull(args) => pull(client, out, args).await,
+        OciCommand::Copy(args) => crate::copy::copy(client, out, args).await,
         OciCommand::Push(args) => crate::push::push(client, out, args).await,
         OciCommand::Images => images(client, out).await,
         OciCommand::Dump { image } => crate::export::dump(client, image).await,
@@ -470,7 +478,7 @@ fn kind_name(kind: FileType) -> &'static str {
 
 /// `cfsctl oci pull`.
 async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Result<ExitCode> {
-    let (transport, reference, fds) = match args.source.strip_prefix("docker://") {
+    let (transport, reference, mut fds) = match args.source.strip_prefix("docker://") {
         // The daemon reaches the registry; cfsctl hands over only the
         // caller's credentials.
         Some(image) => {
@@ -499,17 +507,18 @@ async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Resul
         no_delta: args.no_delta.then_some(true),
         digest: args.digest,
         stage: args.stage.then_some(true),
+        source_repo: args.source_repo.is_some().then_some(true),
     };
+    // The daemon takes it as the call's last fd.
+    if let Some(dir) = &args.source_repo {
+        fds.push(crate::copy::open_repository(dir)?);
+    }
     let mut progress = Progress::new(out);
     let result = follow(client, &params, fds, &mut progress).await;
     progress.finish();
     let result = result?;
     if out.json {
-        let reply = PullReply {
-            progress: None,
-            result: Some(result),
-        };
-        println!("{}", serde_json::to_string(&reply)?);
+        print_json(result)?;
     } else {
         let source = match &result.delta {
             Some(delta) => Some(delta_source(client, delta).await),
@@ -555,7 +564,25 @@ async fn follow(
     fds: Vec<OwnedFd>,
     progress: &mut Progress,
 ) -> anyhow::Result<PullResult> {
-    let mut replies = client.pull_with(params, fds).await?;
+    let replies = client.pull_with(params, fds).await?;
+    follow_replies(replies, progress).await
+}
+
+/// Print a pull's (or copy's) `result` as its one JSON reply.
+pub(crate) fn print_json(result: PullResult) -> anyhow::Result<()> {
+    let reply = PullReply {
+        progress: None,
+        result: Some(result),
+    };
+    println!("{}", serde_json::to_string(&reply)?);
+    Ok(())
+}
+
+/// Show the progress `replies` bring, and return their result.
+pub(crate) async fn follow_replies(
+    mut replies: cfsd_varlink::client::Replies<'_>,
+    progress: &mut Progress,
+) -> anyhow::Result<PullResult> {
     let mut result = None;
     while let Some(reply) = replies.next::<PullReply, OciError>().await {
         let (reply, _) = reply?;
@@ -567,7 +594,7 @@ async fn follow(
     result.context("cfsd ended the pull without a result")
 }
 
-fn print_pull(r: &PullResult, delta_source: Option<&str>) {
+pub(crate) fn print_pull(r: &PullResult, delta_source: Option<&str>) {
     match &r.stage {
         Some(stage) => {
             println!("Stage:     {stage} (commit it with `cfsctl oci commit {stage} TAG`)")

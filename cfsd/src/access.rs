@@ -54,6 +54,12 @@ pub enum Right {
     /// them takes a user namespace with any ids mapped, which only root
     /// may write.
     MountIdmapped,
+    /// Reading a directory a client passes (a repository to copy from,
+    /// a delta's source repository) with the daemon's rights. Without
+    /// it, the daemon reads there only what the client could read by
+    /// its uid, groups and the files' modes: the daemon is root, and the
+    /// client must not get through it what it could not read itself.
+    ReadClientFiles,
 }
 
 /// Who has which right: the one place access is decided.
@@ -69,6 +75,8 @@ const RIGHTS: &[(Right, &[Role])] = {
         (Right::MountSetuid, &[Root]),
         (Right::MountDevices, &[Root]),
         (Right::MountIdmapped, &[Root]),
+        // They could read whatever the daemon reads anyway.
+        (Right::ReadClientFiles, &[Root, DaemonUser]),
     ]
 };
 
@@ -225,7 +233,7 @@ mod tests {
     #[test]
     fn only_root_may_mount_with_setuid_or_devices() {
         use Role::*;
-        let table: Vec<(Role, [bool; 5])> = [Root, DaemonUser, Admin, Other]
+        let table: Vec<(Role, [bool; 6])> = [Root, DaemonUser, Admin, Other]
             .into_iter()
             .map(|role| {
                 let rights = [
@@ -234,6 +242,7 @@ mod tests {
                     Right::Mount,
                     Right::MountSetuid,
                     Right::MountDevices,
+                    Right::ReadClientFiles,
                 ];
                 (role, rights.map(|right| role.may(right)))
             })
@@ -241,10 +250,10 @@ mod tests {
         assert_eq!(
             table,
             [
-                (Root, [true, true, true, true, true]),
-                (DaemonUser, [true, true, true, false, false]),
-                (Admin, [true, true, false, false, false]),
-                (Other, [true, false, false, false, false]),
+                (Root, [true, true, true, true, true, true]),
+                (DaemonUser, [true, true, true, false, false, true]),
+                (Admin, [true, true, false, false, false, false]),
+                (Other, [true, false, false, false, false, false]),
             ]
         );
         assert!(Peer::new(0, Root).privileged);

@@ -133,6 +133,13 @@ struct Args {
     #[command(flatten)]
     registry: registry::RegistryArgs,
 
+    /// Another composefs repository where a delta's source image may be
+    /// (a second partition's, say): when the repository lacks it, it is
+    /// copied from there, which is only read. A client's Pull may name
+    /// its own instead.
+    #[arg(long, value_name = "PATH")]
+    source_repo: Option<PathBuf>,
+
     /// Log level filter (error, warn, info, debug, trace).
     #[arg(long, env = "CFSD_LOG", default_value = "info")]
     log: String,
@@ -141,6 +148,17 @@ struct Args {
     /// completions under DIR/completions, then exit; see docs/cli.md.
     #[arg(long, hide = true, value_name = "DIR")]
     generate_manuals: Option<PathBuf>,
+}
+
+/// The admin's `--source-repo`, read with the daemon's rights.
+fn open_source_repo(
+    path: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<cfsd_repo::secondary::SecondaryRepository>> {
+    let dir = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("--source-repo {}: {e}", path.display()))?;
+    let repo = cfsd_repo::secondary::SecondaryRepository::open(dir.into(), None)
+        .map_err(|e| anyhow::anyhow!("--source-repo {}: {e}", path.display()))?;
+    Ok(std::sync::Arc::new(repo))
 }
 
 fn main() -> ExitCode {
@@ -225,6 +243,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         max_delta_scratch: args.max_delta_scratch,
         registry: std::sync::Arc::new(args.registry.settings()),
+        source_repo: args
+            .source_repo
+            .as_deref()
+            .map(open_source_repo)
+            .transpose()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(work::BLOCKING_THREADS)

@@ -42,6 +42,9 @@ pub struct Config {
     pub max_delta_scratch: u64,
     /// How `docker://` pulls connect and what they may admit.
     pub registry: Arc<cfsd_repo::registry::RegistrySettings>,
+    /// Where a delta's source image may be when the repository lacks it
+    /// (`--source-repo`).
+    pub source_repo: Option<Arc<cfsd_repo::secondary::SecondaryRepository>>,
 }
 
 /// What every connection shares.
@@ -60,6 +63,8 @@ pub struct Daemon {
     pub max_delta_scratch: u64,
     /// How `docker://` pulls connect and what they may admit.
     pub registry: Arc<cfsd_repo::registry::RegistrySettings>,
+    /// Where a delta's source image may be when the repository lacks it.
+    pub source_repo: Option<Arc<cfsd_repo::secondary::SecondaryRepository>>,
     /// Turns true when the daemon is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// The subordinate uid ranges, whose uids count against their owner.
@@ -88,6 +93,7 @@ pub async fn run(
         max_message: config.max_message,
         max_delta_scratch: config.max_delta_scratch,
         registry: config.registry.clone(),
+        source_repo: config.source_repo.clone(),
         shutdown,
         subuids: config.subuids.clone(),
         work: WorkLimits::new(config.max_blocking_per_uid),

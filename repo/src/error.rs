@@ -471,6 +471,15 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A secondary repository (`oci copy --from`, a delta's
+    /// `--source-repo`) cannot be read as one: it holds a link, a file
+    /// that is not regular, one its client could not read, a damaged
+    /// stream, or lacks what it should have.
+    #[error("the source repository cannot be used: {reason}")]
+    SourceRepository {
+        /// What is wrong, by paths inside that repository.
+        reason: String,
+    },
 }
 
 impl Error {

@@ -25,6 +25,7 @@ pub mod plain;
 mod privacy;
 pub mod registry;
 mod repository;
+pub mod secondary;
 #[cfg(test)]
 mod test_image;
 pub mod trust;

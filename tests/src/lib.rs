@@ -9,6 +9,7 @@ pub mod ocictl;
 pub mod peer;
 pub mod referrers;
 pub mod registry;
+pub mod repo_files;
 pub mod signing;
 pub mod stall;
 pub mod stalled;

@@ -252,9 +252,13 @@ fn no_method_takes_a_path() {
             "tlsVerify",
             "noDelta",
             "digest",
-            "stage"
+            "stage",
+            "sourceRepo"
         ]
     );
+    // sourceRepo is a flag; the repository comes as the call's last fd,
+    // and Copy's as its only one.
+    assert_eq!(inputs("Copy"), ["image", "tag", "jobs"]);
     assert_eq!(
         inputs("CreateDelta"),
         ["source", "target", "jobs", "method", "reference"]

@@ -269,6 +269,17 @@ impl Client {
         self.call_more(&method, params, fds).await
     }
 
+    /// `io.cfsd.Oci.Copy` with `more`, from the repository whose
+    /// directory is `from`; replies as [`Client::pull`]'s.
+    pub async fn copy(
+        &mut self,
+        params: &crate::oci::CopyParams,
+        from: OwnedFd,
+    ) -> CallResult<Replies<'_>, OciError> {
+        let method = format!("{}.Copy", crate::idl::OCI_INTERFACE);
+        self.call_more(&method, params, vec![from]).await
+    }
+
     /// `io.cfsd.Oci.ListImages`.
     pub async fn list_images(&mut self) -> CallResult<ListImagesReply, OciError> {
         self.oci("ListImages", &Empty {}).await.map(|(r, _)| r)

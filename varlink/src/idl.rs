@@ -370,6 +370,7 @@ mod tests {
                 stage: s(),
                 reason: s(),
             },
+            OciError::InvalidSourceRepository { reason: s() },
         ];
         for e in &all {
             match e {
@@ -423,7 +424,8 @@ mod tests {
                 | OciError::StageNotFound { .. }
                 | OciError::StageIncomplete { .. }
                 | OciError::StageObjectsMissing { .. }
-                | OciError::InvalidStageId { .. } => {}
+                | OciError::InvalidStageId { .. }
+                | OciError::InvalidSourceRepository { .. } => {}
             }
         }
         all
@@ -633,8 +635,15 @@ mod tests {
             no_delta: Some(true),
             digest: Some("sha256:x".to_owned()),
             stage: Some(true),
+            source_repo: Some(true),
         };
         assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
+        let copy = crate::oci::CopyParams {
+            image: "x".into(),
+            tag: Some("t".into()),
+            jobs: Some(1),
+        };
+        assert_eq!(keys(&copy), method_fields(&idl, "Copy", false));
         let pull_reply = PullReply {
             progress: Some(progress),
             result: Some(PullResult::default()),

@@ -56,6 +56,29 @@ pub struct PullParams {
     /// Stage the image (set no tag) and return a stage id to commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<bool>,
+    /// `true`: the call's last fd is another repository's directory,
+    /// where a delta's source image may be.
+    #[serde(
+        default,
+        rename = "sourceRepo",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub source_repo: Option<bool>,
+}
+
+/// The parameters of `Copy`; the source repository's directory travels
+/// as the call's fd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyParams {
+    /// The image there: a tag or a `sha256:` manifest digest.
+    pub image: String,
+    /// The tag to set here; defaults to the manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The most layers copied at once; `None` or 0 means one per CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<u64>,
 }
 
 /// How far the import of one layer has come.
@@ -880,6 +903,14 @@ pub enum OciError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The other repository of a Copy or a Pull's sourceRepo cannot be
+    /// used.
+    #[serde(rename = "io.cfsd.Oci.InvalidSourceRepository")]
+    #[error("the source repository cannot be used: {reason}")]
+    InvalidSourceRepository {
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.
@@ -927,6 +958,7 @@ pub const METHODS: &[&str] = &[
     "ListStages",
     "Commit",
     "Abort",
+    "Copy",
 ];
 
 #[cfg(test)]

@@ -52,6 +52,12 @@ pub async fn handle(
 ) -> Outcome {
     match method {
         "Pull" => mutating(peer, method, params, |p| pull(daemon, peer, p, fds)).await,
+        "Copy" => {
+            mutating(peer, method, params, |p| {
+                super::copy::copy(daemon, peer, p, fds)
+            })
+            .await
+        }
         "ListImages" => run(params, |_: NoParams| list_images(daemon)).await,
         "Inspect" => run(params, |p| inspect(daemon, p)).await,
         "Tag" => mutating(peer, method, params, |p| tag(daemon, p)).await,
@@ -159,8 +165,10 @@ async fn pull(
     daemon: &Daemon,
     peer: &Peer,
     params: PullParams,
-    fds: Vec<OwnedFd>,
+    mut fds: Vec<OwnedFd>,
 ) -> Result<Outcome, OciError> {
+    // Taken first: it is the last fd, whatever the transport takes.
+    let source_repo = super::copy::source_repo(daemon, peer, &params, &mut fds)?;
     // A registry is reached only here, for a caller the access table let
     // through; its reference names the image, not a manifest in a layout.
     let (source, options) = if params.transport == TRANSPORT_REGISTRY {
@@ -178,6 +186,7 @@ async fn pull(
     let settings = daemon.registry.clone();
     let prepared = blocking(move || {
         let mut options = options;
+        options.source_repo = source_repo.open()?;
         let source = match source {
             Ok(local) => {
                 if let Some(fd) = local.fd() {
@@ -194,6 +203,12 @@ async fn pull(
         repo::Repository::prepare_pull(source, &options)
     })
     .await?;
+    Ok(stream_prepared(repo, prepared))
+}
+
+/// Run the pull `prepared` in a task of its own and stream its progress
+/// and result.
+pub(super) fn stream_prepared(repo: Arc<Repository>, prepared: repo::oci::PreparedPull) -> Outcome {
     // The import's threads count as this call's and this connection's;
     // they go with the task, which may outlive the call.
     let held = crate::work::hold();
@@ -219,7 +234,7 @@ async fn pull(
     let (replies, receiver) = mpsc::channel(STREAM_QUEUE);
     let work = AbortOnDrop(work);
     tokio::spawn(stream_pull(work, shared, pending, replies));
-    Ok(Outcome::Stream(receiver))
+    Outcome::Stream(receiver)
 }
 
 /// The source the client passed as the call's first fd, checked to be
@@ -419,6 +434,7 @@ fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
         digest: params.digest,
         policy: None,
         stage: params.stage.unwrap_or(false),
+        source_repo: None,
     })
 }
 
@@ -846,6 +862,7 @@ pub(super) fn wire_error(e: repo::Error) -> OciError {
         e @ (E::InvalidTree { .. } | E::InvalidImageName { .. }) => OciError::InvalidSource {
             reason: e.to_string(),
         },
+        E::SourceRepository { reason } => OciError::InvalidSourceRepository { reason },
     }
 }
 

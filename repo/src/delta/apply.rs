@@ -211,3 +211,12 @@ pub(super) fn tar_diff_error(layer: &LayerPlan, e: TarDiffError) -> Error {
         },
     }
 }
+
+impl Delta {
+    /// Whether applying this delta to `layers` (its target's) reads the
+    /// source image: a tar-diff does, and so does a layer it leaves out.
+    pub(crate) fn needs_source(&self, layers: &[LayerPlan]) -> bool {
+        self.rebuilds.values().any(|r| r.method == Method::TarDiff)
+            || layers.iter().any(|l| !self.rebuilds.contains_key(&l.blob))
+    }
+}

@@ -19,7 +19,7 @@ pub(crate) mod discover;
 mod source;
 pub(crate) mod tardiff;
 
-pub(crate) use apply::DeltaLayers;
+pub(crate) use apply::{DeltaLayers, source_present};
 pub(crate) use artifact::{ARTIFACT_TYPE, Delta};
 
 #[cfg(test)]

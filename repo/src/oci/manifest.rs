@@ -95,7 +95,18 @@ pub(crate) fn resolve(
     reference: Option<&str>,
     platform: &Platform,
 ) -> Result<Resolved, Error> {
-    let index: IndexDoc = parse(&layout.index()?, "index.json")?;
+    // A secondary repository has no index: one is made of the image named.
+    let raw = match (layout.secondary(), reference) {
+        (Some(repo), Some(image)) => {
+            repo.index_for(image)?
+                .ok_or_else(|| Error::ManifestNotFound {
+                    reference: image.to_owned(),
+                    available: Vec::new(),
+                })?
+        }
+        _ => layout.index()?,
+    };
+    let index: IndexDoc = parse(&raw, "index.json")?;
     let entry = select(&index.manifests, reference, platform)?;
     resolve_descriptor(layout, &entry, platform, 0)
 }

@@ -24,7 +24,7 @@ pub(crate) mod pipeline;
 #[cfg(test)]
 mod pipeline_tests;
 mod platform;
-mod publish;
+pub(crate) mod publish;
 pub(crate) mod pull;
 pub(crate) mod recompress;
 mod save;

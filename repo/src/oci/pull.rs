@@ -55,6 +55,9 @@ pub struct PullOptions {
     /// Stage the image: import and verify all of it, set no tag, and keep
     /// a stage record to commit later (`tag` must then be `None`).
     pub stage: bool,
+    /// For a delta: another repository where its source image may be,
+    /// copied from there when this one lacks it.
+    pub source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
 }
 
 /// What a pull did.
@@ -128,6 +131,8 @@ pub struct PreparedPull {
     signatures: Option<crate::trust::Accepted>,
     /// Stage the image rather than tag it.
     stage: bool,
+    /// Where a delta's source image may be found.
+    source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
 }
 
 impl PreparedPull {
@@ -200,6 +205,7 @@ impl Repository {
             discover,
             signatures,
             stage: options.stage,
+            source_repo: options.source_repo.clone(),
         })
     }
 
@@ -244,6 +250,7 @@ impl Repository {
             hold,
             signatures: prepared.signatures,
             root: self.path().to_owned(),
+            source_repo: prepared.source_repo,
         };
         let result = with_store!(self.store(), store => job.run(store.clone()).await);
         if let (Err(_), Some(work)) = (&result, &stage) {
@@ -292,6 +299,8 @@ struct Pull {
     root: std::path::PathBuf,
     /// For a staged pull: its record, completed instead of a tag set.
     stage: Option<Arc<StageWork>>,
+    /// Where a delta's source image may be found.
+    source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
 }
 
 impl Pull {
@@ -343,10 +352,30 @@ impl Pull {
         let layers = &self.resolved.layers;
         // oci-delta hook: the layers come from the delta (crate::delta).
         if let Some(delta) = &self.resolved.delta {
+            if let Some(secondary) = &self.source_repo {
+                let jobs = self.jobs;
+                crate::secondary::delta_source::bring_delta_source(
+                    repo, secondary, delta, layers, &self.hold, jobs,
+                )
+                .await?;
+            }
             let source = Arc::new(DeltaLayers::new(self.layout.clone(), delta));
             let brought =
                 pipeline::bring_in(repo, source, layers, self.jobs, &self.progress).await?;
             return Ok((brought, Route::applied(delta, None)));
+        }
+        if let Some(secondary) = self.layout.secondary() {
+            let source = Arc::new(crate::secondary::copy::CopyLayers {
+                source: secondary.clone(),
+                repo: repo.clone(),
+            });
+            let brought =
+                pipeline::bring_in(repo, source, layers, self.jobs, &self.progress).await?;
+            let route = Route {
+                applied: None,
+                discovery: None,
+            };
+            return Ok((brought, route));
         }
         let discovery = match self.discover {
             None => None,
@@ -547,7 +576,7 @@ pub(crate) fn durable<H: FsVerityHashValue>(repo: &Store<H>) -> Result<(), Error
 /// Building the image failed: on an I/O error, the repository is at
 /// fault; otherwise the layers are, which only conflict across layers can
 /// cause, each layer having passed the tar rules alone.
-fn image_error(e: anyhow::Error) -> Error {
+pub(crate) fn image_error(e: anyhow::Error) -> Error {
     let io_failure = e.chain().any(|cause| {
         cause.downcast_ref::<std::io::Error>().is_some()
             || cause.downcast_ref::<rustix::io::Errno>().is_some()

@@ -36,6 +36,9 @@ pub enum Source {
     Directory(OwnedFd),
     /// A `docker://` image, admitted by the policy, not yet contacted.
     Registry(Box<crate::registry::Registry>),
+    /// Another composefs repository (`oci copy --from`); the pull's
+    /// reference is the image's tag or manifest digest there.
+    Repository(Arc<crate::secondary::SecondaryRepository>),
 }
 
 impl Source {
@@ -44,7 +47,7 @@ impl Source {
         match self {
             Source::Archive(_) => Some(crate::trust::LocalTransport::Archive),
             Source::Directory(_) => Some(crate::trust::LocalTransport::Directory),
-            Source::Registry(_) => None,
+            Source::Registry(_) | Source::Repository(_) => None,
         }
     }
 
@@ -53,6 +56,7 @@ impl Source {
         match self {
             Source::Archive(file) => Some(file.as_fd()),
             Source::Directory(dir) => Some(dir.as_fd()),
+            Source::Repository(repo) => Some(repo.dir()),
             Source::Registry(_) => None,
         }
     }
@@ -64,6 +68,7 @@ pub(crate) enum Layout {
     Archive(Archive),
     Directory(Arc<OwnedFd>),
     Registry(crate::registry::Connected),
+    Repository(Arc<crate::secondary::SecondaryRepository>),
 }
 
 impl Layout {
@@ -72,6 +77,8 @@ impl Layout {
         let layout = match source {
             Source::Archive(file) => Layout::Archive(Archive::index(file)?),
             Source::Directory(dir) => Layout::Directory(Arc::new(dir)),
+            // A repository has no oci-layout marker to check.
+            Source::Repository(repo) => return Ok(Layout::Repository(repo)),
             Source::Registry(registry) => {
                 return Ok(Layout::Registry(crate::registry::Connected::open(
                     *registry,
@@ -86,6 +93,14 @@ impl Layout {
     pub(crate) fn remote(&self) -> Option<&Arc<crate::registry::remote::Remote>> {
         match self {
             Layout::Registry(connected) => Some(&connected.remote),
+            _ => None,
+        }
+    }
+
+    /// The secondary repository this layout reads, when it is one.
+    pub(crate) fn secondary(&self) -> Option<&Arc<crate::secondary::SecondaryRepository>> {
+        match self {
+            Layout::Repository(repo) => Some(repo),
             _ => None,
         }
     }
@@ -139,6 +154,11 @@ impl Layout {
         if let Layout::Registry(connected) = self {
             return Ok(connected.remote.index());
         }
+        if let Layout::Repository(_) = self {
+            return Err(Error::InvalidSource {
+                reason: "a repository holds many images: name the one to copy".to_owned(),
+            });
+        }
         let reader = self
             .file("index.json")?
             .ok_or_else(|| Error::InvalidSource {
@@ -181,6 +201,11 @@ impl Layout {
         }
         let bytes = match self {
             Layout::Registry(connected) => connected.remote.document(digest, size, what)?,
+            Layout::Repository(repo) => {
+                repo.document(digest)?.ok_or_else(|| Error::BlobMissing {
+                    digest: digest.to_string(),
+                })?
+            }
             _ => {
                 let blob = self.blob(digest)?;
                 check_size(blob.len(), size, what)?;
@@ -197,8 +222,8 @@ impl Layout {
         match self {
             Layout::Archive(archive) => Ok(archive.open(path)),
             Layout::Directory(dir) => open_beneath(dir, path),
-            Layout::Registry(_) => Err(Error::InvalidSource {
-                reason: format!("{path} is a file of a layout; a registry has no files"),
+            Layout::Registry(_) | Layout::Repository(_) => Err(Error::InvalidSource {
+                reason: format!("{path} is a file of a layout; this source has no such files"),
             }),
         }
     }
