@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use cfsd_varlink::idl::{OCI_INTERFACE as OCI, REPOSITORY_INTERFACE as REPOSITORY};
 use rustix::process::{Gid, Uid, geteuid};
+use serde_json::Value;
 use zlink::connection::Credentials;
 
 /// Who a peer is, as far as the daemon's rights go.
@@ -80,27 +82,108 @@ const RIGHTS: &[(Right, &[Role])] = {
     ]
 };
 
-/// The `Mount` parameters that ask for more than a plain mount, and the
-/// right each needs.
-pub const MOUNT_OPTIONS: &[(&str, Right)] = &[
-    ("allowSetuid", Right::MountSetuid),
-    ("allowDevices", Right::MountDevices),
-    ("uidmap", Right::MountIdmapped),
-    ("gidmap", Right::MountIdmapped),
-];
+/// The right every method needs, by interface: the one table of who may
+/// call what. A method not listed is open to every peer the socket lets
+/// in (`org.varlink.service`), or does not exist.
+pub const METHODS: &[(&str, &str, Right)] = {
+    use Right::*;
+    &[
+        (REPOSITORY, "Info", Read),
+        (REPOSITORY, "Fsck", Read),
+        (REPOSITORY, "Init", Change),
+        // A collection is a change; a dry run only reads (see PARAMETERS).
+        (REPOSITORY, "Gc", Read),
+        // Holding GC off changes what the next collection may do.
+        (REPOSITORY, "Hold", Change),
+        // Writes objects and an image, as a pull does.
+        (REPOSITORY, "CreateImage", Change),
+        // Stores nothing, and the tree is read with the caller's own
+        // rights: it learns nothing it could not compute itself.
+        (REPOSITORY, "ComputeImageId", Read),
+        (REPOSITORY, "ListNamedImages", Read),
+        // Object ids, not their content, as Inspect lists layers.
+        (REPOSITORY, "ImageObjects", Read),
+        (REPOSITORY, "MountImage", Mount),
+        (OCI, "Pull", Change),
+        (OCI, "Copy", Change),
+        (OCI, "ListImages", Read),
+        (OCI, "Inspect", Read),
+        (OCI, "Tag", Change),
+        (OCI, "Untag", Change),
+        (OCI, "Remove", Change),
+        (OCI, "ComputeId", Read),
+        (OCI, "Mount", Mount),
+        (OCI, "MakeBootable", Change),
+        (OCI, "KernelArgument", Read),
+        (OCI, "Idmap", Change),
+        // It changes nothing, but its delta carries image files out.
+        (OCI, "CreateDelta", ReadContent),
+        // Sends the repository's content out over the network, which
+        // only those who may pull (reach registries) may do.
+        (OCI, "Push", Change),
+        (OCI, "PushDelta", Change),
+        // Image files go out through a pipe or a file, as with
+        // CreateDelta.
+        (OCI, "Dump", ReadContent),
+        (OCI, "ExportLayer", ReadContent),
+        (OCI, "Export", ReadContent),
+        (OCI, "ListStages", Read),
+        // What Tag and Untag need: they publish and drop names.
+        (OCI, "Commit", Change),
+        (OCI, "Abort", Change),
+    ]
+};
 
-/// The rights the plain-image methods of `io.cfsd.Repository` need.
-pub const PLAIN_IMAGE_METHODS: &[(&str, Right)] = &[
-    // Writes objects and an image, as a pull does.
-    ("CreateImage", Right::Change),
-    // Stores nothing, and the tree is read with the caller's own rights:
-    // it learns nothing it could not compute itself.
-    ("ComputeImageId", Right::Read),
-    ("ListNamedImages", Right::Read),
-    // Object ids, not their content, as Inspect lists layers.
-    ("ImageObjects", Right::Read),
-    ("MountImage", Right::Mount),
-];
+/// When a parameter asks for more than its method's right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asks {
+    /// When it is `true`, or a list with an entry.
+    WhenSet,
+    /// Unless it is `true` (or a list with an entry).
+    UnlessSet,
+}
+
+/// The parameters that ask for more than their method's right in
+/// [`METHODS`], and the right each then needs.
+pub const PARAMETERS: &[(&str, &str, &str, Asks, Right)] = {
+    use Asks::*;
+    use Right::*;
+    &[
+        (OCI, "Mount", "allowSetuid", WhenSet, MountSetuid),
+        (OCI, "Mount", "allowDevices", WhenSet, MountDevices),
+        (OCI, "Mount", "uidmap", WhenSet, MountIdmapped),
+        (OCI, "Mount", "gidmap", WhenSet, MountIdmapped),
+        (REPOSITORY, "Gc", "dryRun", UnlessSet, Change),
+    ]
+};
+
+/// The first right a call of `interface.method` with `params` needs that
+/// `peer` lacks, with the parameter that asked for it when one did.
+/// Decided before the parameters are parsed: a value other than `true`
+/// or a non-empty list asks for nothing (and a malformed one is refused
+/// when they are parsed).
+pub fn refused(
+    peer: &Peer,
+    interface: &str,
+    method: &str,
+    params: Option<&Value>,
+) -> Option<(Right, Option<&'static str>)> {
+    let set = |name: &str| match params.and_then(|p| p.get(name)) {
+        Some(Value::Bool(flag)) => *flag,
+        Some(Value::Array(list)) => !list.is_empty(),
+        _ => false,
+    };
+    let base = METHODS
+        .iter()
+        .filter(|(i, m, _)| *i == interface && *m == method)
+        .map(|(_, _, right)| (*right, None));
+    let raised = PARAMETERS
+        .iter()
+        .filter(|(i, m, _, _, _)| *i == interface && *m == method)
+        .filter(|(_, _, name, asks, _)| set(name) == (*asks == Asks::WhenSet))
+        .map(|(_, _, name, _, right)| (*right, Some(*name)));
+    base.chain(raised).find(|(right, _)| !peer.may(*right))
+}
 
 impl Role {
     /// Whether this role has `right`, by [`RIGHTS`].
@@ -265,26 +348,74 @@ mod tests {
         use Role::*;
         let may = [Root, DaemonUser, Admin, Other].map(|role| role.may(Right::MountIdmapped));
         assert_eq!(may, [true, false, false, false]);
-        let rights: Vec<_> = MOUNT_OPTIONS
-            .iter()
-            .filter(|(name, _)| name.ends_with("map"))
-            .collect();
+        let mapped = serde_json::json!({"image": "i", "uidmap": ["0:1:1"], "gidmap": []});
+        let refused = |uid, role| refused(&Peer::new(uid, role), OCI, "Mount", Some(&mapped));
+        assert_eq!(refused(0, Root), None);
         assert_eq!(
-            rights,
-            [
-                &("uidmap", Right::MountIdmapped),
-                &("gidmap", Right::MountIdmapped)
-            ]
+            refused(1000, DaemonUser),
+            Some((Right::MountIdmapped, Some("uidmap")))
         );
+        // An empty map asks for nothing more than a mount.
+        let plain = serde_json::json!({"image": "i", "uidmap": []});
+        let plain = refused_mount_of(&plain);
+        assert_eq!(plain, [None, None, Some(Right::Mount), Some(Right::Mount)]);
+    }
+
+    fn refused_mount_of(params: &Value) -> Vec<Option<Right>> {
+        use Role::*;
+        [(0, Root), (1000, DaemonUser), (42, Admin), (65534, Other)]
+            .into_iter()
+            .map(|(uid, role)| refused(&Peer::new(uid, role), OCI, "Mount", Some(params)))
+            .map(|r| r.map(|(right, _)| right))
+            .collect()
+    }
+
+    #[test]
+    fn a_collection_is_a_change_and_a_dry_run_a_read() {
+        let other = Peer::new(65534, Role::Other);
+        let gc = |params: Value| refused(&other, REPOSITORY, "Gc", Some(&params));
+        assert_eq!(
+            gc(serde_json::json!({})),
+            Some((Right::Change, Some("dryRun")))
+        );
+        assert_eq!(
+            gc(serde_json::json!({"dryRun": false})).map(|r| r.0),
+            Some(Right::Change)
+        );
+        assert_eq!(gc(serde_json::json!({"dryRun": true})), None);
+    }
+
+    #[test]
+    fn every_method_of_the_daemons_interfaces_has_its_right() {
+        let listed = |interface: &str, method: &str| {
+            METHODS
+                .iter()
+                .any(|(i, m, _)| *i == interface && *m == method)
+        };
+        for method in cfsd_varlink::oci::METHODS {
+            assert!(listed(OCI, method), "{OCI}.{method} has no right");
+        }
+        for method in cfsd_varlink::repository::METHODS {
+            assert!(
+                listed(REPOSITORY, method),
+                "{REPOSITORY}.{method} has no right"
+            );
+        }
+        for (interface, method, _) in METHODS {
+            let served = match *interface {
+                OCI => cfsd_varlink::oci::METHODS.contains(method),
+                _ => cfsd_varlink::repository::METHODS.contains(method),
+            };
+            assert!(served, "{interface}.{method} is not served");
+        }
     }
 
     #[test]
     fn plain_images_are_made_by_those_who_may_change_and_mounted_by_those_who_may_mount() {
         use Role::*;
         let may = |role: Role, method: &str| {
-            PLAIN_IMAGE_METHODS
-                .iter()
-                .any(|(m, right)| *m == method && role.may(*right))
+            let uid = if role == Root { 0 } else { 1000 };
+            refused(&Peer::new(uid, role), REPOSITORY, method, None).is_none()
         };
         let methods = [
             "CreateImage",

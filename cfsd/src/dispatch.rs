@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use cfsd_varlink::{
     idl::{OCI_INTERFACE, REPOSITORY_INTERFACE, SERVICE_INTERFACE},
     oci::OciError,
+    repository::RepositoryError,
     service::ServiceError,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -13,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::{
-    access::{self, Peer, Right},
+    access::{self, Peer},
     methods,
     server::Daemon,
 };
@@ -108,7 +109,7 @@ pub async fn handle(
             method: call.method.clone(),
         });
     };
-    if let Some(refused) = refuse_mount(peer, interface, method, call.parameters.as_ref()) {
+    if let Some(refused) = refuse(peer, interface, method, call.parameters.as_ref()) {
         return refused;
     }
     let params = call.parameters.clone();
@@ -156,39 +157,24 @@ async fn route(
     }
 }
 
-/// Mount needs more than the other mutating methods, and more again for
-/// the options that lift `nosuid` and `nodev`: the rights [`access`]'s
-/// table gives. Refused before the parameters are parsed; an option's
-/// value other than `true` asks for nothing beyond the plain mount (and
-/// a malformed one is refused when they are parsed).
-fn refuse_mount(
-    peer: &Peer,
-    interface: &str,
-    method: &str,
-    params: Option<&Value>,
-) -> Option<Outcome> {
-    if interface != OCI_INTERFACE || method != "Mount" {
-        return None;
-    }
-    // A flag asks when true, a list (an ID map) when it has an entry.
-    let asks = |name: &str| match params.and_then(|p| p.get(name)) {
-        Some(Value::Bool(flag)) => *flag,
-        Some(Value::Array(list)) => !list.is_empty(),
-        _ => false,
-    };
-    let options = access::MOUNT_OPTIONS
-        .iter()
-        .filter(|(name, _)| asks(name))
-        .map(|(name, right)| (*right, Some(*name)));
-    let (_, option) = std::iter::once((Right::Mount, None))
-        .chain(options)
-        .find(|(right, _)| !peer.may(*right))?;
-    tracing::info!(uid = peer.uid, ?option, "refused {OCI_INTERFACE}.{method}");
-    Some(Outcome::error(&OciError::PermissionDenied {
-        method: format!("{OCI_INTERFACE}.{method}"),
-        uid: peer.uid,
-        option: option.map(str::to_owned),
-    }))
+/// Refuse a call the peer lacks a right for, by [`access`]'s table,
+/// before its parameters are parsed: with the interface's own typed
+/// PermissionDenied.
+fn refuse(peer: &Peer, interface: &str, method: &str, params: Option<&Value>) -> Option<Outcome> {
+    let (_, option) = access::refused(peer, interface, method, params)?;
+    tracing::info!(uid = peer.uid, ?option, "refused {interface}.{method}");
+    let method = format!("{interface}.{method}");
+    Some(match interface {
+        OCI_INTERFACE => Outcome::error(&OciError::PermissionDenied {
+            method,
+            uid: peer.uid,
+            option: option.map(str::to_owned),
+        }),
+        _ => Outcome::error(&RepositoryError::PermissionDenied {
+            method,
+            uid: peer.uid,
+        }),
+    })
 }
 
 /// The method was not found in its (known) interface.

@@ -14,7 +14,7 @@ use cfsd_varlink::{
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::repository::{allow, open, wire_error};
+use super::repository::{open, wire_error};
 use crate::{
     access::Peer,
     dispatch::{self, Outcome, Streamed},
@@ -32,9 +32,6 @@ pub async fn hold(daemon: &Daemon, peer: &Peer, params: Option<Value>) -> Outcom
         Ok(params) => params,
         Err(e) => return Outcome::error(&e),
     };
-    if let Err(e) = allow(peer, "Hold") {
-        return Outcome::error(&e);
-    }
     if let Err(reason) = check_reason(&params.reason) {
         return invalid(&format!("reason: {reason}"));
     }

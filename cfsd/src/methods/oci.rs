@@ -31,7 +31,7 @@ use tokio::{
 };
 
 use crate::{
-    access::{Peer, Right},
+    access::Peer,
     dispatch::{self, NoParams, Outcome, Streamed},
     server::Daemon,
 };
@@ -51,62 +51,32 @@ pub async fn handle(
     fds: Vec<OwnedFd>,
 ) -> Outcome {
     match method {
-        "Pull" => mutating(peer, method, params, |p| pull(daemon, peer, p, fds)).await,
-        "Copy" => {
-            mutating(peer, method, params, |p| {
-                super::copy::copy(daemon, peer, p, fds)
-            })
-            .await
-        }
+        "Pull" => run(params, |p| pull(daemon, peer, p, fds)).await,
+        "Copy" => run(params, |p| super::copy::copy(daemon, peer, p, fds)).await,
         "ListImages" => run(params, |_: NoParams| list_images(daemon)).await,
         "Inspect" => run(params, |p| inspect(daemon, p)).await,
-        "Tag" => mutating(peer, method, params, |p| tag(daemon, p)).await,
-        "Untag" => mutating(peer, method, params, |p| untag(daemon, p)).await,
-        "Remove" => mutating(peer, method, params, |p| remove(daemon, p)).await,
+        "Tag" => run(params, |p| tag(daemon, p)).await,
+        "Untag" => run(params, |p| untag(daemon, p)).await,
+        "Remove" => run(params, |p| remove(daemon, p)).await,
         "ComputeId" => run(params, |p| compute_id(daemon, p)).await,
-        "Mount" => mutating(peer, method, params, |p| mount(daemon, p)).await,
-        "MakeBootable" => mutating(peer, method, params, |p| make_bootable(daemon, p)).await,
+        "Mount" => run(params, |p| mount(daemon, p)).await,
+        "MakeBootable" => run(params, |p| make_bootable(daemon, p)).await,
         "KernelArgument" => run(params, |p| kernel_argument(daemon, p)).await,
-        "Idmap" => mutating(peer, method, params, |p| super::idmap::idmap(daemon, p)).await,
+        "Idmap" => run(params, |p| super::idmap::idmap(daemon, p)).await,
         // It changes nothing, but its delta carries image files out.
-        "CreateDelta" => {
-            needing(Right::ReadContent, peer, method, params, |p| {
-                create_delta(daemon, peer, p, fds)
-            })
-            .await
-        }
+        "CreateDelta" => run(params, |p| create_delta(daemon, peer, p, fds)).await,
         // Sends the repository's content out over the network, which only
         // those who may pull (reach registries) may do.
-        "Push" => mutating(peer, method, params, |p| super::push::push(daemon, p, fds)).await,
-        "PushDelta" => {
-            mutating(peer, method, params, |p| {
-                super::push::push_delta(daemon, p, fds)
-            })
-            .await
-        }
+        "Push" => run(params, |p| super::push::push(daemon, p, fds)).await,
+        "PushDelta" => run(params, |p| super::push::push_delta(daemon, p, fds)).await,
         // Image files go out through the pipe, as with CreateDelta.
-        "Dump" => {
-            needing(Right::ReadContent, peer, method, params, |p| {
-                super::export::dump(daemon, p)
-            })
-            .await
-        }
-        "Export" => {
-            needing(Right::ReadContent, peer, method, params, |p| {
-                super::export::export(daemon, peer, p, fds)
-            })
-            .await
-        }
-        "ExportLayer" => {
-            needing(Right::ReadContent, peer, method, params, |p| {
-                super::export::export_layer(daemon, p)
-            })
-            .await
-        }
+        "Dump" => run(params, |p| super::export::dump(daemon, p)).await,
+        "Export" => run(params, |p| super::export::export(daemon, peer, p, fds)).await,
+        "ExportLayer" => run(params, |p| super::export::export_layer(daemon, p)).await,
         "ListStages" => run(params, |_: NoParams| super::stage::list(daemon)).await,
         // What Tag and Untag need: they publish and drop names.
-        "Commit" => mutating(peer, method, params, |p| super::stage::commit(daemon, p)).await,
-        "Abort" => mutating(peer, method, params, |p| super::stage::abort(daemon, p)).await,
+        "Commit" => run(params, |p| super::stage::commit(daemon, p)).await,
+        "Abort" => run(params, |p| super::stage::abort(daemon, p)).await,
         _ => dispatch::method_not_found(OCI_INTERFACE, method),
     }
 }
@@ -123,42 +93,6 @@ where
         Ok(p) => method(p).await.unwrap_or_else(|e| Outcome::error(&e)),
         Err(e) => Outcome::error(&e),
     }
-}
-
-/// [`run`] for a method that changes the repository: refused to an
-/// unprivileged peer before its parameters are even read.
-async fn mutating<P, F, Fut>(peer: &Peer, method: &str, params: Option<Value>, call: F) -> Outcome
-where
-    P: DeserializeOwned,
-    F: FnOnce(P) -> Fut,
-    Fut: Future<Output = Result<Outcome, OciError>>,
-{
-    needing(Right::Change, peer, method, params, call).await
-}
-
-/// [`run`] for a method that needs `right`: refused to a peer without it
-/// before its parameters are even read.
-pub(super) async fn needing<P, F, Fut>(
-    right: Right,
-    peer: &Peer,
-    method: &str,
-    params: Option<Value>,
-    call: F,
-) -> Outcome
-where
-    P: DeserializeOwned,
-    F: FnOnce(P) -> Fut,
-    Fut: Future<Output = Result<Outcome, OciError>>,
-{
-    if peer.role.may(right) {
-        return run(params, call).await;
-    }
-    tracing::info!(uid = peer.uid, "refused {OCI_INTERFACE}.{method}");
-    Outcome::error(&OciError::PermissionDenied {
-        method: format!("{OCI_INTERFACE}.{method}"),
-        uid: peer.uid,
-        option: None,
-    })
 }
 
 async fn pull(

@@ -24,18 +24,11 @@ use crate::{
 pub async fn handle(daemon: &Daemon, peer: &Peer, method: &str, params: Option<Value>) -> Outcome {
     match method {
         "Info" => run(params, |_: NoParams| info(daemon)).await,
-        "Init" => match allow(peer, "Init") {
-            Ok(()) => run(params, |p: InitParams| init(daemon, p)).await,
-            Err(e) => Outcome::error(&e),
-        },
+        "Init" => run(params, |p: InitParams| init(daemon, p)).await,
         "Fsck" => run(params, |p: FsckParams| fsck(daemon, p)).await,
         "Gc" => {
             run(params, |p: GcParams| async move {
-                let dry_run = p.dry_run.unwrap_or(false);
-                if !dry_run {
-                    allow(peer, "Gc")?;
-                }
-                gc(daemon, peer, dry_run).await
+                gc(daemon, peer, p.dry_run.unwrap_or(false)).await
             })
             .await
         }
@@ -74,18 +67,6 @@ fn denied(e: repo::Error, peer: &Peer, method: &str) -> RepositoryError {
         }
         e => wire_error(e),
     }
-}
-
-/// Refuse a mutating method to an unprivileged peer.
-pub(super) fn allow(peer: &Peer, method: &str) -> Result<(), RepositoryError> {
-    if peer.privileged {
-        return Ok(());
-    }
-    tracing::info!(uid = peer.uid, "refused {REPOSITORY_INTERFACE}.{method}");
-    Err(RepositoryError::PermissionDenied {
-        method: format!("{REPOSITORY_INTERFACE}.{method}"),
-        uid: peer.uid,
-    })
 }
 
 async fn info(daemon: &Daemon) -> Result<InfoReply, RepositoryError> {
