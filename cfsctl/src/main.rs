@@ -16,6 +16,7 @@ mod progress;
 mod push;
 mod render;
 mod repository;
+mod source;
 mod stage;
 mod transaction;
 mod writing;
