@@ -18,11 +18,15 @@ op() {
     3) cfsctl oci untag busybox:v2 ;;
     4) cfsctl oci rm busybox:latest ;;
     5) cfsctl gc ;;
-    6) cfsctl --progress none oci pull oci-archive:/fixtures/delta.tar busybox:fromdelta ;;
-    7) cfsctl oci tag busybox:fromdelta busybox:v2 ;;
+    6) cfsctl --progress none oci pull --stage oci-archive:/fixtures/busybox.tar:demo-v2 ;;
+    7) cfsctl oci commit "$(complete_stage)" busybox:staged ;;
+    8) cfsctl oci rm busybox:staged ;;
+    9) cfsctl gc ;;
+    10) cfsctl --progress none oci pull oci-archive:/fixtures/delta.tar busybox:fromdelta ;;
+    11) cfsctl oci tag busybox:fromdelta busybox:v2 ;;
     esac
 }
-last=7
+last=11
 
 # tags_after K: the tags, sorted, once operations 1..K are done.
 tags_after() {
@@ -31,11 +35,18 @@ tags_after() {
     1) echo "busybox:demo busybox:v2" ;;
     2) echo "busybox:demo busybox:latest busybox:v2" ;;
     3) echo "busybox:demo busybox:latest" ;;
-    4 | 5) echo "busybox:demo" ;;
-    6) echo "busybox:demo busybox:fromdelta" ;;
-    7) echo "busybox:demo busybox:fromdelta busybox:v2" ;;
+    4 | 5 | 6) echo "busybox:demo" ;;
+    7) echo "busybox:demo busybox:staged" ;;
+    8 | 9) echo "busybox:demo" ;;
+    10) echo "busybox:demo busybox:fromdelta" ;;
+    11) echo "busybox:demo busybox:fromdelta busybox:v2" ;;
     esac
 }
+# stages_after K: the complete stages once operations 1..K are done: the
+# one operation 6 stages, until operation 7 commits it.
+stages_after() { [ "$1" = 6 ] && echo 1 || echo 0; }
+stages() { cfsctl --json oci staged | jq -r "[.stages[] | select(.state == \"$1\")] | length"; }
+complete_stage() { cfsctl --json oci staged | jq -r '[.stages[] | select(.state == "complete") | .id][0]'; }
 tags_now() { cfsctl --json oci images | jq -r '[.images[].name] | sort | join(" ")'; }
 
 # Every tag reaches a complete image with its reference id.
@@ -82,8 +93,24 @@ check)
     else
         fail "after $answered answered operations the tags are '$now'"
     fi
+    # Operation 6 (the staged pull) changes no tag: a complete stage
+    # tells that it finished.
+    if [ "$done_ops" = 5 ] && [ "$answered" = 5 ] && [ "$(stages complete)" = 1 ]; then
+        done_ops=6
+    fi
     ok "after $answered answered operations the tags are '$now'"
+    ok "stages after the cut: $(stages complete) complete, $(stages incomplete) incomplete"
     check_tags
+    # A stage answered survives the cut whole; one cut short is never
+    # complete, commit refuses it, and GC collects it.
+    expect "complete stages after $done_ops operations" "$(stages_after $done_ops)" "$(stages complete)"
+    for id in $(cfsctl --json oci staged | jq -r '.stages[] | select(.state != "complete") | .id'); do
+        refused=$(cfsctl --json oci commit "$id" busybox:never 2>&1 || true)
+        case $refused in *StageIncomplete* | *incomplete*) ok "an unfinished stage cannot be committed" ;;
+        *) fail "committing unfinished stage $id: $refused" ;; esac
+        cfsctl gc >/dev/null
+        expect "GC collects the unfinished stage" 0 "$(stages incomplete)"
+    done
     k=$((done_ops + 1))
     while [ $k -le $last ]; do
         op $k >/dev/null || fail "operation $k again after the cut"
