@@ -182,18 +182,7 @@ fn relink<H: FsVerityHashValue>(
 ) -> anyhow::Result<()> {
     let config_digest: &OciDigest = found.config_digest();
     let opened = composefs_oci::open_config(store, config_digest, Some(found.config_verity()))?;
-    let layers = opened
-        .config
-        .rootfs()
-        .diff_ids()
-        .iter()
-        .map(|diff_id| {
-            let stream = opened.layer_refs.get(diff_id.as_str()).ok_or_else(|| {
-                anyhow::anyhow!("the config stream does not link layer {diff_id}")
-            })?;
-            Ok((diff_id.parse::<OciDigest>()?, stream.clone()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let layers = publish::linked_layers(&opened)?;
     let mut kept = opened.boot_image_refs;
     for (name, id) in boot {
         kept.insert((*name).into(), id.clone());

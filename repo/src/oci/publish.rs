@@ -128,6 +128,26 @@ pub(crate) fn publish_with<H: FsVerityHashValue>(
     Ok(image_id)
 }
 
+/// The layer streams `opened` links, in its config's diff_id order: what
+/// a config stream is rewritten with (a bootable image linked, an
+/// ID-mapped variant made).
+pub(crate) fn linked_layers<H: FsVerityHashValue>(
+    opened: &composefs_oci::OpenConfig<H>,
+) -> anyhow::Result<Vec<(OciDigest, H)>> {
+    opened
+        .config
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|diff_id| {
+            let stream = opened.layer_refs.get(diff_id.as_str()).ok_or_else(|| {
+                anyhow::anyhow!("the config stream does not link layer {diff_id}")
+            })?;
+            Ok((diff_id.parse::<OciDigest>()?, stream.clone()))
+        })
+        .collect()
+}
+
 /// The boot images linked to the stored config (by cfsd or another
 /// tool), to keep.
 fn linked_boot_images<H: FsVerityHashValue>(

@@ -96,22 +96,7 @@ fn variant<H: FsVerityHashValue>(
     let opened =
         composefs_oci::open_config(store, found.config_digest(), Some(found.config_verity()))
             .map_err(read)?;
-    let layers = opened
-        .config
-        .rootfs()
-        .diff_ids()
-        .iter()
-        .map(|diff_id| {
-            let digest: OciDigest = diff_id.parse().map_err(|e| read(anyhow::anyhow!("{e}")))?;
-            let layer = opened.layer_refs.get(diff_id.as_str()).ok_or_else(|| {
-                Error::internal(
-                    "reading the image",
-                    format!("no layer stream for {diff_id}"),
-                )
-            })?;
-            Ok((digest, layer.clone()))
-        })
-        .collect::<Result<Vec<_>, Error>>()?;
+    let layers = super::publish::linked_layers(&opened).map_err(read)?;
     let id = publish_with(store, &manifest, &config, &layers, Some(tag), |_, _| {
         Ok(filesystem)
     })
