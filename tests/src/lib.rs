@@ -7,6 +7,7 @@ pub mod mounted;
 pub mod oci;
 pub mod ocictl;
 pub mod peer;
+pub mod pipe_client;
 pub mod referrers;
 pub mod registry;
 pub mod repo_files;
