@@ -6,6 +6,7 @@ pub mod fuse;
 pub mod hangup;
 pub mod mounted;
 pub mod oci;
+pub mod oci_delta_fixture;
 pub mod ocictl;
 pub mod peer;
 pub mod pipe_client;
