@@ -13,6 +13,7 @@ pub mod pipe_client;
 pub mod plain_tree;
 pub mod referrers;
 pub mod registry;
+pub mod registry_delta_fixture;
 pub mod repo_files;
 pub mod signing;
 pub mod stall;
