@@ -1,14 +1,20 @@
 //! Helpers for the integration tests: start real `cfsd` processes, run the
 //! real `cfsctl`, and speak raw varlink to check the wire itself.
 
+pub mod crash;
 pub mod delta;
 pub mod fuse;
+pub mod hangup;
 pub mod mounted;
 pub mod oci;
+pub mod oci_delta_fixture;
 pub mod ocictl;
 pub mod peer;
+pub mod pipe_client;
+pub mod plain_tree;
 pub mod referrers;
 pub mod registry;
+pub mod registry_delta_fixture;
 pub mod repo_files;
 pub mod signing;
 pub mod stall;
@@ -241,6 +247,15 @@ impl Daemon {
     /// The daemon process's id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the daemon holds `file` open now.
+    pub fn has_open(&self, file: &Path) -> bool {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return false;
+        };
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == file))
     }
 
     /// Send `signal` and wait for the daemon to exit, at most `timeout`.

@@ -46,3 +46,14 @@ pub fn file_of_size(dir: &Path, size: u64) -> PathBuf {
     }
     panic!("no file of {size} bytes under {}", dir.display());
 }
+
+/// The temporary files left in the repository directory `repo` (names
+/// starting `.tmp`).
+pub fn tmp_leftovers(repo: &Path) -> Vec<std::ffi::OsString> {
+    std::fs::read_dir(repo)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".tmp"))
+        .collect()
+}

@@ -13,7 +13,8 @@ use cfsd_tests::{
         Compression, Entry, Image, Layer, Layout, Written, everything_image, noise, sha256_digest,
     },
     ocictl::{json, pull, succeeds},
-    peer::{NOBODY, as_nobody, raw_calls_as},
+    peer::{NOBODY, raw_calls_as},
+    pipe_client::pipe_client,
     stderr,
     upstream::upstream,
 };
@@ -143,39 +144,6 @@ fn only_peers_who_may_read_image_files_may_export_them_and_only_with_more() {
     );
 }
 
-/// A client that calls ExportLayer for `diff_id` and takes the pipe;
-/// then, as its last argument says, reads all of it (`read-all`), or
-/// reads some bytes and then nothing more (`stall`), or closes everything
-/// (`hang-up`); it prints the last reply, if it waited for one.
-const STALLING_CLIENT: &str = r#"
-import json, os, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(sys.argv[1])
-# A daemon that never answers fails the test rather than hanging it.
-s.settimeout(60)
-call = {"method": "io.cfsd.Oci.ExportLayer", "parameters": {"diffId": sys.argv[2]}, "more": True}
-s.sendall(json.dumps(call).encode() + b"\0")
-msg, fds, _, _ = socket.recv_fds(s, 65536, 1)
-assert msg.endswith(b"\0") and json.loads(msg[:-1]).get("continues"), msg
-pipe = fds[0]
-if sys.argv[4] == "read-all":
-    while os.read(pipe, 1 << 16):
-        pass
-else:
-    os.read(pipe, int(sys.argv[3]))
-if sys.argv[4] == "hang-up":
-    os.close(pipe)
-    s.close()
-    sys.exit(0)
-buf = b""
-while not buf.endswith(b"\0"):
-    chunk = s.recv(65536)
-    if not chunk:
-        sys.exit("closed without a last reply")
-    buf += chunk
-print(buf[:-1].decode())
-"#;
-
 /// An image with one layer far larger than a pipe holds.
 fn large_image() -> Image {
     Image::new(vec![Layer::new(
@@ -184,14 +152,11 @@ fn large_image() -> Image {
     )])
 }
 
-/// [`STALLING_CLIENT`] as an admin-group member.
+/// A pipe client of ExportLayer for `diff_id`, as an admin-group member.
 fn stalling_client(daemon: &Daemon, diff_id: &str, read: usize, how: &str) -> Output {
-    as_nobody(&[ADMINS], "/usr/bin/python3")
-        .args(["-c", STALLING_CLIENT])
-        .arg(daemon.socket())
-        .args([diff_id, &read.to_string(), how])
-        .output()
-        .expect("running python3")
+    let call = json!({"method": "io.cfsd.Oci.ExportLayer",
+        "parameters": {"diffId": diff_id}, "more": true});
+    pipe_client(daemon, &[ADMINS], &call, read, how)
 }
 
 #[test]

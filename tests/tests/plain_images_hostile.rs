@@ -14,35 +14,15 @@ use cfsd_tests::{
     fuse::{Fuse, FuseFile},
     ocictl::object_count,
     peer::{
-        NOBODY, as_nobody, open_path_to, reply_with_fd, reply_within, spawn_call_with_fd,
-        spawn_call_with_root_fd,
+        NOBODY, as_nobody, reply_with_fd, reply_within, spawn_call_with_fd, spawn_call_with_root_fd,
     },
+    plain_tree::{ADMINS, admin_daemon, tree},
     stderr, stdout, wait_for,
 };
 use serde_json::{Value, json};
 
-/// The admin group given to nobody on top.
-const ADMINS: u32 = 4242;
-
-fn daemon() -> Daemon {
-    let daemon = Daemon::start_for_nobody(&["--allow-group", &ADMINS.to_string()]);
-    assert!(daemon.cfsctl(&["init"]).status.success());
-    daemon
-}
-
 fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// A tree nobody may enter, with `/usr` and what `extra` adds as root.
-fn tree(extra: impl FnOnce(&Path)) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    open_path_to(dir.path());
-    chmod(dir.path(), 0o755);
-    std::fs::create_dir(dir.path().join("usr")).unwrap();
-    std::fs::write(dir.path().join("usr/readable"), vec![1u8; 1000]).unwrap();
-    extra(dir.path());
-    dir
 }
 
 fn call(method: &str, parameters: Value) -> Value {
@@ -69,7 +49,7 @@ fn assert_error(reply: &Value, error: &str) {
 
 #[test]
 fn an_unprivileged_peer_may_compute_and_list_but_not_create_or_mount() {
-    let daemon = daemon();
+    let daemon = admin_daemon();
     let tree = tree(|_| {});
     let path = tree.path().to_str().unwrap();
     let objects = object_count(&daemon.repo());
@@ -144,7 +124,7 @@ fn tree_with_secrets() -> tempfile::TempDir {
 
 #[test]
 fn the_tree_is_read_with_the_callers_rights_not_the_daemons() {
-    let daemon = daemon();
+    let daemon = admin_daemon();
     let tree = tree_with_secrets();
     let path = tree.path().to_str().unwrap();
     let objects = object_count(&daemon.repo());
@@ -180,7 +160,7 @@ fn the_tree_is_read_with_the_callers_rights_not_the_daemons() {
 
 #[test]
 fn symlinks_out_and_fifos_are_kept_as_themselves_never_followed_or_opened() {
-    let daemon = daemon();
+    let daemon = admin_daemon();
     let tree = tree(|root| {
         for (target, name) in [
             ("/etc/shadow", "usr/shadow"),
@@ -219,7 +199,7 @@ fn symlinks_out_and_fifos_are_kept_as_themselves_never_followed_or_opened() {
 
 #[test]
 fn a_tree_on_fuse_or_with_fuse_inside_is_refused_without_a_read() {
-    let daemon = daemon();
+    let daemon = admin_daemon();
     let scratch = tree(|root| std::fs::create_dir(root.join("usr/fuse")).unwrap());
     let inside = scratch.path().join("usr/fuse");
     // Every read of this file waits forever: a read would hang the call.
@@ -247,7 +227,7 @@ fn a_tree_on_fuse_or_with_fuse_inside_is_refused_without_a_read() {
 
 #[test]
 fn deep_nesting_is_refused_at_the_limit() {
-    let daemon = daemon();
+    let daemon = admin_daemon();
     let tree = tree(|root| {
         let deep: std::path::PathBuf = std::iter::repeat_n("d", 300).collect();
         std::fs::create_dir_all(root.join("usr").join(deep)).unwrap();
@@ -281,7 +261,7 @@ fn daemon_has_open(daemon: &Daemon, file: &Path) -> bool {
 
 #[test]
 fn a_hung_up_compute_id_stops_reading_soon() {
-    let daemon = daemon();
+    let daemon = admin_daemon();
     // A sparse GiB: long to read and hash, nothing on disk.
     let tree = tree(|root| {
         let big = std::fs::File::create(root.join("usr/big")).unwrap();
@@ -326,7 +306,7 @@ fn a_hung_up_compute_id_stops_reading_soon() {
 
 #[test]
 fn the_callers_groups_count_and_an_admin_may_not_mount() {
-    let daemon = daemon();
+    let daemon = admin_daemon();
     let tree = tree(|root| {
         let shared = root.join("usr/for-admins");
         std::fs::write(&shared, vec![9u8; 100]).unwrap();

@@ -274,26 +274,33 @@ pub(super) async fn output_file(
     fds: Vec<OwnedFd>,
     method: &str,
 ) -> Result<OwnedFd, OciError> {
-    let uid = peer.uid;
-    // fstat of a file on a FUSE filesystem waits for its server, which
-    // the peer may run: off the async threads.
-    super::blocking(move || {
+    let (uid, pid) = (peer.uid, peer.pid);
+    let expected = format!("the output as a regular file that uid {uid} owns, opened for writing");
+    let missing = |expected: String| OciError::MissingFd {
+        method: format!("{OCI_INTERFACE}.{method}"),
+        expected,
+    };
+    let Some(fd) = fds.into_iter().next() else {
+        return Err(missing(expected));
+    };
+    // Its filesystem first, from the mount tables alone: a write into
+    // FUSE, and even an fstat there, waits on the peer's own server.
+    // The fstat goes off the async threads all the same.
+    let refusal = super::blocking(move || {
+        if let Some(why) = repo::oci::output_filesystem_refusal(&fd, Some(pid))? {
+            return Ok(Err(format!(", not on FUSE: {why}")));
+        }
         let owned =
             |fd: &OwnedFd| uid == 0 || rustix::fs::fstat(fd).is_ok_and(|st| st.st_uid == uid);
-        Ok(fds
-            .into_iter()
-            .next()
-            .filter(|fd| is_writable_file(fd) && owned(fd)))
+        if is_writable_file(&fd) && owned(&fd) {
+            Ok(Ok(fd))
+        } else {
+            Ok(Err(String::new()))
+        }
     })
     .await
-    .map_err(wire_error)?
-    .ok_or_else(|| OciError::MissingFd {
-        method: format!("{OCI_INTERFACE}.{method}"),
-        expected: format!(
-            "the output as a regular file that uid {} owns, opened for writing",
-            peer.uid
-        ),
-    })
+    .map_err(wire_error)?;
+    refusal.map_err(|why| missing(format!("{expected}{why}")))
 }
 
 /// Sets its flag when dropped: the work it stands for is no longer wanted.

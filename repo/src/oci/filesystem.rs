@@ -1,9 +1,11 @@
-//! Which filesystems a source handed over by a peer may live on.
+//! Which filesystems a source or an output handed over by a peer may
+//! live on.
 //!
 //! A read from a FUSE file waits for whatever process serves that
 //! filesystem, and a peer who serves it can make the wait last forever,
 //! holding one of the daemon's threads each time. So a source on FUSE is
-//! refused before anything is read from it. The check itself must not
+//! refused before anything is read from it, and an output file on FUSE
+//! before anything is written into it. The check itself must not
 //! wait on the server either: `fstatfs` on FUSE asks the server, and so
 //! does `fstat` once its cached attributes expire. The kernel's mount
 //! table says which filesystem a mount is without asking anyone, and
@@ -25,13 +27,37 @@ use crate::Error;
 /// handed it over: a filesystem that cannot be named cannot be trusted to
 /// answer.
 pub fn check_source_filesystem(fd: impl AsFd, peer_pid: Option<u32>) -> Result<(), Error> {
+    match refusal(fd, peer_pid, "read")? {
+        Some(reason) => Err(Error::InvalidSource {
+            reason: format!("the source {reason}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why the daemon may not write into an output fd that `peer_pid` handed
+/// over, or `None` if it may. A write into a FUSE file waits for the
+/// process serving it, as a read does, and unlike a pipe's it cannot be
+/// made non-blocking: a peer serving its own FUSE mount would keep one of
+/// the daemon's threads, and its own turn, for ever. The same rule as for
+/// sources, and asked of the same tables without asking the server.
+pub fn output_filesystem_refusal(
+    fd: impl AsFd,
+    peer_pid: Option<u32>,
+) -> Result<Option<String>, Error> {
+    Ok(refusal(fd, peer_pid, "write")?.map(|reason| format!("this one {reason}")))
+}
+
+/// Why `fd`'s filesystem may not be used (as "is on ..."), with `verb`
+/// what the daemon would do to it; `None` when it may.
+fn refusal(fd: impl AsFd, peer_pid: Option<u32>, verb: &str) -> Result<Option<String>, Error> {
     let mount = rustix::fs::statx(
         fd,
         "",
         AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
         StatxFlags::MNT_ID,
     )
-    .map_err(|e| Error::storage("examining the source", io::Error::from(e)))?
+    .map_err(|e| Error::storage("examining the file", io::Error::from(e)))?
     .stx_mnt_id;
     let tables = std::iter::once("/proc/self/mountinfo".to_owned())
         .chain(peer_pid.map(|pid| format!("/proc/{pid}/mountinfo")));
@@ -44,29 +70,24 @@ pub fn check_source_filesystem(fd: impl AsFd, peer_pid: Option<u32>) -> Result<(
         let found = filesystem_of(BufReader::new(file), mount)
             .map_err(|e| Error::storage("reading the mount table", e))?;
         if let Some(fstype) = found {
-            return check_type(&fstype);
+            return Ok(fuse_refusal(&fstype, verb));
         }
     }
-    Err(Error::InvalidSource {
-        reason: format!(
-            "the source is on mount {mount}, which is in neither the daemon's \
-             mount table nor the caller's"
-        ),
-    })
+    Ok(Some(format!(
+        "is on mount {mount}, which is in neither the daemon's mount table nor the caller's"
+    )))
 }
 
 /// FUSE in all its spellings: `fuse`, `fuseblk`, `fuse.<subtype>`.
-fn check_type(fstype: &[u8]) -> Result<(), Error> {
-    if fstype == b"fuse" || fstype == b"fuseblk" || fstype.starts_with(b"fuse.") {
-        return Err(Error::InvalidSource {
-            reason: format!(
-                "the source is on a FUSE filesystem ({}), which cfsd does not read: \
-                 its reads wait on the process serving it",
-                String::from_utf8_lossy(fstype)
-            ),
-        });
-    }
-    Ok(())
+fn fuse_refusal(fstype: &[u8], verb: &str) -> Option<String> {
+    let fuse = fstype == b"fuse" || fstype == b"fuseblk" || fstype.starts_with(b"fuse.");
+    fuse.then(|| {
+        format!(
+            "is on a FUSE filesystem ({}), which cfsd does not {verb}: \
+             its {verb}s wait on the process serving it",
+            String::from_utf8_lossy(fstype)
+        )
+    })
 }
 
 /// The filesystem type of mount `id` in a mountinfo table (`proc(5)`:
@@ -117,13 +138,14 @@ mod tests {
     #[test]
     fn fuse_in_every_spelling_is_refused_and_nothing_else() {
         for fstype in ["fuse", "fuseblk", "fuse.sshfs", "fuse.cfsdtest"] {
+            let reason = fuse_refusal(fstype.as_bytes(), "write").unwrap();
             assert!(
-                matches!(check_type(fstype.as_bytes()), Err(Error::InvalidSource { ref reason }) if reason.contains(fstype)),
-                "{fstype}"
+                reason.contains(fstype) && reason.contains("writes"),
+                "{reason}"
             );
         }
         for fstype in ["ext4", "tmpfs", "overlay", "xfs", "fusectl-not"] {
-            assert!(check_type(fstype.as_bytes()).is_ok(), "{fstype}");
+            assert_eq!(fuse_refusal(fstype.as_bytes(), "read"), None, "{fstype}");
         }
     }
 
@@ -131,5 +153,6 @@ mod tests {
     fn a_file_of_this_machine_is_on_a_mount_we_can_name() {
         let file = tempfile::tempfile().unwrap();
         check_source_filesystem(&file, None).unwrap();
+        assert_eq!(output_filesystem_refusal(&file, None).unwrap(), None);
     }
 }

@@ -38,7 +38,7 @@ pub(crate) mod variant;
 pub use archive::Archive;
 pub use boot::{KernelArgument, MAX_POLICY_FILE};
 pub use dump::LayerFormat;
-pub use filesystem::check_source_filesystem;
+pub use filesystem::{check_source_filesystem, output_filesystem_refusal};
 pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
 pub(crate) use mount::mount_image;

@@ -26,7 +26,6 @@ use std::{
 
 use composefs::{
     erofs::writer::{ValidatedFileSystem, mkfs_erofs_versioned},
-    fs::ObjectStore,
     fsverity::{FsVerityHashValue, FsVerityHasher, compute_verity},
     generic_tree::{OciTransformOptions, XattrFiltering},
     repository::Repository as Store,
@@ -309,13 +308,40 @@ fn store_large_files<H: FsVerityHashValue>(
             return Err(self::cancelled());
         }
         let id = match store {
-            Some(s) => ObjectStore::ensure_object_from_fd(s, file.fd, file.size)
-                .map_err(|e| Error::storage("storing a file of the tree", e))?,
+            Some(s) => {
+                let reader = UntilCancelled {
+                    file: std::fs::File::from(file.fd),
+                    cancelled,
+                };
+                s.ensure_object_from_reader(reader, file.size)
+                    .map_err(|e| match cancelled.load(Ordering::Relaxed) {
+                        true => self::cancelled(),
+                        false => Error::storage("storing a file of the tree", e),
+                    })?
+            }
             None => hash(file.fd, file.size, cancelled)?,
         };
         ids.insert(file.key, id);
     }
     Ok(ids)
+}
+
+/// A file of the tree whose reads fail once `cancelled` is set: storing
+/// a large file then stops at its next read, not at its end. (It also
+/// keeps the store from copying the file with one `copy_file_range`,
+/// which nothing could stop midway.)
+struct UntilCancelled<'a> {
+    file: std::fs::File,
+    cancelled: &'a AtomicBool,
+}
+
+impl Read for UntilCancelled<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the call was cancelled"));
+        }
+        self.file.read(buf)
+    }
 }
 
 /// The error of work its caller no longer waits for.

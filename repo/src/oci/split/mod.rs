@@ -73,7 +73,8 @@ pub(crate) enum SplitError {
     Limit(Exceeded),
 }
 
-/// Tells a running split to stop at the next entry.
+/// Tells a running split to stop at the next entry, or at the next chunk
+/// of a large entry's data.
 #[derive(Clone, Default)]
 pub(crate) struct Cancel(Arc<AtomicBool>);
 
@@ -115,7 +116,7 @@ pub(crate) fn split<H: FsVerityHashValue>(
     pulled: PullTally,
 ) -> Result<(H, Tally<H>, Digest), SplitError> {
     let mut splitter = Splitter {
-        input: Input::new(rx, limits, pulled),
+        input: Input::new(rx, limits, pulled, cancel.clone()),
         rules: EntryRules::new(),
         entries: Vec::new(),
         kept: Kept::new(limits),
@@ -414,10 +415,19 @@ struct Input<H> {
     /// What the whole pull has received, and may.
     pulled: PullTally,
     pull_limit: u64,
+    /// Checked before each chunk is taken: one file's data may be most
+    /// of a layer, and a split stopped only between entries would go on
+    /// to its end after its caller has gone.
+    cancel: Cancel,
 }
 
 impl<H> Input<H> {
-    fn new(rx: Receiver<Chunk<H>>, limits: &LayerLimits, pulled: PullTally) -> Self {
+    fn new(
+        rx: Receiver<Chunk<H>>,
+        limits: &LayerLimits,
+        pulled: PullTally,
+        cancel: Cancel,
+    ) -> Self {
         Input {
             rx,
             buf: Vec::with_capacity(2 * CHUNK_BYTES),
@@ -428,6 +438,7 @@ impl<H> Input<H> {
             limit: limits.max_layer_size,
             pulled,
             pull_limit: limits.max_pull_size,
+            cancel,
         }
     }
 
@@ -464,6 +475,9 @@ impl<H> Input<H> {
     /// Make at least `need` bytes available; false if the tar ends first.
     fn fill(&mut self, need: usize) -> Result<bool, Fault> {
         while self.available().len() < need {
+            if self.cancel.is_cancelled() {
+                return Err(Fault::Cancelled);
+            }
             let Some(chunk) = self.receive()? else {
                 return Ok(false);
             };

@@ -188,6 +188,50 @@ fn a_cancelled_split_stops_and_names_nothing() {
     assert_eq!(streams, 0, "a cancelled split named a stream");
 }
 
+#[test]
+fn a_split_cancelled_inside_one_large_file_stops_within_a_chunk() {
+    let (_dir, repo) = repository();
+    // One file larger than memory holds: it goes to a temporary file,
+    // chunk by chunk, all of it one entry.
+    let size = BUFFERED_BYTES * 2;
+    let tar = tar_of(&[("large", &vec![7u8; size])]);
+    let cancel = Cancel::default();
+    let (mut input, rx) = pipe();
+    let canceller = cancel.clone();
+    let producer = std::thread::spawn(move || {
+        let mut sent = 0;
+        for piece in tar.chunks(1 << 20) {
+            if input.write_all(piece).is_err() {
+                return sent;
+            }
+            sent += piece.len();
+            // Its caller goes once a tenth of the file is on its way.
+            if sent >= size / 10 {
+                canceller.cancel();
+            }
+        }
+        let _ = input.close();
+        sent
+    });
+    let result = split(
+        rx,
+        repo.clone(),
+        &cancel,
+        &LayerLimits::DEFAULT,
+        PullTally::default(),
+    );
+    let sent = producer.join().unwrap();
+    match failure(result) {
+        SplitError::Cancelled => {}
+        other => panic!("expected cancellation, got {other:?}"),
+    }
+    // The pipe holds a few chunks; the rest of the file was never taken.
+    assert!(
+        sent < size / 2,
+        "{sent} of {size} bytes were taken after the cancel"
+    );
+}
+
 /// Split `tar` as [`split_tar`] does, the producer making `claims` (tar
 /// position, size, object) as it reaches each position.
 fn split_claimed(
