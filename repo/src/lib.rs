@@ -8,6 +8,7 @@
 //! same version can read what is written here and the other way round.
 
 mod algorithm;
+pub mod chunked;
 #[cfg(test)]
 mod concurrency_tests;
 pub mod coordination;

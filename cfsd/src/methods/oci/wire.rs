@@ -241,5 +241,10 @@ pub(in crate::methods) fn wire_error(e: repo::Error) -> OciError {
             reason: e.to_string(),
         },
         E::SourceRepository { reason } => OciError::InvalidSourceRepository { reason },
+        E::InvalidChunkedToc { layer, fault } => OciError::InvalidChunkedToc {
+            layer,
+            kind: fault.kind().to_owned(),
+            reason: fault.to_string(),
+        },
     }
 }
