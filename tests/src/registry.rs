@@ -460,6 +460,18 @@ impl Proxy {
         }
     }
 
+    /// Wait until the clients have closed every connection, for 10 s
+    /// at most: `what` says what failed to.
+    pub fn assert_closes_all(&self, what: &str) {
+        until(
+            &|| {
+                let (opened, closed) = self.connections();
+                opened == closed
+            },
+            what,
+        );
+    }
+
     /// Bytes of answers passed on to clients so far, heads included.
     pub fn sent(&self) -> usize {
         self.sent.load(Ordering::SeqCst)
@@ -638,6 +650,15 @@ impl Watch {
         }
         let _ = client.shutdown(Shutdown::Both);
         let _ = server.shutdown(Shutdown::Both);
+    }
+}
+
+/// Wait up to 10 s for `done`, failing with `what`.
+pub fn until(done: &dyn Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -4,14 +4,20 @@
 //! repository, only the frames of the files it lacks and of the tar
 //! headers are fetched, counted by the proxy in front of the registry;
 //! the image is the one a full pull gives. A registry refusing
-//! multi-range requests or ranges altogether still gives that image.
+//! multi-range requests or ranges altogether still gives that image. A
+//! layer whose TOC lies (its checksum, offsets past the end, overlapping
+//! frames, a file's digest) is a typed error, and nothing is published.
 
 use cfsd_tests::{
-    Daemon, need_registry,
-    oci::{Compression, Entry, Image, Layer, Layout, Written, noise},
-    ocictl::{Pulled, pull},
-    registry::{Proxy, Ranges, Registry},
+    Daemon,
+    chunked::{Chunked, entry},
+    need_registry,
+    oci::{Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
+    ocictl::{Pulled, published, pull, typed_refusal_with},
+    registry::{Cut, Proxy, Ranges, Registry, until},
 };
+use cfsd_varlink::oci::{OciError, PullParams};
+use serde_json::Value;
 
 /// How many files the fixture's layer has, and their size: about 1 MB.
 const FILES: u64 = 40;
@@ -184,4 +190,145 @@ fn partial_pull_from_a_registry_ignoring_ranges_pulls_the_verified_whole_blob() 
     // came whole: the blob at most twice.
     assert!(proxy.sent() > setup.blob_size);
     assert!(proxy.sent() < setup.blob_size * 2 + 50_000);
+}
+
+/// The typed error of a pull of `app:TAG` through a proxy, and the bytes
+/// the proxy passed.
+fn refusal(setup: &Setup, tag: &str) -> (OciError, usize) {
+    let proxy = Proxy::with_ranges(setup.registry.port(), Ranges::Pass);
+    let params = PullParams {
+        transport: "docker".to_owned(),
+        reference: Some(format!("{}/app:{tag}", proxy.host())),
+        tls_verify: Some(false),
+        ..PullParams::default()
+    };
+    let error = typed_refusal_with(&setup.daemon, &params, Vec::new());
+    (error, proxy.sent())
+}
+
+/// v2 as pushed, with the entry of `name` in its TOC edited by `edit`.
+fn toc_edited(
+    pushed: &Chunked,
+    name: &str,
+    edit: impl Fn(&mut serde_json::Map<String, Value>),
+) -> Chunked {
+    let mut image = pushed.clone();
+    let mut toc = image.toc();
+    edit(entry(&mut toc, name));
+    image.with_toc(&toc)
+}
+
+#[test]
+fn partial_pull_of_a_layer_whose_toc_lies_is_a_typed_error_and_publishes_nothing() {
+    need_registry!();
+    let setup = setup();
+    let pushed = Chunked::read(&setup.registry, "app", "v2");
+    let offset_of = |name: &str| entry(&mut pushed.clone().toc(), name)["offset"].clone();
+    let f00 = offset_of("usr/share/f00");
+    let lies = [
+        (
+            "checksum",
+            pushed.clone().with_checksum(&sha256_digest(b"another TOC")),
+        ),
+        (
+            "bounds",
+            toc_edited(&pushed, "usr/share/new", |e| {
+                e.insert("endOffset".into(), Value::from(1u64 << 40));
+            }),
+        ),
+        (
+            "overlap",
+            toc_edited(&pushed, "usr/share/f01", |e| {
+                e.insert("offset".into(), f00.clone());
+            }),
+        ),
+        // A file that is fetched, whose frames are not what the TOC says.
+        (
+            "fetched",
+            toc_edited(&pushed, "usr/share/new", |e| {
+                e.insert("digest".into(), Value::from(sha256_digest(b"else")));
+            }),
+        ),
+        // A changed file the TOC claims is v1's, which the repository has.
+        (
+            "stored",
+            toc_edited(&pushed, "usr/share/f00", |e| {
+                let v1 = sha256_digest(&noise(0, FILE_SIZE));
+                e.insert("digest".into(), Value::from(v1));
+            }),
+        ),
+    ];
+    let before = published(&setup.daemon.repo());
+    for (lie, image) in lies {
+        image.push(&setup.registry, "app", lie);
+        let (error, sent) = refusal(&setup, lie);
+        match (lie, &error) {
+            (
+                "checksum" | "bounds" | "overlap",
+                OciError::InvalidChunkedToc { kind, layer, .. },
+            ) => {
+                assert_eq!(kind, lie, "{error:?}");
+                assert!(layer.starts_with("sha256:"), "{error:?}");
+                // Nothing but the TOC was fetched of the blob.
+                assert!(sent < setup.blob_size / 4, "{lie}: {sent}");
+            }
+            ("fetched", OciError::DigestMismatch { what, .. }) => {
+                assert!(
+                    what.contains("usr/share/new") && what.contains("fetched"),
+                    "{what}"
+                );
+            }
+            ("stored", OciError::DigestMismatch { what, .. }) => {
+                assert!(what.contains("diff_id"), "{what}");
+            }
+            _ => panic!("{lie}: {error:?}"),
+        }
+        assert_eq!(published(&setup.daemon.repo()).tags, before.tags, "{lie}");
+    }
+    // The daemon keeps serving: the honest image still comes in part.
+    let (pulled, _) = pull_through(&setup, Ranges::Pass, &[]);
+    assert_eq!(pulled.result["partialPull"]["layers"], 1);
+}
+
+#[test]
+fn partial_pull_stalled_mid_multipart_body_whose_client_hangs_up_leaves_nothing() {
+    need_registry!();
+    let setup = setup();
+    let before = published(&setup.daemon.repo());
+    // The TOC's answer passes (a few kB), then the registry stalls in
+    // the middle of the multi-range answer on the same connection.
+    let cut = Cut::Stall { after: 40_000 };
+    let proxy = Proxy::start_with(setup.registry.port(), &setup.layer, cut, Ranges::Pass);
+    let mut cfsctl = std::process::Command::new(cfsd_tests::bin("cfsctl"))
+        .args(["--address", &setup.daemon.address(), "--progress=none"])
+        .args(["oci", "pull", "--tls-verify=false"])
+        .arg(format!("docker://{}/app:v2", proxy.host()))
+        .arg("v2")
+        .spawn()
+        .unwrap();
+    let multi = || {
+        proxy
+            .heads()
+            .iter()
+            .any(|h| h.contains(&setup.layer) && h.contains(','))
+    };
+    until(&multi, "the frames were not asked for");
+    until(
+        &|| proxy.sent() >= 40_000,
+        "the proxy passed less than it should",
+    );
+    let (opened, closed) = proxy.connections();
+    assert!(opened > closed, "no connection is open: {opened} {closed}");
+    // Well before the 30 s read timeout, the hang-up stops the reader.
+    cfsctl.kill().unwrap();
+    cfsctl.wait().unwrap();
+    proxy.assert_closes_all("the daemon kept its registry connection after the hang-up");
+    let after = published(&setup.daemon.repo());
+    assert_eq!(
+        (&after.tags, &after.images, &after.streams),
+        (&before.tags, &before.images, &before.streams)
+    );
+    // The daemon serves on.
+    let (pulled, _) = pull_through(&setup, Ranges::Pass, &[]);
+    assert_eq!(pulled.result["partialPull"]["layers"], 1);
 }

@@ -503,7 +503,6 @@ impl<'p, H> Checked<'p, H> {
         }
     }
 
-
     /// Fail unless the bytes were `size` and had the expected digest.
     fn verify(self, layer: &LayerPlan, name: &str, size: u64, how: &str) -> Result<(), Error> {
         let Some((hasher, expected)) = self.hasher else {
