@@ -12,19 +12,25 @@
 //! metadata can lie or be too large is a [`TocFault`], which a caller
 //! names the layer of with [`TocFault::in_layer`].
 
+mod chunker;
+mod frames;
 mod layout;
 mod tarsplit;
 mod toc;
+mod write;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_tests;
 
 pub use layout::{
     CURRENT_FOOTER_SIZE, Footer, LEGACY_FOOTER_SIZE, Layout, Position, SKIPPABLE_HEADER,
     SKIPPABLE_MAGIC, Variant,
 };
 pub use tarsplit::{TarSplit, TarSplitEntry, TarSplitReader, crc64_iso};
-pub use toc::{EntryType, Toc, TocEntry};
+pub use toc::{EntryType, FileFrame, Toc, TocEntry, TocFile};
+pub use write::{ChunkedLayer, ChunkedWriter};
 
 use openssl::sha::Sha256;
 

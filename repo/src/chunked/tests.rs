@@ -161,7 +161,7 @@ pub(super) fn read_layer(dir: &Path) -> Blob {
 
 /// `tar` as the zstd:chunked blob this machine's skopeo writes. Fails
 /// rather than skips without skopeo: scripts/setup-deps installs it.
-fn skopeo_blob(tar: &[u8]) -> Blob {
+pub(super) fn skopeo_blob(tar: &[u8]) -> Blob {
     let dir = tempfile::tempdir().unwrap();
     write_layout(&dir.path().join("src"), tar);
     let output = Command::new("skopeo")
