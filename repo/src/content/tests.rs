@@ -241,3 +241,39 @@ fn a_damaged_index_file_is_built_again() {
     let index = ContentIndex::open(&repo).unwrap();
     assert_eq!(index.find(&sha256(&data)), Some(compute_verity(&data)));
 }
+
+#[test]
+fn fsck_reports_an_entry_whose_object_is_missing_or_holds_other_content() {
+    let (dir, repo) = repository();
+    let data = vec![b'd'; 500];
+    let (id, key) = (object(&repo, &data), object(&repo, b"a stream"));
+    let missing: Id = compute_verity(b"never stored");
+    let entries = vec![
+        (sha256(&data), id.clone()),
+        ([1; 32], id.clone()),
+        ([2; 32], missing),
+    ];
+    record(&repo, &key, entries).unwrap();
+    let other_key = object(&repo, b"another stream");
+    let garbled = dir.path().join("repo").join(DIR).join(other_key.to_hex());
+    std::fs::write(&garbled, b"garbage").unwrap();
+    let kinds = |read| {
+        let mut report = crate::FsckReport::default();
+        report.check_content_index(&*repo, read).unwrap();
+        let mut kinds: Vec<String> = report.problems.into_iter().map(|p| p.kind).collect();
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(
+        kinds(false),
+        ["content-index-damaged", "content-index-missing-object"]
+    );
+    assert_eq!(
+        kinds(true),
+        [
+            "content-index-damaged",
+            "content-index-missing-object",
+            "content-index-wrong-content"
+        ]
+    );
+}
