@@ -307,3 +307,111 @@ fn a_garbled_index_file_is_left_out_reported_by_fsck_and_pulls_go_on() {
         pull(&daemon, &[&other.archive(None), "other"]);
     }
 }
+
+/// A daemon holding the base and other images and a plain image of a
+/// tree, as the code before the index left them: no `content-index/`.
+/// The entries the imports had made.
+fn daemon_without_index(args: &[&str]) -> (Daemon, Entries, Vec<Written>) {
+    let daemon = Daemon::start(args);
+    succeeds(&daemon, &["init"]);
+    let mut written = Vec::new();
+    for (image, tag) in [(base_image(), "base"), (other_image(), "other")] {
+        let (layout, _) = Layout::single(&image, None);
+        let w = Written::new(&layout);
+        pull(&daemon, &[&w.archive(None), tag]);
+        written.push(w);
+    }
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tree.path().join("usr")).unwrap();
+    std::fs::write(tree.path().join("usr/plain"), noise(77, 9000)).unwrap();
+    succeeds(
+        &daemon,
+        &["create-image", tree.path().to_str().unwrap(), "tree"],
+    );
+    let before = entries(&daemon.repo());
+    assert!(before.contains_key(&sha256(&noise(77, 9000))));
+    std::fs::remove_dir_all(daemon.repo().join("content-index")).unwrap();
+    (daemon, before, written)
+}
+
+#[test]
+fn index_builds_the_same_entries_for_a_repository_made_without_it_with_progress() {
+    let (daemon, before, _written) = daemon_without_index(&[]);
+    let out = daemon.cfsctl(&["--json", "--progress", "json", "index"]);
+    assert!(out.status.success(), "{}", cfsd_tests::stderr(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, progress) = lines.split_last().unwrap();
+    // Two layer streams and the images (each OCI image's EROFS, the
+    // plain one): a reply before any, one after each, then the last.
+    let total = last["total"].as_u64().unwrap();
+    assert!(total >= 3, "{last}");
+    let done: Vec<u64> = progress
+        .iter()
+        .map(|p| p["progress"]["done"].as_u64().unwrap())
+        .collect();
+    assert_eq!(done, (0..=total).collect::<Vec<_>>(), "{progress:?}");
+    assert_eq!(last["done"], total);
+    assert_eq!(last["objectsHashed"], 1 + 2 + 40, "{last}");
+    assert_eq!(entries(&daemon.repo()), before);
+    assert_sound(&daemon.repo(), "after index");
+    // Once is enough.
+    let again = json(&daemon, &["index"]);
+    assert_eq!(
+        (again["total"].as_u64(), again["objectsHashed"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn index_is_refused_to_an_unprivileged_peer_and_allowed_to_the_admin_group() {
+    let (daemon, before, _written) =
+        daemon_without_index(&["--socket-group", "65534", "--allow-group", "4242"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let call = serde_json::json!({"method": "io.cfsd.Repository.IndexContent", "more": true});
+    let refused = cfsd_tests::peer::raw_calls_as(&daemon, &[], std::slice::from_ref(&call));
+    assert_eq!(
+        refused[0]["error"], "io.cfsd.Repository.PermissionDenied",
+        "{refused:?}"
+    );
+    assert_eq!(refused[0]["parameters"]["uid"], 65534);
+    assert!(
+        !daemon.repo().join("content-index").exists(),
+        "a refused call wrote"
+    );
+    // The build tree may be out of nobody's reach: a copy of cfsctl.
+    let cfsctl = daemon.dir().join("cfsctl");
+    std::fs::copy(bin("cfsctl"), &cfsctl).unwrap();
+    let out = cfsd_tests::peer::as_nobody(&[4242], cfsctl.to_str().unwrap())
+        .arg("--address")
+        .arg(daemon.address())
+        .args(["--json", "index"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", cfsd_tests::stderr(&out));
+    assert_eq!(entries(&daemon.repo()), before);
+}
+
+#[test]
+fn a_client_that_hangs_up_mid_index_leaves_gc_free_and_a_later_index_finishes() {
+    let (daemon, before, _written) = daemon_without_index(&[]);
+    let mut connection = daemon.raw();
+    connection.send_bytes(
+        serde_json::json!({"method": "io.cfsd.Repository.IndexContent", "more": true})
+            .to_string()
+            .as_bytes(),
+    );
+    let first = connection.receive().unwrap();
+    assert_eq!(first["continues"], true, "{first}");
+    drop(connection);
+    // The hold goes with the work, which stops at its next object: a
+    // collection does not wait for a caller that left.
+    succeeds(&daemon, &["gc"]);
+    assert_sound(&daemon.repo(), "after the hang-up");
+    let finished = json(&daemon, &["index"]);
+    assert_eq!(entries(&daemon.repo()), before, "{finished}");
+}
