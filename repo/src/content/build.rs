@@ -2,7 +2,10 @@
 //! existed (or whose index file a crash or damage took): once, on
 //! request, with progress.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use composefs_oci::LAYER_CONTENT_TYPE;
@@ -11,7 +14,7 @@ use rustix::{
     io::Errno,
 };
 
-use super::{Sha256Digest, file, for_each_file, hash_object, record};
+use super::{Contents, Sha256Digest, file, for_each_file, hash_object, record};
 use crate::{Error, Repository, repository::with_store};
 
 /// How far building the content index is.
@@ -34,11 +37,16 @@ impl Repository {
     /// no index file knows; `progress` hears after each. A repository
     /// written before the index existed needs this once; after that only
     /// a crash between naming a stream and recording it leaves work.
-    /// Keeps GC off while it runs. Returns the final progress.
-    pub fn index_content(&self, progress: &dyn Fn(IndexProgress)) -> Result<IndexProgress, Error> {
+    /// Keeps GC off while it runs; stops soon after `cancelled` is set.
+    /// Returns the final progress.
+    pub fn index_content(
+        &self,
+        progress: &dyn Fn(IndexProgress),
+        cancelled: &AtomicBool,
+    ) -> Result<IndexProgress, Error> {
         self.ensure_writable("building the content index")?;
         let _hold = self.hold("building the content index");
-        with_store!(self.store(), s => build(s, progress))
+        with_store!(self.store(), s => build(s, progress, cancelled))
     }
 }
 
@@ -46,9 +54,15 @@ impl Repository {
 pub(super) fn build<H: FsVerityHashValue>(
     store: &Store<H>,
     progress: &dyn Fn(IndexProgress),
+    cancelled: &AtomicBool,
 ) -> Result<IndexProgress, Error> {
+    let mut hashing = Hashing {
+        known: HashMap::new(),
+        cancelled,
+    };
     let storage = |what| move |e| Error::storage(what, e);
-    let (indexed, mut known) = sound_files(store).map_err(storage("reading the content index"))?;
+    let indexed;
+    (indexed, hashing.known) = sound_files(store).map_err(storage("reading the content index"))?;
     let streams = layer_streams(store).map_err(storage("listing the layer streams"))?;
     let images = images(store).map_err(storage("listing the images"))?;
     let streams: Vec<_> = streams
@@ -71,7 +85,7 @@ pub(super) fn build<H: FsVerityHashValue>(
             .open_stream(&name, Some(&key), Some(LAYER_CONTENT_TYPE))
             .and_then(|mut reader| reader.get_object_refs(|id| objects.push(id.clone())))
             .map_err(|e| Error::storage("reading a layer stream", e))?;
-        let entries = digests(store, objects, &mut known, &mut state, true)?;
+        let entries = hashing.digests(store, objects, &mut state, true)?;
         record(store, &key, entries).map_err(storage("writing the content index"))?;
         state.done += 1;
         progress(state);
@@ -82,13 +96,8 @@ pub(super) fn build<H: FsVerityHashValue>(
         let objects = store
             .objects_for_image(&key.to_hex())
             .map_err(|e| Error::storage("reading an image", e))?;
-        let entries = digests(
-            store,
-            objects.into_iter().collect(),
-            &mut known,
-            &mut state,
-            false,
-        )?;
+        let objects = objects.into_iter().collect();
+        let entries = hashing.digests(store, objects, &mut state, false)?;
         record(store, &key, entries).map_err(storage("writing the content index"))?;
         state.done += 1;
         progress(state);
@@ -96,30 +105,45 @@ pub(super) fn build<H: FsVerityHashValue>(
     Ok(state)
 }
 
-/// The entries for `objects`: digests from `known`, else read and hashed
-/// (and added to `known`); with `with_known` false, only those hashed.
-fn digests<H: FsVerityHashValue>(
-    store: &Store<H>,
-    objects: Vec<H>,
-    known: &mut HashMap<H, Sha256Digest>,
-    state: &mut IndexProgress,
-    with_known: bool,
-) -> Result<Vec<(Sha256Digest, H)>, Error> {
-    let mut entries = Vec::new();
-    for id in objects {
-        if let Some(digest) = known.get(&id) {
-            if with_known {
-                entries.push((*digest, id));
+/// The digests known so far, by object, and when to stop.
+struct Hashing<'c, H> {
+    known: HashMap<H, Sha256Digest>,
+    cancelled: &'c AtomicBool,
+}
+
+impl<H: FsVerityHashValue> Hashing<'_, H> {
+    /// The entries for `objects`: digests already known, else read and
+    /// hashed (and then known); with `with_known` false, only those
+    /// hashed.
+    fn digests(
+        &mut self,
+        store: &Store<H>,
+        objects: Vec<H>,
+        state: &mut IndexProgress,
+        with_known: bool,
+    ) -> Result<Contents<H>, Error> {
+        let mut entries = Vec::new();
+        for id in objects {
+            if let Some(digest) = self.known.get(&id) {
+                if with_known {
+                    entries.push((*digest, id));
+                }
+                continue;
             }
-            continue;
+            if self.cancelled.load(Ordering::Relaxed) {
+                return Err(Error::internal(
+                    "building the content index",
+                    "the call was cancelled".into(),
+                ));
+            }
+            let digest = hash_object(store, &id)
+                .map_err(|e| Error::storage("hashing a stored object", e))?;
+            state.objects_hashed += 1;
+            self.known.insert(id.clone(), digest);
+            entries.push((digest, id));
         }
-        let digest =
-            hash_object(store, &id).map_err(|e| Error::storage("hashing a stored object", e))?;
-        state.objects_hashed += 1;
-        known.insert(id.clone(), digest);
-        entries.push((digest, id));
+        Ok(entries)
     }
-    Ok(entries)
 }
 
 /// The keys with a sound index file, and every object those files know

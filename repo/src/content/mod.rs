@@ -17,6 +17,7 @@
 //! against the digest they wanted.
 
 mod build;
+mod check;
 mod file;
 #[cfg(test)]
 mod tests;

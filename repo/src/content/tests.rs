@@ -2,7 +2,10 @@
 //! opening leaves out, pruning, and building it for streams named
 //! before it existed.
 
-use std::{io::Write, sync::Arc};
+use std::{
+    io::Write,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use composefs::{
     fsverity::{FsVerityHashValue, Sha256HashValue, Sha512HashValue, compute_verity},
@@ -208,7 +211,12 @@ fn a_repository_without_index_files_gets_the_same_entries_built() {
     std::fs::remove_dir_all(dir.path().join("repo").join(DIR)).unwrap();
     assert!(ContentIndex::open(&repo).unwrap().is_empty());
     let seen = std::sync::Mutex::new(Vec::new());
-    let last = build(&repo, &|p| seen.lock().unwrap().push(p)).unwrap();
+    let last = build(
+        &repo,
+        &|p| seen.lock().unwrap().push(p),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!((last.done, last.total), (2, 2));
     assert_eq!(last.objects_hashed, 5, "b was hashed once");
     let seen: Vec<u64> = seen.into_inner().unwrap().iter().map(|p| p.done).collect();
@@ -219,7 +227,7 @@ fn a_repository_without_index_files_gets_the_same_entries_built() {
         assert_eq!(index.find(&sha256(data)), Some(compute_verity(data)));
     }
     // Built once: a second run has nothing to do.
-    let again = build(&repo, &|_| {}).unwrap();
+    let again = build(&repo, &|_| {}, &AtomicBool::new(false)).unwrap();
     assert_eq!((again.total, again.objects_hashed), (0, 0));
 }
 
@@ -236,8 +244,44 @@ fn a_damaged_index_file_is_built_again() {
         ContentIndex::open(&repo).unwrap().find(&sha256(&data)),
         None
     );
-    let built = build(&repo, &|_| {}).unwrap();
+    let built = build(&repo, &|_| {}, &AtomicBool::new(false)).unwrap();
     assert_eq!(built.total, 1);
     let index = ContentIndex::open(&repo).unwrap();
     assert_eq!(index.find(&sha256(&data)), Some(compute_verity(&data)));
+}
+
+#[test]
+fn fsck_reports_an_entry_whose_object_is_missing_or_holds_other_content() {
+    let (dir, repo) = repository();
+    let data = vec![b'd'; 500];
+    let (id, key) = (object(&repo, &data), object(&repo, b"a stream"));
+    let missing: Id = compute_verity(b"never stored");
+    let entries = vec![
+        (sha256(&data), id.clone()),
+        ([1; 32], id.clone()),
+        ([2; 32], missing),
+    ];
+    record(&repo, &key, entries).unwrap();
+    let other_key = object(&repo, b"another stream");
+    let garbled = dir.path().join("repo").join(DIR).join(other_key.to_hex());
+    std::fs::write(&garbled, b"garbage").unwrap();
+    let kinds = |read| {
+        let mut report = crate::FsckReport::default();
+        report.check_content_index(&*repo, read).unwrap();
+        let mut kinds: Vec<String> = report.problems.into_iter().map(|p| p.kind).collect();
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(
+        kinds(false),
+        ["content-index-damaged", "content-index-missing-object"]
+    );
+    assert_eq!(
+        kinds(true),
+        [
+            "content-index-damaged",
+            "content-index-missing-object",
+            "content-index-wrong-content"
+        ]
+    );
 }

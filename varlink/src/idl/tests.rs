@@ -151,6 +151,11 @@ fn repository_interface_matches_wire_types() {
     );
 
     plain_image_methods_match_wire_types(&idl);
+    assert!(method_fields(&idl, "IndexContent", false).is_empty());
+    assert_eq!(
+        keys(&crate::repository::IndexContentReply::default()),
+        method_fields(&idl, "IndexContent", true)
+    );
     assert_errors(&idl, &every_repository_error());
 }
 
