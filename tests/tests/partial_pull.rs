@@ -1,6 +1,7 @@
 //! Partial pulls of zstd:chunked layers from a real registry (Debian's
 //! docker-registry on 127.0.0.1), pushed there by skopeo (bookworm's
-//! 1.9, the legacy variant): with an older version of the image in the
+//! 1.9, the legacy variant) or by cfsd (the current variant, with a
+//! tar-split): with an older version of the image in the
 //! repository, only the frames of the files it lacks and of the tar
 //! headers are fetched, counted by the proxy in front of the registry;
 //! the image is the one a full pull gives. A registry refusing
@@ -13,7 +14,7 @@ use cfsd_tests::{
     chunked::{Chunked, entry},
     need_registry,
     oci::{Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
-    ocictl::{Pulled, published, pull, typed_refusal_with},
+    ocictl::{Pulled, published, pull, succeeds, typed_refusal_with},
     registry::{Cut, Proxy, Ranges, Registry, until},
 };
 use cfsd_varlink::oci::{OciError, PullParams};
@@ -331,4 +332,44 @@ fn partial_pull_stalled_mid_multipart_body_whose_client_hangs_up_leaves_nothing(
     // The daemon serves on.
     let (pulled, _) = pull_through(&setup, Ranges::Pass, &[]);
     assert_eq!(pulled.result["partialPull"]["layers"], 1);
+}
+
+#[test]
+fn partial_pull_of_a_current_chunked_layer_pushed_by_cfsd() {
+    need_registry!();
+    let registry = Registry::start_http();
+    let pusher = daemon_for(&registry);
+    let v2_id = pull(&pusher, &[&written(&image(2)).oci(None), "v2"])
+        .str("imageId")
+        .to_owned();
+    let dest = format!("docker://{}/app:v2", registry.host());
+    let args = ["oci", "push", "v2", &dest, "--compression", "zstd:chunked"];
+    succeeds(&pusher, &[&args[..], &["--tls-verify=false"]].concat());
+    let blob = registry.blob_files("app")[0].clone();
+    let hex = blob
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy();
+    let layer = std::fs::read(&blob).unwrap();
+    let manifest = Chunked::read(&registry, "app", "v2").manifest;
+    let annotations = manifest["layers"][0]["annotations"].to_string();
+    assert!(annotations.contains("io.github.containers.zstd-chunked.tarsplit-position"));
+    let daemon = daemon_for(&registry);
+    pull(&daemon, &[&written(&image(1)).oci(None), "v1"]);
+    let setup = Setup {
+        registry,
+        daemon,
+        v2_id,
+        blob_size: layer.len(),
+        layer: format!("sha256:{hex}"),
+    };
+    let (pulled, proxy) = pull_through(&setup, Ranges::Pass, &[]);
+    let partial = &pulled.result["partialPull"];
+    assert_eq!(partial["layers"], 1, "{}", pulled.result);
+    assert_eq!(partial["filesReused"], FILES - 3, "{}", pulled.result);
+    assert_eq!(range_requests(&setup, &proxy), 2, "{:?}", proxy.heads());
+    let sent = proxy.sent();
+    assert!(sent < setup.blob_size / 4, "{sent} of {}", setup.blob_size);
 }
