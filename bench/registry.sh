@@ -15,7 +15,9 @@
 #   bench/registry.sh [OUT]    (default bench/out; images built if absent)
 #
 # Env: CFSCTL and UPSTREAM (see bench/scratch.sh), RUNS (default 3),
-# DELTA=0 to leave out the delta and the v2 rows.
+# DELTA=0 to leave out the delta and the v2 rows, PARTIAL=0 the partial
+# pull rows: v2 pushed as zstd:chunked (skopeo's legacy variant) and
+# pulled on top of v1 in part, beside the same pull with --no-partial.
 # Each figure is the median of RUNS runs after an untimed warm-up, into a
 # fresh repository on a fresh journaled ext4 loop filesystem
 # (bench/scratch.sh), with the page cache dropped first. Bytes received
@@ -145,6 +147,31 @@ bench "upstream cfsctl 0.9.4, docker:// (skopeo)" new_upstream \
 bench "skopeo copy to oci:, then cfsd oci:" new_ours bash -c "$copy_then_pull"
 bench "cfsd, oci-archive: (reference)" new_ours \
     "$cfsctl" --repo "$repo" oci pull "oci-archive:$out/v1/image.tar:v1" v1
+if [ "${PARTIAL:-1}" = 1 ]; then
+    skopeo copy --quiet --dest-tls-verify=false --dest-compress-format zstd:chunked \
+        "oci:$out/v2/oci:v1" "docker://$host/bench:v2-chunked"
+    echo
+    echo "| v2 as zstd:chunked on top of v1 | wall s | CPU s | peak RSS MiB | MB received | peak extra disk MiB |"
+    echo "|---|---|---|---|---|---|"
+    bench "cfsd, docker:// in part" ours_with_v1 \
+        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta "docker://$host/bench:v2-chunked" v2
+    partial_id=$(grep '^Image ID' "$scratch/out")
+    grep '^Partial pull' "$scratch/out" || { echo "the pull was not partial" >&2; exit 1; }
+    bench "cfsd, docker:// --no-partial" ours_with_v1 \
+        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta --no-partial "docker://$host/bench:v2-chunked" v2
+    whole_id=$(grep '^Image ID' "$scratch/out")
+    [ "$partial_id" = "$whole_id" ] || { echo "the partial pull gave another image" >&2; exit 1; }
+    chunked_blobs=$(python3 - "$registry_dir/storage/docker/registry/v2" "$host" <<'PY'
+import json, os, sys
+root = sys.argv[1]
+tag = os.path.join(root, "repositories/bench/_manifests/tags/v2-chunked/current/link")
+blob = lambda d: os.path.join(root, "blobs/sha256", d[7:9], d[7:], "data")
+manifest = json.load(open(blob(open(tag).read().strip())))
+print(sum(l["size"] for l in manifest["layers"]) + manifest["config"]["size"])
+PY
+)
+    echo "v2's zstd:chunked blobs: $(python3 -c "print(f'{$chunked_blobs/1e6:.1f}')") MB"
+fi
 [ "$delta" = 1 ] || exit 0
 echo
 echo "| v2 on top of v1 | wall s | CPU s | peak RSS MiB | MB received | peak extra disk MiB |"

@@ -9,6 +9,7 @@ mod connect;
 mod copy;
 mod export;
 mod failure;
+mod index;
 mod mount;
 mod oci;
 mod plain;
@@ -89,6 +90,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Build the content index (which object holds a file of a given
+    /// sha256, for pulls that fetch only what is missing) for the layers
+    /// and images stored before it existed, showing progress. Once is
+    /// enough; later imports keep it.
+    Index,
     /// Hold garbage collection off while COMMAND runs, then exit as it
     /// does; with no COMMAND, until interrupted. The hold ends with
     /// cfsctl, however it ends, and `cfsctl info` shows it meanwhile.
@@ -274,6 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Info => repository::info(client, out).await?,
         Command::Fsck { metadata_only } => repository::fsck(client, out, metadata_only).await?,
         Command::Gc { dry_run } => repository::gc(client, out, dry_run).await?,
+        Command::Index => index::index(client, out).await?,
         Command::Transaction { reason, command } => {
             transaction::transaction(client, out, reason, command).await?
         }

@@ -253,6 +253,10 @@ pub struct PullArgs {
     /// registry; pull its layers.
     #[arg(long)]
     no_delta: bool,
+    /// For docker://: pull zstd:chunked layers whole, even where the
+    /// repository holds some of their files already.
+    #[arg(long)]
+    no_partial: bool,
     /// sha256:<hex>: refuse any image but this one. The manifest, or an
     /// index leading to it, must have this digest; a delta's target must.
     #[arg(long, value_name = "DIGEST")]
@@ -406,6 +410,7 @@ async fn pull(client: &mut Client, out: Output, args: PullArgs) -> anyhow::Resul
         digest: args.digest,
         stage: args.stage.then_some(true),
         source_repo: args.source_repo.is_some().then_some(true),
+        no_partial: args.no_partial.then_some(true),
     };
     // The daemon takes it as the call's last fd.
     if let Some(dir) = &args.source_repo {
@@ -519,6 +524,20 @@ pub(crate) fn print_pull(r: &PullResult, delta_source: Option<&str>) {
     if let Some(found) = &r.delta_discovery {
         let verdict = if found.used { "used" } else { "not used" };
         println!("Delta discovery: {verdict}: {}", found.reason);
+    }
+    if let Some(partial) = &r.partial_pull {
+        println!(
+            "Partial pull: {} layer(s), {} files reused, {} received in {} requests{}",
+            partial.layers,
+            partial.files_reused,
+            bytes(partial.bytes_received),
+            partial.requests,
+            if partial.single_ranges {
+                " (one range at a time: the registry refused multi-range requests)"
+            } else {
+                ""
+            }
+        );
     }
     if r.shared_import {
         println!(

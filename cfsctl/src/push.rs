@@ -44,6 +44,10 @@ pub enum CompressionArg {
     Gzip,
     /// zstd: smaller and faster to decompress.
     Zstd,
+    /// zstd:chunked: zstd cut at the files, with a table of contents, so
+    /// that a puller fetches only the files it lacks.
+    #[value(name = "zstd:chunked")]
+    ZstdChunked,
 }
 
 impl CompressionArg {
@@ -52,6 +56,7 @@ impl CompressionArg {
         match self {
             CompressionArg::Gzip => PushCompression::Gzip,
             CompressionArg::Zstd => PushCompression::Zstd,
+            CompressionArg::ZstdChunked => PushCompression::ZstdChunked,
         }
     }
 }

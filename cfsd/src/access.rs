@@ -104,6 +104,8 @@ pub const METHODS: &[(&str, &str, Right)] = {
         // Object ids, not their content, as Inspect lists layers.
         (REPOSITORY, "ImageObjects", Read),
         (REPOSITORY, "MountImage", Mount),
+        // Writes index files and reads every object: a change, as Gc.
+        (REPOSITORY, "IndexContent", Change),
         (OCI, "Pull", Change),
         (OCI, "Copy", Change),
         (OCI, "ListImages", Read),

@@ -480,6 +480,15 @@ pub enum Error {
         /// What is wrong, by paths inside that repository.
         reason: String,
     },
+    /// The zstd:chunked metadata of a layer blob (its annotations, footer,
+    /// TOC or tar-split) lies or is too large to read.
+    #[error("the zstd:chunked metadata of layer {layer} cannot be used: {fault}")]
+    InvalidChunkedToc {
+        /// The layer blob's digest.
+        layer: String,
+        /// What is wrong with it.
+        fault: crate::chunked::TocFault,
+    },
 }
 
 impl Error {

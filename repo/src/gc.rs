@@ -134,6 +134,9 @@ fn collect<H: FsVerityHashValue>(
             Ok(None)
         )
     })?;
+    // The content index files of the streams and images just removed:
+    // an entry names only what a live stream or image refers to.
+    crate::content::prune(store).map_err(|e| Error::storage("pruning the content index", e))?;
     drop(exclusive);
     // The marker may go only once every removal is on disk.
     store

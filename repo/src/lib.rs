@@ -8,8 +8,10 @@
 //! same version can read what is written here and the other way round.
 
 mod algorithm;
+pub mod chunked;
 #[cfg(test)]
 mod concurrency_tests;
+mod content;
 pub mod coordination;
 mod delta;
 mod error;
@@ -34,6 +36,7 @@ mod userns;
 pub mod verity;
 
 pub use algorithm::HashAlgorithm;
+pub use content::IndexProgress;
 pub use coordination::Hold;
 pub use delta::create::{CreateOptions, DeltaMethod, DeltaReport, LayerDelta};
 pub use error::{DiskFault, Error};

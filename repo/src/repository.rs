@@ -332,6 +332,7 @@ impl Repository {
             if !metadata_only {
                 with_store!(&store, s => report.check_layer_streams(s, &path))?;
             }
+            with_store!(&store, s => report.check_content_index(s, !metadata_only))?;
             Ok::<_, std::io::Error>(report)
         })
         .await

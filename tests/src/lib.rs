@@ -1,6 +1,7 @@
 //! Helpers for the integration tests: start real `cfsd` processes, run the
 //! real `cfsctl`, and speak raw varlink to check the wire itself.
 
+pub mod chunked;
 pub mod crash;
 pub mod delta;
 pub mod fuse;

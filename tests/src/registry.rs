@@ -362,8 +362,27 @@ pub enum Cut {
     },
 }
 
+/// What the proxy lets through of the `Range` headers of requests: a
+/// registry, or a front end, that does less than docker-registry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranges {
+    /// Pass every request as it is.
+    Pass,
+    /// Keep only the first range of a multi-range request: the answer is
+    /// a plain 206 of that range.
+    FirstOnly,
+    /// Drop a multi-range `Range` header: the answer is a 200 with the
+    /// whole blob. Single ranges pass.
+    WholeForMulti,
+    /// Answer a multi-range request with this status and no body.
+    RefuseMulti(u16),
+    /// Drop every `Range` header: every answer is the whole blob.
+    Ignore,
+}
+
 /// A TCP proxy in front of a plain-HTTP registry, which cuts connections
-/// that fetch one blob and records every request head it forwards.
+/// that fetch one blob, may rewrite their `Range` headers, records every
+/// request head it forwards and counts the answer bytes it passes on.
 #[derive(Debug)]
 pub struct Proxy {
     port: u16,
@@ -371,12 +390,25 @@ pub struct Proxy {
     stop: Arc<AtomicBool>,
     connections: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
+    sent: Arc<AtomicUsize>,
 }
 
 impl Proxy {
     /// Forward 127.0.0.1:PORT to `upstream`'s port, cutting as `cut` says
     /// the answers to requests naming `blob`.
     pub fn start(upstream: u16, blob: &str, cut: Cut) -> Self {
+        Self::start_with(upstream, blob, cut, Ranges::Pass)
+    }
+
+    /// Forward 127.0.0.1:PORT to `upstream`'s port, treating `Range`
+    /// headers as `ranges` says, and cutting nothing.
+    pub fn with_ranges(upstream: u16, ranges: Ranges) -> Self {
+        let cut = Cut::Times { count: 0, after: 0 };
+        Self::start_with(upstream, "no blob", cut, ranges)
+    }
+
+    /// [`Proxy::start`] with `ranges` applied to every request.
+    pub fn start_with(upstream: u16, blob: &str, cut: Cut, ranges: Ranges) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -390,7 +422,10 @@ impl Proxy {
             Cut::Stall { after } => (1, after, false, None),
         };
         let stall = matches!(cut, Cut::Stall { .. });
+        let sent = Arc::new(AtomicUsize::new(0));
         let watch = Watch {
+            ranges,
+            sent: sent.clone(),
             blob: blob.to_owned(),
             cuts_left: Arc::new(AtomicUsize::new(count)),
             after,
@@ -421,7 +456,25 @@ impl Proxy {
             stop,
             connections,
             closed,
+            sent,
         }
+    }
+
+    /// Wait until the clients have closed every connection, for 10 s
+    /// at most: `what` says what failed to.
+    pub fn assert_closes_all(&self, what: &str) {
+        until(
+            &|| {
+                let (opened, closed) = self.connections();
+                opened == closed
+            },
+            what,
+        );
+    }
+
+    /// Bytes of answers passed on to clients so far, heads included.
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far, and how many of them the client has
@@ -452,6 +505,8 @@ impl Drop for Proxy {
 
 #[derive(Debug, Clone)]
 struct Watch {
+    ranges: Ranges,
+    sent: Arc<AtomicUsize>,
     blob: String,
     cuts_left: Arc<AtomicUsize>,
     after: usize,
@@ -491,9 +546,24 @@ impl Watch {
             // Requests here are GETs and HEADs: each read is heads.
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             let mut answered = false;
-            for head in text.split("\r\n\r\n").filter(|h| !h.is_empty()) {
-                self.heads.lock().unwrap().push(head.to_owned());
-                if !head.contains(&self.blob) || !take(&self.cuts_left) {
+            let mut forward = Vec::new();
+            for head in text.split("\r\n\r\n") {
+                if !head.is_empty() {
+                    // As the client sent it.
+                    self.heads.lock().unwrap().push(head.to_owned());
+                }
+                let head = match self.rewrite(head) {
+                    Ok(head) => head,
+                    Err(status) => {
+                        let answer =
+                            format!("HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\n\r\n");
+                        let _ = client.write_all(answer.as_bytes());
+                        answered = true;
+                        continue;
+                    }
+                };
+                forward.push(head.clone());
+                if head.is_empty() || !head.contains(&self.blob) || !take(&self.cuts_left) {
                     continue;
                 }
                 match self.status {
@@ -506,13 +576,48 @@ impl Watch {
                     None => armed.store(true, Ordering::SeqCst),
                 }
             }
-            if !answered && server.write_all(&buf[..n]).is_err() {
+            let bytes = match self.ranges {
+                Ranges::Pass => buf[..n].to_vec(),
+                _ => forward.join("\r\n\r\n").into_bytes(),
+            };
+            if !answered && server.write_all(&bytes).is_err() {
                 break;
             }
         }
         self.closed.fetch_add(1, Ordering::SeqCst);
         let _ = client.shutdown(Shutdown::Both);
         let _ = server.shutdown(Shutdown::Both);
+    }
+
+    /// The request head `head` with its `Range` header as the proxy's
+    /// policy has it, or the status to refuse it with.
+    fn rewrite(&self, head: &str) -> Result<String, u16> {
+        if self.ranges == Ranges::Pass {
+            return Ok(head.to_owned());
+        }
+        let mut lines = Vec::new();
+        for line in head.split("\r\n") {
+            let Some(value) = line
+                .split_once(':')
+                .filter(|(name, _)| name.trim().eq_ignore_ascii_case("range"))
+                .map(|(_, value)| value.trim())
+            else {
+                lines.push(line.to_owned());
+                continue;
+            };
+            let multi = value.contains(',');
+            match self.ranges {
+                Ranges::Ignore => {}
+                Ranges::WholeForMulti if multi => {}
+                Ranges::RefuseMulti(status) if multi => return Err(status),
+                Ranges::FirstOnly if multi => {
+                    let first = value.split(',').next().unwrap_or_default();
+                    lines.push(format!("Range: {first}"));
+                }
+                _ => lines.push(line.to_owned()),
+            }
+        }
+        Ok(lines.join("\r\n"))
     }
 
     /// Pass the server's answers to the client, cutting once armed.
@@ -527,6 +632,7 @@ impl Watch {
             if client.write_all(&buf[..pass]).is_err() {
                 break;
             }
+            self.sent.fetch_add(pass, Ordering::SeqCst);
             if let Some(l) = left.as_mut() {
                 *l -= pass;
                 if *l == 0 {
@@ -544,6 +650,15 @@ impl Watch {
         }
         let _ = client.shutdown(Shutdown::Both);
         let _ = server.shutdown(Shutdown::Both);
+    }
+}
+
+/// Wait up to 10 s for `done`, failing with `what`.
+pub fn until(done: &dyn Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -190,6 +190,13 @@ impl Client {
         self.repository("Gc", params).await
     }
 
+    /// `io.cfsd.Repository.IndexContent` with `more`: a reply per stream
+    /// or image indexed, the last with the totals.
+    pub async fn index_content(&mut self) -> CallResult<Replies<'_>, RepositoryError> {
+        let method = format!("{}.IndexContent", crate::idl::REPOSITORY_INTERFACE);
+        self.call_more(&method, &Empty {}, vec![]).await
+    }
+
     /// `io.cfsd.Repository.Hold`: garbage collection is held off once
     /// this returns, until the connection closes. The replies that remain
     /// end only when the daemon lets go of the hold (it closed the

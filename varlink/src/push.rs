@@ -14,6 +14,10 @@ pub enum PushCompression {
     Gzip,
     /// zstd.
     Zstd,
+    /// zstd:chunked (current variant): zstd cut at the files, with a
+    /// TOC and tar-split, for partial pulls.
+    #[serde(rename = "zstd:chunked")]
+    ZstdChunked,
 }
 
 /// The parameters of `Push`. The caller's auth file, if any, travels as

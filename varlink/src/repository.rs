@@ -419,4 +419,17 @@ pub const METHODS: &[&str] = &[
     "ListNamedImages",
     "ImageObjects",
     "MountImage",
+    "IndexContent",
 ];
+
+/// A reply of `IndexContent`: how far building the content index is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexContentReply {
+    /// Streams and images indexed so far.
+    pub done: u64,
+    /// Streams and images that had no index file.
+    pub total: u64,
+    /// File objects read and hashed so far.
+    pub objects_hashed: u64,
+}

@@ -8,6 +8,7 @@ use cfsd_repo::Repository;
 
 use crate::server::Daemon;
 
+mod content_index;
 mod copy;
 mod export;
 mod hold;

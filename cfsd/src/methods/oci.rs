@@ -376,6 +376,7 @@ fn pull_options(params: PullParams) -> Result<PullOptions, OciError> {
         platform,
         jobs: jobs.min(cores),
         no_delta: params.no_delta.unwrap_or(false),
+        no_partial: params.no_partial.unwrap_or(false),
         digest: params.digest,
         policy: None,
         stage: params.stage.unwrap_or(false),

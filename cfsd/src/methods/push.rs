@@ -106,5 +106,6 @@ pub(super) fn compression(wire: Option<PushCompression>) -> registry::PushCompre
     match wire.unwrap_or_default() {
         PushCompression::Gzip => registry::PushCompression::Gzip,
         PushCompression::Zstd => registry::PushCompression::Zstd,
+        PushCompression::ZstdChunked => registry::PushCompression::ZstdChunked,
     }
 }

@@ -32,6 +32,7 @@ pub async fn handle(daemon: &Daemon, peer: &Peer, method: &str, params: Option<V
             })
             .await
         }
+        "IndexContent" => super::content_index::index_content(daemon).await,
         _ => dispatch::method_not_found(REPOSITORY_INTERFACE, method),
     }
 }

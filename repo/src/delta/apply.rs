@@ -84,6 +84,7 @@ impl<H: FsVerityHashValue> LayerSource<H> for DeltaLayers<H> {
             size: rebuild.size,
             name: format!("delta layer {}", rebuild.blob),
             tar: format!("diff_id of layer {} rebuilt from the delta", layer.blob),
+            check: crate::oci::pipeline::BlobCheck::Digest,
         })
     }
 

@@ -15,7 +15,7 @@ use super::{
     digest::{Digest, Hashing},
     document::Compression,
     manifest::LayerPlan,
-    pipeline::{Blob, LayerSource, Progress, Stage, blocking, tell},
+    pipeline::{Blob, BlobCheck, LayerSource, Progress, Stage, blocking, tell},
     split::{self, Pipe, SplitError, Tally},
 };
 use crate::Error;
@@ -85,8 +85,10 @@ fn verify_blob(
     let drained = io::copy(&mut hashed, &mut io::sink());
     hashed.get_mut().finish();
     let (digest, _) = hashed.finish();
-    blob.digest
-        .verify(&digest, format!("digest of {}", blob.name))?;
+    if blob.check == BlobCheck::Digest {
+        blob.digest
+            .verify(&digest, format!("digest of {}", blob.name))?;
+    }
     made?;
     drained.map_err(|e| damaged(&blob.digest, e))?;
     Ok(())
@@ -135,7 +137,7 @@ async fn store<H: FsVerityHashValue>(
     let produced =
         produced.map_err(|e| Error::storage("producing a layer", io::Error::other(e)))?;
     let split = split.map_err(|e| Error::storage("splitting a layer", io::Error::other(e)))?;
-    let (stream, stats) = match (produced, split) {
+    let (stream, stats, contents) = match (produced, split) {
         // A damaged blob explains whatever else went wrong.
         (Err(e), _) if !matches!(e, Error::Storage { .. }) => return Err(e),
         (_, Err(SplitError::Tar { reason, diff_id })) => {
@@ -146,22 +148,24 @@ async fn store<H: FsVerityHashValue>(
         // cause.
         (_, Err(e)) => return Err(split_error(plan, e)),
         (Err(e), Ok(_)) => return Err(e),
-        (Ok(()), Ok((stream, stats, diff_id))) => {
+        (Ok(()), Ok((stream, stats, diff_id, contents))) => {
             plan.diff_id.verify(&diff_id, what)?;
-            (stream, stats)
+            (stream, stats, contents)
         }
     };
-    name(repo, plan, stream.clone()).await?;
+    name(repo, plan, stream.clone(), contents).await?;
     Ok(Imported { stream, stats })
 }
 
 /// Name the verified layer stream `stream`, on a blocking thread that
 /// keeps the pull's hold until it returns: composefs syncs the objects
-/// before it creates the name.
+/// before it creates the name. Then record its `contents` in the content
+/// index, which may name only what a named stream refers to.
 async fn name<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     plan: &LayerPlan,
     stream: H,
+    contents: split::Contents<H>,
 ) -> Result<(), Error> {
     let hold = plan.hold.get().cloned();
     let name = layer_content_id(&plan.diff_id.to_oci());
@@ -170,7 +174,9 @@ async fn name<H: FsVerityHashValue>(
         let _hold = hold;
         runtime
             .block_on(repo.register_stream(&stream, &name, None))
-            .map_err(|e| Error::storage("naming a layer stream", e))
+            .map_err(|e| Error::storage("naming a layer stream", e))?;
+        crate::content::record(&repo, &stream, contents)
+            .map_err(|e| Error::storage("recording a layer's contents in the content index", e))
     })
     .await
 }

@@ -20,6 +20,7 @@ pub(crate) mod manifest;
 mod merge;
 mod mount;
 mod output;
+pub(crate) mod partial;
 pub(crate) mod pipeline;
 #[cfg(test)]
 mod pipeline_tests;
@@ -43,6 +44,7 @@ pub use images::{ImageDetails, ImageSummary};
 pub use mount::MountOptions;
 pub(crate) use mount::mount_image;
 pub use output::Written;
+pub use partial::PartialPull;
 pub use pipeline::{LayerProgress, Stage};
 pub use platform::Platform;
 pub use pull::{AppliedDelta, DeltaDiscovery, PreparedPull, PullOptions, PullReport};

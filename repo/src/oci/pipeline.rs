@@ -26,12 +26,13 @@
 //!   the pipeline hashes every byte the reader yields, in order, so a
 //!   resume that skipped, repeated or changed a byte fails the blob's
 //!   digest, and nothing is named;
-//! - a partial pull (zstd:chunked) does not read the whole blob, so its
-//!   bytes cannot be checked against the blob digest: it will add a kind
-//!   of [`Blob`] whose check is the content index's per-chunk digests (the
-//!   tar it writes, from fetched frames and stored objects, is still
-//!   checked against the diff_id here), without a change to the
-//!   scheduling.
+//! - a partial pull (zstd:chunked, `super::partial`) does not read the
+//!   whole blob, so its bytes cannot be checked against the blob digest:
+//!   once it has read a layer's TOC in `prepare`, it turns that layer's
+//!   blob into one of [`BlobCheck::Rebuilt`] ([`LayerSource::refine`]),
+//!   whose bytes are the frames fetched; it checks each file against the
+//!   TOC's digest itself, and the tar it writes, from fetched frames and
+//!   stored objects, is still checked against the diff_id here.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -104,6 +105,18 @@ pub(crate) struct Blob {
     pub name: String,
     /// How a diff_id mismatch names the tar made from it.
     pub tar: String,
+    /// What the bytes read are checked against.
+    pub check: BlobCheck,
+}
+
+/// What the pipeline checks the bytes a source reads against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlobCheck {
+    /// The blob's digest: they are the whole blob.
+    Digest,
+    /// Nothing: they are parts of it, which the source checks, and the
+    /// tar made from them is checked against the diff_id.
+    Rebuilt,
 }
 
 impl Blob {
@@ -114,6 +127,7 @@ impl Blob {
             size: layer.size,
             name: format!("layer {}", layer.blob),
             tar: format!("diff_id of layer {}", layer.blob),
+            check: BlobCheck::Digest,
         }
     }
 }
@@ -138,6 +152,13 @@ pub(crate) trait LayerSource<H: FsVerityHashValue>: Send + Sync + 'static {
     ) -> Result<(), Error> {
         let _ = (repo, fetching, absent);
         Ok(())
+    }
+
+    /// The blob to make `layer` from, now that the source is prepared:
+    /// `blob` unless preparing changed how.
+    fn refine(&self, layer: &LayerPlan, blob: Blob) -> Blob {
+        let _ = layer;
+        blob
     }
 
     /// The bytes of `blob`, from the first, each once and in order; a
@@ -271,7 +292,13 @@ async fn prepare<H: FsVerityHashValue, S: LayerSource<H>>(
     blocking(move || {
         source.prepare(&repo, &fetching, &absent)?;
         match absent.first() {
-            None => Ok(fetching),
+            None => Ok(fetching
+                .into_iter()
+                .map(|(plan, blob)| {
+                    let blob = source.refine(&plan, blob);
+                    (plan, blob)
+                })
+                .collect()),
             Some(plan) => Err(Error::internal(
                 "bringing in the layers",
                 format!("the source has no blob for layer {}", plan.blob),

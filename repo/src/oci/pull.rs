@@ -14,6 +14,7 @@ use composefs_oci::oci_image::OciImage;
 use super::{
     Platform, images,
     manifest::{self, Resolved},
+    partial::PartialLayers,
     pipeline::{self, LayerProgress, Layers, Progress, Stage, blocking},
     publish::publish,
     source::{Layout, Source},
@@ -58,6 +59,9 @@ pub struct PullOptions {
     /// For a delta: another repository where its source image may be,
     /// copied from there when this one lacks it.
     pub source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
+    /// For a registry image: pull every layer in full, even zstd:chunked
+    /// ones whose files the repository partly holds.
+    pub no_partial: bool,
 }
 
 /// What a pull did.
@@ -90,6 +94,9 @@ pub struct PullReport {
     pub discovery: Option<DeltaDiscovery>,
     /// For a staged pull: the stage id (and `tag` is empty).
     pub stage: Option<String>,
+    /// For a registry image: what its partial pulls of zstd:chunked
+    /// layers did, when any layer was pulled so.
+    pub partial: Option<super::partial::PartialPull>,
 }
 
 /// Whether a registry pull found and used an oci-delta, and why.
@@ -133,6 +140,8 @@ pub struct PreparedPull {
     stage: bool,
     /// Where a delta's source image may be found.
     source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
+    /// Pull zstd:chunked layers in part where that fetches less.
+    partial: bool,
 }
 
 impl PreparedPull {
@@ -196,6 +205,7 @@ impl Repository {
         // delta; one asked for by a delta's reference already does.
         let discover =
             (layout.remote().is_some() && resolved.delta.is_none()).then_some(!options.no_delta);
+        let partial = layout.remote().is_some() && resolved.delta.is_none() && !options.no_partial;
         Ok(PreparedPull {
             stop: layout.take_stop(),
             layout: Arc::new(layout),
@@ -206,6 +216,7 @@ impl Repository {
             signatures,
             stage: options.stage,
             source_repo: options.source_repo.clone(),
+            partial,
         })
     }
 
@@ -251,6 +262,7 @@ impl Repository {
             signatures: prepared.signatures,
             root: self.path().to_owned(),
             source_repo: prepared.source_repo,
+            partial: prepared.partial,
         };
         let result = with_store!(self.store(), store => job.run(store.clone()).await);
         if let (Err(_), Some(work)) = (&result, &stage) {
@@ -301,6 +313,8 @@ struct Pull {
     stage: Option<Arc<StageWork>>,
     /// Where a delta's source image may be found.
     source_repo: Option<Arc<crate::secondary::SecondaryRepository>>,
+    /// Pull zstd:chunked layers in part where that fetches less.
+    partial: bool,
 }
 
 impl Pull {
@@ -374,6 +388,7 @@ impl Pull {
             let route = Route {
                 applied: None,
                 discovery: None,
+                partial: None,
             };
             return Ok((brought, route));
         }
@@ -389,6 +404,18 @@ impl Pull {
                 Err(discovery) => Some(discovery),
             },
         };
+        if self.partial {
+            let manifest = &self.resolved.manifest;
+            let source = Arc::new(PartialLayers::new(self.layout.clone(), manifest));
+            let brought =
+                pipeline::bring_in(repo, source.clone(), layers, self.jobs, &self.progress).await?;
+            let route = Route {
+                applied: None,
+                discovery,
+                partial: source.report(),
+            };
+            return Ok((brought, route));
+        }
         let source = self.layout.clone();
         let brought = pipeline::bring_in(repo, source, layers, self.jobs, &self.progress).await?;
         Ok((
@@ -396,6 +423,7 @@ impl Pull {
             Route {
                 applied: None,
                 discovery,
+                partial: None,
             },
         ))
     }
@@ -494,6 +522,7 @@ impl Pull {
         let route = Route {
             applied: self.resolved.delta.as_ref().map(applied),
             discovery: None,
+            partial: None,
         };
         Ok(Some(self.report(id.to_hex(), totals, true, route)))
     }
@@ -519,6 +548,7 @@ impl Pull {
             delta: route.applied,
             discovery: route.discovery,
             stage: self.stage.as_ref().map(|w| w.id().to_owned()),
+            partial: route.partial,
         }
     }
 }
@@ -528,6 +558,7 @@ impl Pull {
 struct Route {
     applied: Option<AppliedDelta>,
     discovery: Option<DeltaDiscovery>,
+    partial: Option<super::partial::PartialPull>,
 }
 
 impl Route {
@@ -535,6 +566,7 @@ impl Route {
         Route {
             applied: Some(applied(delta)),
             discovery,
+            partial: None,
         }
     }
 }

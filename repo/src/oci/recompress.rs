@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Error,
+    chunked::{ChunkedLayer, ChunkedWriter},
     delta::create::image::Side,
     oci::{
         digest::{Digest, HashingWriter},
@@ -31,22 +32,33 @@ pub(crate) struct Recompressed {
     pub(crate) digest: Digest,
     /// The size of the new blob.
     pub(crate) size: u64,
+    /// The annotations of its descriptor: where a zstd:chunked blob's
+    /// metadata is.
+    pub(crate) annotations: Vec<(String, String)>,
 }
 
-/// The sha256 and size of the layer `diff_id` compressed as
-/// `compression`, its tar rebuilt from the repository and checked.
-pub(crate) fn compressed_digest<H: FsVerityHashValue>(
+/// The layer `diff_id` (blob `original` in the repository's manifest)
+/// compressed as `compression`, its tar rebuilt from the repository and
+/// checked: the new blob's digest, size and annotations.
+pub(crate) fn compressed_layer<H: FsVerityHashValue>(
     store: &Store<H>,
     diff_id: &Digest,
     original: &Digest,
     compression: PushCompression,
-) -> Result<(Digest, u64), Error> {
+) -> Result<Recompressed, Error> {
     let storage = |e: io::Error| Error::storage("compressing a layer", e);
     let encoder =
         Compressor::new(compression, HashingWriter::new(Counting::default())).map_err(storage)?;
     let encoder = verified_layer_tar(store, diff_id, original, encoder)?;
-    let (digest, counted) = encoder.finish().map_err(storage)?.into_parts();
-    Ok((digest, counted.0))
+    let (out, chunked) = encoder.finish_layer().map_err(storage)?;
+    let (digest, counted) = out.into_parts();
+    Ok(Recompressed {
+        diff_id: diff_id.clone(),
+        original: original.clone(),
+        digest,
+        size: counted.0,
+        annotations: chunked.map(|c| c.layout.annotations()).unwrap_or_default(),
+    })
 }
 
 /// The OCI image manifest of `side` with `layers` for its layers.
@@ -58,11 +70,18 @@ pub(crate) fn image_manifest(
     let layers: Vec<Value> = layers
         .iter()
         .map(|l| {
-            json!({
+            let mut layer = json!({
                 "mediaType": compression.media_type(),
                 "digest": l.digest.to_string(),
                 "size": l.size,
-            })
+            });
+            if !l.annotations.is_empty() {
+                let annotations: serde_json::Map<String, Value> = (l.annotations.iter())
+                    .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                    .collect();
+                layer["annotations"] = Value::Object(annotations);
+            }
+            layer
         })
         .collect();
     let mut manifest = json!({
@@ -105,7 +124,13 @@ impl<W: Write> Compressor<W> {
     }
 
     /// Compress what is left and end the stream; the writer.
-    pub(crate) fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(self) -> io::Result<W> {
+        self.finish_layer().map(|(out, _)| out)
+    }
+
+    /// [`Compressor::finish`], and for zstd:chunked what the blob says
+    /// about itself.
+    pub(crate) fn finish_layer(mut self) -> io::Result<(W, Option<ChunkedLayer>)> {
         self.encoder.write_all(&self.block)?;
         self.encoder.finish()
     }
@@ -138,6 +163,7 @@ impl<W: Write> Write for Compressor<W> {
 enum Encoder<W: Write> {
     Gzip(flate2::write::GzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
+    Chunked(Box<ChunkedWriter<W>>),
 }
 
 impl<W: Write> Encoder<W> {
@@ -148,13 +174,15 @@ impl<W: Write> Encoder<W> {
                 flate2::Compression::default(),
             )),
             PushCompression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(out, 3)?),
+            PushCompression::ZstdChunked => Encoder::Chunked(Box::new(ChunkedWriter::new(out)?)),
         })
     }
 
-    fn finish(self) -> io::Result<W> {
+    fn finish(self) -> io::Result<(W, Option<ChunkedLayer>)> {
         match self {
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
+            Encoder::Gzip(e) => e.finish().map(|out| (out, None)),
+            Encoder::Zstd(e) => e.finish().map(|out| (out, None)),
+            Encoder::Chunked(e) => e.finish().map(|(out, layer)| (out, Some(layer))),
         }
     }
 }
@@ -164,6 +192,7 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::Gzip(e) => e.write(buf),
             Encoder::Zstd(e) => e.write(buf),
+            Encoder::Chunked(e) => e.write(buf),
         }
     }
 
@@ -171,6 +200,7 @@ impl<W: Write> Write for Encoder<W> {
         match self {
             Encoder::Gzip(e) => e.flush(),
             Encoder::Zstd(e) => e.flush(),
+            Encoder::Chunked(e) => e.flush(),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{
     document::{OCI_INDEX, OCI_MANIFEST, REF_NAME},
     export::verified_layer_tar,
     output::Output,
-    recompress::{Compressor, Recompressed, compressed_digest, image_manifest},
+    recompress::{Compressor, Recompressed, compressed_layer, image_manifest},
 };
 use crate::{
     Error, Repository,
@@ -57,13 +57,7 @@ impl Repository {
             let side = Side::open(s, image)?;
             let mut layers = Vec::with_capacity(side.layers.len());
             for (original, _, diff_id) in &side.layers {
-                let (digest, size) = compressed_digest(s, diff_id, original, compression)?;
-                layers.push(Recompressed {
-                    diff_id: diff_id.clone(),
-                    original: original.clone(),
-                    digest,
-                    size,
-                });
+                layers.push(compressed_layer(s, diff_id, original, compression)?);
             }
             let manifest = image_manifest(&side, &layers, compression);
             let mut counted = Output::new(out);

@@ -36,7 +36,12 @@ pub use credentials::Credentials;
 pub use walk::Limits;
 use walk::{InodeKey, LargeFile, Pending, Walker};
 
-use crate::{Error, Repository, oci::MountOptions, repository::with_store};
+use crate::{
+    Error, Repository,
+    content::{Contents, Sha256Digest},
+    oci::MountOptions,
+    repository::with_store,
+};
 
 /// How a tree is read and made an image.
 #[derive(Debug, Clone, Default)]
@@ -88,11 +93,15 @@ impl Repository {
         // Objects land before the image that refers to them.
         let _hold = self.hold("creating an image from a directory tree");
         with_store!(self.store(), s => {
-            let fs = read_tree(Some(s), tree, options, cancelled)?;
+            let (fs, contents) = read_tree(Some(s), tree, options, cancelled)?;
             let id = fs
                 .commit_image(s, name)
                 .map_err(|e| Error::storage("writing the image", e))?;
             s.sync().map_err(|e| Error::storage("syncing the repository", e))?;
+            // Only once the image is written: the index may name only
+            // what a present image or stream refers to.
+            crate::content::record(s, &id, contents)
+                .map_err(|e| Error::storage("recording the tree's files in the content index", e))?;
             Ok(id.to_hex())
         })
     }
@@ -163,7 +172,7 @@ fn tree_id<H: FsVerityHashValue>(
     options: &TreeOptions,
     cancelled: &AtomicBool,
 ) -> Result<String, Error> {
-    let fs = read_tree(None::<&Store<H>>, tree, options, cancelled)?;
+    let (fs, _) = read_tree(None::<&Store<H>>, tree, options, cancelled)?;
     let fs = ValidatedFileSystem::new(fs).map_err(|e| Error::InvalidTree {
         path: ".".into(),
         reason: format!("{e:#}"),
@@ -234,13 +243,14 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
 /// Read the tree under `root` as upstream reads one for `create-image`
 /// (or `compute-id`, without `store`): the walk on a thread with the
 /// reader's credentials, large files stored (or hashed) here as the walk
-/// finds them.
+/// finds them. Also the content digest of each stored file, for the
+/// content index.
 fn read_tree<H: FsVerityHashValue>(
     store: Option<&Store<H>>,
     root: OwnedFd,
     options: &TreeOptions,
     cancelled: &AtomicBool,
-) -> Result<FileSystem<H>, Error> {
+) -> Result<(FileSystem<H>, Contents<H>), Error> {
     crate::oci::check_source_filesystem(&root, options.peer_pid).map_err(|e| match e {
         Error::InvalidSource { reason } => Error::InvalidTree {
             path: ".".into(),
@@ -273,12 +283,15 @@ fn read_tree<H: FsVerityHashValue>(
         Ok::<_, Error>((walked?, ids))
     })?;
     let (fs, ids) = pending;
+    let contents = ids
+        .values()
+        .filter_map(|(id, d)| Some(((*d)?, id.clone())))
+        .collect();
     let mut fs = fs.try_map_regular(|p| match p {
         Pending::Inline(data) => Ok(RegularFile::Inline(data.clone())),
         Pending::External { key, size } => ids
             .get(key)
-            .cloned()
-            .map(|id| RegularFile::External(id, *size))
+            .map(|(id, _)| RegularFile::External(id.clone(), *size))
             .ok_or_else(|| Error::internal("reading the tree", "a file was not stored".into())),
     })?;
     if !options.no_propagate_usr {
@@ -292,36 +305,42 @@ fn read_tree<H: FsVerityHashValue>(
                 reason: format!("{e}; the root's metadata is copied from /usr"),
             })?;
     }
-    Ok(fs)
+    Ok((fs, contents))
 }
 
 /// Store (or only hash) each large file the walk sends, until it ends.
-/// Returning early drops the receiver, which stops the walk.
+/// Returning early drops the receiver, which stops the walk. A stored
+/// file's content digest is read from its object, which unlike the
+/// peer's file cannot change after it was measured.
 fn store_large_files<H: FsVerityHashValue>(
     store: Option<&Store<H>>,
     large: mpsc::Receiver<LargeFile>,
     cancelled: &AtomicBool,
-) -> Result<HashMap<InodeKey, H>, Error> {
+) -> Result<HashMap<InodeKey, (H, Option<Sha256Digest>)>, Error> {
     let mut ids = HashMap::new();
     for file in large {
         if cancelled.load(Ordering::Relaxed) {
             return Err(self::cancelled());
         }
-        let id = match store {
+        let stored = match store {
             Some(s) => {
                 let reader = UntilCancelled {
                     file: std::fs::File::from(file.fd),
                     cancelled,
                 };
-                s.ensure_object_from_reader(reader, file.size)
+                let id = s
+                    .ensure_object_from_reader(reader, file.size)
                     .map_err(|e| match cancelled.load(Ordering::Relaxed) {
                         true => self::cancelled(),
                         false => Error::storage("storing a file of the tree", e),
-                    })?
+                    })?;
+                let digest = crate::content::hash_object(s, &id)
+                    .map_err(|e| Error::storage("hashing a file of the tree", e))?;
+                (id, Some(digest))
             }
-            None => hash(file.fd, file.size, cancelled)?,
+            None => (hash(file.fd, file.size, cancelled)?, None),
         };
-        ids.insert(file.key, id);
+        ids.insert(file.key, stored);
     }
     Ok(ids)
 }

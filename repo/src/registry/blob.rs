@@ -25,7 +25,7 @@ use crate::{Error, oci::digest::Digest};
 
 /// How many times in a row a blob may be resumed without receiving a
 /// byte before the pull gives up on the registry.
-const MAX_RESUMES: u32 = 5;
+pub(super) const MAX_RESUMES: u32 = 5;
 
 /// How many pieces of a body are received ahead of the reader. A piece
 /// is what the client read from its socket at once, at most its read
@@ -113,19 +113,28 @@ impl BlobStream {
             ),
         };
         self.body = None;
-        self.resumes += 1;
-        if self.resumes > MAX_RESUMES {
-            return Err(Error::RegistryUnreachable {
-                registry: self.remote.host.clone(),
-                reason: format!(
-                    "blob {} broke off {MAX_RESUMES} times without progress: {cut}",
-                    self.digest
-                ),
-            });
-        }
-        tracing::warn!("blob {}: {cut}", self.digest);
-        Ok(())
+        let what = format!("blob {}", self.digest);
+        count_resume(&mut self.resumes, &self.remote, &what, &cut)
     }
+}
+
+/// One more resume of `what` since the last byte arrived, after `cut`:
+/// past [`MAX_RESUMES`], the registry is given up on.
+pub(super) fn count_resume(
+    resumes: &mut u32,
+    remote: &Remote,
+    what: &str,
+    cut: &str,
+) -> Result<(), Error> {
+    *resumes += 1;
+    if *resumes > MAX_RESUMES {
+        return Err(Error::RegistryUnreachable {
+            registry: remote.host.clone(),
+            reason: format!("{what} broke off {MAX_RESUMES} times without progress: {cut}"),
+        });
+    }
+    tracing::warn!("{what}: {cut}");
+    Ok(())
 }
 
 impl Read for BlobStream {
@@ -149,7 +158,7 @@ impl Read for BlobStream {
 /// Receive `body` on the runtime into a queue of [`AHEAD`] pieces. The
 /// task ends with the body, at its first error, or when the reader lets
 /// go of the queue.
-fn receive_ahead(
+pub(super) fn receive_ahead(
     remote: &Remote,
     mut body: BoxStream<'static, io::Result<Bytes>>,
 ) -> mpsc::Receiver<io::Result<Bytes>> {

@@ -10,7 +10,10 @@ pub(crate) mod attachments;
 mod auth;
 pub(crate) mod blob;
 mod delta_push;
+mod http;
+mod multipart;
 mod push;
+pub(crate) mod ranges;
 mod referrers;
 pub(crate) mod remote;
 mod settings;
@@ -21,6 +24,7 @@ use oci_client::{Reference, client::Certificate, secrets::RegistryAuth};
 
 pub use delta_push::DeltaPushReport;
 pub use push::{PushCompression, PushReport};
+pub use ranges::{RangeCounts, Span};
 pub use settings::RegistrySettings;
 
 use crate::{
@@ -272,6 +276,43 @@ impl Connected {
     ) -> Box<dyn Read + Send> {
         Box::new(blob::BlobStream::new(self.remote.clone(), digest, size))
     }
+}
+
+/// The spans `spans` (sorted, apart) of the blob `digest` of `size` bytes
+/// in the repository of the image `registry` names, read as a partial
+/// pull reads them: joined in order, and what fetching them took. Blocks;
+/// call it on a blocking thread of a tokio runtime.
+pub fn read_blob_ranges(
+    registry: Registry,
+    digest: &str,
+    size: u64,
+    spans: Vec<Span>,
+) -> Result<(Vec<u8>, std::sync::Arc<RangeCounts>), Error> {
+    let digest = Digest::parse(digest, "the blob's digest")?;
+    let connected = Connected::open(registry)?;
+    let counts = std::sync::Arc::<RangeCounts>::default();
+    let remote = connected.remote.clone();
+    let mut reader = ranges::RangeReader::new(remote, &digest, size, spans, counts.clone())?;
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(failure)?;
+    Ok((bytes, counts))
+}
+
+/// The span `span` of the blob `digest`, read with one range request as
+/// a partial pull first looks at a blob; `None` when the registry ignores
+/// ranges and sends the whole blob, which is not read then. Blocks, as
+/// [`read_blob_ranges`].
+pub fn read_blob_span(
+    registry: Registry,
+    digest: &str,
+    size: u64,
+    span: Span,
+) -> Result<(Option<Vec<u8>>, std::sync::Arc<RangeCounts>), Error> {
+    let digest = Digest::parse(digest, "the blob's digest")?;
+    let connected = Connected::open(registry)?;
+    let counts = std::sync::Arc::<RangeCounts>::default();
+    let bytes = ranges::read_span(&connected.remote, &digest, size, span, &counts)?;
+    Ok((bytes, counts))
 }
 
 #[cfg(test)]

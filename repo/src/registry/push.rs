@@ -2,7 +2,7 @@
 //!
 //! The repository keeps no layer blobs, only split streams, so each layer
 //! tar is rebuilt from its stream (its diff_id checked) and compressed
-//! again, gzip or zstd. The config is uploaded byte for byte, so the
+//! again, gzip, zstd or zstd:chunked. The config is uploaded byte for byte, so the
 //! pushed image has the same config digest, and with it the same diff_ids
 //! and composefs image id; the manifest is new, an OCI image manifest
 //! naming the new layer blobs.
@@ -20,6 +20,12 @@
 //! uploaded (none for a re-push); the alternative, compressing once into
 //! an `O_TMPFILE`, would cost disk the size of the largest compressed
 //! layer and its write and read back. Memory stays at a few buffers.
+//! zstd:chunked takes the same two passes: its writer
+//! ([`crate::chunked::ChunkedWriter`]) cuts frames where the tar says, so
+//! its bytes, TOC and annotations are the same both times; the cost is
+//! its rolling checksum over every byte twice. One pass into a scratch
+//! file per layer would not keep "every layer checked before anything is
+//! uploaded" without holding the whole compressed image on disk at once.
 //!
 //! **Order.** All layers are hashed before anything is uploaded, so a
 //! layer whose stream no longer rebuilds its diff_id stops the push
@@ -47,7 +53,7 @@ use crate::{
         digest::Digest,
         document::{Compression, OCI_MANIFEST},
         export::verified_layer_tar,
-        recompress::{Compressor, Recompressed, compressed_digest, image_manifest},
+        recompress::{Compressor, Recompressed, compressed_layer, image_manifest},
     },
     repository::with_store,
 };
@@ -61,6 +67,10 @@ pub enum PushCompression {
     Gzip,
     /// zstd (`application/vnd.oci.image.layer.v1.tar+zstd`).
     Zstd,
+    /// zstd:chunked, current variant: zstd whose frames are cut at the
+    /// files, with a TOC and tar-split, and their annotations on the
+    /// layer descriptor, for partial pulls.
+    ZstdChunked,
 }
 
 impl PushCompression {
@@ -68,7 +78,7 @@ impl PushCompression {
     pub(crate) fn media_type(self) -> &'static str {
         match self {
             PushCompression::Gzip => Compression::Gzip,
-            PushCompression::Zstd => Compression::Zstd,
+            PushCompression::Zstd | PushCompression::ZstdChunked => Compression::Zstd,
         }
         .oci_layer()
     }
@@ -272,13 +282,7 @@ impl Destination {
         let mut layers = Vec::with_capacity(side.layers.len());
         for (original, _, diff_id) in &side.layers {
             self.go_on()?;
-            let (digest, size) = compressed_digest(store, diff_id, original, compression)?;
-            layers.push(Recompressed {
-                diff_id: diff_id.clone(),
-                original: original.clone(),
-                digest,
-                size,
-            });
+            layers.push(compressed_layer(store, diff_id, original, compression)?);
         }
         let (mut uploaded, mut bytes) = (0, 0);
         for layer in &layers {
@@ -487,9 +491,12 @@ mod tests {
                 PushCompression::Gzip => {
                     flate2::read::GzDecoder::new(&whole[..]).read_to_end(&mut tar)
                 }
-                PushCompression::Zstd => zstd::stream::read::Decoder::new(&whole[..])
-                    .unwrap()
-                    .read_to_end(&mut tar),
+                // zstd:chunked needs a tar: its writer has tests of its own.
+                PushCompression::Zstd | PushCompression::ZstdChunked => {
+                    zstd::stream::read::Decoder::new(&whole[..])
+                        .unwrap()
+                        .read_to_end(&mut tar)
+                }
             }
             .unwrap();
             assert!(tar == input, "{compression:?} round trip");

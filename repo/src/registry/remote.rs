@@ -26,8 +26,8 @@ const ATTEMPTS: u32 = 5;
 /// The wait before the first retry; it doubles after each.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a connection may stay silent before it counts as lost.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The manifest media types asked for.
 const MANIFEST_TYPES: &[&str] = &[
     OCI_IMAGE_MEDIA_TYPE,
@@ -50,6 +50,8 @@ pub(crate) struct Remote {
     /// Closed when the pull lets go of this source: blob readers still
     /// waiting on the network stop then, not at the read timeout.
     pub(super) stopped: watch::Receiver<()>,
+    /// For the requests the client cannot make (multi-range blob GETs).
+    pub(super) http: super::http::Http,
 }
 
 impl std::fmt::Debug for Remote {
@@ -76,6 +78,7 @@ impl Remote {
                 if registry.insecure =>
             {
                 remote.client = client(&registry, ClientProtocol::Http)?;
+                remote.http.use_plain_http();
                 remote.manifest(&registry.image, &registry.auth)?
             }
             other => other?,
@@ -103,6 +106,7 @@ impl Remote {
             handle,
             top: (Digest::of(b""), Vec::new()),
             stopped,
+            http: super::http::Http::new(registry)?,
         };
         Ok((remote, stop))
     }

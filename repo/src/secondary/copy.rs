@@ -181,6 +181,7 @@ impl<H: FsVerityHashValue> LayerSource<H> for CopyLayers<H> {
                 "diff_id of layer {} copied from the source repository",
                 layer.blob
             ),
+            check: crate::oci::pipeline::BlobCheck::Digest,
         })
     }
 

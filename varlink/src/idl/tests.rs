@@ -151,6 +151,11 @@ fn repository_interface_matches_wire_types() {
     );
 
     plain_image_methods_match_wire_types(&idl);
+    assert!(method_fields(&idl, "IndexContent", false).is_empty());
+    assert_eq!(
+        keys(&crate::repository::IndexContentReply::default()),
+        method_fields(&idl, "IndexContent", true)
+    );
     assert_errors(&idl, &every_repository_error());
 }
 
@@ -215,10 +220,13 @@ fn oci_interface_matches_wire_types() {
         ..DeltaDiscovery::default()
     };
     assert_eq!(keys(&discovery), type_fields(&idl, "DeltaDiscovery"));
+    let partial = crate::oci::PartialPull::default();
+    assert_eq!(keys(&partial), type_fields(&idl, "PartialPull"));
     let result = PullResult {
         delta: Some(delta),
         delta_discovery: Some(discovery),
         stage: Some("ab".into()),
+        partial_pull: Some(partial),
         ..PullResult::default()
     };
     assert_eq!(keys(&result), type_fields(&idl, "PullResult"));
@@ -240,6 +248,7 @@ fn oci_interface_matches_wire_types() {
         digest: Some("sha256:x".to_owned()),
         stage: Some(true),
         source_repo: Some(true),
+        no_partial: Some(true),
     };
     assert_eq!(keys(&pull), method_fields(&idl, "Pull", false));
     let copy = crate::oci::CopyParams {

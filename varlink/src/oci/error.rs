@@ -493,6 +493,17 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// The zstd:chunked metadata of a layer blob lies or is too large.
+    #[serde(rename = "io.cfsd.Oci.InvalidChunkedToc")]
+    #[error("the zstd:chunked metadata of layer {layer} cannot be used: {reason}")]
+    InvalidChunkedToc {
+        /// The layer blob's digest.
+        layer: String,
+        /// The kind of fault: checksum, bounds, overlap, too-large, ...
+        kind: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.

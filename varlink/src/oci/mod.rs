@@ -68,6 +68,10 @@ pub struct PullParams {
         skip_serializing_if = "Option::is_none"
     )]
     pub source_repo: Option<bool>,
+    /// For [`TRANSPORT_REGISTRY`]: `true` pulls zstd:chunked layers in
+    /// full, never in part.
+    #[serde(default, rename = "noPartial", skip_serializing_if = "Option::is_none")]
+    pub no_partial: Option<bool>,
 }
 
 /// The parameters of `Copy`; the source repository's directory travels
@@ -136,6 +140,35 @@ pub struct PullResult {
     /// For a staged pull: the stage id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// For a registry pull that pulled a zstd:chunked layer in part: what
+    /// it fetched.
+    #[serde(
+        default,
+        rename = "partialPull",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub partial_pull: Option<PartialPull>,
+}
+
+/// What a registry pull fetched of the zstd:chunked layers it pulled in
+/// part.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartialPull {
+    /// Layers pulled in part.
+    pub layers: u64,
+    /// Their files read from stored objects instead of fetched.
+    pub files_reused: u64,
+    /// Their blob bytes fetched, without the tables of contents.
+    pub bytes_fetched: u64,
+    /// Body bytes received for them, tables of contents included.
+    pub bytes_received: u64,
+    /// Range requests sent for them.
+    pub requests: u64,
+    /// The registry refused multi-range requests.
+    pub single_ranges: bool,
+    /// Why other layers were pulled in full, if any was.
+    pub reason: String,
 }
 
 /// Whether a registry pull found an oci-delta for its image and used it.

@@ -5,7 +5,9 @@ use cfsd_repo::{
     self as repo, DiskFault,
     oci::{ImageDetails, ImageSummary, PullReport},
 };
-use cfsd_varlink::oci::{AppliedDelta, DeltaDiscovery, Image, InspectReply, OciError, PullResult};
+use cfsd_varlink::oci::{
+    AppliedDelta, DeltaDiscovery, Image, InspectReply, OciError, PartialPull, PullResult,
+};
 
 pub(super) fn wire_report(r: PullReport, shared_import: bool) -> PullResult {
     PullResult {
@@ -31,6 +33,15 @@ pub(super) fn wire_report(r: PullReport, shared_import: bool) -> PullResult {
             reason: d.reason,
         }),
         stage: r.stage,
+        partial_pull: r.partial.map(|p| PartialPull {
+            layers: p.layers,
+            files_reused: p.files_reused,
+            bytes_fetched: p.bytes_fetched,
+            bytes_received: p.bytes_received,
+            requests: p.requests,
+            single_ranges: p.single_ranges,
+            reason: p.reason,
+        }),
     }
 }
 
@@ -241,5 +252,10 @@ pub(in crate::methods) fn wire_error(e: repo::Error) -> OciError {
             reason: e.to_string(),
         },
         E::SourceRepository { reason } => OciError::InvalidSourceRepository { reason },
+        E::InvalidChunkedToc { layer, fault } => OciError::InvalidChunkedToc {
+            layer,
+            kind: fault.kind().to_owned(),
+            reason: fault.to_string(),
+        },
     }
 }

@@ -14,10 +14,10 @@ mod limits;
 mod objects;
 mod pipe;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::{self, Write},
     sync::{
         Arc,
@@ -51,6 +51,7 @@ use super::{
     digest::{Digest, HashingWriter},
     entry_rules::EntryRules,
 };
+pub(crate) use crate::content::Contents;
 
 /// Why a split failed.
 #[derive(Debug)]
@@ -105,8 +106,9 @@ impl Drop for CancelOnDrop {
 
 /// Split the tar arriving on `rx` into `repo`, and store the split stream.
 /// Blocks until every object is written. Returns the stream, what the
-/// import stored, and the tar's digest (its diff_id), for the caller to
-/// check before naming the stream. A tar beyond `limits` is refused as
+/// import stored, the tar's digest (its diff_id), for the caller to
+/// check before naming the stream, and the stream's file contents, for
+/// the content index once it is named. A tar beyond `limits` is refused as
 /// soon as that shows, without reading the rest.
 pub(crate) fn split<H: FsVerityHashValue>(
     rx: Receiver<Chunk<H>>,
@@ -114,7 +116,7 @@ pub(crate) fn split<H: FsVerityHashValue>(
     cancel: &Cancel,
     limits: &LayerLimits,
     pulled: PullTally,
-) -> Result<(H, Tally<H>, Digest), SplitError> {
+) -> Result<(H, Tally<H>, Digest, Contents<H>), SplitError> {
     let mut splitter = Splitter {
         input: Input::new(rx, limits, pulled, cancel.clone()),
         rules: EntryRules::new(),
@@ -125,9 +127,9 @@ pub(crate) fn split<H: FsVerityHashValue>(
     match splitter.run(cancel) {
         Ok(()) => {
             let diff_id = splitter.input.digest.finish();
-            let (stream, stats) =
+            let (stream, stats, contents) =
                 store_stream(splitter.objects, splitter.entries).map_err(SplitError::Storage)?;
-            Ok((stream, stats, diff_id))
+            Ok((stream, stats, diff_id, contents))
         }
         Err(Fault::Tar(reason)) => match splitter.input.drain() {
             Ok(diff_id) => Err(SplitError::Tar { reason, diff_id }),
@@ -166,28 +168,38 @@ enum Entry<H> {
 fn store_stream<H: FsVerityHashValue>(
     objects: Objects<H>,
     entries: Vec<Entry<H>>,
-) -> anyhow::Result<(H, Tally<H>)> {
+) -> anyhow::Result<(H, Tally<H>, Contents<H>)> {
     let repo = objects.repo().clone();
     let stored = objects.finish()?;
     let mut stream = repo.create_stream(LAYER_CONTENT_TYPE)?;
     let mut stats = Tally::default();
+    let mut contents = Vec::new();
+    let mut reused = HashSet::new();
     for entry in entries {
         match entry {
             Entry::Inline(data) => stream.write_inline(&data),
             Entry::External(ticket, size) => {
-                let (id, method) = stored.get(ticket);
+                let (id, method, digest) = stored.get(ticket);
                 stats.record(id, *method, size);
+                contents.push((*digest, id.clone()));
                 stream.add_external_size(size);
                 stream.write_reference(id.clone())?;
             }
             Entry::Reused(id, size) => {
                 stats.record(&id, ObjectStoreMethod::AlreadyPresent, size);
+                reused.insert(id.clone());
                 stream.add_external_size(size);
                 stream.write_reference(id)?;
             }
         }
     }
-    Ok((stream.done()?, stats))
+    // Contents taken whole from stored objects were not hashed on the way
+    // in: the index of the stream they came from knows them.
+    if !reused.is_empty() {
+        let digests = crate::content::digests_of_stored(&repo, &reused)?;
+        contents.extend(digests.into_iter().map(|(id, digest)| (digest, id)));
+    }
+    Ok((stream.done()?, stats, contents))
 }
 
 /// The objects an import refers to, each counted once however many files

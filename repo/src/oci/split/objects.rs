@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    io::Write,
+    io::{Seek, SeekFrom, Write},
     os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
         Arc, Condvar, Mutex,
@@ -16,11 +16,13 @@ use std::{
     thread::JoinHandle,
 };
 
+use crate::content::Sha256Digest;
 use anyhow::Context;
 use composefs::{
     fsverity::{FsVerityHashValue, compute_verity, enable_verity_maybe_copy, ensure_verity_equal},
     repository::{ObjectStoreMethod, Repository as Store},
 };
+use openssl::sha::sha256;
 use rustix::{
     fs::{AtFlags, CWD, Mode, OFlags, linkat, mkdirat, openat, statat},
     io::Errno,
@@ -46,8 +48,9 @@ pub(super) struct Ticket {
     index: usize,
 }
 
-/// A stored object: its id and whether it was new.
-pub(super) type Stored<H> = (H, ObjectStoreMethod);
+/// A stored object: its id, whether it was new, and the sha256 of its
+/// content, for the content index.
+pub(super) type Stored<H> = (H, ObjectStoreMethod, Sha256Digest);
 
 enum Job {
     /// Contents held in memory.
@@ -240,7 +243,7 @@ fn work<H: FsVerityHashValue>(
                 budget.give(files.iter().map(Vec::len).sum());
                 stored
             }
-            Job::Tmpfile(file, size) => repo.finalize_object_tmpfile(file, size).map(|s| vec![s]),
+            Job::Tmpfile(file, size) => store_tmpfile(repo, file, size).map(|s| vec![s]),
         };
         if report.send((batch, result)).is_err() {
             return;
@@ -294,6 +297,7 @@ impl Budget {
 /// name, never by its size, which a power cut can leave right over zeros.
 fn store_object<H: FsVerityHashValue>(repo: &Store<H>, data: &[u8]) -> anyhow::Result<Stored<H>> {
     let id: H = compute_verity(data);
+    let digest = sha256(data);
     let objects = repo.objects_dir()?;
     let sealed = !repo.is_insecure();
     let present = if sealed {
@@ -302,10 +306,24 @@ fn store_object<H: FsVerityHashValue>(repo: &Store<H>, data: &[u8]) -> anyhow::R
         present(repo, &id, data.len())?
     };
     if present {
-        return Ok((id, ObjectStoreMethod::AlreadyPresent));
+        return Ok((id, ObjectStoreMethod::AlreadyPresent, digest));
     }
     let method = write_object(objects, &id, data, sealed)?;
-    Ok((id, method))
+    Ok((id, method, digest))
+}
+
+/// Store the temporary file `file` of `size` bytes, too large to have
+/// been held in memory: its sha256 is read back here, on the writer,
+/// before composefs (or the kernel) reads it again for its digest.
+fn store_tmpfile<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    mut file: File,
+    size: u64,
+) -> anyhow::Result<Stored<H>> {
+    file.seek(SeekFrom::Start(0))?;
+    let digest = crate::content::hash_file(&mut file)?;
+    let (id, method) = repo.finalize_object_tmpfile(file, size)?;
+    Ok((id, method, digest))
 }
 
 /// Whether the object `id` of an insecure repository, `size` bytes long,

@@ -11,12 +11,15 @@ use composefs::{
 use composefs_oci::layer_content_id;
 use rustix::fs::CWD;
 
-use super::{BUFFERED_BYTES, Cancel, LayerLimits, PullTally, SplitError, Tally, pipe, split};
+use super::{
+    BUFFERED_BYTES, Cancel, Contents, LayerLimits, PullTally, SplitError, Tally, pipe, split,
+};
 use crate::oci::digest::Digest;
 
 type Repo = Arc<Store<Sha256HashValue>>;
 
-fn repository() -> (tempfile::TempDir, Repo) {
+/// A new insecure repository.
+pub(crate) fn repository() -> (tempfile::TempDir, Repo) {
     let dir = tempfile::tempdir().unwrap();
     let config = RepositoryConfig::default().set_insecure();
     let (repo, _) = Store::init_path(CWD, dir.path().join("repo"), config).unwrap();
@@ -24,7 +27,7 @@ fn repository() -> (tempfile::TempDir, Repo) {
 }
 
 /// A tar of regular files, in order.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+pub(crate) fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     for (name, data) in files {
         let mut header = tar::Header::new_ustar();
@@ -57,7 +60,7 @@ fn split_tar(
     });
     let result = split(rx, repo.clone(), cancel, limits, PullTally::default());
     producer.join().unwrap();
-    result
+    result.map(|(stream, tally, diff_id, _)| (stream, tally, diff_id))
 }
 
 /// Name `stream` as the layer `diff_id` and rebuild its tar.
@@ -239,6 +242,21 @@ fn split_claimed(
     tar: &[u8],
     claims: &[(u64, u64, Sha256HashValue)],
 ) -> (Sha256HashValue, Tally<Sha256HashValue>, Digest) {
+    let (stream, tally, diff_id, _) = split_claimed_with_contents(repo, tar, claims);
+    (stream, tally, diff_id)
+}
+
+/// [`split_claimed`], with the stream's contents for the content index.
+fn split_claimed_with_contents(
+    repo: &Repo,
+    tar: &[u8],
+    claims: &[(u64, u64, Sha256HashValue)],
+) -> (
+    Sha256HashValue,
+    Tally<Sha256HashValue>,
+    Digest,
+    Contents<Sha256HashValue>,
+) {
     let (mut input, rx) = pipe();
     let (bytes, claims) = (tar.to_vec(), claims.to_vec());
     let producer = std::thread::spawn(move || {
@@ -326,4 +344,45 @@ fn a_claim_that_is_not_exactly_an_entrys_content_is_ignored() {
         );
         assert_eq!(tally.objects_present() + tally.objects_new(), 2);
     }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    openssl::sha::sha256(data)
+}
+
+#[test]
+fn each_stored_file_is_listed_by_the_sha256_of_its_content() {
+    let (_dir, repo) = repository();
+    let (small, medium) = (vec![b's'; 64], vec![b'm'; 5000]);
+    let large: Vec<u8> = (0..BUFFERED_BYTES + 1).map(|i| (i % 253) as u8).collect();
+    let tar = tar_of(&[("small", &small), ("medium", &medium), ("large", &large)]);
+    let (_, _, _, mut contents) = split_claimed_with_contents(&repo, &tar, &[]);
+    let key = |e: &(_, Sha256HashValue)| (e.0, e.1.to_hex());
+    contents.sort_by_key(key);
+    let mut expected = vec![
+        (sha256(&medium), compute_verity(&medium)),
+        (sha256(&large), compute_verity(&large)),
+    ];
+    expected.sort_by_key(key);
+    // Inline contents (64 bytes and less) are no object: not listed.
+    assert_eq!(contents, expected);
+}
+
+#[test]
+fn a_claimed_content_is_listed_by_its_objects_digest_not_the_tars_bytes() {
+    let (_dir, repo, marker) = with_marker();
+    let (tar, at) = tar_with_x();
+    let (_, _, _, contents) =
+        split_claimed_with_contents(&repo, &tar, &[(at, 5000, marker.clone())]);
+    // No index file knows the marker yet: its object was read.
+    assert!(contents.contains(&(sha256(&[b'b'; 5000]), marker.clone())));
+    assert!(!contents.iter().any(|(d, _)| *d == sha256(&[b'a'; 5000])));
+    // Once an index file knows it, that digest is taken, unread.
+    let stream_key = compute_verity::<Sha256HashValue>(b"any present object");
+    repo.ensure_object(b"any present object").unwrap();
+    let known = [7u8; 32];
+    crate::content::record(&repo, &stream_key, vec![(known, marker.clone())]).unwrap();
+    let (_, _, _, contents) =
+        split_claimed_with_contents(&repo, &tar, &[(at, 5000, marker.clone())]);
+    assert!(contents.contains(&(known, marker)));
 }

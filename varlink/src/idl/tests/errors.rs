@@ -282,6 +282,11 @@ pub(super) fn every_oci_error() -> Vec<OciError> {
             reason: s(),
         },
         OciError::InvalidSourceRepository { reason: s() },
+        OciError::InvalidChunkedToc {
+            layer: s(),
+            kind: s(),
+            reason: s(),
+        },
     ];
     for e in &all {
         match e {
@@ -336,7 +341,8 @@ pub(super) fn every_oci_error() -> Vec<OciError> {
             | OciError::StageIncomplete { .. }
             | OciError::StageObjectsMissing { .. }
             | OciError::InvalidStageId { .. }
-            | OciError::InvalidSourceRepository { .. } => {}
+            | OciError::InvalidSourceRepository { .. }
+            | OciError::InvalidChunkedToc { .. } => {}
         }
     }
     all

@@ -1,0 +1,287 @@
+//! The content index on its own: its file format against damage, what
+//! opening leaves out, pruning, and building it for streams named
+//! before it existed.
+
+use std::{
+    io::Write,
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use composefs::{
+    fsverity::{FsVerityHashValue, Sha256HashValue, Sha512HashValue, compute_verity},
+    repository::Repository as Store,
+};
+use composefs_oci::layer_content_id;
+
+use super::{ContentIndex, DIR, build::build, file, prune, record};
+use crate::oci::split::{
+    self, Cancel, LayerLimits, PullTally,
+    tests::{repository, tar_of},
+};
+
+type Id = Sha256HashValue;
+type Repo = Arc<Store<Id>>;
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    openssl::sha::sha256(data)
+}
+
+/// An object holding `data`, stored.
+fn object(repo: &Repo, data: &[u8]) -> Id {
+    repo.ensure_object(data).unwrap()
+}
+
+/// An object id's bytes.
+fn raw<H: FsVerityHashValue>(id: &H) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+/// Sorted by digest, then object.
+fn sort(entries: &mut [(file::Sha256Digest, Id)]) {
+    entries.sort_by_key(|e| (e.0, raw(&e.1)));
+}
+
+fn entries(n: u8) -> Vec<(file::Sha256Digest, Id)> {
+    (0..n)
+        .map(|i| (sha256(&[i]), compute_verity(&[i, i])))
+        .collect()
+}
+
+#[test]
+fn an_index_file_reads_back_sorted_and_without_a_digest_twice() {
+    let mut written = entries(20);
+    written.push(written[3].clone());
+    let bytes = file::encode(&mut written);
+    let mut read = Vec::new();
+    let n = file::decode::<Id>(&bytes, |d, id| read.push((d, id))).unwrap();
+    assert_eq!(n, 20);
+    let mut expected = entries(20);
+    sort(&mut expected);
+    assert_eq!(read, expected);
+}
+
+#[test]
+fn every_cut_and_every_flipped_byte_of_an_index_file_is_damage_never_a_panic() {
+    let bytes = file::encode(&mut entries(5));
+    for len in 0..bytes.len() {
+        let cut = file::decode::<Id>(&bytes[..len], |_, _| panic!("a record of a cut file"));
+        assert!(cut.is_err(), "cut at {len}");
+    }
+    for at in 0..bytes.len() {
+        let mut garbled = bytes.clone();
+        garbled[at] ^= 0x40;
+        let result = file::decode::<Id>(&garbled, |_, _| panic!("a record of a garbled file"));
+        assert!(result.is_err(), "flip at {at}");
+    }
+    // A sound file of the other algorithm is refused as that.
+    let other = file::encode::<Sha512HashValue>(&mut Vec::new());
+    let why = file::decode::<Id>(&other, |_, _| {}).unwrap_err();
+    assert!(why.0.contains("algorithm"), "{why}");
+}
+
+/// An index file of `records` as they are, checksummed right: what a
+/// hostile or broken writer could leave.
+fn hand_made(records: &[(file::Sha256Digest, Id)], count: u64) -> Vec<u8> {
+    let mut bytes = b"CFSDCIX1".to_vec();
+    bytes.extend_from_slice(&32u32.to_le_bytes());
+    bytes.extend_from_slice(&count.to_le_bytes());
+    for (d, id) in records {
+        bytes.extend_from_slice(d);
+        bytes.extend_from_slice(&raw(id));
+    }
+    let check = sha256(&bytes);
+    bytes.extend_from_slice(&check);
+    bytes
+}
+
+#[test]
+fn a_file_whose_records_lie_about_order_or_count_is_damage() {
+    let mut records = entries(3);
+    sort(&mut records);
+    assert!(file::decode::<Id>(&hand_made(&records, 3), |_, _| {}).is_ok());
+    for count in [0, 2, 4, u64::MAX] {
+        let why = file::decode::<Id>(&hand_made(&records, count), |_, _| {}).unwrap_err();
+        assert!(why.0.contains("count"), "{why}");
+    }
+    records.swap(0, 2);
+    let why = file::decode::<Id>(&hand_made(&records, 3), |_, _| {}).unwrap_err();
+    assert!(why.0.contains("sorted"), "{why}");
+    let twice = [records[0].clone(), records[0].clone()];
+    assert!(file::decode::<Id>(&hand_made(&twice, 2), |_, _| {}).is_err());
+}
+
+#[test]
+fn open_merges_the_files_of_present_keys_and_leaves_out_damaged_and_stale_ones() {
+    let (dir, repo) = repository();
+    let (a, b) = (vec![b'a'; 100], vec![b'b'; 100]);
+    let (ida, idb) = (object(&repo, &a), object(&repo, &b));
+    let (key1, key2) = (object(&repo, b"stream one"), object(&repo, b"stream two"));
+    record(&repo, &key1, vec![(sha256(&a), ida.clone())]).unwrap();
+    record(&repo, &key2, vec![(sha256(&b), idb.clone())]).unwrap();
+    // A stream whose object is gone, and a garbled file.
+    let gone: Id = compute_verity(b"not stored");
+    record(&repo, &gone, vec![([9; 32], ida.clone())]).unwrap();
+    let garbled_key = object(&repo, b"stream three");
+    let garbled = dir.path().join("repo").join(DIR).join(garbled_key.to_hex());
+    std::fs::File::create(&garbled)
+        .unwrap()
+        .write_all(b"CFSDCIX1 and then nonsense of the right shape? no")
+        .unwrap();
+    let index = ContentIndex::open(&repo).unwrap();
+    assert_eq!(index.find(&sha256(&a)), Some(ida));
+    assert_eq!(index.find(&sha256(&b)), Some(idb));
+    assert_eq!(index.find(&[9; 32]), None, "a stale file was read");
+    assert_eq!(index.len(), 2);
+    assert_eq!(index.files(), (2, 2));
+}
+
+#[test]
+fn an_absent_index_directory_is_an_empty_index() {
+    let (_dir, repo) = repository();
+    let index = ContentIndex::open(&repo).unwrap();
+    assert!(index.is_empty());
+    assert_eq!(index.find(&[0; 32]), None);
+}
+
+#[test]
+fn prune_removes_the_files_of_gone_keys_and_leftover_temporary_files() {
+    let (dir, repo) = repository();
+    let key = object(&repo, b"a stream");
+    let gone: Id = compute_verity(b"not stored");
+    record(&repo, &key, Vec::new()).unwrap();
+    record(&repo, &gone, Vec::new()).unwrap();
+    let index_dir = dir.path().join("repo").join(DIR);
+    std::fs::write(index_dir.join(".tmp-1-1"), b"half").unwrap();
+    assert_eq!(prune(&repo).unwrap(), 2);
+    let mut left: Vec<String> = std::fs::read_dir(&index_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![key.to_hex()]);
+}
+
+/// Split `tar` and name it as a layer stream, recording its contents as
+/// a pull does; the stream.
+fn import(repo: &Repo, tar: &[u8]) -> Id {
+    let (mut input, rx) = split::pipe();
+    input.write_all(tar).unwrap();
+    let producer = std::thread::spawn(move || input.close());
+    let limits = LayerLimits::DEFAULT;
+    let cancel = Cancel::default();
+    let (stream, _, diff_id, contents) =
+        split::split(rx, repo.clone(), &cancel, &limits, PullTally::default())
+            .unwrap_or_else(|_| panic!("split failed"));
+    producer.join().unwrap().unwrap();
+    let name = layer_content_id(&diff_id.to_oci());
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(repo.register_stream(&stream, &name, None))
+        .unwrap();
+    record(repo, &stream, contents).unwrap();
+    stream
+}
+
+/// Every entry of `repo`'s index files, sorted.
+fn all_entries(repo: &Repo) -> Vec<(file::Sha256Digest, Id)> {
+    let mut all = Vec::new();
+    super::for_each_file(repo, |_, bytes| {
+        file::decode::<Id>(&bytes.unwrap(), |d, id| all.push((d, id))).unwrap();
+    })
+    .unwrap();
+    sort(&mut all);
+    all
+}
+
+#[test]
+fn a_repository_without_index_files_gets_the_same_entries_built() {
+    let (dir, repo) = repository();
+    let files: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + i as usize]).collect();
+    import(
+        &repo,
+        &tar_of(&[("a", &files[0]), ("b", &files[1]), ("c", &files[2])]),
+    );
+    import(
+        &repo,
+        &tar_of(&[("b", &files[1]), ("d", &files[3]), ("e", &files[4])]),
+    );
+    let before = all_entries(&repo);
+    assert_eq!(before.len(), 6, "b is in both streams");
+    // As the code before the index left it: no index directory at all.
+    std::fs::remove_dir_all(dir.path().join("repo").join(DIR)).unwrap();
+    assert!(ContentIndex::open(&repo).unwrap().is_empty());
+    let seen = std::sync::Mutex::new(Vec::new());
+    let last = build(
+        &repo,
+        &|p| seen.lock().unwrap().push(p),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!((last.done, last.total), (2, 2));
+    assert_eq!(last.objects_hashed, 5, "b was hashed once");
+    let seen: Vec<u64> = seen.into_inner().unwrap().iter().map(|p| p.done).collect();
+    assert_eq!(seen, vec![0, 1, 2]);
+    assert_eq!(all_entries(&repo), before);
+    let index = ContentIndex::open(&repo).unwrap();
+    for data in &files {
+        assert_eq!(index.find(&sha256(data)), Some(compute_verity(data)));
+    }
+    // Built once: a second run has nothing to do.
+    let again = build(&repo, &|_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!((again.total, again.objects_hashed), (0, 0));
+}
+
+#[test]
+fn a_damaged_index_file_is_built_again() {
+    let (dir, repo) = repository();
+    let data = vec![b'x'; 3000];
+    let stream = import(&repo, &tar_of(&[("x", &data)]));
+    let path = dir.path().join("repo").join(DIR).join(stream.to_hex());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[30] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(
+        ContentIndex::open(&repo).unwrap().find(&sha256(&data)),
+        None
+    );
+    let built = build(&repo, &|_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!(built.total, 1);
+    let index = ContentIndex::open(&repo).unwrap();
+    assert_eq!(index.find(&sha256(&data)), Some(compute_verity(&data)));
+}
+
+#[test]
+fn fsck_reports_an_entry_whose_object_is_missing_or_holds_other_content() {
+    let (dir, repo) = repository();
+    let data = vec![b'd'; 500];
+    let (id, key) = (object(&repo, &data), object(&repo, b"a stream"));
+    let missing: Id = compute_verity(b"never stored");
+    let entries = vec![
+        (sha256(&data), id.clone()),
+        ([1; 32], id.clone()),
+        ([2; 32], missing),
+    ];
+    record(&repo, &key, entries).unwrap();
+    let other_key = object(&repo, b"another stream");
+    let garbled = dir.path().join("repo").join(DIR).join(other_key.to_hex());
+    std::fs::write(&garbled, b"garbage").unwrap();
+    let kinds = |read| {
+        let mut report = crate::FsckReport::default();
+        report.check_content_index(&*repo, read).unwrap();
+        let mut kinds: Vec<String> = report.problems.into_iter().map(|p| p.kind).collect();
+        kinds.sort();
+        kinds
+    };
+    assert_eq!(
+        kinds(false),
+        ["content-index-damaged", "content-index-missing-object"]
+    );
+    assert_eq!(
+        kinds(true),
+        [
+            "content-index-damaged",
+            "content-index-missing-object",
+            "content-index-wrong-content"
+        ]
+    );
+}
