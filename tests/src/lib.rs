@@ -3,6 +3,7 @@
 
 pub mod delta;
 pub mod fuse;
+pub mod fuse_peer;
 pub mod mounted;
 pub mod oci;
 pub mod ocictl;

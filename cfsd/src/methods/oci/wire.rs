@@ -241,5 +241,7 @@ pub(in crate::methods) fn wire_error(e: repo::Error) -> OciError {
             reason: e.to_string(),
         },
         E::SourceRepository { reason } => OciError::InvalidSourceRepository { reason },
+        E::NotFuseDevice { reason } => OciError::NotFuseDevice { reason },
+        E::FuseNotMounted { reason } => OciError::FuseNotMounted { reason },
     }
 }

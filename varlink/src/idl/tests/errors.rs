@@ -282,6 +282,9 @@ pub(super) fn every_oci_error() -> Vec<OciError> {
             reason: s(),
         },
         OciError::InvalidSourceRepository { reason: s() },
+        OciError::NotFuseDevice { reason: s() },
+        OciError::FuseNotMounted { reason: s() },
+        OciError::TooManyFuseMounts { limit: 1 },
     ];
     for e in &all {
         match e {
@@ -336,7 +339,10 @@ pub(super) fn every_oci_error() -> Vec<OciError> {
             | OciError::StageIncomplete { .. }
             | OciError::StageObjectsMissing { .. }
             | OciError::InvalidStageId { .. }
-            | OciError::InvalidSourceRepository { .. } => {}
+            | OciError::InvalidSourceRepository { .. }
+            | OciError::NotFuseDevice { .. }
+            | OciError::FuseNotMounted { .. }
+            | OciError::TooManyFuseMounts { .. } => {}
         }
     }
     all
