@@ -93,14 +93,20 @@ fn ended(out: Output, dir: &Path, last: LastReply) -> anyhow::Result<ExitCode> {
             out.show(&reply, |_| eprintln!("Unmounted {}", dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Err(e)) => Err(e.into()),
-        None => Err(anyhow::anyhow!(
-            "the daemon stopped serving {} before it was unmounted; \
-             its files now fail with ENOTCONN: unmount it with fusermount3 -u {}",
-            dir.display(),
-            dir.display()
-        )),
+        Some(Err(e @ CallError::Interface(_))) => Err(e.into()),
+        // The daemon went: it took the mount's server with it.
+        Some(Err(e)) => Err(anyhow::Error::new(e).context(stopped(dir))),
+        None => Err(anyhow::anyhow!(stopped(dir))),
     }
+}
+
+fn stopped(dir: &Path) -> String {
+    format!(
+        "the daemon stopped serving {} before it was unmounted; \
+         its files now fail with ENOTCONN: unmount it with fusermount3 -u {}",
+        dir.display(),
+        dir.display()
+    )
 }
 
 /// Mount an empty read-only FUSE filesystem at `dir` with fusermount3,

@@ -380,6 +380,22 @@ mod tests {
     }
 
     #[test]
+    fn a_fuse_mount_goes_with_reading_content_not_with_mounting() {
+        use Role::*;
+        let roles = [(0, Root), (1000, DaemonUser), (42, Admin), (65534, Other)];
+        let params = serde_json::json!({"image": "i"});
+        let refused: Vec<_> = roles
+            .into_iter()
+            .map(|(uid, role)| refused(&Peer::new(uid, role), OCI, "MountFuse", Some(&params)))
+            .map(|r| r.map(|(right, _)| right))
+            .collect();
+        assert_eq!(refused, [None, None, None, Some(Right::MountFuse)]);
+        for role in [Root, DaemonUser, Admin, Other] {
+            assert_eq!(role.may(Right::MountFuse), role.may(Right::ReadContent));
+        }
+    }
+
+    #[test]
     fn a_collection_is_a_change_and_a_dry_run_a_read() {
         let other = Peer::new(65534, Role::Other);
         let gc = |params: Value| refused(&other, REPOSITORY, "Gc", Some(&params));

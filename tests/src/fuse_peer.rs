@@ -226,16 +226,24 @@ pub struct Held {
 /// What the daemon `pid` holds now.
 pub fn held(pid: u32) -> Held {
     let count = |dir: String| std::fs::read_dir(dir).map_or(0, |d| d.count());
-    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).ok())
-        .map(|c| c.split_whitespace().count())
-        .sum();
     Held {
         fds: count(format!("/proc/{pid}/fd")),
         threads: count(format!("/proc/{pid}/task")),
-        children,
+        children: children(pid).len(),
     }
+}
+
+/// The children of process `pid`, whichever of its threads started them.
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// Wait until the daemon `pid` holds no child and at most `baseline`'s

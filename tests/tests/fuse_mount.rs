@@ -14,7 +14,7 @@ use std::{
 
 use cfsd_tests::{
     Daemon, bin,
-    fuse_peer::{FusePeer, fuse_unmount, held, mounted_at, wait_released, walk_as},
+    fuse_peer::{FusePeer, children, fuse_unmount, held, mounted_at, wait_released, walk_as},
     mounted::mount,
     oci::{
         Compression, Entry, Image, Layer, Layout, Written, cap_net_raw, everything_image, noise,
@@ -187,6 +187,8 @@ fn a_root_fuse_mount_shows_exactly_the_files_of_the_kernel_mount() {
         mounted_at(&dir),
         Some(("fuse.composefs".to_owned(), "cfsd".to_owned()))
     );
+    // cfsctl kept no copy of the /dev/fuse: the daemon's is the last.
+    assert_eq!(fuse_devices(cfsctl.child.id()), 0);
     let fuse = walk_as(0, &[], &dir);
     let kernel = walk_as(0, &[], &kernel_dir);
     assert!(kernel.len() > 20, "{}", kernel.len());
@@ -554,4 +556,38 @@ fn fuse_mounts_past_the_limit_get_a_typed_error() {
     fuse_unmount(&second);
     let (status, said) = again.exits();
     assert!(status.success(), "{said}");
+}
+
+/// How many fds of process `pid` are `/dev/fuse`.
+fn fuse_devices(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+        .filter(|target| target == Path::new("/dev/fuse"))
+        .count()
+}
+
+#[test]
+fn a_daemon_that_dies_takes_its_fuse_servers_and_their_mounts_with_it() {
+    let mut daemon = daemon_with_image(&[]);
+    let dir = mountpoint(&daemon, "fuse", 0);
+    let _mounted = FuseMounted(dir.clone());
+    let cfsctl = fuse_mount(&daemon, "shared", 0, &[], &dir);
+    let servers = children(daemon.pid());
+    assert_eq!(servers.len(), 1, "one server process");
+    assert_eq!(
+        std::fs::read(dir.join("usr/share/readme")).unwrap(),
+        b"for everyone\n"
+    );
+    daemon.kill();
+    wait_aborted(&dir);
+    let (status, said) = cfsctl.exits();
+    assert!(!status.success());
+    assert!(said.contains("the daemon stopped serving"), "{said}");
+    // No server outlives its daemon.
+    for pid in servers {
+        wait_for("the server to exit", RELEASE, || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
 }
