@@ -10,6 +10,7 @@ mod copy;
 mod export;
 mod failure;
 mod index;
+mod fuse;
 mod mount;
 mod oci;
 mod plain;
@@ -171,7 +172,18 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
-    match runtime.block_on(until_signalled(run(cli))) {
+    // `oci mount --fuse` unmounts on SIGINT and SIGTERM before it exits.
+    let own_signals = matches!(
+        &cli.command,
+        Command::Oci {
+            command: oci::OciCommand::Mount { fuse: true, .. }
+        }
+    );
+    let result = match own_signals {
+        true => runtime.block_on(run(cli)),
+        false => runtime.block_on(until_signalled(run(cli))),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             report(&Failure::of(&e), json);

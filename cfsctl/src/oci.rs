@@ -111,6 +111,12 @@ pub enum OciCommand {
         /// The gid ranges of an idmapped mount, as --uidmap.
         #[arg(long, value_delimiter = ',', requires = "uidmap")]
         gidmap: Vec<String>,
+        /// Mount it over FUSE with your own rights (fusermount3), for
+        /// users who may not mount kernel images; the daemon serves it,
+        /// and cfsctl stays until it is unmounted (fusermount3 -u DIR,
+        /// or Ctrl-C here).
+        #[arg(long, conflicts_with_all = ["allow_setuid", "allow_devices", "bootable", "uidmap", "gidmap"])]
+        fuse: bool,
     },
     /// Make NEWTAG an ID-mapped variant of an image: its files' owners
     /// shifted, its files shared with it, no layer read.
@@ -330,6 +336,13 @@ pub async fn run(
             out.show(&reply, |r| println!("{}", r.argument))?;
             Ok(ExitCode::SUCCESS)
         }
+        // clap lets none of the kernel mount's options come with --fuse.
+        OciCommand::Mount {
+            image,
+            dir,
+            fuse: true,
+            ..
+        } => crate::fuse::mount_fuse(client, out, image, &dir).await,
         OciCommand::Mount {
             image,
             dir,
@@ -338,6 +351,7 @@ pub async fn run(
             bootable,
             uidmap,
             gidmap,
+            fuse: false,
         } => {
             let params = MountParams {
                 image,

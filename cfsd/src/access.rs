@@ -62,6 +62,13 @@ pub enum Right {
     /// its uid, groups and the files' modes: the daemon is root, and the
     /// client must not get through it what it could not read itself.
     ReadClientFiles,
+    /// Having an image served over FUSE on a `/dev/fuse` the peer mounted
+    /// itself (`MountFuse`). The peer mounts with its own rights, so the
+    /// daemon mounts nothing and the kernel's filesystem code never sees
+    /// an image the peer chose: what the peer gets is the image's files,
+    /// readable by it, as Dump and Export hand them out. So it goes with
+    /// [`Right::ReadContent`], not [`Right::Mount`].
+    MountFuse,
 }
 
 /// Who has which right: the one place access is decided.
@@ -79,6 +86,7 @@ const RIGHTS: &[(Right, &[Role])] = {
         (Right::MountIdmapped, &[Root]),
         // They could read whatever the daemon reads anyway.
         (Right::ReadClientFiles, &[Root, DaemonUser]),
+        (Right::MountFuse, &[Root, DaemonUser, Admin]),
     ]
 };
 
@@ -133,6 +141,7 @@ pub const METHODS: &[(&str, &str, Right)] = {
         // What Tag and Untag need: they publish and drop names.
         (OCI, "Commit", Change),
         (OCI, "Abort", Change),
+        (OCI, "MountFuse", MountFuse),
     ]
 };
 
@@ -370,6 +379,22 @@ mod tests {
             .map(|(uid, role)| refused(&Peer::new(uid, role), OCI, "Mount", Some(params)))
             .map(|r| r.map(|(right, _)| right))
             .collect()
+    }
+
+    #[test]
+    fn a_fuse_mount_goes_with_reading_content_not_with_mounting() {
+        use Role::*;
+        let roles = [(0, Root), (1000, DaemonUser), (42, Admin), (65534, Other)];
+        let params = serde_json::json!({"image": "i"});
+        let refused: Vec<_> = roles
+            .into_iter()
+            .map(|(uid, role)| refused(&Peer::new(uid, role), OCI, "MountFuse", Some(&params)))
+            .map(|r| r.map(|(right, _)| right))
+            .collect();
+        assert_eq!(refused, [None, None, None, Some(Right::MountFuse)]);
+        for role in [Root, DaemonUser, Admin, Other] {
+            assert_eq!(role.may(Right::MountFuse), role.may(Right::ReadContent));
+        }
     }
 
     #[test]

@@ -93,6 +93,7 @@ const NEEDS_MORE: &[(&str, &str)] = &[
     (REPOSITORY_INTERFACE, "Hold"),
     (OCI_INTERFACE, "Dump"),
     (OCI_INTERFACE, "ExportLayer"),
+    (OCI_INTERFACE, "MountFuse"),
 ];
 
 /// Route a call to the interface that owns it; `more` says whether the
@@ -124,6 +125,11 @@ pub async fn handle(
         // A hold does no disk work and lasts as long as its connection:
         // it must not take one of its caller's turns for calls.
         return methods::hold(daemon, peer, params).await;
+    }
+    if interface == OCI_INTERFACE && method == "MountFuse" {
+        // Served as long as its mount, by a process of its own, counted
+        // by its own limit: it must not keep one of its caller's turns.
+        return methods::fuse::mount_fuse(daemon, peer, params, fds).await;
     }
     // The standard interface does no disk work and waits for no turn.
     let limited = !peer.unlimited() && interface != SERVICE_INTERFACE;

@@ -102,6 +102,12 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = cfsd_repo::CreateOptions::DEFAULT_MAX_SCRATCH)]
     max_delta_scratch: u64,
 
+    /// The most FUSE mounts (io.cfsd.Oci.MountFuse) served at once, each
+    /// by a process of its own; one more gets
+    /// io.cfsd.Oci.TooManyFuseMounts.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    max_fuse_mounts: usize,
+
     /// The most calls of any one uid other than root and the daemon's
     /// own that run at once, with their disk threads; more calls wait for
     /// their turn. A thread stuck in a read that never returns keeps its
@@ -148,6 +154,11 @@ struct Args {
     /// completions under DIR/completions, then exit; see docs/cli.md.
     #[arg(long, hide = true, value_name = "DIR")]
     generate_manuals: Option<PathBuf>,
+
+    /// Serve one FUSE mount on the fds a daemon passed, then exit: how
+    /// cfsd runs each MountFuse (see methods/fuse.rs).
+    #[arg(long, hide = true)]
+    serve_fuse: bool,
 }
 
 /// The admin's `--source-repo`, read with the daemon's rights.
@@ -165,6 +176,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(dir) = &args.generate_manuals {
         return write_manuals(dir);
+    }
+    if args.serve_fuse {
+        return methods::fuse::serve_passed();
     }
     journal::install(&args.log);
     match run(args) {
@@ -248,6 +262,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .as_deref()
             .map(open_source_repo)
             .transpose()?,
+        max_fuse_mounts: args.max_fuse_mounts,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(work::BLOCKING_THREADS)

@@ -45,6 +45,8 @@ pub struct Config {
     /// Where a delta's source image may be when the repository lacks it
     /// (`--source-repo`).
     pub source_repo: Option<Arc<cfsd_repo::secondary::SecondaryRepository>>,
+    /// The most FUSE mounts served at once (`--max-fuse-mounts`).
+    pub max_fuse_mounts: usize,
 }
 
 /// What every connection shares.
@@ -71,6 +73,8 @@ pub struct Daemon {
     pub subuids: Subuids,
     /// The calls each account runs, and their blocking threads.
     pub work: Arc<WorkLimits>,
+    /// The FUSE mounts served now, and how many may be.
+    pub fuse_mounts: Arc<methods::FuseMounts>,
 }
 
 /// Serve `socket` until shutdown, idle exit, or (for a connected socket)
@@ -97,6 +101,7 @@ pub async fn run(
         shutdown,
         subuids: config.subuids.clone(),
         work: WorkLimits::new(config.max_blocking_per_uid),
+        fuse_mounts: methods::FuseMounts::new(config.max_fuse_mounts),
     });
     match socket {
         Socket::Connected(stream) => {

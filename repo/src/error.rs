@@ -489,6 +489,22 @@ pub enum Error {
         /// What is wrong with it.
         fault: crate::chunked::TocFault,
     },
+    /// The file descriptor handed over to serve a FUSE mount is not
+    /// `/dev/fuse` (a pipe, a file, a socket, another device), or is not
+    /// open for reading and writing.
+    #[error("not a /dev/fuse file descriptor: {reason}")]
+    NotFuseDevice {
+        /// What it is instead.
+        reason: String,
+    },
+    /// The `/dev/fuse` handed over is no mount waiting for its server:
+    /// never mounted, already unmounted or aborted, or already answered
+    /// by another server.
+    #[error("the /dev/fuse is not a FUSE mount waiting for its server: {reason}")]
+    FuseNotMounted {
+        /// What was found.
+        reason: String,
+    },
 }
 
 impl Error {

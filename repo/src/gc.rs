@@ -82,10 +82,14 @@ impl Repository {
         })
     }
 
-    /// The ids of this repository's images that are mounted now.
+    /// The ids of this repository's images that are mounted now, by the
+    /// kernel or served over FUSE.
     fn mounted_images(&self) -> Result<BTreeSet<String>, Error> {
-        let mounted = mounts::mounted_images(&self.path().join("objects"))
+        let mut mounted = mounts::mounted_images(&self.path().join("objects"))
             .map_err(|e| Error::storage("finding the mounted images", e))?;
+        // FUSE mounts name no image in the mount tables: their servers
+        // lease what they serve (see crate::fuse).
+        mounted.extend(self.served_images().ids());
         if !mounted.is_empty() {
             tracing::info!(?mounted, "keeping the images that are mounted");
         }

@@ -16,6 +16,7 @@ pub mod coordination;
 mod delta;
 mod error;
 mod fsck;
+pub mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gc;

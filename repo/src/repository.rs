@@ -81,6 +81,7 @@ struct Inner {
     store: AnyStore,
     coordinator: Arc<Coordinator>,
     pulls: Pulls,
+    served: crate::fuse::ServedImages,
     _owner: OwnerLock,
 }
 
@@ -177,6 +178,7 @@ impl Repository {
                 store,
                 coordinator: Arc::default(),
                 pulls: Pulls::default(),
+                served: Default::default(),
                 _owner: lock,
             }),
         })
@@ -284,6 +286,12 @@ impl Repository {
     /// What keeps garbage collection off now, by the reasons given.
     pub fn gc_holders(&self) -> Vec<String> {
         self.inner.coordinator.holders()
+    }
+
+    /// The images FUSE servers serve now, which GC keeps as it keeps
+    /// mounted ones.
+    pub(crate) fn served_images(&self) -> &crate::fuse::ServedImages {
+        &self.inner.served
     }
 
     /// The pulls in flight, so that identical ones share an import.

@@ -6,6 +6,7 @@ pub mod crash;
 pub mod delta;
 pub mod fuse;
 pub mod hangup;
+pub mod fuse_peer;
 pub mod mounted;
 pub mod oci;
 pub mod oci_delta_fixture;

@@ -11,6 +11,7 @@
 pub mod address;
 pub mod client;
 mod export;
+mod fuse;
 pub mod idl;
 pub mod oci;
 mod plain;

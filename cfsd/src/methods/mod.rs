@@ -1,5 +1,6 @@
 //! The methods of each interface cfsd serves.
 
+pub use fuse::FuseMounts;
 pub use hold::hold;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use crate::server::Daemon;
 mod content_index;
 mod copy;
 mod export;
+pub mod fuse;
 mod hold;
 mod idmap;
 pub mod oci;

@@ -15,9 +15,9 @@ use crate::{
         DeltaDiscovery, DeltaLayer, DeltaMethod, DumpParams, EmptyReply, ExportImageReply,
         ExportLayerParams, ExportParams, ExportReply, IdmapParams, IdmapReply, Image, ImageParams,
         InspectReply, KernelArgumentReply, LayerFormat, LayerProgress, ListImagesReply,
-        MakeBootableReply, MountParams, PullParams, PullReply, PullResult, PushCompression,
-        PushDeltaParams, PushDeltaReply, PushParams, PushReply, RemoveReply, TagParams,
-        UntagParams,
+        MakeBootableReply, MountFuseParams, MountFuseReply, MountParams, PullParams, PullReply,
+        PullResult, PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply,
+        RemoveReply, TagParams, UntagParams,
     },
     repository::*,
     service::*,
@@ -302,6 +302,14 @@ fn oci_interface_matches_wire_types() {
     assert_eq!(
         keys(&IdmapReply::default()),
         method_fields(&idl, "Idmap", true)
+    );
+    assert_eq!(
+        keys(&MountFuseParams::default()),
+        method_fields(&idl, "MountFuse", false)
+    );
+    assert_eq!(
+        keys(&MountFuseReply::default()),
+        method_fields(&idl, "MountFuse", true)
     );
     let inspect = InspectReply {
         image_id: Some("ab".into()),

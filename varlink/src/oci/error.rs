@@ -504,6 +504,27 @@ pub enum OciError {
         /// What is wrong.
         reason: String,
     },
+    /// MountFuse's fd is not `/dev/fuse` open for reading and writing.
+    #[serde(rename = "io.cfsd.Oci.NotFuseDevice")]
+    #[error("not a /dev/fuse file descriptor: {reason}")]
+    NotFuseDevice {
+        /// What it is instead.
+        reason: String,
+    },
+    /// MountFuse's `/dev/fuse` is no mount waiting for its server.
+    #[serde(rename = "io.cfsd.Oci.FuseNotMounted")]
+    #[error("the /dev/fuse is not a FUSE mount waiting for its server: {reason}")]
+    FuseNotMounted {
+        /// What was found.
+        reason: String,
+    },
+    /// The daemon serves as many FUSE mounts as it may.
+    #[serde(rename = "io.cfsd.Oci.TooManyFuseMounts")]
+    #[error("the daemon serves {limit} FUSE mounts already, as many as it may")]
+    TooManyFuseMounts {
+        /// The most it serves at once.
+        limit: u64,
+    },
 }
 
 /// Who may do what was refused, for the PermissionDenied message.

@@ -11,6 +11,7 @@ pub use error::OciError;
 pub use crate::export::{
     DumpParams, ExportImageReply, ExportLayerParams, ExportParams, ExportReply, LayerFormat,
 };
+pub use crate::fuse::{MountFuseParams, MountFuseReply};
 pub use crate::push::{PushCompression, PushDeltaParams, PushDeltaReply, PushParams, PushReply};
 pub use crate::stage::{CommitParams, CommitReply, ListStagesReply, Stage, StageParams};
 
@@ -481,6 +482,7 @@ pub const METHODS: &[&str] = &[
     "Commit",
     "Abort",
     "Copy",
+    "MountFuse",
 ];
 
 #[cfg(test)]

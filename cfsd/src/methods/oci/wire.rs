@@ -257,5 +257,7 @@ pub(in crate::methods) fn wire_error(e: repo::Error) -> OciError {
             kind: fault.kind().to_owned(),
             reason: fault.to_string(),
         },
+        E::NotFuseDevice { reason } => OciError::NotFuseDevice { reason },
+        E::FuseNotMounted { reason } => OciError::FuseNotMounted { reason },
     }
 }

@@ -287,6 +287,9 @@ pub(super) fn every_oci_error() -> Vec<OciError> {
             kind: s(),
             reason: s(),
         },
+        OciError::NotFuseDevice { reason: s() },
+        OciError::FuseNotMounted { reason: s() },
+        OciError::TooManyFuseMounts { limit: 1 },
     ];
     for e in &all {
         match e {
@@ -342,7 +345,10 @@ pub(super) fn every_oci_error() -> Vec<OciError> {
             | OciError::StageObjectsMissing { .. }
             | OciError::InvalidStageId { .. }
             | OciError::InvalidSourceRepository { .. }
-            | OciError::InvalidChunkedToc { .. } => {}
+            | OciError::InvalidChunkedToc { .. }
+            | OciError::NotFuseDevice { .. }
+            | OciError::FuseNotMounted { .. }
+            | OciError::TooManyFuseMounts { .. } => {}
         }
     }
     all
