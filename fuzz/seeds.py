@@ -89,6 +89,77 @@ def layer_import(out):
                 write(out, f"{name}-{fmt_name}-{mode}", bytes([mode]) + tar)
 
 
+def chunked(out):
+    """Writer seeds (mode 0): the layer tars. Reader seeds (mode 1): the
+    same tars as current-variant zstd:chunked blobs, made with the zstd
+    tool when it is installed: a frame per run of headers and per file
+    content, then the TOC, the tar-split and the footer."""
+    for name, members in layer_tars().items():
+        tar = tar_bytes(members, tarfile.PAX_FORMAT)
+        write(out, f"{name}-write", bytes([0]) + tar)
+        try:
+            blob = chunked_blob(tar)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        write(out, f"{name}-read", bytes([1]) + blob)
+
+
+def chunked_blob(tar):
+    import base64
+    import struct
+    blob, entries, split, between = bytearray(), [], [], bytearray()
+    def frame(data):
+        blob.extend(zstd_compress(bytes(data), None))
+    def segment(data):
+        if data:
+            split.append({"type": 2, "payload": base64.b64encode(bytes(data)).decode()})
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        members = t.getmembers()
+    # Walk the tar by its members' offsets.
+    at = 0
+    for m in members:
+        between.extend(tar[at:m.offset_data])
+        segment(tar[at:m.offset_data])
+        at = m.offset_data
+        kind = {tarfile.REGTYPE: "reg", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
+                tarfile.LNKTYPE: "hardlink", tarfile.FIFOTYPE: "fifo",
+                tarfile.CHRTYPE: "char"}.get(m.type, "reg")
+        entry = {"type": kind, "name": m.name, "mode": m.mode}
+        if m.linkname:
+            entry["linkName"] = m.linkname
+        line = {"type": 1, "name": m.name, "payload": None}
+        if m.isreg() and m.size > 0:
+            content = tar[at:at + m.size]
+            frame(between)
+            between = bytearray()
+            entry.update(size=m.size, digest="sha256:" + hashlib.sha256(content).hexdigest(),
+                         offset=len(blob))
+            frame(content)
+            entry["endOffset"] = len(blob)
+            line.update(size=m.size)
+            at += m.size
+        entries.append(entry)
+        split.append(line)
+    between.extend(tar[at:])
+    segment(tar[at:])
+    frame(between)
+    lines = "".join(json.dumps(dict(l, position=i)) + "\n" for i, l in enumerate(split))
+    split_frame = zstd_compress(lines.encode(), None)
+    toc = json.dumps({"version": 1, "entries": entries,
+                      "tarSplitDigest": "sha256:" + hashlib.sha256(split_frame).hexdigest()})
+    toc_frame = zstd_compress(toc.encode(), None)
+    positions = []
+    for content, size in ((toc_frame, len(toc)), (split_frame, len(lines))):
+        blob.extend(struct.pack("<4sI", b"\x50\x2a\x4d\x18", len(content)))
+        positions.append((len(blob), len(content), size))
+        blob.extend(content)
+    (toc_at, toc_len, toc_size), (split_at, split_len, split_size) = positions
+    footer = struct.pack("<QQQQQQQ8s", toc_at, toc_len, toc_size, 1, split_at, split_len,
+                         split_size, b"GNUlInUx")
+    blob.extend(struct.pack("<4sI", b"\x50\x2a\x4d\x18", len(footer)) + footer)
+    return bytes(blob)
+
+
 def archive_index(out):
     layout = [("oci-layout", "file", b'{"imageLayoutVersion":"1.0.0"}', None),
               ("./index.json", "file", b'{"manifests":[]}', None),
@@ -234,6 +305,7 @@ def main():
     archive_index(os.path.join(root, "archive_index"))
     manifests(os.path.join(root, "manifest"))
     tardiff(os.path.join(root, "tardiff"))
+    chunked(os.path.join(root, "chunked"))
 
 
 if __name__ == "__main__":

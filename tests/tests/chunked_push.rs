@@ -14,6 +14,7 @@ use cfsd_tests::{
         Compression, Entry, Image, Layer, Layout as OciLayout, Written, everything_image, noise,
     },
     ocictl::{json, pull},
+    peer::raw_calls_as,
     registry,
     registry::Registry,
     stderr,
@@ -303,4 +304,54 @@ fn a_zstd_chunked_export_keeps_its_annotations_for_skopeo_and_cfsd() {
     let fresh = Daemon::start_initialised(&[]);
     let back = pull(&fresh, &[&dest, "again"]);
     assert_eq!(back.str("imageId"), original["imageId"].as_str().unwrap());
+}
+
+/// A group nobody is given on top, for `--allow-group`.
+const ADMINS: u32 = 4242;
+
+#[test]
+fn a_zstd_chunked_push_is_refused_to_nobody_and_a_bad_compression_to_an_admin() {
+    cfsd_tests::need_registry!();
+    // Anonymous plain HTTP, so that a raw call needs no auth file.
+    let registry = Registry::start_http();
+    let args = registry.daemon_args();
+    let admins = ADMINS.to_string();
+    let mut all: Vec<&str> = vec!["--allow-group", &admins];
+    all.extend(args.iter().map(String::as_str));
+    let daemon = Daemon::start_for_nobody(&all);
+    assert!(daemon.cfsctl(&["init"]).status.success());
+    let fixture = Written::new(&OciLayout::single(&image(), None).0);
+    pull(&daemon, &[&fixture.oci(None), "app:v1"]);
+    let dest = format!("{}/app:v1", registry.host());
+    let call = |compression: &str| {
+        serde_json::json!({"method": "io.cfsd.Oci.Push", "parameters": {
+            "image": "app:v1", "reference": dest, "compression": compression,
+            "tlsVerify": false}})
+    };
+    let uploads = || {
+        let log = std::fs::read_to_string(registry.path("registry.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("/blobs/uploads")).count()
+    };
+    let nobody = raw_calls_as(&daemon, &[], &[call("zstd:chunked")]);
+    assert_eq!(
+        nobody[0]["error"], "io.cfsd.Oci.PermissionDenied",
+        "{}",
+        nobody[0]
+    );
+    // A compression that is not one of the three is refused as a bad
+    // parameter, before any upload.
+    for bad in ["zstd:chunked:x", "ZSTD:CHUNKED", "zstd-chunked"] {
+        let reply = raw_calls_as(&daemon, &[ADMINS], &[call(bad)]);
+        assert_eq!(
+            reply[0]["error"], "org.varlink.service.InvalidParameter",
+            "{bad}: {}",
+            reply[0]
+        );
+    }
+    assert_eq!(uploads(), 0, "nothing was uploaded");
+    let reply = raw_calls_as(&daemon, &[ADMINS], &[call("zstd:chunked")]);
+    assert_eq!(reply[0]["parameters"]["layersUploaded"], 4, "{}", reply[0]);
+    let digest = reply[0]["parameters"]["manifestDigest"].as_str().unwrap();
+    let stored = |digest: &str| std::fs::read(registry.blob_file(digest)).unwrap();
+    check_chunked_layers(&stored(digest), &diff_ids(&daemon), stored);
 }

@@ -27,8 +27,9 @@ use super::{
     hex_digest, sha256_digest,
 };
 
-/// Trailing bytes after the end-of-archive blocks go into segments and
-/// frames of at most this much.
+/// Header bytes with no content between them, and trailing bytes after
+/// the end-of-archive blocks, go into frames (and the trailer into
+/// segments) of about this much at most.
 const TRAILER_PIECE: usize = 1 << 20;
 
 /// What the blob written says about itself.
@@ -208,6 +209,10 @@ impl<W: Write> ChunkedWriter<W> {
                 crc64: None,
             })?;
             self.entries.push(toc);
+            // Thousands of directories in a row would otherwise pile up.
+            if self.between.len() >= TRAILER_PIECE {
+                self.flush_between()?;
+            }
             return Ok(Phase::Header { need: HEADER_SIZE });
         }
         self.flush_between()?;

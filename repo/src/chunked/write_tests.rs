@@ -278,3 +278,65 @@ fn files_are_cut_into_the_chunks_containers_storage_cuts_them_into() {
     };
     assert_eq!(cuts(&our_toc), cuts(&their_toc));
 }
+
+#[test]
+fn runs_of_headers_are_cut_into_frames_of_bounded_size() {
+    let mut builder = tar::Builder::new(Vec::new());
+    for i in 0..5000 {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(0o755);
+        builder
+            .append_data(&mut header, format!("d{i}/"), std::io::empty())
+            .unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    let (blob, layer) = chunked(&tar, 1 << 16);
+    assert!(zstd::decode_all(blob.as_slice()).unwrap() == tar);
+    // No frame holds more than 1 MiB and a bit (the entry that crossed).
+    let mut at = 0usize;
+    let mut frames = 0;
+    while (at as u64) < layer.layout.data_end() {
+        let size = zstd::zstd_safe::find_frame_compressed_size(&blob[at..]).unwrap();
+        let content = zstd::decode_all(&blob[at..at + size]).unwrap().len();
+        assert!(content <= (1 << 20) + 512, "{content}");
+        at += size;
+        frames += 1;
+    }
+    assert!(frames >= 3, "{frames} frames for 2.5 MB of headers");
+}
+
+#[test]
+fn a_tar_split_that_is_not_the_tocs_or_inflates_past_its_size_is_refused() {
+    let (tar, _) = layer_tar();
+    let (blob, layer) = chunked(&tar, 1 << 16);
+    let (toc, _) = read_back(&blob, &layer);
+    let limits = Limits::default();
+    let position = layer.layout.tar_split.unwrap();
+    let mut frame_bytes = frame(&blob, &position).to_vec();
+    let last = frame_bytes.len() - 1;
+    frame_bytes[last] ^= 1;
+    let fault = TarSplit::decode(&frame_bytes, &toc, &layer.layout, &limits).unwrap_err();
+    assert_eq!(fault.kind(), "checksum", "{fault}");
+    let good = frame(&blob, &position);
+    let mut small = layer.layout.clone();
+    small.tar_split = Some(Position {
+        uncompressed: position.uncompressed - 10,
+        ..position
+    });
+    let fault = TarSplit::decode(good, &toc, &small, &limits).unwrap_err();
+    assert_eq!(fault.kind(), "too-large", "{fault}");
+    let tight = Limits {
+        tar_split: position.uncompressed - 1,
+        ..limits
+    };
+    let fault = TarSplit::decode(good, &toc, &layer.layout, &tight).unwrap_err();
+    assert_eq!(
+        fault,
+        TocFault::TooLarge {
+            what: "tar-split",
+            limit: tight.tar_split
+        }
+    );
+}
