@@ -38,6 +38,8 @@ pub mod verity;
 
 pub use algorithm::HashAlgorithm;
 pub use content::IndexProgress;
+#[doc(hidden)]
+pub use content::probe as content_probe;
 pub use coordination::Hold;
 pub use delta::create::{CreateOptions, DeltaMethod, DeltaReport, LayerDelta};
 pub use error::{DiskFault, Error};
