@@ -13,7 +13,7 @@ use cfsd_tests::{
     Daemon,
     chunked::{Chunked, entry},
     need_registry,
-    oci::{Compression, Entry, Image, Layer, Layout, Written, noise, sha256_digest},
+    oci::{Compression, Entry, Image, Layer, Layout, RawLayer, Written, noise, sha256_digest},
     ocictl::{Pulled, published, pull, succeeds, typed_refusal_with},
     registry::{Cut, Proxy, Ranges, Registry, until},
 };
@@ -66,34 +66,41 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    chunked_setup(&written(&image(2)))
+}
+
+/// [`setup`] with `v2` as v2, pushed by skopeo as zstd:chunked.
+fn chunked_setup(v2: &Written) -> Setup {
     let registry = Registry::start_http();
-    let v2 = written(&image(2));
     registry.push(
         &v2.oci(None),
         "app:v2",
         &["--dest-compress-format", "zstd:chunked"],
     );
-    let blob = registry.blob_files("app")[0].clone();
-    let hex = blob
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy();
-    let digest = format!("sha256:{hex}");
-    let layer = std::fs::read(&blob).unwrap();
-    assert!(layer.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "not zstd");
     let v2_id = pull(&Daemon::start_initialised(&[]), &[&v2.oci(None), "v2"])
         .str("imageId")
         .to_owned();
-    let daemon = daemon_for(&registry);
-    pull(&daemon, &[&written(&image(1)).oci(None), "v1"]);
-    Setup {
-        registry,
-        daemon,
-        v2_id,
-        blob_size: layer.len(),
-        layer: digest,
+    Setup::pushed(registry, v2_id)
+}
+
+impl Setup {
+    /// `registry` holding v2 (image id `v2_id`) as `app:v2`, and a new
+    /// daemon holding v1.
+    fn pushed(registry: Registry, v2_id: String) -> Self {
+        let blob = registry.blob_files("app")[0].clone();
+        let hex = blob.parent().unwrap().file_name().unwrap();
+        let layer = format!("sha256:{}", hex.to_string_lossy());
+        let bytes = std::fs::read(&blob).unwrap();
+        assert!(bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "not zstd");
+        let daemon = daemon_for(&registry);
+        pull(&daemon, &[&written(&image(1)).oci(None), "v1"]);
+        Setup {
+            registry,
+            daemon,
+            v2_id,
+            blob_size: bytes.len(),
+            layer,
+        }
     }
 }
 
@@ -372,4 +379,23 @@ fn partial_pull_of_a_current_chunked_layer_pushed_by_cfsd() {
     assert_eq!(range_requests(&setup, &proxy), 2, "{:?}", proxy.heads());
     let sent = proxy.sent();
     assert!(sent < setup.blob_size / 4, "{sent} of {}", setup.blob_size);
+}
+
+#[test]
+fn partial_pull_of_a_legacy_layer_whose_tar_was_padded_gives_the_diff_id() {
+    need_registry!();
+    // A tar padded past its end-of-archive blocks, as GNU tar pads one:
+    // skopeo's legacy writer drops those zeros, so a plain decompression
+    // of its blob is short of the diff_id; the partial pull adds them.
+    let mut tar = image(2).layers[0].tar();
+    tar.extend(std::iter::repeat_n(0u8, 13 * 512));
+    let mut layout = Layout::new();
+    layout.add_raw_image(&[RawLayer::of_tar(&tar, Compression::Gzip)], None);
+    let setup = chunked_setup(&Written::new(&layout));
+    let (pulled, _) = pull_through(&setup, Ranges::Pass, &[]);
+    assert_eq!(
+        pulled.result["partialPull"]["layers"], 1,
+        "{}",
+        pulled.result
+    );
 }
