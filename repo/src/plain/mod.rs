@@ -328,12 +328,12 @@ fn store_large_files<H: FsVerityHashValue>(
                     file: std::fs::File::from(file.fd),
                     cancelled,
                 };
-                let id = s
-                    .ensure_object_from_reader(reader, file.size)
-                    .map_err(|e| match cancelled.load(Ordering::Relaxed) {
-                        true => self::cancelled(),
-                        false => Error::storage("storing a file of the tree", e),
-                    })?;
+                let id =
+                    s.ensure_object_from_reader(reader, file.size)
+                        .map_err(|e| match cancelled.load(Ordering::Relaxed) {
+                            true => self::cancelled(),
+                            false => Error::storage("storing a file of the tree", e),
+                        })?;
                 let digest = crate::content::hash_object(s, &id)
                     .map_err(|e| Error::storage("hashing a file of the tree", e))?;
                 (id, Some(digest))
