@@ -253,7 +253,8 @@ fn no_method_takes_a_path() {
             "noDelta",
             "digest",
             "stage",
-            "sourceRepo"
+            "sourceRepo",
+            "noPartial"
         ]
     );
     // sourceRepo is a flag; the repository comes as the call's last fd,
