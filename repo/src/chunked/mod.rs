@@ -32,7 +32,7 @@ pub use tarsplit::{TarSplit, TarSplitEntry, TarSplitReader, crc64_iso};
 pub use toc::{EntryType, FileFrame, Toc, TocEntry, TocFile};
 pub use write::{ChunkedLayer, ChunkedWriter};
 
-use openssl::sha::Sha256;
+use crate::oci::digest::Digest;
 
 /// How large the metadata of a layer may be once decompressed. A TOC
 /// lists every file of the layer in JSON (a few hundred bytes each); the
@@ -213,30 +213,17 @@ fn check_frame(
 
 /// `sha256:<hex>` of `bytes`, as OCI and the TOC write digests.
 pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(bytes);
-    hex_digest(hasher.finish())
+    Digest::of(bytes).to_string()
 }
 
 /// `sha256:<hex>` of a finished hash.
 pub(crate) fn hex_digest(hash: [u8; 32]) -> String {
-    use std::fmt::Write;
-    let mut text = String::with_capacity(71);
-    text.push_str("sha256:");
-    for b in hash {
-        write!(text, "{b:02x}").expect("writing to a String cannot fail");
-    }
-    text
+    Digest::from_hash(hash).to_string()
 }
 
 /// Whether `text` is `sha256:` and 64 lowercase hex digits.
 pub(crate) fn is_sha256_digest(text: &str) -> bool {
-    text.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    Digest::is_sha256(text)
 }
 
 /// A name for a message: cut short if it is long, so that a hostile TOC

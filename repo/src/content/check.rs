@@ -8,7 +8,7 @@ use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use rustix::io::Errno;
 
 use super::{DIR, file, for_each_file, hash_object, object_present};
-use crate::{FsckProblem, FsckReport};
+use crate::{FsckProblem, FsckReport, oci::digest::Digest};
 
 impl FsckReport {
     /// Check every content index file of `store`; with `read_contents`,
@@ -51,9 +51,9 @@ impl FsckReport {
                 Ok(actual) if actual == digest => {}
                 Ok(actual) => {
                     let detail = format!(
-                        "{name}: objects/{path} has content sha256:{}, not sha256:{}",
-                        hex(&actual),
-                        hex(&digest)
+                        "{name}: objects/{path} has content {}, not {}",
+                        Digest::from_hash(actual),
+                        Digest::from_hash(digest)
                     );
                     problems.push(problem("content-index-wrong-content", detail));
                 }
@@ -73,8 +73,4 @@ fn problem(kind: &str, detail: String) -> FsckProblem {
         kind: kind.to_owned(),
         detail,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

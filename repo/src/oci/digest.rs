@@ -23,16 +23,27 @@ impl Digest {
         let hex = text
             .strip_prefix("sha256:")
             .ok_or_else(|| invalid("is not sha256:<hex>"))?;
-        let well_formed = hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !well_formed {
+        if !well_formed(hex) {
             return Err(invalid("does not have 64 lowercase hex digits"));
         }
         Ok(Digest {
             hex: hex.to_owned(),
         })
+    }
+
+    /// Whether `text` is a digest [`Digest::parse`] takes.
+    pub(crate) fn is_sha256(text: &str) -> bool {
+        text.strip_prefix("sha256:").is_some_and(well_formed)
+    }
+
+    /// The 32 bytes the digest's hex spells.
+    pub(crate) fn bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(self.hex.as_bytes().chunks(2)) {
+            let nibble = |c: u8| (c as char).to_digit(16).expect("parsed as hex") as u8;
+            *byte = nibble(pair[0]) << 4 | nibble(pair[1]);
+        }
+        out
     }
 
     /// The digest of `bytes`.
@@ -42,7 +53,8 @@ impl Digest {
         Digest::from_hash(hasher.finish())
     }
 
-    fn from_hash(hash: [u8; 32]) -> Self {
+    /// The digest whose hash is `hash`.
+    pub(crate) fn from_hash(hash: [u8; 32]) -> Self {
         let hex = hash.iter().map(|b| format!("{b:02x}")).collect();
         Digest { hex }
     }
@@ -70,6 +82,14 @@ impl Digest {
             .parse()
             .expect("a well-formed sha256 digest is an OCI digest")
     }
+}
+
+/// 64 lowercase hex digits.
+fn well_formed(hex: &str) -> bool {
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl std::fmt::Display for Digest {
@@ -181,5 +201,18 @@ mod tests {
             digest.hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn bytes_are_the_hash_the_hex_spells() {
+        let mut hasher = Sha256::new();
+        hasher.update(b"abc");
+        let hash = hasher.finish();
+        let digest = Digest::of(b"abc");
+        assert_eq!(digest.bytes(), hash);
+        assert_eq!(Digest::from_hash(hash), digest);
+        assert!(Digest::is_sha256(&digest.to_string()));
+        assert!(!Digest::is_sha256(&digest.to_string().to_uppercase()));
+        assert!(!Digest::is_sha256("sha512:00"));
     }
 }

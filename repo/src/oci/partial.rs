@@ -35,7 +35,7 @@ use openssl::sha::Sha256;
 
 use super::{
     digest::Digest,
-    document::Compression,
+    document::{self, Compression, ManifestDoc},
     layer,
     manifest::LayerPlan,
     pipeline::{Blob, BlobCheck, LayerSource},
@@ -270,41 +270,31 @@ fn cut<H: FsVerityHashValue>(
 
 /// The 32 bytes of a TOC entry's `sha256:<hex>` digest.
 fn sha256_of(digest: Option<&str>, name: &str) -> Result<[u8; 32], chunked::TocFault> {
-    let fault = || chunked::TocFault::Entry {
-        name: chunked::shown(name),
-        reason: "a regular file with content has no sha256 digest".to_owned(),
-    };
-    let hex = digest
-        .and_then(|d| d.strip_prefix("sha256:"))
-        .ok_or_else(fault)?;
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = hex.get(i * 2..i * 2 + 2).ok_or_else(fault)?;
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| fault())?;
-    }
-    Ok(out)
+    digest
+        .and_then(|d| Digest::parse(d, "a TOC entry").ok())
+        .map(|d| d.bytes())
+        .ok_or_else(|| chunked::TocFault::Entry {
+            name: chunked::shown(name),
+            reason: "a regular file with content has no sha256 digest".to_owned(),
+        })
 }
 
-/// Each layer blob's annotations in `manifest`.
+/// Each layer blob's annotations in `manifest`, which the pull has
+/// verified and parsed already: one that does not parse gives none, and
+/// its layers are pulled in full.
 fn layer_annotations(manifest: &[u8]) -> HashMap<Digest, HashMap<String, String>> {
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        #[serde(default)]
-        layers: Vec<Descriptor>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Descriptor {
-        digest: String,
-        #[serde(default)]
-        annotations: HashMap<String, String>,
-    }
-    let Ok(parsed) = serde_json::from_slice::<Manifest>(manifest) else {
+    let Ok(parsed) = document::parse::<ManifestDoc>(manifest, "the manifest") else {
         return HashMap::new();
     };
     parsed
-        .layers
-        .into_iter()
-        .filter_map(|d| Some((Digest::parse(&d.digest, "a layer").ok()?, d.annotations)))
+        .layers()
+        .iter()
+        .filter_map(|d| {
+            Some((
+                Digest::parse(&d.digest, "a layer").ok()?,
+                d.annotations.clone(),
+            ))
+        })
         .collect()
 }
 
