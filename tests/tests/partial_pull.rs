@@ -384,18 +384,31 @@ fn partial_pull_of_a_current_chunked_layer_pushed_by_cfsd() {
 #[test]
 fn partial_pull_of_a_legacy_layer_whose_tar_was_padded_gives_the_diff_id() {
     need_registry!();
-    // A tar padded past its end-of-archive blocks, as GNU tar pads one:
-    // skopeo's legacy writer drops those zeros, so a plain decompression
-    // of its blob is short of the diff_id; the partial pull adds them.
-    let mut tar = image(2).layers[0].tar();
-    tar.extend(std::iter::repeat_n(0u8, 13 * 512));
-    let mut layout = Layout::new();
-    layout.add_raw_image(&[RawLayer::of_tar(&tar, Compression::Gzip)], None);
-    let setup = chunked_setup(&Written::new(&layout));
+    let setup = chunked_setup(&Written::new(&padded_layout()));
     let (pulled, _) = pull_through(&setup, Ranges::Pass, &[]);
     assert_eq!(
         pulled.result["partialPull"]["layers"], 1,
         "{}",
         pulled.result
     );
+}
+
+#[test]
+fn full_pull_of_a_legacy_layer_whose_tar_was_padded_gives_the_diff_id() {
+    need_registry!();
+    let setup = chunked_setup(&Written::new(&padded_layout()));
+    let (pulled, _) = pull_through(&setup, Ranges::Pass, &["--no-partial"]);
+    assert!(pulled.result["partialPull"].is_null(), "{}", pulled.result);
+}
+
+/// An image whose layer tar is padded past its end-of-archive blocks, as
+/// GNU tar pads one: skopeo's legacy writer drops those zeros, so a plain
+/// decompression of its blob is short of the diff_id, and the splitter
+/// adds them back whichever way the layer is pulled.
+fn padded_layout() -> Layout {
+    let mut tar = image(2).layers[0].tar();
+    tar.extend(std::iter::repeat_n(0u8, 13 * 512));
+    let mut layout = Layout::new();
+    layout.add_raw_image(&[RawLayer::of_tar(&tar, Compression::Gzip)], None);
+    layout
 }

@@ -169,9 +169,16 @@ fn import(repo: &Repo, tar: &[u8]) -> Id {
     let producer = std::thread::spawn(move || input.close());
     let limits = LayerLimits::DEFAULT;
     let cancel = Cancel::default();
-    let (stream, _, diff_id, contents) =
-        split::split(rx, repo.clone(), &cancel, &limits, PullTally::default())
-            .unwrap_or_else(|_| panic!("split failed"));
+    let expected = crate::oci::digest::Digest::of(tar);
+    let (stream, _, diff_id, contents) = split::split(
+        rx,
+        repo.clone(),
+        &cancel,
+        &limits,
+        PullTally::default(),
+        &expected,
+    )
+    .unwrap_or_else(|_| panic!("split failed"));
     producer.join().unwrap().unwrap();
     let name = layer_content_id(&diff_id.to_oci());
     tokio::runtime::Runtime::new()

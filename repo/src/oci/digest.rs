@@ -136,6 +136,7 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// A writer that hashes everything written through it.
+#[derive(Clone)]
 pub(crate) struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,

@@ -129,9 +129,10 @@ async fn store<H: FsVerityHashValue>(
     let splitting = repo.clone();
     let limits = split::LayerLimits::installed();
     let pulled = plan.pulled.clone();
+    let expected = plan.diff_id.clone();
     let splitter = tokio::task::spawn_blocking(move || {
         let _hold = held;
-        split::split(tar, splitting, &cancel, &limits, pulled)
+        split::split(tar, splitting, &cancel, &limits, pulled, &expected)
     });
     let (produced, split) = tokio::join!(producer, splitter);
     let produced =

@@ -397,12 +397,8 @@ fn rebuild<H: FsVerityHashValue>(
     bytes: &mut dyn Read,
     out: &mut Pipe<H>,
 ) -> Result<(), Error> {
-    let mut tar = Tar::default();
     for piece in &plan.pieces {
-        let out = Whole {
-            out: &mut *out,
-            tar: &mut tar,
-        };
+        let out = &mut *out;
         match piece {
             Piece::Frames(span) => {
                 let mut sink = Checked::new(out, None);
@@ -427,61 +423,11 @@ fn rebuild<H: FsVerityHashValue>(
                 let object = repo
                     .open_object(id)
                     .map_err(|e| Error::storage("reading a stored file for a partial pull", e))?;
-                out.out.object_follows(id.clone(), *size);
+                out.object_follows(id.clone(), *size);
                 let mut checked = Checked::new(out, Some(*sha256));
                 copy(layer, File::from(object), &mut checked)?;
                 checked.verify(layer, name, *size, "stored")?;
             }
-        }
-    }
-    pad_as_the_original(layer, &tar, out)
-}
-
-/// The tar written so far: its sha256 and length.
-#[derive(Default)]
-struct Tar {
-    hasher: Sha256,
-    len: u64,
-}
-
-/// The pipe, with the whole tar hashed on its way.
-struct Whole<'p, H> {
-    out: &'p mut Pipe<H>,
-    tar: &'p mut Tar,
-}
-
-/// A tar block.
-const TAR_BLOCK: usize = 512;
-
-/// The most zero blocks looked for past the end of a legacy blob's tar:
-/// 1 MiB, far more than any tar writer pads with (GNU tar and Python's
-/// tarfile pad to a record of 20 blocks).
-const MAX_PAD_BLOCKS: usize = 2048;
-
-/// containers/storage's legacy writer drops the zero blocks that pad a
-/// tar past its end-of-archive marker, so the frames of a legacy blob
-/// can decompress to a prefix of the tar its diff_id names (measured on
-/// our Debian v2: 13 blocks short). When the tar rebuilt is not the
-/// diff_id and the same with some zero blocks more is, write those zeros
-/// (past the end, they change no entry); the pipeline checks the diff_id
-/// either way.
-fn pad_as_the_original<H>(layer: &LayerPlan, tar: &Tar, out: &mut Pipe<H>) -> Result<(), Error> {
-    let expected = layer.diff_id.to_string();
-    if chunked::hex_digest(tar.hasher.clone().finish()) == expected
-        || !tar.len.is_multiple_of(TAR_BLOCK as u64)
-    {
-        return Ok(());
-    }
-    let block = [0u8; TAR_BLOCK];
-    let mut padded = tar.hasher.clone();
-    for blocks in 1..=MAX_PAD_BLOCKS {
-        padded.update(&block);
-        if chunked::hex_digest(padded.clone().finish()) == expected {
-            for _ in 0..blocks {
-                out.write_all(&block)
-                    .map_err(|e| layer::pipe_error(layer, e))?;
-            }
-            return Ok(());
         }
     }
     Ok(())
@@ -519,9 +465,7 @@ fn copy<H>(layer: &LayerPlan, mut from: File, out: &mut Checked<'_, H>) -> Resul
 
 impl<H> Write for Checked<'_, H> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.out.out.write_all(bytes)?;
-        self.out.tar.hasher.update(bytes);
-        self.out.tar.len += bytes.len() as u64;
+        self.out.write_all(bytes)?;
         if let Some((hasher, _)) = &mut self.hasher {
             hasher.update(bytes);
         }
@@ -530,19 +474,19 @@ impl<H> Write for Checked<'_, H> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.out.out.flush()
+        self.out.flush()
     }
 }
 
 /// The pipe, counting and hashing a file's bytes on their way.
 struct Checked<'p, H> {
-    out: Whole<'p, H>,
+    out: &'p mut Pipe<H>,
     hasher: Option<(Sha256, [u8; 32])>,
     count: u64,
 }
 
 impl<'p, H> Checked<'p, H> {
-    fn new(out: Whole<'p, H>, sha256: Option<[u8; 32]>) -> Self {
+    fn new(out: &'p mut Pipe<H>, sha256: Option<[u8; 32]>) -> Self {
         Checked {
             out,
             hasher: sha256.map(|d| (Sha256::new(), d)),

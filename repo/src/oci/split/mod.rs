@@ -107,15 +107,18 @@ impl Drop for CancelOnDrop {
 /// Split the tar arriving on `rx` into `repo`, and store the split stream.
 /// Blocks until every object is written. Returns the stream, what the
 /// import stored, the tar's digest (its diff_id), for the caller to
-/// check before naming the stream, and the stream's file contents, for
-/// the content index once it is named. A tar beyond `limits` is refused as
-/// soon as that shows, without reading the rest.
+/// check against `expected` before naming the stream, and the stream's
+/// file contents, for the content index once it is named. A tar beyond
+/// `limits` is refused as soon as that shows, without reading the rest.
+/// A tar that misses `expected` only by zero blocks past its end is
+/// stored with them (see [`MAX_PAD_BLOCKS`]).
 pub(crate) fn split<H: FsVerityHashValue>(
     rx: Receiver<Chunk<H>>,
     repo: Arc<Store<H>>,
     cancel: &Cancel,
     limits: &LayerLimits,
     pulled: PullTally,
+    expected: &Digest,
 ) -> Result<(H, Tally<H>, Digest, Contents<H>), SplitError> {
     let mut splitter = Splitter {
         input: Input::new(rx, limits, pulled, cancel.clone()),
@@ -124,9 +127,11 @@ pub(crate) fn split<H: FsVerityHashValue>(
         kept: Kept::new(limits),
         objects: Objects::start(repo),
     };
-    match splitter.run(cancel) {
-        Ok(()) => {
-            let diff_id = splitter.input.digest.finish();
+    let outcome = splitter
+        .run(cancel)
+        .and_then(|()| splitter.restore_padding(expected));
+    match outcome {
+        Ok(diff_id) => {
             let (stream, stats, contents) =
                 store_stream(splitter.objects, splitter.entries).map_err(SplitError::Storage)?;
             Ok((stream, stats, diff_id, contents))
@@ -310,11 +315,7 @@ impl<H: FsVerityHashValue> Splitter<H> {
     /// Move `n` bytes of input into the stream inline.
     fn inline(&mut self, n: usize) -> Result<(), Fault> {
         self.kept.keep(n as u64)?;
-        let bytes = &self.input.available()[..n];
-        match self.entries.last_mut() {
-            Some(Entry::Inline(last)) => last.extend_from_slice(bytes),
-            _ => self.entries.push(Entry::Inline(bytes.to_vec())),
-        }
+        push_inline(&mut self.entries, &self.input.available()[..n]);
         self.input.consume(n);
         Ok(())
     }
@@ -380,6 +381,31 @@ impl<H: FsVerityHashValue> Splitter<H> {
         Ok(())
     }
 
+    /// The digest of the tar received, or `expected` when the tar and
+    /// some zero blocks more are that: those blocks are then stored too,
+    /// so that the stream holds exactly the tar `expected` names. Past the
+    /// end-of-archive marker they change no entry.
+    fn restore_padding(&mut self, expected: &Digest) -> Result<Digest, Fault> {
+        let received = self.input.digest.clone().finish();
+        if received == *expected || !self.input.received.is_multiple_of(TAR_BLOCK as u64) {
+            return Ok(received);
+        }
+        let block = [0u8; TAR_BLOCK];
+        let mut padded = self.input.digest.clone();
+        for blocks in 1..=MAX_PAD_BLOCKS {
+            padded
+                .write_all(&block)
+                .map_err(|e| Fault::Storage(e.into()))?;
+            if padded.clone().finish() == *expected {
+                let zeros = vec![0u8; blocks * TAR_BLOCK];
+                self.kept.keep(zeros.len() as u64)?;
+                push_inline(&mut self.entries, &zeros);
+                return Ok(expected.clone());
+            }
+        }
+        Ok(received)
+    }
+
     /// Whatever follows the end-of-archive blocks (GNU tar pads to its
     /// record size) belongs to the tar too, for its diff_id.
     fn trailer(&mut self) -> Result<(), Fault> {
@@ -388,6 +414,25 @@ impl<H: FsVerityHashValue> Splitter<H> {
             self.inline(n)?;
         }
         Ok(())
+    }
+}
+
+/// A tar block.
+const TAR_BLOCK: usize = 512;
+
+/// The most zero blocks a tar may lack past its end-of-archive marker,
+/// 1 MiB: far more than any writer pads with (GNU tar and Python's
+/// tarfile pad to a record of 20 blocks). containers/storage's legacy
+/// zstd:chunked writer (skopeo 1.9's) drops that padding, yet the image
+/// keeps the diff_id of the padded tar: our Debian v2 written so lacks 13
+/// blocks, in a full pull as in a partial one.
+const MAX_PAD_BLOCKS: usize = 2048;
+
+/// Keep `bytes` inline, after the inline bytes before them if any.
+fn push_inline<H>(entries: &mut Vec<Entry<H>>, bytes: &[u8]) {
+    match entries.last_mut() {
+        Some(Entry::Inline(last)) => last.extend_from_slice(bytes),
+        _ => entries.push(Entry::Inline(bytes.to_vec())),
     }
 }
 
