@@ -216,6 +216,19 @@ impl Registry {
         args
     }
 
+    /// An initialised daemon with [`Self::daemon_args`] whose socket
+    /// nobody may reach, `admins` being its admin group: for calls made
+    /// in the shoes of an unprivileged peer or of an admin.
+    pub fn daemon_for_nobody(&self, admins: u32) -> crate::Daemon {
+        let admins = admins.to_string();
+        let args = self.daemon_args();
+        let mut all: Vec<&str> = vec!["--allow-group", &admins];
+        all.extend(args.iter().map(String::as_str));
+        let daemon = crate::Daemon::start_for_nobody(&all);
+        assert!(daemon.cfsctl(&["init"]).status.success());
+        daemon
+    }
+
     /// `skopeo copy [EXTRA] SOURCE docker://HOST/NAME`, with this
     /// registry's CA and credentials given as flags (no global state).
     pub fn push(&self, source: &str, name: &str, extra: &[&str]) {

@@ -314,12 +314,7 @@ fn a_zstd_chunked_push_is_refused_to_nobody_and_a_bad_compression_to_an_admin() 
     cfsd_tests::need_registry!();
     // Anonymous plain HTTP, so that a raw call needs no auth file.
     let registry = Registry::start_http();
-    let args = registry.daemon_args();
-    let admins = ADMINS.to_string();
-    let mut all: Vec<&str> = vec!["--allow-group", &admins];
-    all.extend(args.iter().map(String::as_str));
-    let daemon = Daemon::start_for_nobody(&all);
-    assert!(daemon.cfsctl(&["init"]).status.success());
+    let daemon = registry.daemon_for_nobody(ADMINS);
     let fixture = Written::new(&OciLayout::single(&image(), None).0);
     pull(&daemon, &[&fixture.oci(None), "app:v1"]);
     let dest = format!("{}/app:v1", registry.host());

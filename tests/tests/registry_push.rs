@@ -375,12 +375,7 @@ fn push_as_nobody(daemon: &Daemon, groups: &[u32], dest: &str, args: &[&str]) ->
 fn registry_push_by_an_unprivileged_peer_is_refused_before_any_request() {
     cfsd_tests::need_registry!();
     let registry = Registry::start_https();
-    let args = registry.daemon_args();
-    let admins = ADMINS.to_string();
-    let mut all: Vec<&str> = vec!["--allow-group", &admins];
-    all.extend(args.iter().map(String::as_str));
-    let daemon = Daemon::start_for_nobody(&all);
-    assert!(daemon.cfsctl(&["init"]).status.success());
+    let daemon = registry.daemon_for_nobody(ADMINS);
     let (layout, _) = Layout::single(&two_layers(4), None);
     let fixture = Written::new(&layout);
     pull(&daemon, &[&fixture.oci(None), "app:v1"]);
