@@ -7,6 +7,7 @@ pub mod delta;
 pub mod fuse;
 pub mod fuse_peer;
 pub mod hangup;
+pub mod loop_fs;
 pub mod mounted;
 pub mod oci;
 pub mod oci_delta_fixture;

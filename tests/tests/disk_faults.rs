@@ -5,63 +5,14 @@
 //! serves every method that only reads and answers `ReadOnlyFilesystem`
 //! to the others.
 
-use std::{path::Path, process::Command};
-
 use cfsd_tests::{
     Daemon,
+    loop_fs::daemon_on_loop_fs,
     oci::{Compression, Entry, Image, Layer, Layout, Written, noise},
     ocictl::{Published, fails, json, published, pull, succeeds, typed_source_refusal},
-    stderr,
 };
 use cfsd_varlink::oci::OciError;
 use serde_json::{Value, json};
-
-/// A 64 MiB ext4 filesystem in a file, mounted at a directory until
-/// dropped.
-struct LoopFs {
-    mountpoint: std::path::PathBuf,
-    _image: tempfile::TempDir,
-}
-
-impl LoopFs {
-    fn mount_at(mountpoint: &Path) -> Self {
-        let image = tempfile::tempdir().unwrap();
-        let file = image.path().join("fs.img");
-        run(Command::new("truncate").args(["-s", "64M"]).arg(&file));
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0"])
-            .arg(&file));
-        std::fs::create_dir_all(mountpoint).unwrap();
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&file)
-            .arg(mountpoint));
-        LoopFs {
-            mountpoint: mountpoint.to_owned(),
-            _image: image,
-        }
-    }
-
-    fn remount(&self, how: &str) {
-        run(Command::new("mount")
-            .args(["-o", &format!("remount,{how}")])
-            .arg(&self.mountpoint));
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.mountpoint)
-            .status();
-    }
-}
-
-fn run(command: &mut Command) {
-    let out = command.output().unwrap();
-    assert!(out.status.success(), "{command:?}: {}", stderr(&out));
-}
 
 /// An image of one uncompressed 32 MiB file: two of them do not fit in
 /// the loop filesystem, one does.
@@ -77,17 +28,9 @@ fn big_image(seed: u64) -> (Written, String) {
     (Written::new(&layout), built.manifest_digest)
 }
 
-/// A daemon whose repository is the root of a fresh loop filesystem.
-fn daemon_on_loop_fs() -> (Daemon, LoopFs) {
-    let daemon = Daemon::start(&[]);
-    let fs = LoopFs::mount_at(&daemon.repo());
-    succeeds(&daemon, &["init"]);
-    (daemon, fs)
-}
-
 #[test]
 fn a_pull_that_fills_the_disk_is_no_space_and_succeeds_after_gc() {
-    let (daemon, _fs) = daemon_on_loop_fs();
+    let (daemon, _fs) = daemon_on_loop_fs(&[]);
     let (first, _) = big_image(1);
     let (second, second_digest) = big_image(2);
     pull(&daemon, &[&first.archive(None), "first"]);
@@ -132,7 +75,7 @@ fn error_names(daemon: &Daemon, calls: &[Value]) -> Vec<String> {
 
 #[test]
 fn a_read_only_repository_serves_reads_and_refuses_writes_by_name() {
-    let (daemon, fs) = daemon_on_loop_fs();
+    let (daemon, fs) = daemon_on_loop_fs(&[]);
     let small = Image::new(vec![Layer::new(
         Compression::Gzip,
         vec![Entry::dir("usr"), Entry::file("usr/file", noise(3, 10_000))],
