@@ -17,7 +17,10 @@
 # Env: CFSCTL and UPSTREAM (see bench/scratch.sh), RUNS (default 3),
 # DELTA=0 to leave out the delta and the v2 rows, PARTIAL=0 the partial
 # pull rows: v2 pushed as zstd:chunked (skopeo's legacy variant) and
-# pulled on top of v1 in part, beside the same pull with --no-partial.
+# pulled on top of v1 in part, beside the same pull with --no-partial;
+# and in part on top of v1 pulled from the registry as zstd:chunked too,
+# whose TOC recorded the chunks of its files: what chunk-level reuse adds
+# over whole-file reuse.
 # Each figure is the median of RUNS runs after an untimed warm-up, into a
 # fresh repository on a fresh journaled ext4 loop filesystem
 # (bench/scratch.sh), with the page cache dropped first. Bytes received
@@ -150,17 +153,32 @@ bench "cfsd, oci-archive: (reference)" new_ours \
 if [ "${PARTIAL:-1}" = 1 ]; then
     skopeo copy --quiet --dest-tls-verify=false --dest-compress-format zstd:chunked \
         "oci:$out/v2/oci:v1" "docker://$host/bench:v2-chunked"
+    skopeo copy --quiet --dest-tls-verify=false --dest-compress-format zstd:chunked \
+        "oci:$out/v1/oci:v1" "docker://$host/bench:v1-chunked"
+    ours_with_chunked_v1() {
+        new_ours
+        "$cfsctl" --repo "$repo" oci pull --progress=none --tls-verify=false --no-delta \
+            "docker://$host/bench:v1-chunked" v1 >/dev/null
+    }
     echo
     echo "| v2 as zstd:chunked on top of v1 | wall s | CPU s | peak RSS MiB | MB received | peak extra disk MiB |"
     echo "|---|---|---|---|---|---|"
     bench "cfsd, docker:// in part" ours_with_v1 \
         "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta "docker://$host/bench:v2-chunked" v2
     partial_id=$(grep '^Image ID' "$scratch/out")
-    grep '^Partial pull' "$scratch/out" || { echo "the pull was not partial" >&2; exit 1; }
+    files_only=$(grep '^Partial pull' "$scratch/out") || { echo "the pull was not partial" >&2; exit 1; }
+    bench "cfsd, docker:// in part, v1 pulled as zstd:chunked" ours_with_chunked_v1 \
+        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta "docker://$host/bench:v2-chunked" v2
+    chunks_id=$(grep '^Image ID' "$scratch/out")
+    with_chunks=$(grep '^Partial pull' "$scratch/out") || { echo "the pull was not partial" >&2; exit 1; }
     bench "cfsd, docker:// --no-partial" ours_with_v1 \
         "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta --no-partial "docker://$host/bench:v2-chunked" v2
     whole_id=$(grep '^Image ID' "$scratch/out")
     [ "$partial_id" = "$whole_id" ] || { echo "the partial pull gave another image" >&2; exit 1; }
+    [ "$chunks_id" = "$whole_id" ] || { echo "the pull reusing chunks gave another image" >&2; exit 1; }
+    echo
+    echo "on v1 from oci-archive: $files_only"
+    echo "on v1 as zstd:chunked:  $with_chunks"
     chunked_blobs=$(python3 - "$registry_dir/storage/docker/registry/v2" "$host" <<'PY'
 import json, os, sys
 root = sys.argv[1]

@@ -541,9 +541,10 @@ pub(crate) fn print_pull(r: &PullResult, delta_source: Option<&str>) {
     }
     if let Some(partial) = &r.partial_pull {
         println!(
-            "Partial pull: {} layer(s), {} files reused, {} received in {} requests{}",
+            "Partial pull: {} layer(s), {} files and {} chunks reused, {} received in {} requests{}",
             partial.layers,
             partial.files_reused,
+            partial.chunks_reused,
             bytes(partial.bytes_received),
             partial.requests,
             if partial.single_ranges {

@@ -173,6 +173,8 @@ pub struct FileFrame {
     pub file: Range<u64>,
     /// `sha256:<hex>` of those file bytes, where the TOC records one.
     pub digest: Option<String>,
+    /// Whether the TOC says those bytes are all zeros.
+    pub zeros: bool,
 }
 
 /// A regular file of the TOC with its chunk entries.
@@ -197,6 +199,7 @@ impl TocFile<'_> {
                 blob: entry.offset..entry.end_offset,
                 file: 0..entry.size,
                 digest: entry.digest.clone(),
+                zeros: false,
             }];
         }
         let all: Vec<&TocEntry> = std::iter::once(entry).chain(self.chunks).collect();
@@ -208,6 +211,7 @@ impl TocFile<'_> {
                     blob: chunk.offset..end,
                     file: chunk.chunk_offset..chunk.chunk_offset + chunk.chunk_size,
                     digest: chunk.chunk_digest.clone(),
+                    zeros: chunk.chunk_type.as_deref() == Some("zeros"),
                 }
             })
             .collect()

@@ -86,7 +86,7 @@ pub(super) fn build<H: FsVerityHashValue>(
             .and_then(|mut reader| reader.get_object_refs(|id| objects.push(id.clone())))
             .map_err(|e| Error::storage("reading a layer stream", e))?;
         let entries = hashing.digests(store, objects, &mut state, true)?;
-        record(store, &key, entries).map_err(storage("writing the content index"))?;
+        record(store, &key, entries, Vec::new()).map_err(storage("writing the content index"))?;
         state.done += 1;
         progress(state);
     }
@@ -98,7 +98,7 @@ pub(super) fn build<H: FsVerityHashValue>(
             .map_err(|e| Error::storage("reading an image", e))?;
         let objects = objects.into_iter().collect();
         let entries = hashing.digests(store, objects, &mut state, false)?;
-        record(store, &key, entries).map_err(storage("writing the content index"))?;
+        record(store, &key, entries, Vec::new()).map_err(storage("writing the content index"))?;
         state.done += 1;
         progress(state);
     }

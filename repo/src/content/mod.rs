@@ -26,7 +26,7 @@ mod tests;
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io::{self, Read, Write},
+    io::{self, Read, Seek, Write},
     os::fd::OwnedFd,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -39,11 +39,40 @@ use rustix::{
 };
 
 pub use self::build::IndexProgress;
-pub(crate) use self::file::Sha256Digest;
+pub(crate) use self::file::{Sha256Digest, StoredChunk};
 
 /// The content digest of each regular file a stream or image refers to,
 /// and its object: what its index file holds.
 pub(crate) type Contents<H> = Vec<(Sha256Digest, H)>;
+
+/// Chunks of those files, by each chunk's digest: what an index file
+/// also holds once a zstd:chunked TOC named them.
+pub(crate) type Chunks<H> = Vec<(Sha256Digest, StoredChunk<H>)>;
+
+/// How files are cut into chunks, by the file's content digest: each
+/// chunk's digest, where it starts in the file and its size, as a
+/// zstd:chunked TOC says. Untrusted: a reader checks a chunk's bytes
+/// before it uses them.
+pub(crate) type ChunkHints = HashMap<Sha256Digest, Vec<(Sha256Digest, u64, u64)>>;
+
+/// The chunks `hints` names of the files of `contents`, placed in their
+/// objects. A hint joins only a file whose content the splitter hashed
+/// to the hint's key, so a TOC can name chunks only of files it really
+/// describes.
+pub(crate) fn chunks_of<H: Clone>(contents: &Contents<H>, hints: &ChunkHints) -> Chunks<H> {
+    let mut chunks = Vec::new();
+    for (digest, id) in contents {
+        for (chunk, offset, size) in hints.get(digest).into_iter().flatten() {
+            let stored = StoredChunk {
+                object: id.clone(),
+                offset: *offset,
+                size: *size,
+            };
+            chunks.push((*chunk, stored));
+        }
+    }
+    chunks
+}
 
 /// The directory of the index files, under the repository's root.
 pub(crate) const DIR: &str = "content-index";
@@ -51,6 +80,8 @@ pub(crate) const DIR: &str = "content-index";
 /// Every stored regular file's content digest, mapped to its object.
 pub(crate) struct ContentIndex<H> {
     objects: HashMap<Sha256Digest, H>,
+    /// Where chunks of stored files are, by the chunk's digest.
+    chunks: HashMap<Sha256Digest, StoredChunk<H>>,
     /// Index files read.
     files: usize,
     /// Index files left out: damaged, or of a stream that is gone.
@@ -64,6 +95,7 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     pub(crate) fn open(repo: &Store<H>) -> Result<ContentIndex<H>, crate::Error> {
         let mut index = ContentIndex {
             objects: HashMap::new(),
+            chunks: HashMap::new(),
             files: 0,
             skipped: 0,
         };
@@ -72,10 +104,17 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
                 index.skipped += 1;
                 return;
             };
-            let objects = &mut index.objects;
-            match file::decode::<H>(&bytes, |digest, id| {
-                objects.entry(digest).or_insert(id);
-            }) {
+            let (objects, chunks) = (&mut index.objects, &mut index.chunks);
+            let decoded = file::decode_all::<H>(
+                &bytes,
+                |digest, id| {
+                    objects.entry(digest).or_insert(id);
+                },
+                |digest, chunk| {
+                    chunks.entry(digest).or_insert(chunk);
+                },
+            );
+            match decoded {
                 Ok(_) => index.files += 1,
                 Err(why) => {
                     tracing::warn!("content index file of {key:?} left out: {why}");
@@ -88,10 +127,20 @@ impl<H: FsVerityHashValue> ContentIndex<H> {
     }
 
     /// The object whose content has the sha256 `sha256`, if one is known.
-    // The partial pull (zstd:chunked) looks up each incoming file here.
-    #[allow(dead_code)]
     pub(crate) fn find(&self, sha256: &[u8; 32]) -> Option<H> {
         self.objects.get(sha256).cloned()
+    }
+
+    /// Where a chunk of a stored file whose bytes have the sha256
+    /// `sha256` is, if one is known.
+    pub(crate) fn find_chunk(&self, sha256: &[u8; 32]) -> Option<StoredChunk<H>> {
+        self.chunks.get(sha256).cloned()
+    }
+
+    /// How many distinct chunks are known.
+    #[cfg(test)]
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.chunks.len()
     }
 
     /// How many distinct contents are known.
@@ -199,8 +248,8 @@ fn object_present<H: FsVerityHashValue>(objects: &OwnedFd, id: &H) -> io::Result
 /// Tells concurrent writers' temporary files apart.
 static TMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-/// Record `entries` as the index file of the named stream or image
-/// `key`: a temporary file renamed into place, so that readers see it
+/// Record `entries` and `chunks` as the index file of the named stream
+/// or image `key`: a temporary file renamed into place, so that readers see it
 /// whole or not at all. Called only once `key` is named, so that
 /// collection, which removes the file with `key`'s object, cannot miss
 /// it. Not fsynced: a file a power cut tears fails its checksum and is
@@ -210,8 +259,9 @@ pub(crate) fn record<H: FsVerityHashValue>(
     repo: &Store<H>,
     key: &H,
     mut entries: Contents<H>,
+    mut chunks: Chunks<H>,
 ) -> io::Result<()> {
-    let bytes = file::encode(&mut entries);
+    let bytes = file::encode(&mut entries, &mut chunks);
     let dir = open_dir(repo, true)?.expect("made");
     let n = TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let tmp = format!(".tmp-{}-{n}", std::process::id());
@@ -259,17 +309,36 @@ pub(crate) fn hash_object<H: FsVerityHashValue>(
     repo: &Store<H>,
     id: &H,
 ) -> io::Result<Sha256Digest> {
+    hash_file(&mut open_object(repo, id)?)
+}
+
+/// The sha256 of `size` bytes at `offset` of object `id`, as a chunk
+/// record names them; an object too short for them gives the digest of
+/// what is there.
+pub(crate) fn hash_stretch<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    id: &H,
+    offset: u64,
+    size: u64,
+) -> io::Result<Sha256Digest> {
+    let mut file = open_object(repo, id)?;
+    file.seek(io::SeekFrom::Start(offset))?;
+    hash_file(&mut file.take(size))
+}
+
+/// Object `id` of `repo`, opened for reading.
+fn open_object<H: FsVerityHashValue>(repo: &Store<H>, id: &H) -> io::Result<File> {
     let fd = openat(
         repo.objects_dir()?,
         id.to_object_pathname(),
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    hash_file(&mut File::from(fd))
+    Ok(File::from(fd))
 }
 
 /// The sha256 of what is left to read of `file`.
-pub(crate) fn hash_file(file: &mut File) -> io::Result<Sha256Digest> {
+pub(crate) fn hash_file(file: &mut impl Read) -> io::Result<Sha256Digest> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     loop {

@@ -86,7 +86,7 @@ fn synthesize_store<H: FsVerityHashValue>(
                 (sha256(&n), composefs::fsverity::compute_verity::<H>(&n))
             })
             .collect();
-        record(store, &key, entries).map_err(failed)?;
+        record(store, &key, entries, Vec::new()).map_err(failed)?;
     }
     Ok(())
 }

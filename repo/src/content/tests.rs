@@ -51,7 +51,7 @@ fn entries(n: u8) -> Vec<(file::Sha256Digest, Id)> {
 fn an_index_file_reads_back_sorted_and_without_a_digest_twice() {
     let mut written = entries(20);
     written.push(written[3].clone());
-    let bytes = file::encode(&mut written);
+    let bytes = file::encode(&mut written, &mut Vec::new());
     let mut read = Vec::new();
     let n = file::decode::<Id>(&bytes, |d, id| read.push((d, id))).unwrap();
     assert_eq!(n, 20);
@@ -62,7 +62,7 @@ fn an_index_file_reads_back_sorted_and_without_a_digest_twice() {
 
 #[test]
 fn every_cut_and_every_flipped_byte_of_an_index_file_is_damage_never_a_panic() {
-    let bytes = file::encode(&mut entries(5));
+    let bytes = file::encode(&mut entries(5), &mut Vec::new());
     for len in 0..bytes.len() {
         let cut = file::decode::<Id>(&bytes[..len], |_, _| panic!("a record of a cut file"));
         assert!(cut.is_err(), "cut at {len}");
@@ -74,7 +74,7 @@ fn every_cut_and_every_flipped_byte_of_an_index_file_is_damage_never_a_panic() {
         assert!(result.is_err(), "flip at {at}");
     }
     // A sound file of the other algorithm is refused as that.
-    let other = file::encode::<Sha512HashValue>(&mut Vec::new());
+    let other = file::encode::<Sha512HashValue>(&mut Vec::new(), &mut Vec::new());
     let why = file::decode::<Id>(&other, |_, _| {}).unwrap_err();
     assert!(why.0.contains("algorithm"), "{why}");
 }
@@ -116,11 +116,11 @@ fn open_merges_the_files_of_present_keys_and_leaves_out_damaged_and_stale_ones()
     let (a, b) = (vec![b'a'; 100], vec![b'b'; 100]);
     let (ida, idb) = (object(&repo, &a), object(&repo, &b));
     let (key1, key2) = (object(&repo, b"stream one"), object(&repo, b"stream two"));
-    record(&repo, &key1, vec![(sha256(&a), ida.clone())]).unwrap();
-    record(&repo, &key2, vec![(sha256(&b), idb.clone())]).unwrap();
+    record(&repo, &key1, vec![(sha256(&a), ida.clone())], Vec::new()).unwrap();
+    record(&repo, &key2, vec![(sha256(&b), idb.clone())], Vec::new()).unwrap();
     // A stream whose object is gone, and a garbled file.
     let gone: Id = compute_verity(b"not stored");
-    record(&repo, &gone, vec![([9; 32], ida.clone())]).unwrap();
+    record(&repo, &gone, vec![([9; 32], ida.clone())], Vec::new()).unwrap();
     let garbled_key = object(&repo, b"stream three");
     let garbled = dir.path().join("repo").join(DIR).join(garbled_key.to_hex());
     std::fs::File::create(&garbled)
@@ -148,8 +148,8 @@ fn prune_removes_the_files_of_gone_keys_and_leftover_temporary_files() {
     let (dir, repo) = repository();
     let key = object(&repo, b"a stream");
     let gone: Id = compute_verity(b"not stored");
-    record(&repo, &key, Vec::new()).unwrap();
-    record(&repo, &gone, Vec::new()).unwrap();
+    record(&repo, &key, Vec::new(), Vec::new()).unwrap();
+    record(&repo, &gone, Vec::new(), Vec::new()).unwrap();
     let index_dir = dir.path().join("repo").join(DIR);
     std::fs::write(index_dir.join(".tmp-1-1"), b"half").unwrap();
     assert_eq!(prune(&repo).unwrap(), 2);
@@ -185,7 +185,7 @@ fn import(repo: &Repo, tar: &[u8]) -> Id {
         .unwrap()
         .block_on(repo.register_stream(&stream, &name, None))
         .unwrap();
-    record(repo, &stream, contents).unwrap();
+    record(repo, &stream, contents, Vec::new()).unwrap();
     stream
 }
 
@@ -268,7 +268,7 @@ fn fsck_reports_an_entry_whose_object_is_missing_or_holds_other_content() {
         ([1; 32], id.clone()),
         ([2; 32], missing),
     ];
-    record(&repo, &key, entries).unwrap();
+    record(&repo, &key, entries, Vec::new()).unwrap();
     let other_key = object(&repo, b"another stream");
     let garbled = dir.path().join("repo").join(DIR).join(other_key.to_hex());
     std::fs::write(&garbled, b"garbage").unwrap();
@@ -290,5 +290,103 @@ fn fsck_reports_an_entry_whose_object_is_missing_or_holds_other_content() {
             "content-index-missing-object",
             "content-index-wrong-content"
         ]
+    );
+}
+
+/// A chunk record of `size` bytes at `offset` of `object`.
+fn chunk(object: &Id, offset: u64, size: u64) -> file::StoredChunk<Id> {
+    file::StoredChunk {
+        object: object.clone(),
+        offset,
+        size,
+    }
+}
+
+#[test]
+fn chunk_records_read_back_sorted_and_a_file_without_them_keeps_the_first_form() {
+    let id: Id = compute_verity(b"a file");
+    let mut chunks = vec![
+        (sha256(b"second"), chunk(&id, 10, 5)),
+        (sha256(b"first"), chunk(&id, 0, 10)),
+        (sha256(b"first"), chunk(&id, 0, 10)),
+    ];
+    let bytes = file::encode(&mut entries(3), &mut chunks);
+    assert_eq!(&bytes[..8], b"CFSDCIX2");
+    let (mut files, mut read) = (0, Vec::new());
+    let n = file::decode_all::<Id>(&bytes, |_, _| files += 1, |d, c| read.push((d, c)));
+    assert_eq!((n, files), (Ok(3), 3));
+    let mut expected = vec![
+        (sha256(b"first"), chunk(&id, 0, 10)),
+        (sha256(b"second"), chunk(&id, 10, 5)),
+    ];
+    expected.sort_by_key(|c| c.0);
+    assert_eq!(read, expected);
+    // The plain reader passes over the chunks.
+    assert_eq!(file::decode::<Id>(&bytes, |_, _| {}), Ok(3));
+    for len in 0..bytes.len() {
+        let cut = file::decode_all::<Id>(&bytes[..len], |_, _| {}, |_, _| panic!("cut"));
+        assert!(cut.is_err(), "a file cut to {len} bytes was read");
+    }
+    let plain = file::encode(&mut entries(3), &mut Vec::new());
+    assert_eq!(&plain[..8], b"CFSDCIX1");
+}
+
+#[test]
+fn chunk_records_of_an_empty_or_overflowing_stretch_are_damage() {
+    let id: Id = compute_verity(b"a file");
+    for (offset, size) in [(0, 0), (u64::MAX - 1, 2)] {
+        let mut chunks = vec![(sha256(b"c"), chunk(&id, offset, size))];
+        let bytes = file::encode(&mut Vec::new(), &mut chunks);
+        let why = file::decode_all::<Id>(&bytes, |_, _| {}, |_, _| {}).unwrap_err();
+        assert!(why.0.contains("stretch"), "{why}");
+    }
+}
+
+#[test]
+fn chunk_hints_join_only_the_files_whose_content_the_splitter_hashed() {
+    let (a, b): (Id, Id) = (compute_verity(b"a"), compute_verity(b"b"));
+    let contents = vec![(sha256(b"file a"), a.clone()), (sha256(b"file b"), b)];
+    let mut hints = super::ChunkHints::new();
+    hints.insert(sha256(b"file a"), vec![([1; 32], 0, 7), ([2; 32], 7, 3)]);
+    // A TOC naming chunks of content no file of the layer has.
+    hints.insert(sha256(b"file c"), vec![([3; 32], 0, 9)]);
+    let joined = super::chunks_of(&contents, &hints);
+    assert_eq!(
+        joined,
+        vec![([1; 32], chunk(&a, 0, 7)), ([2; 32], chunk(&a, 7, 3))]
+    );
+}
+
+#[test]
+fn open_finds_recorded_chunks_and_fsck_hashes_their_stretch() {
+    let (_dir, repo) = repository();
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let (id, key) = (object(&repo, &data), object(&repo, b"a stream"));
+    let chunks = vec![
+        (sha256(&data[100..300]), chunk(&id, 100, 200)),
+        // A lying record: the digest of other bytes.
+        (sha256(b"not there"), chunk(&id, 0, 50)),
+    ];
+    record(&repo, &key, vec![(sha256(&data), id.clone())], chunks).unwrap();
+    let index = ContentIndex::open(&repo).unwrap();
+    assert_eq!(index.find(&sha256(&data)), Some(id.clone()));
+    assert_eq!(index.chunk_count(), 2);
+    assert_eq!(
+        index.find_chunk(&sha256(&data[100..300])),
+        Some(chunk(&id, 100, 200))
+    );
+    let mut report = crate::FsckReport::default();
+    report.check_content_index(&*repo, true).unwrap();
+    let found: Vec<(String, String)> = report
+        .problems
+        .into_iter()
+        .map(|p| (p.kind, p.detail))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "content-index-wrong-content");
+    assert!(
+        found[0].1.contains("bytes 0..50 of objects/"),
+        "{}",
+        found[0].1
     );
 }

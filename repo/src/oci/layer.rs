@@ -18,7 +18,7 @@ use super::{
     pipeline::{Blob, BlobCheck, LayerSource, Progress, Stage, blocking, tell},
     split::{self, Pipe, SplitError, Tally},
 };
-use crate::Error;
+use crate::{Error, content::ChunkHints};
 
 /// How often, in blob bytes, progress is reported.
 const PROGRESS_STEP: u64 = 1 << 20;
@@ -61,7 +61,8 @@ impl<H: FsVerityHashValue, S: LayerSource<H>> Fetch<H, S> {
             let made = source.unpack(&unpacking, &blob, &mut hashed, out);
             verify_blob(&blob, hashed, made)
         };
-        let imported = store(self.repo, &plan, self.blob.tar.clone(), produce).await?;
+        let hints = self.source.chunk_hints(&plan);
+        let imported = store(self.repo, &plan, self.blob.tar.clone(), hints, produce).await?;
         tell(&self.progress, &plan, Stage::Done, total, total);
         Ok((plan.diff_id, imported))
     }
@@ -106,11 +107,13 @@ pub(crate) fn damaged(digest: &Digest, e: io::Error) -> Error {
 /// Stream the tar that `produce` writes, on a blocking thread, into the
 /// splitter, and name the layer stream after `plan`'s diff_id once
 /// `produce` has succeeded (it verifies its own input) and the tar's
-/// digest is that diff_id; `what` names the tar in a mismatch.
+/// digest is that diff_id; `what` names the tar in a mismatch, and
+/// `hints` how its files are cut into chunks.
 async fn store<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     plan: &LayerPlan,
     what: String,
+    hints: Option<Arc<ChunkHints>>,
     produce: impl FnOnce(&mut Pipe<H>) -> Result<(), Error> + Send + 'static,
 ) -> Result<Imported<H>, Error> {
     let (mut pipe, tar) = split::pipe();
@@ -154,19 +157,21 @@ async fn store<H: FsVerityHashValue>(
             (stream, stats, contents)
         }
     };
-    name(repo, plan, stream.clone(), contents).await?;
+    name(repo, plan, stream.clone(), contents, hints).await?;
     Ok(Imported { stream, stats })
 }
 
 /// Name the verified layer stream `stream`, on a blocking thread that
 /// keeps the pull's hold until it returns: composefs syncs the objects
-/// before it creates the name. Then record its `contents` in the content
-/// index, which may name only what a named stream refers to.
+/// before it creates the name. Then record its `contents`, and the chunks
+/// `hints` names of them, in the content index, which may name only what
+/// a named stream refers to.
 async fn name<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     plan: &LayerPlan,
     stream: H,
     contents: split::Contents<H>,
+    hints: Option<Arc<ChunkHints>>,
 ) -> Result<(), Error> {
     let hold = plan.hold.get().cloned();
     let name = layer_content_id(&plan.diff_id.to_oci());
@@ -176,7 +181,8 @@ async fn name<H: FsVerityHashValue>(
         runtime
             .block_on(repo.register_stream(&stream, &name, None))
             .map_err(|e| Error::storage("naming a layer stream", e))?;
-        crate::content::record(&repo, &stream, contents)
+        let chunks = hints.map_or_else(Vec::new, |h| crate::content::chunks_of(&contents, &h));
+        crate::content::record(&repo, &stream, contents, chunks)
             .map_err(|e| Error::storage("recording a layer's contents in the content index", e))
     })
     .await

@@ -51,7 +51,7 @@ use super::{
     manifest::LayerPlan,
     split::{Pipe, Tally},
 };
-use crate::Error;
+use crate::{Error, content::ChunkHints};
 
 /// Where one layer is in its pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +159,14 @@ pub(crate) trait LayerSource<H: FsVerityHashValue>: Send + Sync + 'static {
     fn refine(&self, layer: &LayerPlan, blob: Blob) -> Blob {
         let _ = layer;
         blob
+    }
+
+    /// How the files of `layer` are cut into chunks, as the source knows
+    /// it (a zstd:chunked TOC), to record in the content index with the
+    /// layer's contents; `None` when it does not know.
+    fn chunk_hints(&self, layer: &LayerPlan) -> Option<Arc<ChunkHints>> {
+        let _ = layer;
+        None
     }
 
     /// The bytes of `blob`, from the first, each once and in order; a

@@ -100,7 +100,7 @@ impl Repository {
             s.sync().map_err(|e| Error::storage("syncing the repository", e))?;
             // Only once the image is written: the index may name only
             // what a present image or stream refers to.
-            crate::content::record(s, &id, contents)
+            crate::content::record(s, &id, contents, Vec::new())
                 .map_err(|e| Error::storage("recording the tree's files in the content index", e))?;
             Ok(id.to_hex())
         })

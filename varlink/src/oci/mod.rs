@@ -160,6 +160,9 @@ pub struct PartialPull {
     pub layers: u64,
     /// Their files read from stored objects instead of fetched.
     pub files_reused: u64,
+    /// Chunks of their other files read from stored objects or known to
+    /// be zeros instead of fetched.
+    pub chunks_reused: u64,
     /// Their blob bytes fetched, without the tables of contents.
     pub bytes_fetched: u64,
     /// Body bytes received for them, tables of contents included.

@@ -36,6 +36,7 @@ pub(super) fn wire_report(r: PullReport, shared_import: bool) -> PullResult {
         partial_pull: r.partial.map(|p| PartialPull {
             layers: p.layers,
             files_reused: p.files_reused,
+            chunks_reused: p.chunks_reused,
             bytes_fetched: p.bytes_fetched,
             bytes_received: p.bytes_received,
             requests: p.requests,

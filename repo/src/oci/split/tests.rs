@@ -406,7 +406,13 @@ fn a_claimed_content_is_listed_by_its_objects_digest_not_the_tars_bytes() {
     let stream_key = compute_verity::<Sha256HashValue>(b"any present object");
     repo.ensure_object(b"any present object").unwrap();
     let known = [7u8; 32];
-    crate::content::record(&repo, &stream_key, vec![(known, marker.clone())]).unwrap();
+    crate::content::record(
+        &repo,
+        &stream_key,
+        vec![(known, marker.clone())],
+        Vec::new(),
+    )
+    .unwrap();
     let (_, _, _, contents) =
         split_claimed_with_contents(&repo, &tar, &[(at, 5000, marker.clone())]);
     assert!(contents.contains(&(known, marker)));

@@ -25,18 +25,19 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
-    io::{self, Read, Write},
+    io::Read,
     sync::{Arc, Mutex},
 };
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
-use openssl::sha::Sha256;
 
+use self::{
+    plan::{Plan, cut, hints_of},
+    rebuild::rebuild,
+};
 use super::{
     digest::Digest,
     document::{self, Compression, ManifestDoc},
-    layer,
     manifest::LayerPlan,
     pipeline::{Blob, BlobCheck, LayerSource},
     source::Layout,
@@ -45,47 +46,16 @@ use super::{
 use crate::{
     Error,
     chunked::{self, Limits, Toc},
-    content::ContentIndex,
+    content::{ChunkHints, ContentIndex},
     registry::{RangeCounts, Span, ranges},
 };
+
+mod plan;
+mod rebuild;
 
 /// A layer is pulled in part only if that fetches at most this share of
 /// its blob (in percent): otherwise one verified stream is as cheap.
 const WORTH_IT_PERCENT: u64 = 90;
-
-/// One piece of a layer's data frames, in blob order.
-#[derive(Debug)]
-enum Piece<H> {
-    /// Fetched frames between files: tar headers and padding.
-    Frames(Span),
-    /// A fetched file's frames, which must decompress to `size` bytes of
-    /// sha256 `sha256`.
-    File {
-        span: Span,
-        name: String,
-        size: u64,
-        sha256: [u8; 32],
-    },
-    /// A file the repository holds, read from its object.
-    Object {
-        id: H,
-        name: String,
-        size: u64,
-        sha256: [u8; 32],
-    },
-}
-
-/// How one layer is pulled in part.
-#[derive(Debug)]
-struct Plan<H> {
-    pieces: Vec<Piece<H>>,
-    /// The spans fetched, in order.
-    spans: Vec<Span>,
-    /// Their bytes.
-    fetched: u64,
-    /// The blob's size.
-    blob_size: u64,
-}
 
 /// What the partial pulls of one image did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,6 +64,10 @@ pub struct PartialPull {
     pub layers: u64,
     /// Files of those layers read from objects instead of fetched.
     pub files_reused: u64,
+    /// Chunks of the other files read from objects (parts of files an
+    /// earlier chunked pull stored) or known to be zeros, instead of
+    /// fetched.
+    pub chunks_reused: u64,
     /// Blob bytes fetched for them (without the TOCs).
     pub bytes_fetched: u64,
     /// Body bytes received for them, TOCs included.
@@ -113,6 +87,8 @@ pub(crate) struct PartialLayers<H: FsVerityHashValue> {
     annotations: HashMap<Digest, HashMap<String, String>>,
     repo: Mutex<Option<Arc<Store<H>>>>,
     plans: Mutex<HashMap<Digest, Arc<Plan<H>>>>,
+    /// How each layer's files are cut into chunks, from its TOC.
+    hints: Mutex<HashMap<Digest, Arc<ChunkHints>>>,
     counts: Arc<RangeCounts>,
     report: Mutex<PartialPull>,
 }
@@ -125,6 +101,7 @@ impl<H: FsVerityHashValue> PartialLayers<H> {
             annotations: layer_annotations(manifest),
             repo: Mutex::new(None),
             plans: Mutex::new(HashMap::new()),
+            hints: Mutex::new(HashMap::new()),
             counts: Arc::default(),
             report: Mutex::new(PartialPull::default()),
         }
@@ -142,12 +119,9 @@ impl<H: FsVerityHashValue> PartialLayers<H> {
         Some(report)
     }
 
-    /// How to pull `layer` in part, or why not.
-    fn plan_layer(
-        &self,
-        layer: &LayerPlan,
-        index: &ContentIndex<H>,
-    ) -> Result<Result<Plan<H>, String>, Error> {
+    /// The TOC of `layer` and where its data frames end, or why the
+    /// layer cannot be pulled in part.
+    fn toc_of(&self, layer: &LayerPlan) -> Result<Result<(Toc, u64), String>, Error> {
         let name = layer.blob.to_string();
         let Some(remote) = self.layout.remote() else {
             return Ok(Err("the source is not a registry".to_owned()));
@@ -179,13 +153,29 @@ impl<H: FsVerityHashValue> PartialLayers<H> {
         };
         let toc =
             Toc::decode(&frame, &chunked, layer.size, &limits).map_err(|f| f.in_layer(&name))?;
-        let plan =
-            cut(&toc, chunked.data_end(), layer.size, index).map_err(|f| f.in_layer(&name))?;
-        if plan
-            .pieces
-            .iter()
-            .all(|p| !matches!(p, Piece::Object { .. }))
-        {
+        Ok(Ok((toc, chunked.data_end())))
+    }
+
+    /// How to pull `layer` in part, or why not. Its TOC's chunks are kept
+    /// either way, for the content index.
+    fn plan_layer(
+        &self,
+        layer: &LayerPlan,
+        repo: &Store<H>,
+        index: &ContentIndex<H>,
+    ) -> Result<Result<Plan<H>, String>, Error> {
+        let name = layer.blob.to_string();
+        let (toc, data_end) = match self.toc_of(layer)? {
+            Ok(found) => found,
+            Err(why) => return Ok(Err(why)),
+        };
+        let hints = Arc::new(hints_of(&toc));
+        if !hints.is_empty() {
+            let mut kept = self.hints.lock().expect("not poisoned");
+            kept.insert(layer.blob.clone(), hints);
+        }
+        let plan = cut(repo, &toc, data_end, layer.size, index).map_err(|f| f.in_layer(&name))?;
+        if plan.files_reused == 0 && plan.chunks_reused == 0 {
             return Ok(Err(format!(
                 "the repository holds none of the files of layer {name}"
             )));
@@ -201,82 +191,6 @@ impl<H: FsVerityHashValue> PartialLayers<H> {
     fn plan_of(&self, digest: &Digest) -> Option<Arc<Plan<H>>> {
         self.plans.lock().ok()?.get(digest).cloned()
     }
-}
-
-/// Cut the data frames of `toc` (ending at `data_end` of a blob of
-/// `blob_size` bytes) into pieces.
-fn cut<H: FsVerityHashValue>(
-    toc: &Toc,
-    data_end: u64,
-    blob_size: u64,
-    index: &ContentIndex<H>,
-) -> Result<Plan<H>, chunked::TocFault> {
-    let mut pieces = Vec::new();
-    let mut at = 0;
-    for file in toc.files() {
-        let entry = file.entry;
-        if entry.size == 0 {
-            continue;
-        }
-        let sha256 = sha256_of(entry.digest.as_deref(), &entry.name)?;
-        if at < entry.offset {
-            pieces.push(Piece::Frames(Span {
-                start: at,
-                end: entry.offset,
-            }));
-        }
-        let name = chunked::shown(&entry.name);
-        let span = Span {
-            start: entry.offset,
-            end: entry.end_offset,
-        };
-        pieces.push(match index.find(&sha256) {
-            Some(id) => Piece::Object {
-                id,
-                name,
-                size: entry.size,
-                sha256,
-            },
-            None => Piece::File {
-                span,
-                name,
-                size: entry.size,
-                sha256,
-            },
-        });
-        at = entry.end_offset;
-    }
-    if at < data_end {
-        pieces.push(Piece::Frames(Span {
-            start: at,
-            end: data_end,
-        }));
-    }
-    let spans: Vec<Span> = pieces
-        .iter()
-        .filter_map(|p| match p {
-            Piece::Frames(span) | Piece::File { span, .. } => Some(*span),
-            Piece::Object { .. } => None,
-        })
-        .collect();
-    let fetched = spans.iter().map(|s| s.end - s.start).sum();
-    Ok(Plan {
-        pieces,
-        spans,
-        fetched,
-        blob_size,
-    })
-}
-
-/// The 32 bytes of a TOC entry's `sha256:<hex>` digest.
-fn sha256_of(digest: Option<&str>, name: &str) -> Result<[u8; 32], chunked::TocFault> {
-    digest
-        .and_then(|d| Digest::parse(d, "a TOC entry").ok())
-        .map(|d| d.bytes())
-        .ok_or_else(|| chunked::TocFault::Entry {
-            name: chunked::shown(name),
-            reason: "a regular file with content has no sha256 digest".to_owned(),
-        })
 }
 
 /// Each layer blob's annotations in `manifest`, which the pull has
@@ -321,16 +235,13 @@ impl<H: FsVerityHashValue> LayerSource<H> for PartialLayers<H> {
         let index = ContentIndex::open(repo)?;
         let mut reasons = Vec::new();
         for (layer, _) in fetching {
-            match self.plan_layer(layer, &index)? {
+            match self.plan_layer(layer, repo, &index)? {
                 Ok(plan) => {
                     let mut report = self.report.lock().expect("not poisoned");
                     report.layers += 1;
                     report.bytes_fetched += plan.fetched;
-                    report.files_reused += plan
-                        .pieces
-                        .iter()
-                        .filter(|p| matches!(p, Piece::Object { .. }))
-                        .count() as u64;
+                    report.files_reused += plan.files_reused;
+                    report.chunks_reused += plan.chunks_reused;
                     drop(report);
                     let mut plans = self.plans.lock().expect("not poisoned");
                     plans.insert(layer.blob.clone(), Arc::new(plan));
@@ -340,6 +251,10 @@ impl<H: FsVerityHashValue> LayerSource<H> for PartialLayers<H> {
         }
         self.report.lock().expect("not poisoned").reason = reasons.join("; ");
         Ok(())
+    }
+
+    fn chunk_hints(&self, layer: &LayerPlan) -> Option<Arc<ChunkHints>> {
+        self.hints.lock().ok()?.get(&layer.blob).cloned()
     }
 
     fn refine(&self, layer: &LayerPlan, blob: Blob) -> Blob {
@@ -386,130 +301,5 @@ impl<H: FsVerityHashValue> LayerSource<H> for PartialLayers<H> {
         let repo = self.repo.lock().ok().and_then(|r| r.clone());
         let repo = repo.expect("prepared before unpacking");
         rebuild(&repo, layer, &plan, bytes, out)
-    }
-}
-
-/// Write the tar of `layer` from the fetched `bytes` and stored objects.
-fn rebuild<H: FsVerityHashValue>(
-    repo: &Store<H>,
-    layer: &LayerPlan,
-    plan: &Plan<H>,
-    bytes: &mut dyn Read,
-    out: &mut Pipe<H>,
-) -> Result<(), Error> {
-    for piece in &plan.pieces {
-        let out = &mut *out;
-        match piece {
-            Piece::Frames(span) => {
-                let mut sink = Checked::new(out, None);
-                inflate(layer, span, bytes, &mut sink)?;
-            }
-            Piece::File {
-                span,
-                name,
-                size,
-                sha256,
-            } => {
-                let mut checked = Checked::new(out, Some(*sha256));
-                inflate(layer, span, bytes, &mut checked)?;
-                checked.verify(layer, name, *size, "fetched")?;
-            }
-            Piece::Object {
-                id,
-                name,
-                size,
-                sha256,
-            } => {
-                let object = repo
-                    .open_object(id)
-                    .map_err(|e| Error::storage("reading a stored file for a partial pull", e))?;
-                out.object_follows(id.clone(), *size);
-                let mut checked = Checked::new(out, Some(*sha256));
-                copy(layer, File::from(object), &mut checked)?;
-                checked.verify(layer, name, *size, "stored")?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Decompress the next `span` of fetched frames from `bytes` into `out`.
-fn inflate<H>(
-    layer: &LayerPlan,
-    span: &Span,
-    bytes: &mut dyn Read,
-    out: &mut Checked<'_, H>,
-) -> Result<(), Error> {
-    let mut frames = bytes.take(span.end - span.start);
-    let damaged = |e: io::Error| layer::damaged(&layer.blob, e);
-    layer::decompress_into(Compression::Zstd, &mut frames, out, layer, damaged)?;
-    // A stretch must be whole frames: what is left is not.
-    let left = io::copy(&mut frames, &mut io::sink()).map_err(damaged)?;
-    if left > 0 {
-        return Err(Error::InvalidLayer {
-            layer: layer.blob.to_string(),
-            reason: format!(
-                "bytes {}..{} are not whole zstd frames",
-                span.start, span.end
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Copy the stored object `from` into `out`.
-fn copy<H>(layer: &LayerPlan, mut from: File, out: &mut Checked<'_, H>) -> Result<(), Error> {
-    let damaged = |e| Error::storage("reading a stored file for a partial pull", e);
-    layer::decompress_into(Compression::None, &mut from, out, layer, damaged)
-}
-
-impl<H> Write for Checked<'_, H> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.out.write_all(bytes)?;
-        if let Some((hasher, _)) = &mut self.hasher {
-            hasher.update(bytes);
-        }
-        self.count += bytes.len() as u64;
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
-    }
-}
-
-/// The pipe, counting and hashing a file's bytes on their way.
-struct Checked<'p, H> {
-    out: &'p mut Pipe<H>,
-    hasher: Option<(Sha256, [u8; 32])>,
-    count: u64,
-}
-
-impl<'p, H> Checked<'p, H> {
-    fn new(out: &'p mut Pipe<H>, sha256: Option<[u8; 32]>) -> Self {
-        Checked {
-            out,
-            hasher: sha256.map(|d| (Sha256::new(), d)),
-            count: 0,
-        }
-    }
-
-    /// Fail unless the bytes were `size` and had the expected digest.
-    fn verify(self, layer: &LayerPlan, name: &str, size: u64, how: &str) -> Result<(), Error> {
-        let Some((hasher, expected)) = self.hasher else {
-            return Ok(());
-        };
-        let actual = hasher.finish();
-        if self.count == size && actual == expected {
-            return Ok(());
-        }
-        Err(Error::DigestMismatch {
-            what: format!(
-                "content of {name} ({how}) in layer {}, as its zstd:chunked TOC records it",
-                layer.blob
-            ),
-            expected: format!("{size} bytes of {}", chunked::hex_digest(expected)),
-            actual: format!("{} bytes of {}", self.count, chunked::hex_digest(actual)),
-        })
     }
 }
