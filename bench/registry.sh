@@ -40,37 +40,51 @@ bench_images "$out"
 bench_tools
 command -v docker-registry >/dev/null || { echo "docker-registry is missing: apt-get install docker-registry" >&2; exit 1; }
 
-# The registry, on a free port of 127.0.0.1.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-host=127.0.0.1:$port
-registry_dir=$(mktemp -d /var/tmp/cfsd-registry-bench.XXXXXX)
-dropin=/etc/containers/registries.conf.d/99-cfsd-bench-$port.conf
-cat >"$registry_dir/config.yml" <<EOF
+# start_registry DIR: a registry storing under DIR, on a free port of
+# 127.0.0.1, marked insecure for skopeo; sets $started_host.
+registry_pids=()
+dropins=()
+start_registry() {
+    local dir=$1 port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    started_host=127.0.0.1:$port
+    cat >"$dir/config.yml" <<EOF
 version: 0.1
 log:
   level: warn
 storage:
   filesystem:
-    rootdirectory: $registry_dir/storage
+    rootdirectory: $dir/storage
 http:
-  addr: $host
+  addr: $started_host
 EOF
-docker-registry serve "$registry_dir/config.yml" >"$registry_dir/log" 2>&1 &
-registry_pid=$!
+    docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
+    registry_pids+=($!)
+    local dropin=/etc/containers/registries.conf.d/99-cfsd-bench-$port.conf
+    dropins+=("$dropin")
+    mkdir -p "$(dirname "$dropin")"
+    printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$started_host" >"$dropin"
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.1
+    done
+}
+registry_dir=$(mktemp -d /var/tmp/cfsd-registry-bench.XXXXXX)
+mkdir "$registry_dir/gzip" "$registry_dir/chunked"
 cleanup() {
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-    rm -rf "$registry_dir" "$dropin"
+    for pid in "${registry_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+    rm -rf "$registry_dir" "${dropins[@]}"
     umount "$scratch" 2>/dev/null && rmdir "$scratch" && rm -f "${scratch_image:-}"
     [ -n "${scratch_image:-}" ] || rm -rf "$scratch"
 }
 trap cleanup EXIT
-mkdir -p "$(dirname "$dropin")"
-printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$host" >"$dropin"
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-done
+start_registry "$registry_dir/gzip"
+host=$started_host
+# The zstd:chunked images go to a registry of their own: skopeo 1.9's
+# blob cache would otherwise push the gzip blobs the first registry
+# already holds instead of recompressing.
+start_registry "$registry_dir/chunked"
+chunked_host=$started_host
 
 skopeo copy --quiet --dest-tls-verify=false "oci:$out/v1/oci:v1" "docker://$host/bench:v1"
 skopeo copy --quiet --dest-tls-verify=false "oci:$out/v2/oci:v1" "docker://$host/bench:v2"
@@ -102,7 +116,7 @@ measure() {
     # The sources in the page cache, as on a warm server: the archive and
     # the registry's blobs.
     cat "$out/v1/image.tar" >/dev/null
-    find "$registry_dir/storage" -type f -exec cat {} + >/dev/null
+    find "$registry_dir" -type f -exec cat {} + >/dev/null
     : >"$scratch/samples"
     ( while :; do fs_used >>"$scratch/samples"; sleep 0.02; done ) &
     local sampler=$! before; before=$(lo_bytes)
@@ -152,34 +166,34 @@ bench "cfsd, oci-archive: (reference)" new_ours \
     "$cfsctl" --repo "$repo" oci pull "oci-archive:$out/v1/image.tar:v1" v1
 if [ "${PARTIAL:-1}" = 1 ]; then
     skopeo copy --quiet --dest-tls-verify=false --dest-compress-format zstd:chunked \
-        "oci:$out/v2/oci:v1" "docker://$host/bench:v2-chunked"
+        "oci:$out/v2/oci:v1" "docker://$chunked_host/bench:v2-chunked"
     skopeo copy --quiet --dest-tls-verify=false --dest-compress-format zstd:chunked \
-        "oci:$out/v1/oci:v1" "docker://$host/bench:v1-chunked"
+        "oci:$out/v1/oci:v1" "docker://$chunked_host/bench:v1-chunked"
     ours_with_chunked_v1() {
         new_ours
         "$cfsctl" --repo "$repo" oci pull --progress=none --tls-verify=false --no-delta \
-            "docker://$host/bench:v1-chunked" v1 >/dev/null
+            "docker://$chunked_host/bench:v1-chunked" v1 >/dev/null
     }
     echo
     echo "| v2 as zstd:chunked on top of v1 | wall s | CPU s | peak RSS MiB | MB received | peak extra disk MiB |"
     echo "|---|---|---|---|---|---|"
     bench "cfsd, docker:// in part" ours_with_v1 \
-        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta "docker://$host/bench:v2-chunked" v2
+        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta "docker://$chunked_host/bench:v2-chunked" v2
     partial_id=$(grep '^Image ID' "$scratch/out")
-    files_only=$(grep '^Partial pull' "$scratch/out") || { echo "the pull was not partial" >&2; exit 1; }
+    files_only=$(grep "^Partial pull: [1-9]" "$scratch/out") || { cat "$scratch/out" >&2; echo "the pull was not partial" >&2; exit 1; }
     bench "cfsd, docker:// in part, v1 pulled as zstd:chunked" ours_with_chunked_v1 \
-        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta "docker://$host/bench:v2-chunked" v2
+        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta "docker://$chunked_host/bench:v2-chunked" v2
     chunks_id=$(grep '^Image ID' "$scratch/out")
-    with_chunks=$(grep '^Partial pull' "$scratch/out") || { echo "the pull was not partial" >&2; exit 1; }
+    with_chunks=$(grep "^Partial pull: [1-9]" "$scratch/out") || { cat "$scratch/out" >&2; echo "the pull was not partial" >&2; exit 1; }
     bench "cfsd, docker:// --no-partial" ours_with_v1 \
-        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta --no-partial "docker://$host/bench:v2-chunked" v2
+        "$cfsctl" --repo "$repo" oci pull --tls-verify=false --no-delta --no-partial "docker://$chunked_host/bench:v2-chunked" v2
     whole_id=$(grep '^Image ID' "$scratch/out")
     [ "$partial_id" = "$whole_id" ] || { echo "the partial pull gave another image" >&2; exit 1; }
     [ "$chunks_id" = "$whole_id" ] || { echo "the pull reusing chunks gave another image" >&2; exit 1; }
     echo
     echo "on v1 from oci-archive: $files_only"
     echo "on v1 as zstd:chunked:  $with_chunks"
-    chunked_blobs=$(python3 - "$registry_dir/storage/docker/registry/v2" "$host" <<'PY'
+    chunked_blobs=$(python3 - "$registry_dir/chunked/storage/docker/registry/v2" <<'PY'
 import json, os, sys
 root = sys.argv[1]
 tag = os.path.join(root, "repositories/bench/_manifests/tags/v2-chunked/current/link")

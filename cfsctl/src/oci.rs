@@ -540,19 +540,7 @@ pub(crate) fn print_pull(r: &PullResult, delta_source: Option<&str>) {
         println!("Delta discovery: {verdict}: {}", found.reason);
     }
     if let Some(partial) = &r.partial_pull {
-        println!(
-            "Partial pull: {} layer(s), {} files and {} chunks reused, {} received in {} requests{}",
-            partial.layers,
-            partial.files_reused,
-            partial.chunks_reused,
-            bytes(partial.bytes_received),
-            partial.requests,
-            if partial.single_ranges {
-                " (one range at a time: the registry refused multi-range requests)"
-            } else {
-                ""
-            }
-        );
+        print_partial(partial);
     }
     if r.shared_import {
         println!(
@@ -723,6 +711,30 @@ fn print_inspect(r: &InspectReply) {
     }
     let layers = r.manifest["layers"].as_array().map_or(0, Vec::len);
     println!("Layers:    {layers}");
+}
+
+/// The summary line of a pull's zstd:chunked layers.
+fn print_partial(partial: &cfsd_varlink::oci::PartialPull) {
+    if partial.layers == 0 {
+        println!("Partial pull: not used: {}", partial.reason);
+        return;
+    }
+    println!(
+        "Partial pull: {} layer(s), {} files and {} chunks reused, {} received in {} requests{}",
+        partial.layers,
+        partial.files_reused,
+        partial.chunks_reused,
+        bytes(partial.bytes_received),
+        partial.requests,
+        if partial.single_ranges {
+            " (one range at a time: the registry refused multi-range requests)"
+        } else {
+            ""
+        }
+    );
+    if !partial.reason.is_empty() {
+        println!("  in full: {}", partial.reason);
+    }
 }
 
 #[cfg(test)]

@@ -141,8 +141,8 @@ pub struct PullResult {
     /// For a staged pull: the stage id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
-    /// For a registry pull that pulled a zstd:chunked layer in part: what
-    /// it fetched.
+    /// For a registry pull of zstd:chunked layers: what pulling them in
+    /// part fetched, and why layers were pulled in full.
     #[serde(
         default,
         rename = "partialPull",

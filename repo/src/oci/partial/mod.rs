@@ -4,20 +4,23 @@
 //! For each such layer, `prepare` reads the TOC with one range request
 //! (where the manifest's annotations say it is, checked against their
 //! checksum) and looks up each regular file's sha256 in the content
-//! index. The blob's data frames, from byte 0 to the metadata, are then
-//! cut into pieces in blob order: the payload frames of files the
+//! index, and each chunk of a file it lacks by the chunk's digest. The
+//! blob's data frames, from byte 0 to the metadata, are then cut into
+//! pieces in blob order ([`plan`]): the frames of files and chunks the
 //! repository holds are left out, and everything else (the frames of
-//! the other files, and the frames between files, which hold the tar
-//! headers and padding) is fetched with multi-range requests.
+//! the other files and chunks, and the frames between files, which hold
+//! the tar headers and padding) is fetched with multi-range requests.
 //!
 //! The layer tar is the concatenation of what every frame decompresses
-//! to, exactly what a full pull decompresses: the fetched stretches are
-//! decompressed, and each left-out file's content is read from its object
-//! in their place. Each file, fetched or read, is checked against the
-//! TOC's digest as it passes, a mismatch being a typed error, and the
-//! whole tar against the diff_id by the pipeline before anything is
-//! named. The legacy variant carries no tar-split and this reading needs
-//! none, so both variants are read the same way.
+//! to, exactly what a full pull decompresses ([`rebuild`]): the fetched
+//! stretches are decompressed, and each left-out file or chunk is read
+//! from its object in their place. Each file that is not read whole from
+//! an object is checked against the TOC's digest as it passes, a
+//! mismatch being a typed error, and the whole tar against the diff_id
+//! by the pipeline before anything is named. The legacy variant carries
+//! no tar-split and this reading needs none, so both variants are read
+//! the same way. Every TOC read leaves its chunks, for the content index
+//! ([`LayerSource::chunk_hints`]).
 //!
 //! A layer is pulled in full (its blob digest verified as ever) when it
 //! is not zstd:chunked, the repository holds none of its files, or the
@@ -107,10 +110,11 @@ impl<H: FsVerityHashValue> PartialLayers<H> {
         }
     }
 
-    /// What the partial pulls did; `None` when no layer was pulled so.
+    /// What the partial pulls did, and why layers were pulled in full;
+    /// `None` when the image had no zstd:chunked layer to fetch.
     pub(crate) fn report(&self) -> Option<PartialPull> {
         let mut report = self.report.lock().ok()?.clone();
-        if report.layers == 0 {
+        if report.layers == 0 && report.reason.is_empty() {
             return None;
         }
         report.bytes_received = self.counts.received();

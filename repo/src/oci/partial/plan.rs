@@ -24,12 +24,7 @@ pub(super) enum Piece<H> {
         sha256: [u8; 32],
     },
     /// A file the repository holds, read from its object.
-    Object {
-        id: H,
-        name: String,
-        size: u64,
-        sha256: [u8; 32],
-    },
+    Object { id: H, name: String, size: u64 },
 }
 
 /// Where one stretch of a file the repository lacks comes from.
@@ -88,12 +83,7 @@ pub(super) fn cut<H: FsVerityHashValue>(
         pieces.push(match index.find(&sha256) {
             Some(id) => {
                 files_reused += 1;
-                Piece::Object {
-                    id,
-                    name,
-                    size,
-                    sha256,
-                }
+                Piece::Object { id, name, size }
             }
             None => {
                 let parts = parts_of(repo, &file, index);
