@@ -341,8 +341,9 @@ fn entry_fault(entry: &TocEntry, reason: impl Into<String>) -> TocFault {
     }
 }
 
-/// The checks of one entry that need no other entry.
-fn check_entry(entry: &TocEntry) -> Result<(), TocFault> {
+/// The checks of one entry that need no other entry: what a reader
+/// refuses, and so what the writer must not write.
+pub(super) fn check_entry(entry: &TocEntry) -> Result<(), TocFault> {
     let may_be_root = entry.entry_type == EntryType::Dir;
     check_name(&entry.name, may_be_root)?;
     match entry.entry_type {

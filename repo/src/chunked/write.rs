@@ -179,6 +179,10 @@ impl<W: Write> ChunkedWriter<W> {
             ParseEvent::Entry { consumed, entry } => {
                 let entry_type = toc_type(&entry)?;
                 let toc = toc_entry(&entry, entry_type);
+                // A tar may name what a TOC may not (a NUL inside a long
+                // name, a `..`): refused here, not written for readers
+                // to refuse.
+                super::toc::check_entry(&toc).map_err(invalid)?;
                 let name = entry.path.to_vec();
                 let size = entry.size;
                 self.raw(&pending[..consumed]);

@@ -228,6 +228,40 @@ fn awkward_tars_round_trip_byte_for_byte() {
     assert!(zstd::decode_all(blob.as_slice()).unwrap() == tar);
 }
 
+/// A tar of one file whose PAX `path` record is `path`.
+fn tar_with_pax_path(path: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.append_pax_extensions([("path", path)]).unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_path("placeholder").unwrap();
+    header.set_size(4);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append(&header, &b"data"[..]).unwrap();
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn a_name_a_toc_may_not_hold_is_an_error_not_a_blob_readers_refuse() {
+    // What the fuzzer found: a NUL inside a PAX path, which the reader
+    // refuses in a TOC; and a `..`, likewise.
+    for path in [&b"usr/a\0b/file"[..], b"usr/../../etc/passwd"] {
+        let mut writer = ChunkedWriter::new(Vec::new()).unwrap();
+        let written = writer
+            .write_all(&tar_with_pax_path(path))
+            .and_then(|()| writer.finish());
+        let err = written.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("NUL") || message.contains(".."),
+            "{message}"
+        );
+    }
+    // The same tar with a plain name is written.
+    chunked(&tar_with_pax_path(b"usr/a/file"), 512);
+}
+
 #[test]
 fn a_tar_cut_short_is_an_error_not_a_blob() {
     let (tar, _) = layer_tar();
