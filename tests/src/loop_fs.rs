@@ -58,17 +58,8 @@ impl LoopFs {
 
     /// The bytes free for root.
     pub fn free(&self) -> u64 {
-        let out = Command::new("stat")
-            .args(["-f", "-c", "%a %S"])
-            .arg(&self.mountpoint)
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        let fields: Vec<u64> = text
-            .split_whitespace()
-            .map(|f| f.parse().unwrap())
-            .collect();
-        fields[0] * fields[1]
+        let stats = rustix::fs::statvfs(&self.mountpoint).unwrap();
+        stats.f_bavail * stats.f_frsize
     }
 }
 
