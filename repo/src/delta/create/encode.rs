@@ -22,6 +22,7 @@ use composefs::{
 use super::{
     DeltaMethod,
     matcher::{self, Piece},
+    ordered,
 };
 use crate::delta::{
     source::SourceImage,
@@ -117,12 +118,14 @@ pub(crate) struct Encoded {
     pub added: u64,
 }
 
-/// Write the tar-diff of the layer tar `tar` against `source` to `out`.
+/// Write the tar-diff of the layer tar `tar` against `source` to `out`,
+/// diffing files on `jobs` threads. The bytes do not depend on `jobs`.
 pub(crate) fn encode<H: FsVerityHashValue>(
     tar: &File,
     source: &SourceImage<H>,
     index: &SourceIndex<H>,
     method: DeltaMethod,
+    jobs: usize,
     out: impl Write,
     cancelled: &AtomicBool,
 ) -> io::Result<Encoded> {
@@ -132,22 +135,31 @@ pub(crate) fn encode<H: FsVerityHashValue>(
     };
     let mut out = out;
     out.write_all(header)?;
-    // The tar crate reads from the file's position.
-    let mut rewind = tar;
-    rewind.seek(io::SeekFrom::Start(0))?;
     let mut ops = zstd::stream::write::Encoder::new(out, LEVEL)?;
     ops.include_checksum(true)?;
-    let mut encoder = Encoder {
+    let files = Files {
         tar,
         source,
         index,
         method,
+        cancelled,
+    };
+    let candidates = files.candidates()?;
+    let mut encoder = Encoder {
+        tar,
         ops: Ops(&mut ops),
         done: 0,
         encoded: Encoded::default(),
-        cancelled,
     };
-    encoder.files()?;
+    // A few files a thread: enough that no thread waits on a large file's
+    // neighbours, few enough that the diffs waiting hold little memory.
+    ordered::in_order(
+        &candidates,
+        jobs,
+        jobs.max(1) * 4,
+        |file| files.decide(file),
+        |file, decided| encoder.emit(file, decided?),
+    )?;
     let end = tar.metadata()?.len();
     encoder.data_until(end)?;
     let encoded = encoder.encoded;
@@ -175,27 +187,85 @@ impl<W: Write> Ops<'_, W> {
         self.op(code, data.len() as u64)?;
         self.0.write_all(data)
     }
+
+    fn open(&mut self, path: &str) -> io::Result<()> {
+        self.with_data(OP_OPEN, path.as_bytes())
+    }
+
+    /// The changed file `new` as runs copied from, added to, or not in
+    /// `old`; the source position starts at 0 after OPEN.
+    fn bsdiff(&mut self, old: &[u8], new: &[u8], pieces: Vec<Piece>) -> io::Result<()> {
+        let mut pos = 0u64;
+        for piece in pieces {
+            match piece {
+                Piece::Copy { from, len } => {
+                    self.seek(&mut pos, from)?;
+                    self.op(OP_COPY, len)?;
+                    pos += len;
+                }
+                Piece::Add { at, from, len } => {
+                    self.seek(&mut pos, from)?;
+                    let from = from as usize;
+                    let delta: Vec<u8> = new[at..at + len]
+                        .iter()
+                        .zip(&old[from..from + len])
+                        .map(|(n, o)| n.wrapping_sub(*o))
+                        .collect();
+                    for part in delta.chunks(MAX_ADD_DATA as usize) {
+                        self.with_data(OP_ADD_DATA, part)?;
+                    }
+                    pos += len as u64;
+                }
+                Piece::Data { at, len } => self.with_data(OP_DATA, &new[at..at + len])?,
+            }
+        }
+        Ok(())
+    }
+
+    fn seek(&mut self, pos: &mut u64, to: u64) -> io::Result<()> {
+        if *pos != to {
+            self.op(OP_SEEK, to)?;
+            *pos = to;
+        }
+        Ok(())
+    }
 }
 
-/// The state of encoding one layer.
-struct Encoder<'a, H: FsVerityHashValue, W: Write> {
+/// A regular file of the layer tar, large enough to be encoded on its own.
+struct Candidate {
+    path: String,
+    /// Where its content starts in the tar.
+    start: u64,
+    size: u64,
+}
+
+/// How a candidate is sent, decided apart from the op stream.
+enum Decided {
+    /// Its ops (OPEN, then COPY or the diff), to write where it starts.
+    Ops { bytes: Vec<u8>, copied: bool },
+    /// As part of the DATA around it.
+    Data,
+}
+
+/// What deciding a file needs; shared by the threads that decide.
+struct Files<'a, H: FsVerityHashValue> {
     tar: &'a File,
     source: &'a SourceImage<H>,
     index: &'a SourceIndex<H>,
     method: DeltaMethod,
-    ops: Ops<'a, W>,
-    /// How far into the tar the ops reach.
-    done: u64,
-    encoded: Encoded,
     /// Set once the delta is no longer wanted; checked before each file.
     cancelled: &'a AtomicBool,
 }
 
-impl<'a, H: FsVerityHashValue, W: Write> Encoder<'a, H, W> {
-    /// Encode every regular file with content; what lies between them
+impl<H: FsVerityHashValue> Files<'_, H> {
+    /// Every regular file worth encoding; what lies between them
     /// (headers, padding, other entries) becomes DATA.
-    fn files(&mut self) -> io::Result<()> {
+    fn candidates(&self) -> io::Result<Vec<Candidate>> {
+        // The tar crate reads from the file's position.
+        let mut rewind = self.tar;
+        rewind.seek(io::SeekFrom::Start(0))?;
         let mut archive = tar::Archive::new(self.tar);
+        let mut found = Vec::new();
         for entry in archive.entries_with_seek()? {
             super::layers::cancelled(self.cancelled)?;
             let entry = entry?;
@@ -208,46 +278,44 @@ impl<'a, H: FsVerityHashValue, W: Write> Encoder<'a, H, W> {
                 continue;
             };
             let start = entry.raw_file_position();
-            self.file(&path, start, size)?;
+            found.push(Candidate { path, start, size });
         }
-        Ok(())
+        Ok(found)
     }
 
-    /// Encode the file `path` whose content is `tar[start..start + size]`.
-    fn file(&mut self, path: &str, start: u64, size: u64) -> io::Result<()> {
-        let data = read_at(self.tar, start, size)?;
+    /// How to send `file`: copied whole from a source file with its
+    /// content, diffed against a similar one, or as data.
+    fn decide(&self, file: &Candidate) -> io::Result<Decided> {
+        super::layers::cancelled(self.cancelled)?;
+        let data = read_at(self.tar, file.start, file.size)?;
         let id = compute_verity::<H>(&data);
-        if let Some(found) = self.index.by_id.get(&id) {
-            self.data_until(start)?;
-            self.open(found)?;
-            self.ops.op(OP_COPY, size)?;
-            self.encoded.copied += 1;
-        } else if let Some(diff) = self.diff(path, &data)? {
-            self.data_until(start)?;
-            self.open(diff.source)?;
+        let mut bytes = Vec::new();
+        let mut ops = Ops(&mut bytes);
+        let copied = if let Some(found) = self.index.by_id.get(&id) {
+            ops.open(found)?;
+            ops.op(OP_COPY, file.size)?;
+            true
+        } else if let Some(diff) = self.diff(&file.path, &data)? {
+            ops.open(diff.source)?;
             match diff.ops {
-                DiffOps::Frame(frame) => self.ops.with_data(OP_ZSTD_DICT, &frame)?,
-                DiffOps::Pieces(pieces) => self.bsdiff(&diff.old, &data, pieces)?,
+                DiffOps::Frame(frame) => ops.with_data(OP_ZSTD_DICT, &frame)?,
+                DiffOps::Pieces(pieces) => ops.bsdiff(&diff.old, &data, pieces)?,
             }
-            self.encoded.diffed += 1;
+            false
         } else {
-            // Left for the DATA that follows.
-            self.encoded.added += 1;
-            return Ok(());
-        }
-        self.done = start + size;
-        Ok(())
+            return Ok(Decided::Data);
+        };
+        Ok(Decided::Ops { bytes, copied })
     }
 
     /// The target file `path` with content `new` encoded against its most
     /// similar source file, if there is one and the diff pays: a file that
     /// merely shares a name (`__init__.py`, `README`) may be unrelated.
-    fn diff(&self, path: &str, new: &[u8]) -> io::Result<Option<Diff<'a>>> {
-        let index: &'a SourceIndex<H> = self.index;
-        let Some((source, same_path)) = index.similar(path, new.len() as u64) else {
+    fn diff<'i>(&'i self, path: &str, new: &[u8]) -> io::Result<Option<Diff<'i>>> {
+        let Some((source, same_path)) = self.index.similar(path, new.len() as u64) else {
             return Ok(None);
         };
-        let Some(old) = self.read_source(source)?.filter(|o| self.usable(o)) else {
+        let Some(old) = self.read_source(source)?.filter(|o| usable(o)) else {
             return Ok(None);
         };
         let ops = match self.method {
@@ -258,12 +326,6 @@ impl<'a, H: FsVerityHashValue, W: Write> Encoder<'a, H, W> {
             return Ok(None);
         }
         Ok(Some(Diff { source, old, ops }))
-    }
-
-    /// Whether a source file can serve as the base of a diff: ZSTD_DICT
-    /// holds it in memory whole, up to the decoder's limit.
-    fn usable(&self, old: &[u8]) -> bool {
-        !old.is_empty() && old.len() as u64 <= MAX_DICT
     }
 
     /// A whole source file, or `None` if the image lacks it after all.
@@ -281,46 +343,39 @@ impl<'a, H: FsVerityHashValue, W: Write> Encoder<'a, H, W> {
         }
         Ok(Some(data))
     }
+}
 
-    fn open(&mut self, path: &str) -> io::Result<()> {
-        self.ops.with_data(OP_OPEN, path.as_bytes())
-    }
+/// Whether a source file can serve as the base of a diff: ZSTD_DICT
+/// holds it in memory whole, up to the decoder's limit.
+fn usable(old: &[u8]) -> bool {
+    !old.is_empty() && old.len() as u64 <= MAX_DICT
+}
 
-    /// The changed file `new` as runs copied from, added to, or not in
-    /// `old`; the source position starts at 0 after OPEN.
-    fn bsdiff(&mut self, old: &[u8], new: &[u8], pieces: Vec<Piece>) -> io::Result<()> {
-        let mut pos = 0u64;
-        for piece in pieces {
-            match piece {
-                Piece::Copy { from, len } => {
-                    self.seek(&mut pos, from)?;
-                    self.ops.op(OP_COPY, len)?;
-                    pos += len;
-                }
-                Piece::Add { at, from, len } => {
-                    self.seek(&mut pos, from)?;
-                    let from = from as usize;
-                    let delta: Vec<u8> = new[at..at + len]
-                        .iter()
-                        .zip(&old[from..from + len])
-                        .map(|(n, o)| n.wrapping_sub(*o))
-                        .collect();
-                    for part in delta.chunks(MAX_ADD_DATA as usize) {
-                        self.ops.with_data(OP_ADD_DATA, part)?;
-                    }
-                    pos += len as u64;
-                }
-                Piece::Data { at, len } => self.ops.with_data(OP_DATA, &new[at..at + len])?,
-            }
+/// The op stream of one layer, written in tar order.
+struct Encoder<'a, W: Write> {
+    tar: &'a File,
+    ops: Ops<'a, W>,
+    /// How far into the tar the ops reach.
+    done: u64,
+    encoded: Encoded,
+}
+
+impl<W: Write> Encoder<'_, W> {
+    /// Write `file` as `decided`, after the DATA that precedes it.
+    fn emit(&mut self, file: &Candidate, decided: Decided) -> io::Result<()> {
+        let Decided::Ops { bytes, copied } = decided else {
+            // Left for the DATA that follows.
+            self.encoded.added += 1;
+            return Ok(());
+        };
+        self.data_until(file.start)?;
+        self.ops.0.write_all(&bytes)?;
+        if copied {
+            self.encoded.copied += 1;
+        } else {
+            self.encoded.diffed += 1;
         }
-        Ok(())
-    }
-
-    fn seek(&mut self, pos: &mut u64, to: u64) -> io::Result<()> {
-        if *pos != to {
-            self.ops.op(OP_SEEK, to)?;
-            *pos = to;
-        }
+        self.done = file.start + file.size;
         Ok(())
     }
 

@@ -6,10 +6,7 @@ use std::{
     fs::File,
     io::{self, BufWriter, Seek, Write},
     path::Path,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
@@ -75,51 +72,28 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
     /// Encode every layer of `work`, `jobs` at a time; the results in
     /// `work`'s order. The first failure stops the others from starting.
     pub(super) fn encode_all(&self, work: &[Work], jobs: usize) -> Result<Vec<Carried>, Error> {
-        let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<Option<Result<Carried, Error>>>> =
-            Mutex::new((0..work.len()).map(|_| None).collect());
-        let failed = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            for _ in 0..jobs.min(work.len()) {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= work.len()
-                            || failed.load(Ordering::Relaxed)
-                            || self.cancelled.load(Ordering::Relaxed)
-                        {
-                            return;
-                        }
-                        let result = self.encode_one(&work[i]);
-                        failed.fetch_or(result.is_err(), Ordering::Relaxed);
-                        results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(result);
-                    }
-                });
-            }
-        });
-        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut carried = Vec::with_capacity(results.len());
-        for result in results {
-            // A layer never started because another failed: that one's
-            // error is reported.
-            match result {
-                Some(Ok(c)) => carried.push(c),
-                Some(Err(e)) => return Err(e),
-                None => {}
-            }
-        }
-        if carried.len() != work.len() {
-            return Err(Error::internal(
-                "encoding a layer",
-                "a layer was not encoded".to_owned(),
-            ));
-        }
+        let mut carried = Vec::with_capacity(work.len());
+        super::ordered::in_order(
+            work,
+            jobs,
+            work.len(),
+            |layer| {
+                // Cancelled, the layers not yet begun are not begun.
+                cancelled(self.cancelled).map_err(|e| Error::storage("encoding a layer", e))?;
+                self.encode_one(layer, jobs)
+            },
+            |_, result| {
+                carried.push(result?);
+                Ok(())
+            },
+        )?;
         Ok(carried)
     }
 
     /// Rebuild the layer's tar, check its diff_id, and encode it as a
-    /// tar-diff, or as the whole layer when that is smaller.
-    fn encode_one(&self, work: &Work) -> Result<Carried, Error> {
+    /// tar-diff, diffing its files `jobs` at a time, or as the whole layer
+    /// when that is smaller.
+    fn encode_one(&self, work: &Work, jobs: usize) -> Result<Carried, Error> {
         let storage = |e: io::Error| Error::storage("encoding a layer", e);
         let tar = self.layer_tar(work)?;
         let tar_size = tar.metadata().map_err(storage)?.len();
@@ -129,6 +103,7 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
             self.image,
             self.index,
             self.method,
+            jobs,
             BufWriter::new(Budgeted(
                 Cancellable(&mut diff, self.cancelled),
                 self.scratch_left,

@@ -13,6 +13,7 @@ mod encode;
 pub(crate) mod image;
 mod layers;
 mod matcher;
+mod ordered;
 
 use std::{
     collections::HashSet,
@@ -77,7 +78,9 @@ impl FromStr for DeltaMethod {
 /// How to create a delta.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
-    /// How many layers to encode at once; the number of cores when 0.
+    /// How many layers to encode at once, and how many files of each to
+    /// diff at once; the number of cores when 0. The delta's bytes do not
+    /// depend on it.
     pub jobs: usize,
     /// How changed files are encoded.
     pub method: DeltaMethod,

@@ -428,6 +428,47 @@ async fn random_layer_pairs_round_trip() {
     }
 }
 
+/// Files are diffed on several threads, but the op stream must not
+/// depend on which finished first: one byte-for-byte delta for any jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_delta_is_the_same_bytes_whatever_the_jobs() {
+    let (_dir, repo) = new_repo();
+    for seed in [3, 4] {
+        let (source, target) = random_pair(seed);
+        pull(&repo, source.archive(None), &format!("s{seed}")).await;
+        pull(&repo, target.archive(None), &format!("t{seed}")).await;
+        for method in [DeltaMethod::Zstd, DeltaMethod::Bsdiff] {
+            let deltas: Vec<Vec<u8>> = [1, 2, 7]
+                .into_iter()
+                .map(|jobs| {
+                    let mut out = tempfile::tempfile().unwrap();
+                    let options = CreateOptions {
+                        jobs,
+                        method,
+                        ..CreateOptions::default()
+                    };
+                    let (source, target) = (format!("s{seed}"), format!("t{seed}"));
+                    let report = repo
+                        .create_delta(&source, &target, out.try_clone().unwrap(), options)
+                        .unwrap();
+                    assert!(
+                        report.changed.iter().any(|l| l.files_diffed > 0),
+                        "{report:?}"
+                    );
+                    let mut bytes = Vec::new();
+                    out.seek(std::io::SeekFrom::Start(0)).unwrap();
+                    out.read_to_end(&mut bytes).unwrap();
+                    bytes
+                })
+                .collect();
+            assert!(
+                deltas.iter().all(|d| d == &deltas[0]),
+                "seed {seed}, {method}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn skopeo_reads_the_delta_archive() {
     // Fails rather than skips: scripts/setup-deps installs skopeo.
