@@ -76,7 +76,10 @@ impl<H: FsVerityHashValue> Shared<'_, H> {
         super::ordered::in_order(
             work,
             jobs,
-            work.len(),
+            super::ordered::Ahead {
+                budget: work.len() as u64,
+                weight: |_: &Work| 1,
+            },
             |layer| {
                 // Cancelled, the layers not yet begun are not begun.
                 cancelled(self.cancelled).map_err(|e| Error::storage("encoding a layer", e))?;
