@@ -242,8 +242,20 @@ pub fn serve(dev_fuse: OwnedFd, erofs: OwnedFd, objects: OwnedFd) -> std::io::Re
         .map_err(|_| std::io::Error::other("the FUSE server panicked"))?;
     proxied?;
     match served {
-        // The socket closed under it: that is how its session ends.
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Ok(()),
+        // The socket closed under it: that is how its session ends. Closed
+        // while a reply of its was still unread (unmounted just after the
+        // mount, say), it reads a reset instead, or writes into a closed
+        // pipe.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
