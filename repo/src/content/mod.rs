@@ -5,8 +5,8 @@
 //! file per layer stream or plain image, named by that stream's (or
 //! image's) object id and listing the file objects it refers to (see
 //! [`file`] for the format). A file is written only once its stream or
-//! image is named, and whole or not at all (temporary file, fsync,
-//! rename); garbage collection removes it with its stream's object. So an
+//! image is named, and whole or not at all (a temporary file written
+//! before the sync that names its stream, renamed after it); garbage collection removes it with its stream's object. So an
 //! entry names only objects that a live stream or image refers to, which
 //! collection keeps, and a crash leaves at worst a stream without its
 //! file, which [`crate::Repository::index_content`] builds again.
@@ -245,34 +245,78 @@ fn object_present<H: FsVerityHashValue>(objects: &OwnedFd, id: &H) -> io::Result
     }
 }
 
+/// An index file written under a temporary name, not yet in place: what a
+/// writer makes before the sync that names its stream or image, and puts
+/// in place after it. So the sync that makes the name durable makes the
+/// file's bytes durable too, and a power cut leaves either a temporary
+/// file, which collection removes, or the whole file, never a torn one,
+/// with no fsync of its own on the pull's critical path. Dropped before
+/// [`Unplaced::place`], it removes its temporary file.
+pub(crate) struct Unplaced {
+    dir: OwnedFd,
+    file: File,
+    tmp: String,
+    placed: bool,
+}
+
+impl Unplaced {
+    /// Put the file in place as the index file of the stream or image
+    /// `key`. Durable once the repository was synced after [`write`]
+    /// returned it; called only once `key` is named, so that collection,
+    /// which removes the file with `key`'s object, cannot miss it.
+    pub(crate) fn place<H: FsVerityHashValue>(mut self, key: &H) -> io::Result<()> {
+        renameat(&self.dir, &self.tmp, &self.dir, key.to_hex())?;
+        self.placed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Unplaced {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = unlinkat(&self.dir, &self.tmp, AtFlags::empty());
+        }
+    }
+}
+
 /// Tells concurrent writers' temporary files apart.
 static TMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-/// Record `entries` and `chunks` as the index file of the named stream
-/// or image `key`: a temporary file renamed into place, so that readers see it
-/// whole or not at all. Called only once `key` is named, so that
-/// collection, which removes the file with `key`'s object, cannot miss
-/// it. Not fsynced: a file a power cut tears fails its checksum and is
-/// left out and built again, a hint lost and never a wrong one, while an
-/// fsync per layer cost a journal commit on every pull's critical path.
-pub(crate) fn record<H: FsVerityHashValue>(
+/// Write `entries` and `chunks` as an index file, still under a temporary
+/// name that readers do not list.
+pub(crate) fn write<H: FsVerityHashValue>(
     repo: &Store<H>,
-    key: &H,
     mut entries: Contents<H>,
     mut chunks: Chunks<H>,
-) -> io::Result<()> {
+) -> io::Result<Unplaced> {
     let bytes = file::encode(&mut entries, &mut chunks);
     let dir = open_dir(repo, true)?.expect("made");
     let n = TMP_SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let tmp = format!(".tmp-{}-{n}", std::process::id());
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC;
-    let mut out = File::from(openat(&dir, &tmp, flags, Mode::from_raw_mode(0o644))?);
-    if let Err(e) = out.write_all(&bytes) {
-        let _ = unlinkat(&dir, &tmp, AtFlags::empty());
-        return Err(e);
-    }
-    renameat(&dir, &tmp, &dir, key.to_hex())?;
-    Ok(())
+    let file = File::from(openat(&dir, &tmp, flags, Mode::from_raw_mode(0o644))?);
+    let mut unplaced = Unplaced {
+        dir,
+        file,
+        tmp,
+        placed: false,
+    };
+    unplaced.file.write_all(&bytes)?;
+    Ok(unplaced)
+}
+
+/// Record `entries` and `chunks` as the index file of `key`, which is
+/// already named, durably: for writers with no sync of the repository to
+/// come, such as [`crate::Repository::index_content`].
+pub(crate) fn record<H: FsVerityHashValue>(
+    repo: &Store<H>,
+    key: &H,
+    entries: Contents<H>,
+    chunks: Chunks<H>,
+) -> io::Result<()> {
+    let unplaced = write(repo, entries, chunks)?;
+    fsync(&unplaced.file)?;
+    unplaced.place(key)
 }
 
 /// Remove the index files whose stream or image object is gone, and

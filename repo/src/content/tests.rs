@@ -13,7 +13,7 @@ use composefs::{
 };
 use composefs_oci::layer_content_id;
 
-use super::{ContentIndex, DIR, build::build, file, prune, record};
+use super::{ContentIndex, DIR, build::build, file, prune, record, write};
 use crate::oci::split::{
     self, Cancel, LayerLimits, PullTally,
     tests::{repository, tar_of},
@@ -135,6 +135,45 @@ fn open_merges_the_files_of_present_keys_and_leaves_out_damaged_and_stale_ones()
     assert_eq!(index.files(), (2, 2));
 }
 
+/// The names in the index directory of `dir`'s repository, sorted.
+fn index_names(dir: &tempfile::TempDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("repo").join(DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_written_file_is_found_only_once_placed_and_is_removed_if_never_placed() {
+    let (dir, repo) = repository();
+    let data = vec![b'w'; 100];
+    let id = object(&repo, &data);
+    let key = object(&repo, b"a stream");
+    let unplaced = write(&repo, vec![(sha256(&data), id.clone())], Vec::new()).unwrap();
+    let names = index_names(&dir);
+    assert!(
+        names.len() == 1 && names[0].starts_with(".tmp-"),
+        "{names:?}"
+    );
+    assert_eq!(
+        ContentIndex::open(&repo).unwrap().find(&sha256(&data)),
+        None
+    );
+    unplaced.place(&key).unwrap();
+    assert_eq!(index_names(&dir), [key.to_hex()]);
+    assert_eq!(
+        ContentIndex::open(&repo).unwrap().find(&sha256(&data)),
+        Some(id.clone())
+    );
+
+    // One whose stream is never named leaves nothing behind.
+    let other = write(&repo, vec![([7; 32], id)], Vec::new()).unwrap();
+    drop(other);
+    assert_eq!(index_names(&dir), [key.to_hex()]);
+}
+
 #[test]
 fn an_absent_index_directory_is_an_empty_index() {
     let (_dir, repo) = repository();
@@ -153,12 +192,7 @@ fn prune_removes_the_files_of_gone_keys_and_leftover_temporary_files() {
     let index_dir = dir.path().join("repo").join(DIR);
     std::fs::write(index_dir.join(".tmp-1-1"), b"half").unwrap();
     assert_eq!(prune(&repo).unwrap(), 2);
-    let mut left: Vec<String> = std::fs::read_dir(&index_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    left.sort();
-    assert_eq!(left, vec![key.to_hex()]);
+    assert_eq!(index_names(&dir), [key.to_hex()]);
 }
 
 /// Split `tar` and name it as a layer stream, recording its contents as

@@ -163,9 +163,10 @@ async fn store<H: FsVerityHashValue>(
 
 /// Name the verified layer stream `stream`, on a blocking thread that
 /// keeps the pull's hold until it returns: composefs syncs the objects
-/// before it creates the name. Then record its `contents`, and the chunks
-/// `hints` names of them, in the content index, which may name only what
-/// a named stream refers to.
+/// before it creates the name. Its `contents`, and the chunks `hints`
+/// names of them, go in the content index: written before that sync, so
+/// that it makes them durable too, and put in place after the name, since
+/// the index may name only what a named stream refers to.
 async fn name<H: FsVerityHashValue>(
     repo: Arc<Store<H>>,
     plan: &LayerPlan,
@@ -178,12 +179,13 @@ async fn name<H: FsVerityHashValue>(
     let runtime = tokio::runtime::Handle::current();
     blocking(move || {
         let _hold = hold;
+        let recording = |e| Error::storage("recording a layer's contents in the content index", e);
+        let chunks = hints.map_or_else(Vec::new, |h| crate::content::chunks_of(&contents, &h));
+        let index = crate::content::write(&repo, contents, chunks).map_err(recording)?;
         runtime
             .block_on(repo.register_stream(&stream, &name, None))
             .map_err(|e| Error::storage("naming a layer stream", e))?;
-        let chunks = hints.map_or_else(Vec::new, |h| crate::content::chunks_of(&contents, &h));
-        crate::content::record(&repo, &stream, contents, chunks)
-            .map_err(|e| Error::storage("recording a layer's contents in the content index", e))
+        index.place(&stream).map_err(recording)
     })
     .await
 }

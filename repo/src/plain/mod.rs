@@ -94,14 +94,16 @@ impl Repository {
         let _hold = self.hold("creating an image from a directory tree");
         with_store!(self.store(), s => {
             let (fs, contents) = read_tree(Some(s), tree, options, cancelled)?;
+            let recording = |e| Error::storage("recording the tree's files in the content index", e);
+            // Written before the sync, which makes it durable too, and put
+            // in place only once the image is written: the index may name
+            // only what a present image or stream refers to.
+            let index = crate::content::write(s, contents, Vec::new()).map_err(recording)?;
             let id = fs
                 .commit_image(s, name)
                 .map_err(|e| Error::storage("writing the image", e))?;
             s.sync().map_err(|e| Error::storage("syncing the repository", e))?;
-            // Only once the image is written: the index may name only
-            // what a present image or stream refers to.
-            crate::content::record(s, &id, contents, Vec::new())
-                .map_err(|e| Error::storage("recording the tree's files in the content index", e))?;
+            index.place(&id).map_err(recording)?;
             Ok(id.to_hex())
         })
     }

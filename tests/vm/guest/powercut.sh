@@ -77,6 +77,7 @@ check)
     answered=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^cfsd.answered=//p')
     start_cfsd
     fsck=$(cfsctl --json fsck || true)
+    [ "$(echo "$fsck" | jq -r .ok)" = true ] || echo "fsck: $fsck"
     expect "fsck is clean after the cut" true "$(echo "$fsck" | jq -r .ok)"
     now=$(tags_now)
     if [ -z "$answered" ]; then
@@ -119,6 +120,7 @@ check)
     expect "all operations done again" "$(tags_after $last)" "$(tags_now)"
     check_tags
     fsck=$(cfsctl --json fsck || true)
+    [ "$(echo "$fsck" | jq -r .ok)" = true ] || echo "fsck: $fsck"
     expect "fsck is clean at the end" true "$(echo "$fsck" | jq -r .ok)"
     stop_cfsd
     ;;
