@@ -13,13 +13,18 @@ import sys
 from pathlib import Path
 
 
+def cells(line):
+    """The cells of a table row."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def rows(text):
     """The table rows of `text`, by their first cell: the other cells."""
     found = {}
     for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) > 1:
-            found.setdefault(cells[0], cells[1:])
+        row = cells(line)
+        if line.startswith("|") and len(row) > 1:
+            found.setdefault(row[0], row[1:])
     return found
 
 
@@ -39,8 +44,8 @@ def sections(text):
             case = bold.group(1)
             cases[case] = {}
         elif case and line.startswith("| "):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            cases[case][cells[0]] = cells[1:]
+            row = cells(line)
+            cases[case][row[0]] = row[1:]
     return cases
 
 

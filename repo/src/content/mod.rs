@@ -4,12 +4,13 @@
 //! It lives in `content-index/` beside `objects/` and `streams/`, as one
 //! file per layer stream or plain image, named by that stream's (or
 //! image's) object id and listing the file objects it refers to (see
-//! [`file`] for the format). A file is written only once its stream or
-//! image is named, and whole or not at all (a temporary file written
-//! before the sync that names its stream, renamed after it); garbage collection removes it with its stream's object. So an
-//! entry names only objects that a live stream or image refers to, which
-//! collection keeps, and a crash leaves at worst a stream without its
-//! file, which [`crate::Repository::index_content`] builds again.
+//! [`file`] for the format). A file is put in place only once its stream
+//! or image is named, and whole or not at all: a temporary file written
+//! before the sync that names its stream, renamed after it (see
+//! [`Unplaced`]). Garbage collection removes it with its stream's object.
+//! So an entry names only objects that a live stream or image refers
+//! to, which collection keeps, and a crash leaves at worst a stream
+//! without its file, which [`crate::Repository::index_content`] builds again.
 //! Opening merges every file into one map in memory: one read per layer,
 //! and a lookup per incoming file costs a hash probe.
 //!
