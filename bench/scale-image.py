@@ -5,11 +5,14 @@
     bench/scale-image.py big SIZE_MIB OUT.tar one layer holding one file
     bench/scale-image.py layers N OUT.tar     N layers of 200 files each
     bench/scale-image.py fleet N OUT.tar      N images sharing a base layer
+    bench/scale-image.py lines SIZE OUT.tar   one layer holding one text file
+                                              of SIZE bytes (image v1 only)
 
 Each archive's images are tagged v1 and v2 (fleet: img0 .. img{N-1}):
 v2 is v1 with one file in a hundred rewritten (files, layers) or four
 16 MiB stretches rewritten (big), so that a v1 -> v2 delta has work of a
-realistic share to do. The same arguments always give the same bytes:
+realistic share to do. The lines image is the VM test's: a file over
+what the splitter holds in memory that still compresses well. The same arguments always give the same bytes:
 contents come from a seeded generator, and every timestamp and owner is
 fixed. Layers are gzip at level 1, which keeps making the 4 GiB fixture
 to about a minute; how fast a layer is inflated does not depend on it
@@ -100,6 +103,17 @@ def layer(work, fill):
     return path, "sha256:" + blob.sha.hexdigest(), os.path.getsize(path), "sha256:" + tar_out.sha.hexdigest()
 
 
+def lines_file(size):
+    """A fill of one file of `size` bytes of numbered lines."""
+
+    def fill(tar):
+        tar.addfile(entry("usr", 0, tarfile.DIRTYPE))
+        data = b"".join(b"line %010d\n" % i for i in range(size // 16 + 1))[:size]
+        tar.addfile(entry("usr/lines.txt", size), io.BytesIO(data))
+
+    return fill
+
+
 def small_files(count, first, changed):
     """A fill of `count` files of SMALL bytes, numbered from `first`, in
     directories of a thousand; the file numbers in `changed` get other
@@ -155,8 +169,10 @@ def main():
         base = add(small_files(10000, 0, set()))
         for n in range(count):
             images["img%d" % n] = [base, add(small_files(1000, 100000 + n * 1000, set()))]
+    elif kind == "lines":
+        images["v1"] = [add(lines_file(count))]
     else:
-        sys.exit("kind must be files, big, layers or fleet")
+        sys.exit("kind must be files, big, layers, fleet or lines")
     write_archive(out, work, blobs, images)
 
 

@@ -131,3 +131,38 @@ fn a_read_only_repository_serves_reads_and_refuses_writes_by_name() {
     let fsck = json(&daemon, &["fsck"]);
     assert_eq!(fsck["ok"], true, "{fsck}");
 }
+
+/// A file too large to be held in memory goes to an anonymous file in the
+/// repository. One larger than the whole filesystem fills it: the pull is
+/// `NoSpace`, and once it has failed the room that file took is free again,
+/// with no thread left holding it open.
+#[test]
+fn a_file_too_large_for_memory_and_for_the_disk_is_no_space_and_gives_its_room_back() {
+    let (daemon, fs) = daemon_on_loop_fs(&[]);
+    let image = Image::new(vec![Layer::new(
+        Compression::None,
+        vec![
+            Entry::dir("usr"),
+            Entry::file("usr/huge.bin", noise(3, (64 << 20) + 4097)),
+        ],
+    )]);
+    let (layout, _) = Layout::single(&image, None);
+    let written = Written::new(&layout);
+    let free = fs.free();
+
+    match typed_source_refusal(&daemon, &written.archive(None), "huge") {
+        OciError::NoSpace { operation, reason } => {
+            assert!(!operation.is_empty() && !reason.is_empty())
+        }
+        other => panic!("not NoSpace: {other:?}"),
+    }
+    assert_eq!(published(&daemon.repo()), Published::default());
+    // The repository's own files may take a few blocks more than before.
+    assert!(
+        fs.free() + (1 << 20) >= free,
+        "{} of {free} bytes free",
+        fs.free()
+    );
+    let fsck = json(&daemon, &["fsck"]);
+    assert_eq!(fsck["ok"], true, "{fsck}");
+}

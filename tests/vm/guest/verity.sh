@@ -19,6 +19,12 @@ for tag in demo v2; do
     want=$(echo "$expected" | sed -n "s/^$tag //p")
     expect "busybox:$tag has the image id of the host's pull" "$want" "$id"
 done
+# A file too large to hold in memory: written beside the parsing, then
+# sealed, its digest the kernel's measurement.
+cfsctl --progress none oci pull oci-archive:/fixtures/lines.tar:v1 lines >/dev/null
+ok "pulled an image holding a 64 MiB file"
+expect "lines has the image id of the host's pull" \
+    "$(echo "$expected" | sed -n "s/^lines //p")" "$(cfsctl oci compute-id lines)"
 check_objects_sealed
 
 mkdir -p /mnt/v2
@@ -30,6 +36,12 @@ case "$options" in
 esac
 expect "a file read through the mount" "hello from version 2, rebuilt from a delta" "$(cat /mnt/v2/etc/motd)"
 umount /mnt/v2
+mkdir -p /mnt/lines
+cfsctl oci mount lines /mnt/lines || fail "mount lines"
+expect "the large file, read through the mount, has the host's sha256" \
+    "$(echo "$expected" | sed -n "s/^lines-sha256 //p")" \
+    "$(sha256sum /mnt/lines/usr/lines.txt | cut -d' ' -f1)"
+umount /mnt/lines
 
 fsck=$(cfsctl --json fsck)
 expect "fsck is clean" true "$(echo "$fsck" | jq -r .ok)"

@@ -10,6 +10,7 @@
 //! computed from the bytes in memory, an object already present is never
 //! written again, and a new one is written once and never read back.
 
+mod large;
 mod limits;
 mod objects;
 mod pipe;
@@ -39,6 +40,7 @@ use tar_core::{
 
 pub use self::limits::LayerLimits;
 use self::{
+    large::{LargeFile, Written},
     limits::{ENTRY_COST, Kept, check_size},
     objects::{BUFFERED_BYTES, Objects, Ticket},
     pipe::{CHUNK_BYTES, Claims},
@@ -342,10 +344,10 @@ impl<H: FsVerityHashValue> Splitter<H> {
     /// Hand the next `size` bytes to the object writers.
     fn store(&mut self, size: usize) -> Result<Ticket, Fault> {
         if size > BUFFERED_BYTES {
-            let file = self.stream_to_tmpfile(size)?;
+            let written = self.stream_large(size)?;
             return self
                 .objects
-                .add_tmpfile(file, size as u64)
+                .add_written(written, size as u64)
                 .map_err(Fault::Storage);
         }
         let mut data = Vec::with_capacity(size);
@@ -353,20 +355,14 @@ impl<H: FsVerityHashValue> Splitter<H> {
         self.objects.add(data).map_err(Fault::Storage)
     }
 
-    /// A file too large to hold in memory goes to a temporary file, whose
-    /// digest composefs computes by reading it back.
-    fn stream_to_tmpfile(&mut self, size: usize) -> Result<std::fs::File, Fault> {
-        let fd = self
-            .objects
-            .repo()
-            .create_object_tmpfile()
-            .map_err(Fault::Storage)?;
-        let mut file = io::BufWriter::with_capacity(CHUNK_BYTES, std::fs::File::from(fd));
+    /// A file too large to hold in memory is written to an anonymous file
+    /// and hashed, both beside the parsing, as its bytes arrive.
+    fn stream_large(&mut self, size: usize) -> Result<Written<H>, Fault> {
+        let repo = self.objects.repo();
+        let fd = repo.create_object_tmpfile().map_err(Fault::Storage)?;
+        let mut file = LargeFile::start(std::fs::File::from(fd), repo.is_insecure());
         self.input.read_into(size, &mut file)?;
-        let file = file
-            .into_inner()
-            .map_err(|e| Fault::Storage(e.into_error().into()))?;
-        Ok(file)
+        file.finish().map_err(|e| Fault::Storage(e.into()))
     }
 
     fn copy_inline(&mut self, mut n: usize) -> Result<(), Fault> {

@@ -6,7 +6,7 @@
 
 use std::{
     fs::File,
-    io::{Seek, SeekFrom, Write},
+    io::Write,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::{
         Arc, Condvar, Mutex,
@@ -16,10 +16,14 @@ use std::{
     thread::JoinHandle,
 };
 
+use super::large::Written;
 use crate::content::Sha256Digest;
 use anyhow::Context;
 use composefs::{
-    fsverity::{FsVerityHashValue, compute_verity, enable_verity_maybe_copy, ensure_verity_equal},
+    fsverity::{
+        FsVerityHashValue, compute_verity, enable_verity_maybe_copy, ensure_verity_equal,
+        measure_verity,
+    },
     repository::{ObjectStoreMethod, Repository as Store},
 };
 use openssl::sha::sha256;
@@ -52,17 +56,17 @@ pub(super) struct Ticket {
 /// content, for the content index.
 pub(super) type Stored<H> = (H, ObjectStoreMethod, Sha256Digest);
 
-enum Job {
+enum Job<H> {
     /// Contents held in memory.
     Files(Vec<Vec<u8>>),
-    /// One large file already written to an anonymous temporary file.
-    Tmpfile(File, u64),
+    /// One large file already written to an anonymous file and hashed.
+    Written(Written<H>, u64),
 }
 
 /// The writer threads and the batch being filled.
 pub(super) struct Objects<H: FsVerityHashValue> {
     repo: Arc<Store<H>>,
-    jobs: Option<SyncSender<(usize, Job)>>,
+    jobs: Option<SyncSender<(usize, Job<H>)>>,
     done: Receiver<Report<H>>,
     threads: Vec<JoinHandle<()>>,
     /// Set when the split is given up: queued jobs are dropped unwritten.
@@ -77,7 +81,7 @@ pub(super) struct Objects<H: FsVerityHashValue> {
 impl<H: FsVerityHashValue> Objects<H> {
     /// Start the writer threads for `repo`.
     pub(super) fn start(repo: Arc<Store<H>>) -> Self {
-        let (jobs, queue) = sync_channel::<(usize, Job)>(WRITERS);
+        let (jobs, queue) = sync_channel::<(usize, Job<H>)>(WRITERS);
         let queue = Arc::new(Mutex::new(queue));
         let (report, done) = channel();
         let budget = Arc::new(Budget::new(BUFFERED_BYTES));
@@ -126,10 +130,10 @@ impl<H: FsVerityHashValue> Objects<H> {
         Ok(ticket)
     }
 
-    /// Store the temporary file `file` of `size` bytes as an object, soon.
-    pub(super) fn add_tmpfile(&mut self, file: File, size: u64) -> anyhow::Result<Ticket> {
+    /// Store the large file `written`, of `size` bytes, as an object, soon.
+    pub(super) fn add_written(&mut self, written: Written<H>, size: u64) -> anyhow::Result<Ticket> {
         self.send_filling()?;
-        self.send(Job::Tmpfile(file, size))?;
+        self.send(Job::Written(written, size))?;
         Ok(Ticket {
             batch: self.batches - 1,
             index: 0,
@@ -145,7 +149,7 @@ impl<H: FsVerityHashValue> Objects<H> {
         self.send(Job::Files(files))
     }
 
-    fn send(&mut self, job: Job) -> anyhow::Result<()> {
+    fn send(&mut self, job: Job<H>) -> anyhow::Result<()> {
         // Stop at the first failed write rather than at the end.
         while let Ok(done) = self.done.try_recv() {
             self.record(done)?;
@@ -223,7 +227,7 @@ impl<H: FsVerityHashValue> Finished<H> {
 /// give their bytes back to the budget the splitter may be waiting on.
 fn work<H: FsVerityHashValue>(
     repo: &Store<H>,
-    queue: &Mutex<Receiver<(usize, Job)>>,
+    queue: &Mutex<Receiver<(usize, Job<H>)>>,
     report: &std::sync::mpsc::Sender<Report<H>>,
     budget: &Budget,
     stopping: &AtomicBool,
@@ -243,7 +247,7 @@ fn work<H: FsVerityHashValue>(
                 budget.give(files.iter().map(Vec::len).sum());
                 stored
             }
-            Job::Tmpfile(file, size) => store_tmpfile(repo, file, size).map(|s| vec![s]),
+            Job::Written(written, size) => store_written(repo, written, size).map(|s| vec![s]),
         };
         if report.send((batch, result)).is_err() {
             return;
@@ -303,7 +307,7 @@ fn store_object<H: FsVerityHashValue>(repo: &Store<H>, data: &[u8]) -> anyhow::R
     let present = if sealed {
         sealed_present(objects, &id)?
     } else {
-        present(repo, &id, data.len())?
+        present(repo, &id, data.len() as u64)?
     };
     if present {
         return Ok((id, ObjectStoreMethod::AlreadyPresent, digest));
@@ -312,29 +316,64 @@ fn store_object<H: FsVerityHashValue>(repo: &Store<H>, data: &[u8]) -> anyhow::R
     Ok((id, method, digest))
 }
 
-/// Store the temporary file `file` of `size` bytes, too large to have
-/// been held in memory: its sha256 is read back here, on the writer,
-/// before composefs (or the kernel) reads it again for its digest.
-fn store_tmpfile<H: FsVerityHashValue>(
+/// Store the large file `written`, of `size` bytes, as an object, unless
+/// an object of its digest is already there. Where fs-verity is enforced,
+/// the digest is the kernel's measurement as it seals the file.
+fn store_written<H: FsVerityHashValue>(
     repo: &Store<H>,
-    mut file: File,
+    written: Written<H>,
     size: u64,
 ) -> anyhow::Result<Stored<H>> {
-    file.seek(SeekFrom::Start(0))?;
-    let digest = crate::content::hash_file(&mut file)?;
-    let (id, method) = repo.finalize_object_tmpfile(file, size)?;
-    Ok((id, method, digest))
+    let objects = repo.objects_dir()?;
+    let Written { file, sha256, id } = written;
+    let (file, id, present) = match id {
+        Some(id) => {
+            let present = present(repo, &id, size)?;
+            (file, id, present)
+        }
+        None => {
+            let file = seal::<H>(objects, file)?;
+            let id: H = measure_verity(&file).context("measuring a new object")?;
+            let present = sealed_present(objects, &id)?;
+            (file, id, present)
+        }
+    };
+    if present {
+        return Ok((id, ObjectStoreMethod::AlreadyPresent, sha256));
+    }
+    let path = id.to_object_pathname();
+    let linked = match link(&file, objects, &path) {
+        Err(Errno::NOENT) => {
+            make_dir(objects, &id.to_object_dir())?;
+            link(&file, objects, &path)
+        }
+        linked => linked,
+    };
+    match linked {
+        Ok(()) => Ok((id, ObjectStoreMethod::Copied, sha256)),
+        // Another import stored the same content first.
+        Err(Errno::EXIST) => Ok((id, ObjectStoreMethod::AlreadyPresent, sha256)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Make the object directory `dir`, unless it is there.
+fn make_dir(objects: &OwnedFd, dir: &str) -> Result<(), Errno> {
+    match mkdirat(objects, dir, Mode::from_raw_mode(0o777)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Whether the object `id` of an insecure repository, `size` bytes long,
 /// is there. Without fs-verity, only fsck's hashing can tell more.
-fn present<H: FsVerityHashValue>(repo: &Store<H>, id: &H, size: usize) -> anyhow::Result<bool> {
+fn present<H: FsVerityHashValue>(repo: &Store<H>, id: &H, size: u64) -> anyhow::Result<bool> {
     match statat(
         repo.objects_dir()?,
         id.to_object_pathname(),
         AtFlags::empty(),
     ) {
-        Ok(stat) => Ok(stat.st_size as u64 == size as u64),
+        Ok(stat) => Ok(stat.st_size as u64 == size),
         Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(e.into()),
     }
@@ -380,10 +419,7 @@ fn write_object<H: FsVerityHashValue>(
     };
     let fd = match tmpfile(&dir) {
         Err(Errno::NOENT) => {
-            match mkdirat(objects, &dir, Mode::from_raw_mode(0o777)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(e.into()),
-            }
+            make_dir(objects, &dir)?;
             tmpfile(&dir)?
         }
         fd => fd?,
@@ -402,14 +438,21 @@ fn write_object<H: FsVerityHashValue>(
 }
 
 /// Enable fs-verity on the anonymous `file` and check that the kernel
-/// measures it as `id`. fs-verity refuses a file that is open for
-/// writing, so this returns a read-only descriptor of it (or of a copy,
-/// if some other descriptor still writes to it).
+/// measures it as `id`.
 fn seal_object<H: FsVerityHashValue>(
     objects: &OwnedFd,
     file: File,
     id: &H,
 ) -> anyhow::Result<File> {
+    let sealed = seal::<H>(objects, file)?;
+    ensure_verity_equal(&sealed, id).context("the kernel measured a new object differently")?;
+    Ok(sealed)
+}
+
+/// Enable fs-verity on the anonymous `file`. fs-verity refuses a file that
+/// is open for writing, so this returns a read-only descriptor of it (or
+/// of a copy, if some other descriptor still writes to it).
+fn seal<H: FsVerityHashValue>(objects: &OwnedFd, file: File) -> anyhow::Result<File> {
     let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
     let read_only = openat(
         CWD,
@@ -421,7 +464,6 @@ fn seal_object<H: FsVerityHashValue>(
     let sealed = enable_verity_maybe_copy::<H>(objects, read_only.as_fd())
         .context("enabling fs-verity on a new object")?
         .unwrap_or(read_only);
-    ensure_verity_equal(&sealed, id).context("the kernel measured a new object differently")?;
     Ok(File::from(sealed))
 }
 
