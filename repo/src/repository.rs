@@ -18,6 +18,7 @@ use crate::{
     Error, FsckReport, HashAlgorithm, Result, Usage, VerityPolicy, VerityStatus,
     coordination::{Coordinator, Hold, Pulls},
     mounts,
+    oci::split::Cancel,
     owner::{self, Owner, OwnerLock},
     privacy, usage, verity,
 };
@@ -322,6 +323,18 @@ impl Repository {
     /// Must run inside a tokio runtime: composefs spreads the object
     /// checks over blocking threads.
     pub async fn fsck(&self, metadata_only: bool) -> Result<FsckReport> {
+        // The content index is checked beside composefs's own check, not
+        // after it: both read every object, so each object is read from
+        // the disk about once and both cores hash. It stops if this call
+        // is dropped, as composefs's check does.
+        let stop = Cancel::default();
+        let _stop_on_drop = stop.on_drop();
+        let store = self.store().clone();
+        let index = tokio::task::spawn_blocking(move || {
+            let mut found = FsckReport::default();
+            with_store!(&store, s => found.check_content_index(s, !metadata_only, &stop))?;
+            Ok::<_, std::io::Error>(found.problems)
+        });
         let result = with_store!(self.store(), s => if metadata_only {
             s.fsck_metadata_only().await
         } else {
@@ -340,12 +353,16 @@ impl Repository {
             if !metadata_only {
                 with_store!(&store, s => report.check_layer_streams(s, &path))?;
             }
-            with_store!(&store, s => report.check_content_index(s, !metadata_only))?;
             Ok::<_, std::io::Error>(report)
         })
         .await
         .map_err(|e| Error::storage("checking the repository", std::io::Error::other(e)))?
         .map_err(|e| Error::storage("reading the repository's objects", e))?;
+        let problems = index
+            .await
+            .map_err(|e| Error::storage("checking the repository", std::io::Error::other(e)))?
+            .map_err(|e| Error::storage("reading the repository's objects", e))?;
+        report.problems.extend(problems);
         Ok(report)
     }
 

@@ -8,7 +8,7 @@ use composefs::{fsverity::FsVerityHashValue, repository::Repository as Store};
 use rustix::io::Errno;
 
 use super::{DIR, Sha256Digest, file, for_each_file, hash_object, hash_stretch, object_present};
-use crate::{FsckProblem, FsckReport, oci::digest::Digest};
+use crate::{FsckProblem, FsckReport, oci::digest::Digest, oci::split::Cancel};
 
 /// One entry of an index file to check: the file's name, the digest, the
 /// object, and for a chunk record its stretch (offset and size).
@@ -17,14 +17,19 @@ type Entry<H> = (String, Sha256Digest, H, Option<(u64, u64)>);
 impl FsckReport {
     /// Check every content index file of `store`; with `read_contents`,
     /// hash each entry's object (or a chunk record's stretch of it) too.
+    /// `stop` ends the check between two entries, as `Interrupted`.
     pub(crate) fn check_content_index<H: FsVerityHashValue>(
         &mut self,
         store: &Store<H>,
         read_contents: bool,
+        stop: &Cancel,
     ) -> io::Result<()> {
         let objects = store.objects_dir()?;
         let (mut problems, entries) = read_entries(store)?;
         for (name, digest, id, stretch) in entries {
+            if stop.is_cancelled() {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             let path = id.to_object_pathname();
             if !object_present(objects, &id)? {
                 let detail = format!("{name}: names objects/{path}, which is missing");

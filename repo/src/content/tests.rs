@@ -308,7 +308,9 @@ fn fsck_reports_an_entry_whose_object_is_missing_or_holds_other_content() {
     std::fs::write(&garbled, b"garbage").unwrap();
     let kinds = |read| {
         let mut report = crate::FsckReport::default();
-        report.check_content_index(&*repo, read).unwrap();
+        report
+            .check_content_index(&*repo, read, &Cancel::default())
+            .unwrap();
         let mut kinds: Vec<String> = report.problems.into_iter().map(|p| p.kind).collect();
         kinds.sort();
         kinds
@@ -325,6 +327,21 @@ fn fsck_reports_an_entry_whose_object_is_missing_or_holds_other_content() {
             "content-index-wrong-content"
         ]
     );
+}
+
+#[test]
+fn a_check_told_to_stop_ends_as_interrupted_and_reports_nothing() {
+    let (_dir, repo) = repository();
+    let data = vec![b'd'; 500];
+    let (id, key) = (object(&repo, &data), object(&repo, b"a stream"));
+    record(&repo, &key, vec![([1; 32], id)], Vec::new()).unwrap();
+    let stop = Cancel::default();
+    stop.cancel();
+    let mut report = crate::FsckReport::default();
+    let err = report.check_content_index(&*repo, true, &stop).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Interrupted);
+    // The entry is wrong, but a stopped check reports no half-result.
+    assert_eq!(report.problems, Vec::new());
 }
 
 /// A chunk record of `size` bytes at `offset` of `object`.
@@ -410,7 +427,9 @@ fn open_finds_recorded_chunks_and_fsck_hashes_their_stretch() {
         Some(chunk(&id, 100, 200))
     );
     let mut report = crate::FsckReport::default();
-    report.check_content_index(&*repo, true).unwrap();
+    report
+        .check_content_index(&*repo, true, &Cancel::default())
+        .unwrap();
     let found: Vec<(String, String)> = report
         .problems
         .into_iter()

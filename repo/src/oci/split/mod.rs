@@ -77,7 +77,7 @@ pub(crate) enum SplitError {
 }
 
 /// Tells a running split to stop at the next entry, or at the next chunk
-/// of a large entry's data.
+/// of a large entry's data; or a content-index check at its next entry.
 #[derive(Clone, Default)]
 pub(crate) struct Cancel(Arc<AtomicBool>);
 
@@ -92,7 +92,8 @@ impl Cancel {
         CancelOnDrop(self.clone())
     }
 
-    fn is_cancelled(&self) -> bool {
+    /// Whether the work was told to stop.
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
