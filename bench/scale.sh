@@ -30,7 +30,7 @@ deltas=${DELTA:-1}
 cases=("$@")
 [ ${#cases[@]} -gt 0 ] || cases=(files-10000 files-30000 files-100000 big layers fleet)
 . bench/scratch.sh
-scratch_fs cfsd-scale 48G
+scratch_fs cfsd-scale 20G
 bench_tools
 mkdir -p "$fixtures"
 
