@@ -341,19 +341,28 @@ fn store_written<H: FsVerityHashValue>(
     if present {
         return Ok((id, ObjectStoreMethod::AlreadyPresent, sha256));
     }
-    let path = id.to_object_pathname();
-    let linked = match link(&file, objects, &path) {
+    // Written in objects/ itself: its object directory may not exist yet.
+    let method = match name_object(&file, objects, &id) {
         Err(Errno::NOENT) => {
             make_dir(objects, &id.to_object_dir())?;
-            link(&file, objects, &path)
+            name_object(&file, objects, &id)
         }
-        linked => linked,
-    };
-    match linked {
-        Ok(()) => Ok((id, ObjectStoreMethod::Copied, sha256)),
+        method => method,
+    }?;
+    Ok((id, method, sha256))
+}
+
+/// Give the complete anonymous `file` its object name `id`.
+fn name_object<H: FsVerityHashValue>(
+    file: &File,
+    objects: &OwnedFd,
+    id: &H,
+) -> Result<ObjectStoreMethod, Errno> {
+    match link(file, objects, &id.to_object_pathname()) {
+        Ok(()) => Ok(ObjectStoreMethod::Copied),
         // Another import stored the same content first.
-        Err(Errno::EXIST) => Ok((id, ObjectStoreMethod::AlreadyPresent, sha256)),
-        Err(e) => Err(e.into()),
+        Err(Errno::EXIST) => Ok(ObjectStoreMethod::AlreadyPresent),
+        Err(e) => Err(e),
     }
 }
 
@@ -429,12 +438,7 @@ fn write_object<H: FsVerityHashValue>(
     if seal {
         file = seal_object(objects, file, id)?;
     }
-    match link(&file, objects, &id.to_object_pathname()) {
-        Ok(()) => Ok(ObjectStoreMethod::Copied),
-        // Another import stored the same content first.
-        Err(Errno::EXIST) => Ok(ObjectStoreMethod::AlreadyPresent),
-        Err(e) => Err(e.into()),
-    }
+    Ok(name_object(&file, objects, id)?)
 }
 
 /// Enable fs-verity on the anonymous `file` and check that the kernel
