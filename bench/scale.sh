@@ -18,8 +18,7 @@
 #
 # Env: CFSCTL and UPSTREAM (see bench/scratch.sh), BIG_MIB, DELTA=0 to
 # leave out delta create and apply (upstream then pulls v2 whole before
-# its gc), BIG_DELTA=1 to keep them for the big case, which leaves them
-# out by default, FIXTURES
+# its gc), FIXTURES
 # (default bench/out/scale; images made there if absent). Repositories go
 # on a fresh ext4 loop filesystem (bench/scratch.sh).
 set -euo pipefail
@@ -74,10 +73,7 @@ repo=$scratch/repo
 
 image_case() { # image_case CASE: the rows of an image with v1 and v2
     local tar; tar=$(fixture "$1")
-    local delta=$scratch/delta.tar deltas=$deltas
-    # Delta create does not yet finish on the 4 GiB file in reasonable
-    # time (docs/benchmarks.md, "Scale").
-    [ "$1" != big ] || deltas=${BIG_DELTA:-0}
+    local delta=$scratch/delta.tar
     warm "$tar"
     fresh cfsd
     timed "cfsd: pull v1" "$cfsctl" --repo "$repo" --progress none oci pull "oci-archive:$tar:v1" v1

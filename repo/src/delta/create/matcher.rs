@@ -74,7 +74,7 @@ pub(crate) fn diff(old: &[u8], new: &[u8]) -> Vec<Piece> {
             hash = None;
             continue;
         }
-        hash = (i + block < new.len()).then(|| roll(h, new[i], new[i + block], &index));
+        hash = (i + block < new.len()).then(|| roll(h, new[i], new[i + block], index.top));
         i += 1;
     }
     pieces.unmatched(old, literal, new.len(), old.len());
@@ -145,14 +145,17 @@ struct Index {
 
 impl Index {
     fn new(old: &[u8]) -> Self {
-        let block = (old.len() >> 20).clamp(1, MAX_BLOCK / BLOCK) * BLOCK;
+        let block = block_length(old.len() as u64);
         let mut starts =
             HashMap::with_capacity_and_hasher(old.len() / block + 1, Default::default());
         for (n, chunk) in old.chunks_exact(block).enumerate() {
             starts.entry(block_hash(chunk)).or_insert(n * block);
         }
-        let top = (1..block).fold(1u64, |acc, _| acc.wrapping_mul(PRIME));
-        Index { starts, block, top }
+        Index {
+            starts,
+            block,
+            top: top(block),
+        }
     }
 
     /// The start of an old block equal to `block`, whose hash is `hash`.
@@ -162,9 +165,19 @@ impl Index {
     }
 }
 
+/// The length of the blocks indexed in an old file of `len` bytes.
+pub(super) fn block_length(len: u64) -> usize {
+    (len >> 20).clamp(1, (MAX_BLOCK / BLOCK) as u64) as usize * BLOCK
+}
+
+/// `PRIME` to the power `block - 1`, to take the leaving byte out.
+pub(super) fn top(block: usize) -> u64 {
+    (1..block).fold(1u64, |acc, _| acc.wrapping_mul(PRIME))
+}
+
 /// The keys are hashes already: mixing them again only costs time.
 #[derive(Default)]
-struct Passthrough(u64);
+pub(super) struct Passthrough(u64);
 
 impl Hasher for Passthrough {
     fn finish(&self) -> u64 {
@@ -182,15 +195,17 @@ impl Hasher for Passthrough {
     }
 }
 
-fn block_hash(block: &[u8]) -> u64 {
+/// The rolling hash of one block.
+pub(super) fn block_hash(block: &[u8]) -> u64 {
     block.iter().fold(0u64, |h, &b| {
         h.wrapping_mul(PRIME).wrapping_add(u64::from(b))
     })
 }
 
-/// The hash of the window moved on by one byte.
-fn roll(hash: u64, leaving: u8, entering: u8, index: &Index) -> u64 {
-    hash.wrapping_sub(u64::from(leaving).wrapping_mul(index.top))
+/// The hash of the window moved on by one byte, for windows whose
+/// [`top`] is `top`.
+pub(super) fn roll(hash: u64, leaving: u8, entering: u8, top: u64) -> u64 {
+    hash.wrapping_sub(u64::from(leaving).wrapping_mul(top))
         .wrapping_mul(PRIME)
         .wrapping_add(u64::from(entering))
 }

@@ -11,6 +11,7 @@
 pub(crate) mod archive;
 mod encode;
 pub(crate) mod image;
+mod large;
 mod layers;
 mod matcher;
 mod ordered;

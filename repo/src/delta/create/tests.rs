@@ -73,7 +73,7 @@ fn tar_of(entries: &[Entry]) -> Vec<u8> {
 }
 
 /// Poorly compressible content.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
         .map(|_| {
@@ -299,6 +299,57 @@ async fn deltas_rebuild_the_target_exactly() {
         let copies = &report.changed[1];
         assert_eq!(copies.files_copied, 2, "{copies:?}");
         assert_eq!((copies.files_diffed, copies.files_added), (0, 1));
+    }
+}
+
+/// Files past [`super::large::LARGE`] are matched block by block rather
+/// than whole: an edited file, one that only moved, one diffed against a
+/// smaller file of the same name, and one with nothing to match.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_files_are_matched_in_blocks_and_rebuilt_exactly() {
+    let large = super::large::LARGE as usize;
+    let edited = noise(large + 700_000, 30);
+    let mut edited2 = edited.clone();
+    edited2[10..20].fill(1);
+    edited2.splice(large / 2..large / 2, noise(3000, 31));
+    edited2.truncate(edited2.len() - 50_000);
+    let moved = noise(large + 1, 32);
+    let grown = text(large / 2, 33);
+    let mut grown2 = grown.clone();
+    grown2.extend(text(large, 34));
+    let dir = || vec![Entry::Dir("srv/"), Entry::Dir("srv/b/")];
+    let source = image(&[[
+        dir(),
+        vec![
+            file("srv/edited", &edited),
+            file("srv/moved", &moved),
+            file("srv/grown.log", &grown),
+        ],
+    ]
+    .concat()]);
+    let target = image(&[[
+        dir(),
+        vec![
+            file("srv/b/grown.log", &grown2),
+            file("srv/b/moved", &moved),
+            file("srv/edited", &edited2),
+            file("srv/fresh", &noise(large, 35)),
+        ],
+    ]
+    .concat()]);
+    for report in round_trip(&source, &target).await {
+        let layer = &report.changed[0];
+        assert_eq!(layer.method, "tar-diff", "{layer:?}");
+        assert_eq!(
+            (layer.files_copied, layer.files_diffed, layer.files_added),
+            (1, 2, 1),
+            "{layer:?}"
+        );
+        let fresh = large as u64;
+        assert!(
+            report.delta_bytes < fresh + 200_000,
+            "only srv/fresh, the new half of grown.log and 3000 edited bytes are data: {report:?}"
+        );
     }
 }
 
