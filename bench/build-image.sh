@@ -15,9 +15,8 @@ extra=${2:-}
 suites=${3:-bookworm}
 packages=ca-certificates,curl,python3,openssl,iputils-ping,libcap2-bin${extra:+,$extra}
 
-for tool in mmdebstrap umoci skopeo; do
-    command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install $tool" >&2; exit 1; }
-done
+. "$(dirname "$0")/scratch.sh"
+bench_need mmdebstrap umoci skopeo
 rm -rf "$out"
 mkdir -p "$out"
 work=$(mktemp -d)

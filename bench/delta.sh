@@ -27,6 +27,7 @@ scratch_fs cfsd-delta 8G
 
 bench_images "$out"
 bench_tools
+[ "${COMPARE:-1}" = 0 ] || bench_need zstd xdelta3 bsdiff
 
 # Peak extra disk: the most the filesystem's use rose above its use once
 # the command finished, sampled every 20 ms.

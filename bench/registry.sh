@@ -38,7 +38,7 @@ scratch_fs cfsd-registry 8G
 
 bench_images "$out"
 bench_tools
-command -v docker-registry >/dev/null || { echo "docker-registry is missing: apt-get install docker-registry" >&2; exit 1; }
+bench_need docker-registry skopeo openssl
 
 # start_registry DIR: a registry storing under DIR, on a free port of
 # 127.0.0.1, marked insecure for skopeo; sets $started_host.

@@ -42,6 +42,19 @@ bench_tools() {
     [ -x "$upstream" ] || { echo "upstream cfsctl not found at $upstream" >&2; exit 1; }
 }
 
+# bench_need PKG...   installs the Debian packages PKG (each named after
+#                  the command a benchmark runs) whose command is
+#                  missing, or stops if it cannot: not root, or no apt.
+bench_need() {
+    local missing=() pkg
+    for pkg in "$@"; do command -v "$pkg" >/dev/null || missing+=("$pkg"); done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "missing: ${missing[*]} (apt-get install ${missing[*]})" >&2; exit 1
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 # bench_images OUT builds the Debian v1 and v2 images into OUT/v1 and
 #                  OUT/v2 unless they are there (bench/build-image.sh).
 bench_images() {
